@@ -1,0 +1,92 @@
+/* backend.h: the op contract. The model code (src/model/forward.c) calls every numeric op through an
+ * mx_backend and never knows which device runs it. The CPU backend (fp32 activations, weights in their file
+ * type) is the reference; a CUDA backend implements the same table.
+ *
+ * Conventions: activations are row-major fp32 buffers allocated with be->alloc; a "row" is one token.
+ * Shapes in comments: T tokens, C model width, H query heads, G KV heads, D head dim, S key slots. */
+#ifndef MX_BACKEND_H
+#define MX_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/status.h"
+
+/* A weight tensor: its file type and shape, data where the loader placed it (mmap for the CPU). */
+typedef struct {
+    const char *name;
+    uint32_t type;   /* mx_dtype */
+    int n_dims;
+    int64_t ne[4];   /* ne[0] contiguous: a matrix of n_out rows is ne = {n_in, n_out} */
+    const void *data;
+    size_t nbytes;
+    void *dev;       /* backend's own copy (NULL for the CPU backend) */
+} mx_tensor;
+
+typedef enum { MX_ROPE_ADJACENT, MX_ROPE_HALF } mx_rope_mode;
+/* ADJACENT rotates pairs (2i, 2i+1): GGUF's layout for Llama (its converter permuted Q/K rows for this).
+ * HALF rotates pairs (i, i + D/2): Hugging Face's rotate_half on unpermuted weights. Both give the same
+ * attention scores on the respective weight layouts. */
+
+/* One attention call: queries of T tokens at absolute positions q_pos0 .. q_pos0+T-1 against a key/value
+ * store of S slots where the key of absolute position p lives in slot p % S (full caches have S >= context,
+ * so slot == position; window layers use a ring). */
+typedef struct {
+    int n_q;          /* T */
+    int n_head;       /* H query heads */
+    int n_kv_head;    /* G KV heads; query head h reads KV head h / (H / G) (broadcast, never copied) */
+    int head_dim;     /* D of q and k */
+    int v_dim;        /* D of v and of the output per head */
+    int q_pos0;       /* absolute position of query row 0 */
+    int n_slots;      /* S */
+    int window;       /* 0: all keys at positions <= the query's; W > 0: the last W positions, including own */
+    bool causal;      /* false: every position in [kv_lo, kv_hi] regardless of the query (Star phase 2) */
+    int kv_lo, kv_hi; /* the positions present in the store: keys outside are never read */
+    float scale;      /* usually 1/sqrt(head_dim) */
+    size_t q_stride, k_stride, v_stride, o_stride; /* floats between rows (tokens/slots) */
+} mx_attn_spec;
+
+typedef struct mx_backend mx_backend;
+struct mx_backend {
+    const char *name;
+    int n_threads;
+    void *ctx;
+
+    void *(*alloc)(mx_backend *be, size_t bytes); /* zeroed; NULL on failure */
+    void (*free)(mx_backend *be, void *p);
+
+    /* y[T, n_out] = x[T, n_in] · Wᵀ, W of any supported type, shape ne = {n_in, n_out}. */
+    void (*matmul)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
+    /* out[T, C] = embedding rows of ids (W ne = {C, vocab}). */
+    void (*embed)(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
+    /* out = x / rms(x) * w, per row of C. */
+    void (*rmsnorm)(mx_backend *be, const float *x, const float *w, float *out, int T, int C, float eps);
+    /* out = (x - mean) / std * w + b, per row of C (b may be NULL). */
+    void (*layernorm)(mx_backend *be, const float *x, const float *w, const float *b, float *out, int T, int C,
+                      float eps);
+    /* Rotates the first rope_dim dims of each head of x[T, n_head, head_dim] in place, positions pos0+t. */
+    void (*rope)(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
+                 mx_rope_mode mode);
+    /* g[T, F] = silu(g) * u */
+    void (*swiglu)(mx_backend *be, float *g, const float *u, int n);
+    /* x = gelu(x), tanh approximation (GPT-2) */
+    void (*gelu)(mx_backend *be, float *x, int n);
+    /* y += x */
+    void (*add)(mx_backend *be, float *y, const float *x, int n);
+    /* y[T, n] += b[n] */
+    void (*add_bias)(mx_backend *be, float *y, const float *b, int T, int n);
+    /* out[T, H, Dv] = softmax(q kᵀ · scale, masked by spec) v; lse[T, H] (natural log, may be NULL). */
+    void (*attention)(mx_backend *be, const mx_attn_spec *spec, const float *q, const float *k, const float *v,
+                      float *out, float *lse);
+    /* Copies T rows of n floats into a store of n_slots rows at slots (pos0 + t) % n_slots. */
+    void (*kv_write)(mx_backend *be, float *store, const float *src, int T, int n, int pos0, int n_slots);
+    /* Copies n floats device → host (the CPU backend: memcpy). */
+    void (*to_host)(mx_backend *be, float *dst, const float *src, size_t n);
+};
+
+/* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */
+mx_backend *mx_backend_cpu_create(int n_threads);
+void mx_backend_destroy(mx_backend *be);
+
+#endif

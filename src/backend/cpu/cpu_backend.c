@@ -1,0 +1,51 @@
+/* cpu_backend.c: the CPU backend's op table and buffer allocation. Ops live in the other cpu_*.c files;
+ * threads are OpenMP's, sized once at creation (-t N). */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+
+static void *cpu_alloc(mx_backend *be, size_t bytes) {
+    (void)be;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+
+static void cpu_free(mx_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static void cpu_to_host(mx_backend *be, float *dst, const float *src, size_t n) {
+    (void)be;
+    if (dst != src) memcpy(dst, src, n * sizeof(float));
+}
+
+mx_backend *mx_backend_cpu_create(int n_threads) {
+    mx_backend *be = calloc(1, sizeof *be);
+    if (!be) return NULL;
+    if (n_threads <= 0) n_threads = omp_get_num_procs();
+    omp_set_num_threads(n_threads);
+    be->name = "cpu";
+    be->n_threads = n_threads;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->matmul = mx_cpu_matmul;
+    be->embed = mx_cpu_embed;
+    be->rmsnorm = mx_cpu_rmsnorm;
+    be->layernorm = mx_cpu_layernorm;
+    be->rope = mx_cpu_rope;
+    be->swiglu = mx_cpu_swiglu;
+    be->gelu = mx_cpu_gelu;
+    be->add = mx_cpu_add;
+    be->add_bias = mx_cpu_add_bias;
+    be->attention = mx_cpu_attention;
+    be->kv_write = mx_cpu_kv_write;
+    be->to_host = cpu_to_host;
+    return be;
+}
+
+void mx_backend_destroy(mx_backend *be) { free(be); }

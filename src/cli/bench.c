@@ -1,0 +1,153 @@
+/* bench.c: `mixatt bench`: llama-bench-style throughput. pp N = one prefill of N tokens from an empty cache;
+ * tg N = N single-token decode steps from an empty cache. Random token ids (seeded), mean ± sd over
+ * repetitions after one warm-up. Decode is bound by reading the weights, so the achieved weight-read
+ * bandwidth is printed beside this machine's copy bandwidth, measured here on a buffer larger than the
+ * last-level cache, and the model's size against that cache. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/rng.h"
+#include "../io/dtype.h"
+#include "../run/generate.h"
+#include "commands.h"
+#include "common.h"
+
+static void help(FILE *f) {
+    fprintf(f, "usage: mixatt bench [-m MODEL] [-p N] [-n N] [-r REPS] [--json]\n\n"
+               "  -p N          prompt tokens for the prefill test pp N (default 512; 0 = skip)\n"
+               "  -n N          tokens for the decode test tg N (default 128; 0 = skip)\n"
+               "  -r REPS       repetitions (default 5), after one warm-up\n"
+               "  --json        also print one JSON line per test (for scripts)\n\n");
+    mx_common_help(f, false);
+}
+
+/* Copy bandwidth (read + write bytes per second) over 2 x 512 MiB with all threads: the DRAM ceiling. */
+static double copy_bandwidth(void) {
+    size_t n = (size_t)512 << 20;
+    char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) return free(a), free(b), 0;
+    memset(a, 1, n);
+    memset(b, 2, n);
+    double best = 0;
+    for (int rep = 0; rep < 4; rep++) {
+        double t0 = mx_now();
+#pragma omp parallel
+        {
+            int nt = omp_get_num_threads(), id = omp_get_thread_num();
+            size_t chunk = n / nt;
+            memcpy(b + chunk * id, a + chunk * id, chunk);
+        }
+        double bw = 2.0 * n / (mx_now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(a);
+    free(b);
+    return best;
+}
+
+static void stats(const double *x, int n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) q += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+/* One repetition: tokens/s of prefill (decode = false) or decode. */
+static int run_once(mx_session *s, const int *toks, int n, bool decode, float *logits, double *tps, mx_err *err) {
+    mx_session_truncate(s, 0);
+    double t0 = mx_now();
+    if (!decode) {
+        if (mx_session_eval(s, toks, n, logits, false, err)) return err->code;
+    } else {
+        for (int i = 0; i < n; i++)
+            if (mx_session_eval(s, toks + i, 1, logits, false, err)) return err->code;
+    }
+    *tps = n / (mx_now() - t0);
+    return 0;
+}
+
+int mx_cmd_bench(int argc, char **argv) {
+    mx_common_opts o;
+    mx_common_defaults(&o);
+    int pp = 512, tg = 128, reps = 5;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        int r = mx_common_parse(&o, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
+        if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-r")) {
+            int *dst = a[1] == 'p' ? &pp : a[1] == 'n' ? &tg : &reps;
+            if (mx_parse_int(a, val, a[1] == 'r' ? 1 : 0, 1 << 20, dst)) return 2;
+            i++;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else {
+            fprintf(stderr, "mixatt bench: unknown or incomplete option '%s'\n", a);
+            return 2;
+        }
+    }
+    mx_model *m;
+    mx_backend *be;
+    if (mx_open_model(&o, &m, &be)) return 1;
+    int ctx = (pp > tg ? pp : tg) + 1, rc = 1;
+    mx_err err = {0};
+    mx_session *s = NULL;
+    int *toks = malloc(sizeof(int) * (size_t)ctx);
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.vocab);
+    if (!toks || !logits || mx_session_create(m, be, ctx, &s, &err)) {
+        fprintf(stderr, "mixatt bench: %s\n", err.msg[0] ? err.msg : "out of memory");
+        goto done;
+    }
+    mx_rng rng;
+    mx_rng_seed(&rng, 1234);
+    for (int i = 0; i < ctx; i++) toks[i] = (int)(mx_rng_u64(&rng) % (uint64_t)m->cfg.vocab);
+
+    double bw = copy_bandwidth();
+    const char *type = mx_dtype_name(m->w.layers[0].wq.type);
+    printf("| model                          |       size |     params | backend | threads |  test |              t/s |\n");
+    printf("| ------------------------------ | ---------: | ---------: | ------- | ------: | ----: | ---------------: |\n");
+    int tests[2] = {pp, tg};
+    double tg_mean = 0;
+    for (int k = 0; k < 2; k++) {
+        if (!tests[k]) continue;
+        double tps[64], mean, sd, warm;
+        if (reps > 64) reps = 64;
+        if (run_once(s, toks, tests[k], k == 1, logits, &warm, &err)) goto fail;
+        for (int r = 0; r < reps; r++)
+            if (run_once(s, toks, tests[k], k == 1, logits, &tps[r], &err)) goto fail;
+        stats(tps, reps, &mean, &sd);
+        if (k == 1) tg_mean = mean;
+        char name[64], test[16];
+        snprintf(name, sizeof name, "%.20s %s", m->cfg.name, type);
+        snprintf(test, sizeof test, "%s%d", k ? "tg" : "pp", tests[k]);
+        printf("| %-30s | %6.2f MiB | %8.2f M | %-7s | %7d | %5s | %8.2f ± %5.2f |\n", name,
+               mx_model_weight_bytes(m) / 1048576.0, mx_model_n_params(m) / 1e6, be->name, be->n_threads, test,
+               mean, sd);
+        if (json)
+            fprintf(stderr, "{\"test\":\"%s\",\"tok_s\":%.3f,\"sd\":%.3f,\"threads\":%d,\"reps\":%d}\n", test, mean,
+                    sd, be->n_threads, reps);
+    }
+    if (tg) {
+        double read = mx_model_decode_bytes(m) * tg_mean;
+        printf("\ndecode weight reads: %.2f MiB/token x %.1f tok/s = %.1f GB/s; machine copy bandwidth (DRAM, "
+               "read+write, %d threads): %.1f GB/s\n",
+               mx_model_decode_bytes(m) / 1048576.0, tg_mean, read / 1e9, be->n_threads, bw / 1e9);
+        printf("note: a model smaller than the last-level cache is read from cache, not DRAM, once warm.\n");
+    }
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "mixatt bench: %s\n", err.msg);
+done:
+    free(toks);
+    free(logits);
+    mx_session_free(s);
+    mx_backend_destroy(be);
+    mx_model_free(m);
+    return rc;
+}

@@ -1,0 +1,14 @@
+/* commands.h: one function per subcommand (one file each in src/cli/), dispatched by main.c. Each returns the
+ * process exit status. */
+#ifndef MX_COMMANDS_H
+#define MX_COMMANDS_H
+
+int mx_cmd_run(int argc, char **argv);
+int mx_cmd_chat(int argc, char **argv);
+int mx_cmd_info(int argc, char **argv);
+int mx_cmd_perplexity(int argc, char **argv);
+int mx_cmd_bench(int argc, char **argv);
+int mx_cmd_tokenize(int argc, char **argv);
+int mx_cmd_tensor(int argc, char **argv);
+
+#endif

@@ -1,0 +1,175 @@
+/* common.c: shared CLI flags and model opening (see common.h). */
+#include "common.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void mx_common_defaults(mx_common_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->sp = mx_sampler_defaults();
+}
+
+int mx_parse_int(const char *flag, const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "mixatt: %s expects an integer in %d..%d, got '%s'\n", flag, lo, hi, s ? s : "");
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int mx_parse_float(const char *flag, const char *s, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = s ? strtof(s, &end) : 0;
+    if (!s || errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "mixatt: %s expects a number in %g..%g, got '%s'\n", flag, lo, hi, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    const char *val = *i + 1 < argc ? argv[*i + 1] : NULL;
+    int iv;
+    float fv;
+#define TAKE (*i += 1)
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        if (!val) return fprintf(stderr, "mixatt: %s expects a path\n", a), -1;
+        o->model = val;
+        TAKE;
+    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        if (mx_parse_int(a, val, 1, 1024, &o->threads)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
+        if (mx_parse_int(a, val, 1, 1 << 24, &o->ctx)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--temp")) {
+        if (mx_parse_float(a, val, 0, 100, &o->sp.temperature)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--top-k")) {
+        if (mx_parse_int(a, val, 0, INT_MAX, &o->sp.top_k)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--top-p")) {
+        if (mx_parse_float(a, val, 0, 1, &o->sp.top_p)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--min-p")) {
+        if (mx_parse_float(a, val, 0, 1, &o->sp.min_p)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--repeat-penalty")) {
+        if (mx_parse_float(a, val, 0.01f, 100, &o->sp.repeat_penalty)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--repeat-last-n")) {
+        if (mx_parse_int(a, val, 0, INT_MAX, &o->sp.repeat_last_n)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--seed")) {
+        if (mx_parse_int(a, val, 0, INT_MAX, &iv)) return -1;
+        o->sp.seed = (uint64_t)iv;
+        TAKE;
+    } else {
+        (void)fv;
+        return 0;
+    }
+#undef TAKE
+    return 1;
+}
+
+void mx_common_help(FILE *f, bool sampling) {
+    fprintf(f, "model options:\n"
+               "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"
+               "  -t, --threads N      CPU threads (default: all cores)\n"
+               "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n");
+    if (sampling)
+        fprintf(f, "sampling options (applied in this order):\n"
+                   "  --repeat-penalty X   divide repeated tokens' positive logits by X (default 1 = off)\n"
+                   "  --repeat-last-n N    tokens the penalty looks back over (default 64)\n"
+                   "  --temp X             temperature; 0 = greedy (default 0)\n"
+                   "  --top-k N            keep the N most likely tokens; 0 = off (default 40)\n"
+                   "  --top-p X            keep the smallest set with probability mass >= X (default 0.95)\n"
+                   "  --min-p X            drop tokens below X times the best one's probability (default 0.05)\n"
+                   "  --seed N             random seed (default 42)\n");
+}
+
+const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
+    if (o->model) return o->model;
+    const char *env = getenv("MIXATT_MODEL");
+    if (env && *env) return env;
+    if (access(MX_DEFAULT_MODEL, R_OK) == 0) return MX_DEFAULT_MODEL;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(buf, size, "%s/../%s", exe, MX_DEFAULT_MODEL);
+            if (access(buf, R_OK) == 0) return buf;
+        }
+    }
+    return MX_DEFAULT_MODEL;
+}
+
+int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
+    char buf[PATH_MAX + 64];
+    const char *path = mx_resolve_model(o, buf, sizeof buf);
+    if (access(path, F_OK) != 0) {
+        if (o->model)
+            fprintf(stderr, "mixatt: model not found: %s\n", path);
+        else
+            fprintf(stderr,
+                    "mixatt: the default model is not downloaded (looked for %s).\n"
+                    "  Get it with:  make model   (or: bash scripts/get-model.sh)\n"
+                    "  or pass another GGUF with -m FILE.\n",
+                    path);
+        return 1;
+    }
+    mx_err err = {0};
+    if (mx_model_load(path, NULL, m, &err)) {
+        fprintf(stderr, "mixatt: cannot load model: %s\n", err.msg);
+        return 1;
+    }
+    *be = mx_backend_cpu_create(o->threads);
+    if (!*be) {
+        mx_model_free(*m);
+        fprintf(stderr, "mixatt: out of memory creating the CPU backend\n");
+        return 1;
+    }
+    return 0;
+}
+
+char *mx_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "mixatt: cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (n + 1 >= cap) {
+            char *b = realloc(buf, cap *= 2);
+            if (!b) free(buf);
+            buf = b;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) {
+        free(buf);
+        fprintf(stderr, "mixatt: cannot read %s\n", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}

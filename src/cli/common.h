@@ -1,0 +1,38 @@
+/* common.h: flags shared by the subcommands that load a model (-m, -t, --ctx, sampling), the default model
+ * path, and opening a model with a clear message when it is missing. */
+#ifndef MX_CLI_COMMON_H
+#define MX_CLI_COMMON_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "../model/session.h"
+#include "../run/sampler.h"
+
+#define MX_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+typedef struct {
+    const char *model; /* NULL = the default model */
+    int threads;       /* 0 = all cores */
+    int ctx;           /* 0 = min(model context, default) */
+    mx_sampler_params sp;
+} mx_common_opts;
+
+void mx_common_defaults(mx_common_opts *o);
+/* Tries to consume argv[*i] (and its value). Returns 1 when consumed, 0 when not a common flag, -1 on a bad
+ * value (message printed). */
+int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i);
+/* Help text for the common model flags and, when sampling is true, the sampling flags. */
+void mx_common_help(FILE *f, bool sampling);
+/* Resolves the model path: -m, else $MIXATT_MODEL, else MX_DEFAULT_MODEL under the current directory or
+ * next to the binary (../models/). */
+const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size);
+/* Loads the model and creates the CPU backend; prints a message and returns non-zero on failure. */
+int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be);
+/* Reads a whole file into a malloc'd NUL-terminated buffer; prints a message and returns NULL on failure. */
+char *mx_read_file(const char *path, size_t *len);
+/* Parses an int flag value, printing "--flag expects ..." on error. */
+int mx_parse_int(const char *flag, const char *s, int lo, int hi, int *out);
+int mx_parse_float(const char *flag, const char *s, float lo, float hi, float *out);
+
+#endif

@@ -1,0 +1,81 @@
+/* info.c: `mixatt info`: what a model is: architecture, shape, parameter count, tensor types and their bytes,
+ * the attention plan, KV cache bytes per token and at a given context. */
+#include <string.h>
+
+#include "../attention/kvcache.h"
+#include "../io/dtype.h"
+#include "commands.h"
+#include "common.h"
+
+static void help(FILE *f) {
+    fprintf(f, "usage: mixatt info [-m MODEL] [--ctx N]\n\n"
+               "Prints the model's architecture, parameter count, tensor types, attention plan and KV cache\n"
+               "size (bytes per token, and in total at --ctx N tokens; default the model's context length).\n\n");
+    mx_common_help(f, false);
+}
+
+static void print_types(const mx_model *m) {
+    int64_t count[64] = {0};
+    size_t bytes[64] = {0};
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        uint32_t t = m->gguf->tensors[i].type;
+        if (t < 64) count[t]++, bytes[t] += m->gguf->tensors[i].nbytes;
+    }
+    printf("tensor types:\n");
+    for (int t = 0; t < 64; t++)
+        if (count[t]) printf("  %-6s %4lld tensors  %9.2f MiB\n", mx_dtype_name((uint32_t)t), (long long)count[t],
+                             bytes[t] / 1048576.0);
+}
+
+static void print_kv(const mx_model *m, int ctx) {
+    const mx_config *c = &m->cfg;
+    size_t per_tok = 0;
+    int writers = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        per_tok += mx_kv_elems_per_token(c, l);
+        writers += c->plan[l].kv_from == l;
+    }
+    printf("KV cache:       %d of %d layers write a cache; %zu elements per token per writing layer\n", writers,
+           c->n_layer, writers ? per_tok / writers : 0);
+    printf("  per token:    %zu bytes fp32 (CPU), %zu bytes bf16 (GPU)\n", per_tok * 4, per_tok * 2);
+    size_t total = mx_kv_bytes_at(c, ctx, 512, 4);
+    printf("  at %d tokens: %.2f MiB fp32 (CPU), %.2f MiB bf16\n", ctx, total / 1048576.0, total / 2 / 1048576.0);
+}
+
+int mx_cmd_info(int argc, char **argv) {
+    mx_common_opts o;
+    mx_common_defaults(&o);
+    for (int i = 1; i < argc; i++) {
+        int r = mx_common_parse(&o, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return help(stdout), 0;
+        fprintf(stderr, "mixatt info: unknown option '%s' (see mixatt info --help)\n", argv[i]);
+        return 2;
+    }
+    mx_model *m;
+    mx_backend *be;
+    if (mx_open_model(&o, &m, &be)) return 1;
+    const mx_config *c = &m->cfg;
+    int ctx = o.ctx ? o.ctx : c->max_ctx;
+    char plan[4096];
+    mx_plan_to_string(c->plan, c->n_layer, plan, sizeof plan);
+    printf("model:          %s\n", m->path);
+    printf("name:           %s\n", c->name);
+    printf("architecture:   %s (RMSNorm, RoPE theta %g over %d dims, SwiGLU, %s embeddings)\n", c->arch_name,
+           c->rope_theta, c->rope_dim, c->tied_embeddings ? "tied" : "separate");
+    printf("shape:          %d layers, width %d, %d query heads / %d KV heads (head dim %d), MLP %d, vocab %d\n",
+           c->n_layer, c->d_model, c->n_head, c->n_kv_head, c->head_dim, c->d_ff, c->vocab);
+    printf("context:        %d tokens\n", c->max_ctx);
+    printf("parameters:     %.2f M (%lld)\n", mx_model_n_params(m) / 1e6, (long long)mx_model_n_params(m));
+    printf("weights:        %.2f MiB in the file; %.2f MiB read per decoded token\n",
+           mx_model_weight_bytes(m) / 1048576.0, mx_model_decode_bytes(m) / 1048576.0);
+    printf("GGUF version:   %u, %llu tensors, %llu metadata keys\n", m->gguf->version,
+           (unsigned long long)m->gguf->n_tensors, (unsigned long long)m->gguf->n_kv);
+    printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
+    print_types(m);
+    print_kv(m, ctx);
+    mx_backend_destroy(be);
+    mx_model_free(m);
+    return 0;
+}

@@ -1,0 +1,41 @@
+/* main.c: the mixatt command line: one subcommand per file in src/cli/. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} command;
+
+static const command COMMANDS[] = {
+    {"run", mx_cmd_run, "generate text from a prompt (or a chat turn with --chat)"},
+    {"chat", mx_cmd_chat, "interactive chat with an instruct model"},
+    {"info", mx_cmd_info, "architecture, parameters, tensor types, KV cache size"},
+    {"perplexity", mx_cmd_perplexity, "perplexity of a model on a text file"},
+    {"bench", mx_cmd_bench, "prefill (pp) and decode (tg) speed, llama-bench style"},
+    {"tokenize", mx_cmd_tokenize, "print the token ids of a text"},
+    {"tensor", mx_cmd_tensor, "list a GGUF's metadata and tensors, dump tensors as fp32"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "mixatt: a transformer engine in which attention is a per-layer choice\n\n"
+               "usage: mixatt COMMAND [options]   (mixatt COMMAND --help for each)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        fprintf(f, "  %-11s %s\n", COMMANDS[i].name, COMMANDS[i].what);
+    fprintf(f, "\nThe default model (SmolLM2-135M-Instruct, Q4_1 GGUF) is fetched by `make model`.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "mixatt: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,27 @@
+/* pretok.h: the pre-tokenizers of byte-level BPE vocabularies (internal to src/tok/): the split of text into
+ * the pieces that BPE runs on, for the regexes that tokenizer.ggml.pre names. Hand-written matchers that give
+ * the same pieces as Hugging Face tokenizers' regex splits (Oniguruma semantics: \p{L}, \p{N} by general
+ * category, \s by the Unicode White_Space property). Bytes that are not valid UTF-8 are kept, each as one
+ * character of no class (like punctuation), so every input byte lands in exactly one piece. */
+#ifndef MX_PRETOK_H
+#define MX_PRETOK_H
+
+#include <stddef.h>
+
+typedef enum {
+    MX_PRETOK_GPT2,   /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+    MX_PRETOK_SMOLLM, /* every \p{N} character alone (Digits(individual_digits)), then GPT2 on the rest */
+    MX_PRETOK_LLAMA3, /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+                         ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
+} mx_pretok_kind;
+
+/* Maps a tokenizer.ggml.pre name to a kind; returns 0, or -1 when the name is not supported. */
+int mx_pretok_from_name(const char *name, mx_pretok_kind *out);
+
+/* Called once per piece, in order; a nonzero return stops the split and is returned by mx_pretok_split. */
+typedef int (*mx_pretok_emit)(void *ctx, const char *piece, size_t len);
+
+/* Splits text[0..len) into pieces (their concatenation is the text). Returns 0 or emit's nonzero value. */
+int mx_pretok_split(mx_pretok_kind kind, const char *text, size_t len, mx_pretok_emit emit, void *ctx);
+
+#endif
