@@ -1,4 +1,5 @@
 # mixatt: build, test, demo, bench.
+#   make deps         install the Debian and PyPI packages mixatt needs (apt-get, pip)
 #   make              release binary build/mixatt (-O3, OpenMP, OpenBLAS), warnings are errors
 #   make asan         the same under AddressSanitizer + UBSan: build/asan/mixatt (used by the tests)
 #   make test         unit tests (Criterion) + end-to-end tests (pytest) on the CPU
@@ -12,9 +13,9 @@ CC       ?= gcc
 ARCH     ?= -march=native
 CSTD     := -std=c11 -D_GNU_SOURCE
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
-DEPS_CF  := $(shell pkg-config --cflags cjson libutf8proc 2>/dev/null)
+DEPS_CF  := $(shell pkg-config --cflags libcjson libutf8proc 2>/dev/null)
 CFLAGS   ?= -O3 $(ARCH) -fopenmp -g
-LDLIBS   := -lopenblas $(shell pkg-config --libs cjson libutf8proc 2>/dev/null || echo -lcjson -lutf8proc) -lm
+LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc 2>/dev/null || echo -lcjson -lutf8proc) -lm
 ASANFLAGS := -O1 -g $(ARCH) -fopenmp -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c src/backend/cpu/*.c))
@@ -31,7 +32,7 @@ TOBJ     := $(TEST_SRC:%.c=build/asan/obj/%.o)
 MODEL    := models/SmolLM2-135M-Instruct.Q4_1.gguf
 PYTEST   ?= python3 -m pytest
 
-.PHONY: all asan test unit e2e model demo bench fuzz fixtures clean format
+.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format
 all: build/mixatt
 
 build/mixatt: $(CLI_OBJ) build/libmixatt.a
@@ -60,6 +61,9 @@ unit: build/asan/test_unit
 	cd tests && ../build/asan/test_unit --jobs 2
 e2e: build/mixatt build/asan/mixatt $(MODEL)
 	MIXATT=$(CURDIR)/build/mixatt MIXATT_ASAN=$(CURDIR)/build/asan/mixatt $(PYTEST) -q tests/e2e
+
+deps:
+	bash scripts/install-deps.sh
 
 model: $(MODEL)
 $(MODEL):

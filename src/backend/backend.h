@@ -51,9 +51,10 @@ typedef struct mx_backend mx_backend;
 struct mx_backend {
     const char *name;
     int n_threads;
+    bool exact; /* matmuls in fp32 on dequantized weights everywhere (no 8-bit activations in decode) */
     void *ctx;
 
-    void *(*alloc)(mx_backend *be, size_t bytes); /* zeroed; NULL on failure */
+    void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
     void (*free)(mx_backend *be, void *p);
 
     /* y[T, n_out] = x[T, n_in] · Wᵀ, W of any supported type, shape ne = {n_in, n_out}. */

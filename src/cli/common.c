@@ -52,6 +52,9 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
         if (mx_parse_int(a, val, 1, 1 << 24, &o->ctx)) return -1;
         TAKE;
+    } else if (!strcmp(a, "--exact")) {
+        o->exact = true;
+        return 1;
     } else if (!strcmp(a, "--temp")) {
         if (mx_parse_float(a, val, 0, 100, &o->sp.temperature)) return -1;
         TAKE;
@@ -86,7 +89,10 @@ void mx_common_help(FILE *f, bool sampling) {
     fprintf(f, "model options:\n"
                "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"
                "  -t, --threads N      CPU threads (default: all cores)\n"
-               "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n");
+               "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n"
+               "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
+               "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
+               "                       relative difference in the logits)\n");
     if (sampling)
         fprintf(f, "sampling options (applied in this order):\n"
                    "  --repeat-penalty X   divide repeated tokens' positive logits by X (default 1 = off)\n"
@@ -137,6 +143,7 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
         return 1;
     }
     *be = mx_backend_cpu_create(o->threads);
+    if (*be) (*be)->exact = o->exact;
     if (!*be) {
         mx_model_free(*m);
         fprintf(stderr, "mixatt: out of memory creating the CPU backend\n");

@@ -15,6 +15,7 @@ typedef struct {
     const char *model; /* NULL = the default model */
     int threads;       /* 0 = all cores */
     int ctx;           /* 0 = min(model context, default) */
+    bool exact;        /* fp32 activations in every matmul */
     mx_sampler_params sp;
 } mx_common_opts;
 

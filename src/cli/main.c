@@ -16,6 +16,7 @@ static const command COMMANDS[] = {
     {"info", mx_cmd_info, "architecture, parameters, tensor types, KV cache size"},
     {"perplexity", mx_cmd_perplexity, "perplexity of a model on a text file"},
     {"bench", mx_cmd_bench, "prefill (pp) and decode (tg) speed, llama-bench style"},
+    {"logits", mx_cmd_logits, "write the logits of every position of a token sequence"},
     {"tokenize", mx_cmd_tokenize, "print the token ids of a text"},
     {"tensor", mx_cmd_tensor, "list a GGUF's metadata and tensors, dump tensors as fp32"},
 };

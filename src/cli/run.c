@@ -19,6 +19,7 @@ static void help(FILE *f) {
                "  --system TEXT        system message for --chat (default: the template's own)\n"
                "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
                "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"
+               "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
                "  -q, --quiet          no timings on stderr\n");
     mx_common_help(f, true);
 }
@@ -27,7 +28,7 @@ typedef struct {
     mx_common_opts c;
     const char *prompt, *file, *system;
     int n_predict;
-    bool chat, quiet, parse_special;
+    bool chat, quiet, parse_special, print_ids;
     const char *stops[MAX_STOPS];
     int n_stops;
 } run_opts;
@@ -57,6 +58,8 @@ static int parse(run_opts *o, int argc, char **argv) {
             o->chat = true;
         } else if (!strcmp(a, "--no-special")) {
             o->parse_special = false;
+        } else if (!strcmp(a, "--print-ids")) {
+            o->print_ids = true;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             o->quiet = true;
         } else {
@@ -131,6 +134,12 @@ int mx_cmd_run(int argc, char **argv) {
         goto done;
     }
     printf("\n");
+    if (o.print_ids) {
+        fprintf(stderr, "ids:");
+        for (int i = 0; i < n_ids; i++) fprintf(stderr, " %d", ids[i]);
+        for (int i = 0; i < res.n_gen; i++) fprintf(stderr, " %d", res.tokens[i]);
+        fprintf(stderr, "\n");
+    }
     if (!o.quiet)
         fprintf(stderr, "[prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s), stop: %s]\n",
                 res.n_prompt, res.prefill_s, res.n_prompt / res.prefill_s, res.n_gen, res.decode_s,

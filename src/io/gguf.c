@@ -27,12 +27,14 @@ typedef struct {
     mx_err *err;
 } reader;
 
-static size_t left(const reader *r) { return r->size - r->pos; }
+static size_t left(const reader *r) {
+    return r->size - r->pos;
+}
 
 static int truncated(reader *r, const char *what, uint64_t need) {
     return mx_err_set(r->err, MX_ERR_FORMAT,
-                      "%s: truncated file: %s needs %llu bytes at offset %zu but the file has %zu bytes", r->path,
-                      what, (unsigned long long)need, r->pos, r->size);
+                      "%s: truncated file: %s needs %llu bytes at offset %zu but the file has %zu bytes",
+                      r->path, what, (unsigned long long)need, r->pos, r->size);
 }
 
 static int read_bytes(reader *r, void *dst, size_t n, const char *what) {
@@ -64,9 +66,10 @@ static int read_str(reader *r, mx_gguf_str *s, const char *what) {
     int rc = read_u64(r, &len, what);
     if (rc) return rc;
     if (len > left(r))
-        return mx_err_set(r->err, MX_ERR_FORMAT,
-                          "%s: %s: string of %llu bytes at offset %zu runs past the end of the file (size %zu)",
-                          r->path, what, (unsigned long long)len, r->pos, r->size);
+        return mx_err_set(
+            r->err, MX_ERR_FORMAT,
+            "%s: %s: string of %llu bytes at offset %zu runs past the end of the file (size %zu)", r->path,
+            what, (unsigned long long)len, r->pos, r->size);
     s->ptr = (const char *)r->p + r->pos;
     s->len = len;
     r->pos += (size_t)len;
@@ -86,21 +89,26 @@ static size_t scalar_size(uint32_t t) {
     switch (t) {
     case MX_GGUF_U8:
     case MX_GGUF_I8:
-    case MX_GGUF_BOOL: return 1;
+    case MX_GGUF_BOOL:
+        return 1;
     case MX_GGUF_U16:
-    case MX_GGUF_I16: return 2;
+    case MX_GGUF_I16:
+        return 2;
     case MX_GGUF_U32:
     case MX_GGUF_I32:
-    case MX_GGUF_F32: return 4;
+    case MX_GGUF_F32:
+        return 4;
     case MX_GGUF_U64:
     case MX_GGUF_I64:
-    case MX_GGUF_F64: return 8;
-    default: return 0;
+    case MX_GGUF_F64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
 const char *mx_gguf_vtype_name(mx_gguf_vtype t) {
-    static const char *names[] = {"u8",  "i8",  "u16",  "i16",    "u32", "i32", "f32",
+    static const char *names[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                   "bool", "string", "array", "u64", "i64", "f64"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "unknown";
 }
@@ -111,10 +119,18 @@ static void load_scalar(uint32_t t, const uint8_t *p, mx_gguf_kv *kv) {
     size_t n = scalar_size(t);
     for (size_t i = 0; i < n; i++) u |= (uint64_t)p[i] << (8 * i);
     switch (t) {
-    case MX_GGUF_I8: kv->v.i = (int8_t)u; break;
-    case MX_GGUF_I16: kv->v.i = (int16_t)u; break;
-    case MX_GGUF_I32: kv->v.i = (int32_t)u; break;
-    case MX_GGUF_I64: kv->v.i = (int64_t)u; break;
+    case MX_GGUF_I8:
+        kv->v.i = (int8_t)u;
+        break;
+    case MX_GGUF_I16:
+        kv->v.i = (int16_t)u;
+        break;
+    case MX_GGUF_I32:
+        kv->v.i = (int32_t)u;
+        break;
+    case MX_GGUF_I64:
+        kv->v.i = (int64_t)u;
+        break;
     case MX_GGUF_F32: {
         uint32_t b = (uint32_t)u;
         float f;
@@ -122,9 +138,15 @@ static void load_scalar(uint32_t t, const uint8_t *p, mx_gguf_kv *kv) {
         kv->v.f = f;
         break;
     }
-    case MX_GGUF_F64: memcpy(&kv->v.f, &u, 8); break;
-    case MX_GGUF_BOOL: kv->v.b = u != 0; break;
-    default: kv->v.u = u; break;
+    case MX_GGUF_F64:
+        memcpy(&kv->v.f, &u, 8);
+        break;
+    case MX_GGUF_BOOL:
+        kv->v.b = u != 0;
+        break;
+    default:
+        kv->v.u = u;
+        break;
     }
 }
 
@@ -149,8 +171,8 @@ static int read_array(reader *r, mx_gguf_kv *kv, const char *what, int depth) {
     if (et == MX_GGUF_STRING) {
         if (count > left(r) / 8) /* every string needs at least its 8-byte length */
             return mx_err_set(r->err, MX_ERR_FORMAT,
-                              "%s: key '%s': string array of %llu elements cannot fit in the %zu bytes left", r->path,
-                              what, (unsigned long long)count, left(r));
+                              "%s: key '%s': string array of %llu elements cannot fit in the %zu bytes left",
+                              r->path, what, (unsigned long long)count, left(r));
         kv->strs = calloc(count ? count : 1, sizeof *kv->strs);
         if (!kv->strs) return mx_err_set(r->err, MX_ERR_NOMEM, "%s: key '%s': out of memory", r->path, what);
         kv->count = count;
@@ -160,12 +182,12 @@ static int read_array(reader *r, mx_gguf_kv *kv, const char *what, int depth) {
     }
     if (et == MX_GGUF_ARRAY) {
         if (depth >= GGUF_MAX_ARRAY_DEPTH)
-            return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': arrays nested more than %d deep", r->path, what,
-                              GGUF_MAX_ARRAY_DEPTH);
+            return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': arrays nested more than %d deep", r->path,
+                              what, GGUF_MAX_ARRAY_DEPTH);
         if (count > left(r) / 12) /* every inner array needs its 4-byte type and 8-byte count */
             return mx_err_set(r->err, MX_ERR_FORMAT,
-                              "%s: key '%s': array of %llu arrays cannot fit in the %zu bytes left", r->path, what,
-                              (unsigned long long)count, left(r));
+                              "%s: key '%s': array of %llu arrays cannot fit in the %zu bytes left", r->path,
+                              what, (unsigned long long)count, left(r));
         kv->items = calloc(count ? count : 1, sizeof *kv->items);
         if (!kv->items) return mx_err_set(r->err, MX_ERR_NOMEM, "%s: key '%s': out of memory", r->path, what);
         for (uint64_t i = 0; i < count; i++) {
@@ -181,11 +203,11 @@ static int read_array(reader *r, mx_gguf_kv *kv, const char *what, int depth) {
         return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': unknown array element type %u at offset %zu",
                           r->path, what, et, r->pos - 12);
     if (count > left(r) / es)
-        return mx_err_set(r->err, MX_ERR_FORMAT,
-                          "%s: key '%s': array of %llu %s elements at offset %zu runs past the end of the file "
-                          "(size %zu)",
-                          r->path, what, (unsigned long long)count, mx_gguf_vtype_name((mx_gguf_vtype)et), r->pos,
-                          r->size);
+        return mx_err_set(
+            r->err, MX_ERR_FORMAT,
+            "%s: key '%s': array of %llu %s elements at offset %zu runs past the end of the file "
+            "(size %zu)",
+            r->path, what, (unsigned long long)count, mx_gguf_vtype_name((mx_gguf_vtype)et), r->pos, r->size);
     kv->data = r->p + r->pos;
     kv->count = count;
     r->pos += (size_t)(count * es);
@@ -200,8 +222,8 @@ static int read_value(reader *r, uint32_t t, mx_gguf_kv *kv, const char *what) {
     if (t == MX_GGUF_ARRAY) return read_array(r, kv, what, 0);
     size_t n = scalar_size(t);
     if (!n)
-        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': unknown value type %u at offset %zu", r->path, what,
-                          t, r->pos - 4);
+        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': unknown value type %u at offset %zu", r->path,
+                          what, t, r->pos - 4);
     if (left(r) < n) return truncated(r, what, n);
     load_scalar(t, r->p + r->pos, kv);
     r->pos += n;
@@ -221,7 +243,9 @@ static int read_kv(reader *r, mx_gguf_kv *kv, uint64_t index) {
 }
 
 /* qsort comparator over an array of C strings. */
-static int cmp_strp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_strp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* Reports the first name that occurs twice in names[0..n) (which it sorts), as "duplicate <what> 'x'". */
 static int check_unique(char **names, uint64_t n, const char *path, const char *what, mx_err *err) {
@@ -265,8 +289,8 @@ static int read_tensor_info(reader *r, mx_gguf_tensor *t, uint64_t index) {
     uint32_t n_dims;
     if ((rc = read_u32(r, &n_dims, what))) return rc;
     if (n_dims > 4)
-        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: tensor '%s': %u dimensions (at most 4 are allowed)", r->path,
-                          t->name, n_dims);
+        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: tensor '%s': %u dimensions (at most 4 are allowed)",
+                          r->path, t->name, n_dims);
     t->n_dims = n_dims ? (int)n_dims : 1; /* a 0-d tensor is a scalar: one element */
     int64_t total = 1;
     for (int d = 0; d < 4; d++) {
@@ -274,26 +298,27 @@ static int read_tensor_info(reader *r, mx_gguf_tensor *t, uint64_t index) {
         if ((uint32_t)d < n_dims && (rc = read_u64(r, &ne, what))) return rc;
         if (ne > (uint64_t)INT64_MAX || (ne && (uint64_t)total > (uint64_t)INT64_MAX / ne))
             return mx_err_set(r->err, MX_ERR_FORMAT,
-                              "%s: tensor '%s': dimension %d (%llu) makes the element count overflow", r->path,
-                              t->name, d, (unsigned long long)ne);
+                              "%s: tensor '%s': dimension %d (%llu) makes the element count overflow",
+                              r->path, t->name, d, (unsigned long long)ne);
         t->ne[d] = (int64_t)ne;
         total *= (int64_t)ne;
     }
     if ((rc = read_u32(r, &t->type, what)) || (rc = read_u64(r, &t->offset, what))) return rc;
     const mx_dtype_info *info = mx_dtype_get(t->type);
     if (!info)
-        return mx_err_set(r->err, MX_ERR_UNSUPPORTED, "%s: tensor '%s': unknown tensor type %u", r->path, t->name,
-                          t->type);
+        return mx_err_set(r->err, MX_ERR_UNSUPPORTED, "%s: tensor '%s': unknown tensor type %u", r->path,
+                          t->name, t->type);
     if (t->ne[0] % info->block)
         return mx_err_set(r->err, MX_ERR_FORMAT,
-                          "%s: tensor '%s': row length %lld is not a multiple of the %s block size %d", r->path,
-                          t->name, (long long)t->ne[0], info->name, info->block);
+                          "%s: tensor '%s': row length %lld is not a multiple of the %s block size %d",
+                          r->path, t->name, (long long)t->ne[0], info->name, info->block);
     return 0;
 }
 
 /* Byte size of a tensor; 0 and an error when it does not fit in size_t / the file. */
 static int tensor_nbytes(const mx_gguf *g, mx_gguf_tensor *t, mx_err *err) {
-    uint64_t row = (uint64_t)(t->ne[0] / mx_dtype_get(t->type)->block) * (uint64_t)mx_dtype_get(t->type)->bytes;
+    uint64_t row =
+        (uint64_t)(t->ne[0] / mx_dtype_get(t->type)->block) * (uint64_t)mx_dtype_get(t->type)->bytes;
     uint64_t n = row;
     for (int d = 1; d < 4; d++) {
         uint64_t ne = (uint64_t)t->ne[d];
@@ -310,15 +335,17 @@ static int place_tensor(const mx_gguf *g, mx_gguf_tensor *t, mx_err *err) {
     int rc = tensor_nbytes(g, t, err);
     if (rc) return rc;
     if (t->offset % g->alignment)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: tensor '%s': data offset %llu is not a multiple of the alignment %llu",
+        return mx_err_set(err, MX_ERR_FORMAT,
+                          "%s: tensor '%s': data offset %llu is not a multiple of the alignment %llu",
                           g->path, t->name, (unsigned long long)t->offset, (unsigned long long)g->alignment);
     uint64_t avail = g->size - g->data_offset;
     if (t->offset > avail || t->nbytes > avail - t->offset)
-        return mx_err_set(err, MX_ERR_FORMAT,
-                          "%s: tensor '%s': data at offset %llu + %zu bytes runs past the end of the file (data "
-                          "section at %llu, file size %zu)",
-                          g->path, t->name, (unsigned long long)t->offset, t->nbytes,
-                          (unsigned long long)g->data_offset, g->size);
+        return mx_err_set(
+            err, MX_ERR_FORMAT,
+            "%s: tensor '%s': data at offset %llu + %zu bytes runs past the end of the file (data "
+            "section at %llu, file size %zu)",
+            g->path, t->name, (unsigned long long)t->offset, t->nbytes, (unsigned long long)g->data_offset,
+            g->size);
     t->data = g->base + g->data_offset + t->offset;
     return 0;
 }
@@ -338,10 +365,11 @@ static int read_alignment(mx_gguf *g, mx_err *err) {
     return 0;
 }
 
-static int read_header(reader *r, mx_gguf *g) {
+static int read_header(reader *r, mx_gguf *g, uint64_t *n_tensors, uint64_t *n_kv) {
     uint8_t magic[4];
     if (r->size < 4 || memcmp(r->p, "GGUF", 4))
-        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: not a GGUF file (bad magic, expected \"GGUF\")", r->path);
+        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: not a GGUF file (bad magic, expected \"GGUF\")",
+                          r->path);
     int rc = read_bytes(r, magic, 4, "magic");
     if (!rc) rc = read_u32(r, &g->version, "version");
     if (rc) return rc;
@@ -351,27 +379,24 @@ static int read_header(reader *r, mx_gguf *g) {
                           r->path);
     if (g->version != 2 && g->version != 3)
         return mx_err_set(r->err, MX_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (only 2 and 3)%s",
-                          r->path, g->version,
-                          (g->version & 0xFFFF) == 0 ? " (a big-endian file?)" : "");
-    if ((rc = read_u64(r, &g->n_tensors, "tensor count")) || (rc = read_u64(r, &g->n_kv, "metadata count")))
+                          r->path, g->version, (g->version & 0xFFFF) == 0 ? " (a big-endian file?)" : "");
+    if ((rc = read_u64(r, n_tensors, "tensor count")) || (rc = read_u64(r, n_kv, "metadata count")))
         return rc;
     /* A tensor info takes at least 8 (name) + 4 + 4 + 8 bytes, a key/value at least 8 + 4 + 1. */
-    if (g->n_tensors > left(r) / 24)
-        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: tensor count %llu cannot fit in a file of %zu bytes", r->path,
-                          (unsigned long long)g->n_tensors, r->size);
-    if (g->n_kv > left(r) / 13)
+    if (*n_tensors > left(r) / 24)
+        return mx_err_set(r->err, MX_ERR_FORMAT, "%s: tensor count %llu cannot fit in a file of %zu bytes",
+                          r->path, (unsigned long long)*n_tensors, r->size);
+    if (*n_kv > left(r) / 13)
         return mx_err_set(r->err, MX_ERR_FORMAT, "%s: metadata count %llu cannot fit in a file of %zu bytes",
-                          r->path, (unsigned long long)g->n_kv, r->size);
+                          r->path, (unsigned long long)*n_kv, r->size);
     return 0;
 }
 
 static int parse(mx_gguf *g, mx_err *err) {
     reader r = {g->base, g->size, 0, g->path, err};
-    uint64_t n_kv, n_t;
-    int rc = read_header(&r, g);
+    uint64_t n_kv = 0, n_t = 0; /* g->n_kv, g->n_tensors count what is parsed so far, for mx_gguf_close */
+    int rc = read_header(&r, g, &n_t, &n_kv);
     if (rc) return rc;
-    n_kv = g->n_kv, n_t = g->n_tensors;
-    g->n_kv = g->n_tensors = 0; /* counts of what is allocated and parsed so far, for mx_gguf_close */
     g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
     g->tensors = calloc(n_t ? n_t : 1, sizeof *g->tensors);
     if (!g->kv || !g->tensors) return mx_err_set(err, MX_ERR_NOMEM, "%s: out of memory", g->path);
@@ -388,8 +413,10 @@ static int parse(mx_gguf *g, mx_err *err) {
     if ((rc = check_unique_tensors(g, err))) return rc;
     uint64_t data = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
     if (n_t && data > g->size)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: truncated file: the data section at offset %llu is past the end "
-                          "(size %zu)", g->path, (unsigned long long)data, g->size);
+        return mx_err_set(err, MX_ERR_FORMAT,
+                          "%s: truncated file: the data section at offset %llu is past the end "
+                          "(size %zu)",
+                          g->path, (unsigned long long)data, g->size);
     g->data_offset = data > g->size ? g->size : data;
     for (uint64_t i = 0; i < n_t; i++)
         if ((rc = place_tensor(g, &g->tensors[i], err))) return rc;
@@ -435,7 +462,8 @@ int mx_gguf_open(const char *path, mx_gguf **out, mx_err *err) {
     }
     if (st.st_size < 8) {
         close(fd);
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: not a GGUF file (only %lld bytes)", path, (long long)st.st_size);
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: not a GGUF file (only %lld bytes)", path,
+                          (long long)st.st_size);
     }
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;

@@ -27,8 +27,10 @@ float mx_f16_to_f32(uint16_t h) {
         float f = (float)man * 0x1p-24f; /* zero or subnormal: exact */
         return sign ? -f : f;
     }
-    if (exp == 31) bits = sign | 0x7F800000u | man << 13;
-    else bits = sign | (exp + 112) << 23 | man << 13;
+    if (exp == 31)
+        bits = sign | 0x7F800000u | man << 13;
+    else
+        bits = sign | (exp + 112) << 23 | man << 13;
     float f;
     memcpy(&f, &bits, 4);
     return f;
@@ -47,7 +49,7 @@ uint16_t mx_f32_to_f16(float f) {
     uint16_t o;
     if (u >= 0x47800000u) { /* 65536 and up (incl. inf, NaN) */
         o = u > 0x7F800000u ? 0x7E00 : 0x7C00;
-    } else if (u < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
+    } else if (u < 0x38800000u) {             /* below the smallest normal half: subnormal or zero */
         const uint32_t magic_u = 0x3F000000u; /* 0.5f: aligns the half's subnormal bits at the bottom */
         float v, magic;
         memcpy(&v, &u, 4);
@@ -207,24 +209,48 @@ static void deq_q6_K(const blk_q6_K *b, float *y, int64_t nb) {
 static void deq_scalar(uint32_t type, const void *src, float *dst, int64_t n) {
     const uint16_t *h = src;
     switch (type) {
-    case MX_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
+    case MX_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        break;
     case MX_F16:
         for (int64_t i = 0; i < n; i++) dst[i] = F16(h[i]);
         break;
     case MX_BF16:
         for (int64_t i = 0; i < n; i++) dst[i] = mx_bf16_to_f32(h[i]);
         break;
-    case MX_Q4_0: deq_q4_0(src, dst, n / QK); break;
-    case MX_Q4_1: deq_q4_1(src, dst, n / QK); break;
-    case MX_Q5_0: deq_q5_0(src, dst, n / QK); break;
-    case MX_Q5_1: deq_q5_1(src, dst, n / QK); break;
-    case MX_Q8_0: deq_q8_0(src, dst, n / QK); break;
-    case MX_Q8_1: deq_q8_1(src, dst, n / QK); break;
-    case MX_Q4_K: deq_q4_K(src, dst, n / QK_K); break;
-    case MX_Q5_K: deq_q5_K(src, dst, n / QK_K); break;
-    case MX_Q6_K: deq_q6_K(src, dst, n / QK_K); break;
-    case MX_Q8_K: deq_q8_K(src, dst, n / QK_K); break;
-    default: memset(dst, 0, (size_t)n * sizeof(float)); break;
+    case MX_Q4_0:
+        deq_q4_0(src, dst, n / QK);
+        break;
+    case MX_Q4_1:
+        deq_q4_1(src, dst, n / QK);
+        break;
+    case MX_Q5_0:
+        deq_q5_0(src, dst, n / QK);
+        break;
+    case MX_Q5_1:
+        deq_q5_1(src, dst, n / QK);
+        break;
+    case MX_Q8_0:
+        deq_q8_0(src, dst, n / QK);
+        break;
+    case MX_Q8_1:
+        deq_q8_1(src, dst, n / QK);
+        break;
+    case MX_Q4_K:
+        deq_q4_K(src, dst, n / QK_K);
+        break;
+    case MX_Q5_K:
+        deq_q5_K(src, dst, n / QK_K);
+        break;
+    case MX_Q6_K:
+        deq_q6_K(src, dst, n / QK_K);
+        break;
+    case MX_Q8_K:
+        deq_q8_K(src, dst, n / QK_K);
+        break;
+    default:
+        memset(dst, 0, (size_t)n * sizeof(float));
+        break;
     }
 }
 
@@ -239,15 +265,19 @@ uint32_t mx_quant_act_type(uint32_t type) {
     switch (type) {
     case MX_Q4_0:
     case MX_Q5_0:
-    case MX_Q8_0: return MX_Q8_0;
+    case MX_Q8_0:
+        return MX_Q8_0;
     case MX_Q4_1:
     case MX_Q5_1:
-    case MX_Q8_1: return MX_Q8_1;
+    case MX_Q8_1:
+        return MX_Q8_1;
     case MX_Q4_K:
     case MX_Q5_K:
     case MX_Q6_K:
-    case MX_Q8_K: return MX_Q8_K;
-    default: return MX_F32;
+    case MX_Q8_K:
+        return MX_Q8_K;
+    default:
+        return MX_F32;
     }
 }
 
@@ -304,10 +334,18 @@ static void act_q8_K(const float *x, blk_q8_K *y, int64_t nb) {
 void mx_quant_act_row(uint32_t act_type, const float *x, void *dst, int64_t n) {
     if (mx_x86_quant_act(act_type, x, dst, n)) return;
     switch (act_type) {
-    case MX_Q8_0: act_q8_0(x, dst, n / QK); break;
-    case MX_Q8_1: act_q8_1(x, dst, n / QK); break;
-    case MX_Q8_K: act_q8_K(x, dst, n / QK_K); break;
-    default: memcpy(dst, x, (size_t)n * sizeof(float)); break;
+    case MX_Q8_0:
+        act_q8_0(x, dst, n / QK);
+        break;
+    case MX_Q8_1:
+        act_q8_1(x, dst, n / QK);
+        break;
+    case MX_Q8_K:
+        act_q8_K(x, dst, n / QK_K);
+        break;
+    default:
+        memcpy(dst, x, (size_t)n * sizeof(float));
+        break;
     }
 }
 
@@ -419,7 +457,8 @@ static float dot_q5_K(const blk_q5_K *w, const blk_q8_K *x, int64_t nb) {
             const uint8_t *q = w[i].qs + (j / 2) * 32;
             const int8_t *xq = x[i].qs + j * 32;
             int shift = (j & 1) * 4, s = 0;
-            for (int l = 0; l < 32; l++) s += (((q[l] >> shift) & 0xF) | ((w[i].qh[l] >> j) & 1) << 4) * xq[l];
+            for (int l = 0; l < 32; l++)
+                s += (((q[l] >> shift) & 0xF) | ((w[i].qh[l] >> j) & 1) << 4) * xq[l];
             isum += sc * s;
         }
         int msum = kq_min_sum(w[i].scales, x[i].bsums);
@@ -466,18 +505,30 @@ float mx_quant_dot_scalar(uint32_t type, const void *w, const void *x, int64_t n
     switch (type) {
     case MX_F32:
     case MX_F16:
-    case MX_BF16: return dot_float(type, w, x, n);
-    case MX_Q4_0: return dot_q4_0(w, x, n / QK);
-    case MX_Q4_1: return dot_q4_1(w, x, n / QK);
-    case MX_Q5_0: return dot_q5_0(w, x, n / QK);
-    case MX_Q5_1: return dot_q5_1(w, x, n / QK);
-    case MX_Q8_0: return dot_q8_0(w, x, n / QK);
-    case MX_Q8_1: return dot_q8_1(w, x, n / QK);
-    case MX_Q4_K: return dot_q4_K(w, x, n / QK_K);
-    case MX_Q5_K: return dot_q5_K(w, x, n / QK_K);
-    case MX_Q6_K: return dot_q6_K(w, x, n / QK_K);
-    case MX_Q8_K: return dot_q8_K(w, x, n / QK_K);
-    default: return 0.0f;
+    case MX_BF16:
+        return dot_float(type, w, x, n);
+    case MX_Q4_0:
+        return dot_q4_0(w, x, n / QK);
+    case MX_Q4_1:
+        return dot_q4_1(w, x, n / QK);
+    case MX_Q5_0:
+        return dot_q5_0(w, x, n / QK);
+    case MX_Q5_1:
+        return dot_q5_1(w, x, n / QK);
+    case MX_Q8_0:
+        return dot_q8_0(w, x, n / QK);
+    case MX_Q8_1:
+        return dot_q8_1(w, x, n / QK);
+    case MX_Q4_K:
+        return dot_q4_K(w, x, n / QK_K);
+    case MX_Q5_K:
+        return dot_q5_K(w, x, n / QK_K);
+    case MX_Q6_K:
+        return dot_q6_K(w, x, n / QK_K);
+    case MX_Q8_K:
+        return dot_q8_K(w, x, n / QK_K);
+    default:
+        return 0.0f;
     }
 }
 
@@ -497,12 +548,14 @@ float mx_quant_dot_f32(uint32_t type, const void *w, const float *x, int64_t n, 
 void mx_quant_dot_rows(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x, int64_t n,
                        float *out) {
     if (mx_x86_dot_rows(type, w, w_stride, n_rows, x, n, out)) return;
-    for (int r = 0; r < n_rows; r++) out[r] = mx_quant_dot(type, (const char *)w + (size_t)r * w_stride, x, n);
+    for (int r = 0; r < n_rows; r++)
+        out[r] = mx_quant_dot(type, (const char *)w + (size_t)r * w_stride, x, n);
 }
 
-void mx_quant_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x, size_t x_stride,
-                        int n_tok, int64_t n, float *y, size_t y_stride) {
+void mx_quant_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x,
+                        size_t x_stride, int n_tok, int64_t n, float *y, size_t y_stride) {
     if (mx_x86_gemm_tile(type, w, w_stride, n_rows, x, x_stride, n_tok, n, y, y_stride)) return;
     for (int t = 0; t < n_tok; t++)
-        mx_quant_dot_rows(type, w, w_stride, n_rows, (const char *)x + (size_t)t * x_stride, n, y + t * y_stride);
+        mx_quant_dot_rows(type, w, w_stride, n_rows, (const char *)x + (size_t)t * x_stride, n,
+                          y + t * y_stride);
 }

@@ -11,13 +11,33 @@
 #define QK   32  /* elements per block of the 32-element types */
 #define QK_K 256 /* elements per super-block of the K types */
 
-typedef struct { uint16_t d; uint8_t qs[QK / 2]; } blk_q4_0;               /* 18 bytes */
-typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } blk_q4_1;            /* 20 bytes */
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } blk_q5_0; /* 22 bytes */
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } blk_q5_1; /* 24 bytes */
-typedef struct { uint16_t d; int8_t qs[QK]; } blk_q8_0;                    /* 34 bytes */
-typedef struct { uint16_t d, s; int8_t qs[QK]; } blk_q8_1;                 /* 36 bytes; s = d * sum(qs) */
-typedef struct {                                                            /* 144 bytes */
+typedef struct {
+    uint16_t d;
+    uint8_t qs[QK / 2];
+} blk_q4_0; /* 18 bytes */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qs[QK / 2];
+} blk_q4_1; /* 20 bytes */
+typedef struct {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];
+} blk_q5_0; /* 22 bytes */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];
+} blk_q5_1; /* 24 bytes */
+typedef struct {
+    uint16_t d;
+    int8_t qs[QK];
+} blk_q8_0; /* 34 bytes */
+typedef struct {
+    uint16_t d, s;
+    int8_t qs[QK];
+} blk_q8_1;      /* 36 bytes; s = d * sum(qs) */
+typedef struct { /* 144 bytes */
     uint16_t d, dmin;
     uint8_t scales[12]; /* 8 6-bit scales and 8 6-bit mins, packed */
     uint8_t qs[QK_K / 2];
@@ -60,8 +80,8 @@ static inline void kq_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m
 bool mx_x86_dot(uint32_t type, const void *w, const void *x, int64_t n, float *out);
 bool mx_x86_dot_rows(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x, int64_t n,
                      float *out);
-bool mx_x86_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x, size_t x_stride,
-                      int n_tok, int64_t n, float *y, size_t y_stride);
+bool mx_x86_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x,
+                      size_t x_stride, int n_tok, int64_t n, float *y, size_t y_stride);
 bool mx_x86_quant_act(uint32_t act_type, const float *x, void *dst, int64_t n);
 bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 

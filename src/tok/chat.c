@@ -41,15 +41,20 @@ static int find_default_system(const char *tmpl, char **out) {
     for (const char *p = strstr(tmpl, head); p; p = strstr(p + 1, head)) {
         if (p == tmpl || (p[-1] != '\'' && p[-1] != '"')) continue; /* must open a literal */
         const char quote = p[-1], *q = p + strlen(head);
-        if (q[0] == '\\' && q[1] == 'n') q += 2;
-        else if (q[0] == '\n') q += 1;
-        else continue;
+        if (q[0] == '\\' && q[1] == 'n')
+            q += 2;
+        else if (q[0] == '\n')
+            q += 1;
+        else
+            continue;
         const char *end = strstr(q, IM_END);
         if (!end) continue;
         bool literal = true; /* no closing quote (unescaped) before <|im_end|> */
         for (const char *r = q; r < end && literal; r++) {
-            if (*r == '\\') r++;
-            else if (*r == quote) literal = false;
+            if (*r == '\\')
+                r++;
+            else if (*r == quote)
+                literal = false;
         }
         if (!literal) continue;
         *out = unescape_literal(q, (size_t)(end - q));
@@ -68,8 +73,8 @@ int mx_chat_template_from_gguf(const mx_gguf *g, mx_chat_template **out, mx_err 
     if (rc) return rc;
     if (!strstr(tmpl, IM_START)) {
         size_t n = strcspn(tmpl, "\n");
-        rc = mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: unsupported chat template (only ChatML is): %.*s%s", g->path,
-                        (int)(n > 200 ? 200 : n), tmpl, n > 200 ? "..." : "");
+        rc = mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: unsupported chat template (only ChatML is): %.*s%s",
+                        g->path, (int)(n > 200 ? 200 : n), tmpl, n > 200 ? "..." : "");
         free(tmpl);
         return rc;
     }
@@ -90,9 +95,12 @@ void mx_chat_template_free(mx_chat_template *ct) {
     free(ct);
 }
 
-const char *mx_chat_end_of_turn(const mx_chat_template *ct) { return IM_END; }
+const char *mx_chat_end_of_turn(const mx_chat_template *ct) {
+    return IM_END;
+}
 
-/* Appends one turn "<|im_start|>role\ncontent<|im_end|>\n" at w (or only counts its length when w is NULL). */
+/* Appends one turn "<|im_start|>role\ncontent<|im_end|>\n" at w (or only counts its length when w is NULL).
+ */
 static size_t put_turn(char *w, const char *role, const char *content) {
     const char *parts[] = {IM_START, role ? role : "", "\n", content ? content : "", IM_END "\n"};
     size_t n = 0;

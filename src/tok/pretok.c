@@ -1,7 +1,7 @@
 /* pretok.c: the pre-tokenizers of byte-level BPE (see pretok.h): GPT-2's regex, SmolLM's digit split followed
- * by GPT-2's regex, and Llama 3's regex, written as direct matchers over UTF-8 (no regex engine). Each matcher
- * returns the end of the regex's match at a position, trying the alternatives in the regex's order with its
- * greedy/backtracking results worked out by hand. Character classes come from utf8proc. */
+ * by GPT-2's regex, and Llama 3's regex, written as direct matchers over UTF-8 (no regex engine). Each
+ * matcher returns the end of the regex's match at a position, trying the alternatives in the regex's order
+ * with its greedy/backtracking results worked out by hand. Character classes come from utf8proc. */
 #include "pretok.h"
 
 #include <stdint.h>
@@ -26,9 +26,12 @@ static size_t utf8_next(const unsigned char *s, size_t i, size_t e, int32_t *cp)
     }
     size_t n;
     int32_t v, min;
-    if (c >= 0xC2 && c <= 0xDF) n = 2, v = c & 0x1F, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) n = 3, v = c & 0x0F, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) n = 4, v = c & 0x07, min = 0x10000;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2, v = c & 0x1F, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF)
+        n = 3, v = c & 0x0F, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4)
+        n = 4, v = c & 0x07, min = 0x10000;
     else {
         *cp = -1;
         return 1;
@@ -53,45 +56,52 @@ static size_t utf8_next(const unsigned char *s, size_t i, size_t e, int32_t *cp)
     return n;
 }
 
-static unsigned classify(int32_t cp) {
+static unsigned ascii_class(unsigned c) {
+    if ((c | 0x20) - 'a' < 26u) return C_L;
+    if (c - '0' < 10u) return C_N;
+    if (c == ' ' || c - 0x09 < 5u) return c == '\n' || c == '\r' ? C_WS | C_NL : C_WS;
+    return 0;
+}
+
+/* Class of a non-ASCII character (cp >= 0x80) or of an invalid byte (cp < 0). */
+static unsigned unicode_class(int32_t cp) {
     if (cp < 0) return 0;
-    if (cp < 0x80) {
-        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return C_L;
-        if (cp >= '0' && cp <= '9') return C_N;
-        if (cp == '\n' || cp == '\r') return C_WS | C_NL;
-        if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) return C_WS;
-        return 0;
-    }
     if (cp == 0x85) return C_WS;
     switch (utf8proc_category(cp)) {
     case UTF8PROC_CATEGORY_LU:
     case UTF8PROC_CATEGORY_LL:
     case UTF8PROC_CATEGORY_LT:
     case UTF8PROC_CATEGORY_LM:
-    case UTF8PROC_CATEGORY_LO: return C_L;
+    case UTF8PROC_CATEGORY_LO:
+        return C_L;
     case UTF8PROC_CATEGORY_ND:
     case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_NO: return C_N;
+    case UTF8PROC_CATEGORY_NO:
+        return C_N;
     case UTF8PROC_CATEGORY_ZS:
     case UTF8PROC_CATEGORY_ZL:
-    case UTF8PROC_CATEGORY_ZP: return C_WS;
-    default: return 0;
+    case UTF8PROC_CATEGORY_ZP:
+        return C_WS;
+    default:
+        return 0;
     }
 }
 
 /* Class of the character at i (i < g->e); *len its byte length. */
-static unsigned cls_at(const seg *g, size_t i, size_t *len) {
+static inline unsigned cls_at(const seg *g, size_t i, size_t *len) {
     unsigned c = g->s[i];
     if (c < 0x80) {
         *len = 1;
-        return classify((int32_t)c);
+        return ascii_class(c);
     }
     int32_t cp;
     *len = utf8_next(g->s, i, g->e, &cp);
-    return classify(cp);
+    return unicode_class(cp);
 }
 
-static int is_other(unsigned cls) { return (cls & (C_L | C_N | C_WS)) == 0; }
+static int is_other(unsigned cls) {
+    return (cls & (C_L | C_N | C_WS)) == 0;
+}
 
 /* End of the run of characters from i whose class has any of `want` bits (or, with want == 0, no L/N/WS). */
 static size_t run_of(const seg *g, size_t i, unsigned want, size_t max_chars) {
@@ -195,8 +205,8 @@ static int split_regex(mx_pretok_kind kind, const unsigned char *s, size_t b, si
     return 0;
 }
 
-/* Digits(individual_digits=True): each \p{N} character is a piece; the text between goes through GPT-2's regex
- * on its own (so lookaheads stop at the digit). */
+/* Digits(individual_digits=True): each \p{N} character is a piece; the text between goes through GPT-2's
+ * regex on its own (so lookaheads stop at the digit). */
 static int split_digits_then_gpt2(const unsigned char *s, size_t len, mx_pretok_emit emit, void *ctx) {
     seg g = {s, len};
     size_t start = 0, i = 0;
@@ -225,9 +235,9 @@ int mx_pretok_from_name(const char *name, mx_pretok_kind *out) {
         const char *name;
         mx_pretok_kind kind;
     } names[] = {
-        {"gpt2", MX_PRETOK_GPT2},          {"default", MX_PRETOK_GPT2},   {"gpt-2", MX_PRETOK_GPT2},
-        {"smollm", MX_PRETOK_SMOLLM},      {"starcoder", MX_PRETOK_SMOLLM}, {"llama3", MX_PRETOK_LLAMA3},
-        {"llama-bpe", MX_PRETOK_LLAMA3},   {"llama-v3", MX_PRETOK_LLAMA3},
+        {"gpt2", MX_PRETOK_GPT2},        {"default", MX_PRETOK_GPT2},     {"gpt-2", MX_PRETOK_GPT2},
+        {"smollm", MX_PRETOK_SMOLLM},    {"starcoder", MX_PRETOK_SMOLLM}, {"llama3", MX_PRETOK_LLAMA3},
+        {"llama-bpe", MX_PRETOK_LLAMA3}, {"llama-v3", MX_PRETOK_LLAMA3},
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         if (strcmp(name, names[k].name) == 0) {

@@ -4,7 +4,10 @@
  * Encode: control tokens (when asked) and user-defined tokens are matched whole in the raw text, leftmost
  * longest, as Hugging Face's added-token split does; the text between goes through the pre-tokenizer
  * (pretok.c) and each piece through BPE: start from one token per byte and apply the lowest-ranked merge
- * (leftmost on ties) with a binary heap, skipping stale entries the way tokenizers' BPE word merge does. */
+ * (leftmost on ties) with a binary heap, skipping stale entries the way tokenizers' BPE word merge does.
+ * A byte with no token of its own is dropped (tokenizers' BPE with unk_token null does the same). Long texts
+ * get a per-call cache of piece -> ids (nothing is cached across calls; the tokenizer is read-only after
+ * load, so one can be shared by threads). */
 #include "tokenizer.h"
 
 #include <limits.h>
@@ -20,6 +23,11 @@ typedef struct {
     uint32_t off, len; /* into mx_tokenizer.bytes */
 } tok_span;
 
+typedef struct {
+    uint64_t key;      /* (left << 32 | right) + 1; 0 = empty slot */
+    int32_t rank, out; /* the merge's rank and the token it makes */
+} merge_ent;
+
 struct mx_tokenizer {
     int n_vocab;
     char *bytes;    /* every token's raw bytes, each NUL-terminated */
@@ -27,8 +35,7 @@ struct mx_tokenizer {
     uint8_t *type;  /* n_vocab GGUF token types */
     int32_t *vslot; /* vocabulary hash: id or -1; vmask + 1 slots */
     uint32_t vmask;
-    uint64_t *mkey; /* merge hash: (left << 32 | right) + 1, 0 = empty; mmask + 1 slots */
-    int32_t *mrank, *mout;
+    merge_ent *merges; /* merge hash: mmask + 1 slots */
     uint32_t mmask;
     int32_t byte_tok[256]; /* the token of each single byte */
     int *whole;            /* control and user-defined tokens, matched whole in the text */
@@ -86,7 +93,7 @@ static void vocab_insert(mx_tokenizer *t, int id) {
 static uint32_t merge_slot(const mx_tokenizer *t, int32_t a, int32_t b) {
     uint64_t key = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
     uint32_t i = hash_pair(key) & t->mmask;
-    while (t->mkey[i] && t->mkey[i] != key) i = (i + 1) & t->mmask;
+    while (t->merges[i].key && t->merges[i].key != key) i = (i + 1) & t->mmask;
     return i;
 }
 
@@ -127,7 +134,8 @@ static size_t from_byte_level(const int16_t byte_of[324], const char *s, size_t 
 }
 
 /* Finds key as an array of strings (elem == MX_GGUF_STRING) or of numbers (any other elem). */
-static int find_array(const mx_gguf *g, const char *key, mx_gguf_vtype elem, const mx_gguf_kv **out, mx_err *err) {
+static int find_array(const mx_gguf *g, const char *key, mx_gguf_vtype elem, const mx_gguf_kv **out,
+                      mx_err *err) {
     const mx_gguf_kv *kv = mx_gguf_kv_find(g, key);
     *out = NULL;
     if (!kv) return mx_err_set(err, MX_ERR_MISSING, "%s: no '%s' in the metadata", g->path, key);
@@ -163,7 +171,8 @@ static int load_tokens(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
     t->type = malloc((size_t)t->n_vocab);
     t->vmask = table_size((uint64_t)t->n_vocab) - 1;
     t->vslot = malloc(sizeof *t->vslot * ((size_t)t->vmask + 1));
-    if (!t->bytes || !t->tok || !t->type || !t->vslot) return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
+    if (!t->bytes || !t->tok || !t->type || !t->vslot)
+        return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
     memset(t->vslot, 0xff, sizeof *t->vslot * ((size_t)t->vmask + 1));
     int16_t byte_of[324];
     byte_alphabet(byte_of);
@@ -184,12 +193,17 @@ static int load_tokens(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
         off += (uint32_t)n + 1;
         vocab_insert(t, i);
     }
+    /* SmolLM2's vocabulary lacks 21 of the 256 bytes (0x04, 0xC0, 0xFF, ...): -1 here, and encoding drops
+     * such bytes, as tokenizers' BPE does for a character outside the vocabulary when unk_token is null. */
+    int n_bytes = 0;
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_tok[b] = vocab_lookup(t, &c, 1);
-        if (t->byte_tok[b] < 0)
-            return mx_err_set(err, MX_ERR_FORMAT, "%s: the vocabulary has no token for byte 0x%02x", g->path, b);
+        n_bytes += t->byte_tok[b] >= 0;
     }
+    if (n_bytes == 0)
+        return mx_err_set(err, MX_ERR_FORMAT,
+                          "%s: the vocabulary has no single-byte tokens (not byte-level BPE?)", g->path);
     return 0;
 }
 
@@ -201,10 +215,8 @@ static int load_merges(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
         return mx_err_set(err, MX_ERR_FORMAT, "%s: %llu merges", g->path, (unsigned long long)m->count);
     size_t slots = table_size(m->count);
     t->mmask = (uint32_t)slots - 1;
-    t->mkey = calloc(slots, sizeof *t->mkey);
-    t->mrank = malloc(slots * sizeof *t->mrank);
-    t->mout = malloc(slots * sizeof *t->mout);
-    if (!t->mkey || !t->mrank || !t->mout) return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
+    t->merges = calloc(slots, sizeof *t->merges);
+    if (!t->merges) return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
     int16_t byte_of[324];
     byte_alphabet(byte_of);
     char *buf = NULL;
@@ -228,16 +240,17 @@ static int load_merges(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
         }
         size_t la = from_byte_level(byte_of, s->ptr, (size_t)(sp - s->ptr), buf);
         size_t lb = from_byte_level(byte_of, sp + 1, (size_t)(s->ptr + s->len - sp - 1), buf + la);
-        int a = vocab_lookup(t, buf, la), b = vocab_lookup(t, buf + la, lb), out = vocab_lookup(t, buf, la + lb);
+        int a = vocab_lookup(t, buf, la), b = vocab_lookup(t, buf + la, lb),
+            out = vocab_lookup(t, buf, la + lb);
         if (a < 0 || b < 0 || out < 0) {
-            rc = mx_err_set(err, MX_ERR_FORMAT, "%s: merge %llu ('%.*s') uses or makes a token not in the vocabulary",
-                            g->path, (unsigned long long)r, (int)(s->len > 64 ? 64 : s->len), s->ptr);
+            rc = mx_err_set(err, MX_ERR_FORMAT,
+                            "%s: merge %llu ('%.*s') uses or makes a token not in the vocabulary", g->path,
+                            (unsigned long long)r, (int)(s->len > 64 ? 64 : s->len), s->ptr);
             break;
         }
         uint32_t i = merge_slot(t, a, b);
-        t->mkey[i] = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
-        t->mrank[i] = (int32_t)r; /* a repeated pair takes its last rank, as tokenizers' map does */
-        t->mout[i] = out;
+        /* a repeated pair takes its last rank, as tokenizers' map does */
+        t->merges[i] = (merge_ent){((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1, (int32_t)r, out};
     }
     free(buf);
     return rc;
@@ -265,8 +278,8 @@ static int read_id(const mx_gguf *g, const char *key, int n_vocab, int *out, mx_
     int rc = mx_gguf_get_i64(g, key, &v, err);
     if (rc) return rc;
     if (v < 0 || v >= n_vocab)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: %s = %lld is outside the vocabulary (%d tokens)", g->path, key,
-                          (long long)v, n_vocab);
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: %s = %lld is outside the vocabulary (%d tokens)", g->path,
+                          key, (long long)v, n_vocab);
     *out = (int)v;
     return 0;
 }
@@ -277,8 +290,8 @@ static int check_kind(const mx_gguf *g, mx_tokenizer *t, mx_err *err) {
     if (rc) return rc == MX_ERR_MISSING ? mx_err_set(err, rc, "%s: no tokenizer.ggml.model", g->path) : rc;
     if (strcmp(model, "gpt2") != 0) {
         rc = mx_err_set(err, MX_ERR_UNSUPPORTED,
-                        "%s: tokenizer.ggml.model '%s' is not supported (only 'gpt2', byte-level BPE)", g->path,
-                        model);
+                        "%s: tokenizer.ggml.model '%s' is not supported (only 'gpt2', byte-level BPE)",
+                        g->path, model);
     } else if (mx_gguf_kv_find(g, "tokenizer.ggml.pre")) {
         rc = mx_gguf_get_str(g, "tokenizer.ggml.pre", &pre, err);
         if (!rc && mx_pretok_from_name(pre, &t->pre) != 0)
@@ -321,22 +334,34 @@ void mx_tokenizer_free(mx_tokenizer *t) {
     free(t->tok);
     free(t->type);
     free(t->vslot);
-    free(t->mkey);
-    free(t->mrank);
-    free(t->mout);
+    free(t->merges);
     free(t->whole);
     free(t);
 }
 
-int mx_tokenizer_vocab_size(const mx_tokenizer *t) { return t->n_vocab; }
-int mx_tokenizer_bos(const mx_tokenizer *t) { return t->bos; }
-int mx_tokenizer_eos(const mx_tokenizer *t) { return t->eos; }
-bool mx_tokenizer_add_bos(const mx_tokenizer *t) { return t->add_bos; }
+int mx_tokenizer_vocab_size(const mx_tokenizer *t) {
+    return t->n_vocab;
+}
+int mx_tokenizer_bos(const mx_tokenizer *t) {
+    return t->bos;
+}
+int mx_tokenizer_eos(const mx_tokenizer *t) {
+    return t->eos;
+}
+bool mx_tokenizer_add_bos(const mx_tokenizer *t) {
+    return t->add_bos;
+}
 
-int mx_tokenizer_find(const mx_tokenizer *t, const char *text) { return vocab_lookup(t, text, strlen(text)); }
+int mx_tokenizer_find(const mx_tokenizer *t, const char *text) {
+    return vocab_lookup(t, text, strlen(text));
+}
 
 bool mx_tokenizer_is_special(const mx_tokenizer *t, int id) {
     return id >= 0 && id < t->n_vocab && t->type[id] == TT_CONTROL;
+}
+
+int mx_tokenizer_byte_token(const mx_tokenizer *t, uint8_t byte) {
+    return t->byte_tok[byte];
 }
 
 const char *mx_token_bytes(const mx_tokenizer *t, int id, size_t *len) {
@@ -369,6 +394,59 @@ typedef struct {
     int32_t rank, pos, out;
 } heap_ent;
 
+/* A cache of this call's pieces (the same words come back again and again in a long text): piece bytes ->
+ * its token ids. It lives for one mx_tokenize call only and is emptied when full. */
+enum {
+    CACHE_SLOTS = 1 << 15,
+    CACHE_MAX_ENTRIES = CACHE_SLOTS / 2,
+    CACHE_MAX_PIECE = 48,
+    CACHE_MIN_TEXT = 2048
+};
+
+typedef struct {
+    uint32_t hash, text_off, ids_off;
+    uint16_t text_len, n_ids;
+} cache_ent;
+
+typedef struct {
+    int32_t slot[CACHE_SLOTS]; /* entry index or -1 */
+    cache_ent ent[CACHE_MAX_ENTRIES];
+    uint32_t n_ent;
+    char text[CACHE_MAX_ENTRIES * 16]; /* piece bytes; when it fills up the cache is emptied */
+    uint32_t text_n;
+    int32_t ids[CACHE_MAX_ENTRIES * 4];
+    uint32_t ids_n;
+} piece_cache;
+
+static void cache_clear(piece_cache *c) {
+    memset(c->slot, 0xff, sizeof c->slot);
+    c->n_ent = c->text_n = c->ids_n = 0;
+}
+
+/* The slot for piece p (its entry, or the empty slot where it would go). */
+static uint32_t cache_slot(const piece_cache *c, const char *p, size_t n, uint32_t h) {
+    uint32_t i = h & (CACHE_SLOTS - 1);
+    for (; c->slot[i] >= 0; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        const cache_ent *e = &c->ent[c->slot[i]];
+        if (e->hash == h && e->text_len == n && memcmp(c->text + e->text_off, p, n) == 0) break;
+    }
+    return i;
+}
+
+static void cache_put(piece_cache *c, uint32_t slot, const char *p, size_t n, uint32_t h, const int *ids,
+                      size_t n_ids) {
+    if (c->n_ent == CACHE_MAX_ENTRIES || c->text_n + n > sizeof c->text ||
+        c->ids_n + n_ids > sizeof c->ids / sizeof c->ids[0]) {
+        cache_clear(c);
+        slot = cache_slot(c, p, n, h);
+    }
+    c->ent[c->n_ent] = (cache_ent){h, c->text_n, c->ids_n, (uint16_t)n, (uint16_t)n_ids};
+    c->slot[slot] = (int32_t)c->n_ent++;
+    memcpy(c->text + c->text_n, p, n);
+    c->text_n += (uint32_t)n;
+    for (size_t i = 0; i < n_ids; i++) c->ids[c->ids_n++] = ids[i];
+}
+
 typedef struct {
     const mx_tokenizer *t;
     int *ids;
@@ -377,6 +455,7 @@ typedef struct {
     size_t sym_cap;
     heap_ent *heap;
     size_t heap_n, heap_cap;
+    piece_cache *cache; /* NULL for short texts */
 } enc_state;
 
 static int push_id(enc_state *st, int id) {
@@ -391,14 +470,16 @@ static int push_id(enc_state *st, int id) {
     return 0;
 }
 
-static bool heap_less(heap_ent a, heap_ent b) { return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos; }
+static bool heap_less(heap_ent a, heap_ent b) {
+    return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos;
+}
 
 /* Pushes the merge of symbols a and b (adjacent) if there is one; the heap has room (see reserve_piece). */
 static void heap_push_pair(enc_state *st, int32_t a, int32_t b) {
     const mx_tokenizer *t = st->t;
     uint32_t slot = merge_slot(t, st->sym[a], st->sym[b]);
-    if (!t->mkey[slot]) return;
-    heap_ent e = {t->mrank[slot], a, t->mout[slot]};
+    if (!t->merges[slot].key) return;
+    heap_ent e = {t->merges[slot].rank, a, t->merges[slot].out};
     size_t i = st->heap_n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -442,20 +523,48 @@ static int reserve_piece(enc_state *st, size_t n) {
     return 0;
 }
 
+static int bpe_merge(enc_state *st, const char *p, size_t n);
+
+/* Emits the tokens of one pre-tokenizer piece, through the cache when there is one. */
 static int bpe_piece(void *ctx, const char *p, size_t n) {
     enc_state *st = ctx;
+    piece_cache *c = st->cache;
+    if (!c || n < 2 || n > CACHE_MAX_PIECE) return bpe_merge(st, p, n);
+    uint32_t h = hash_bytes(p, n), slot = cache_slot(c, p, n, h);
+    if (c->slot[slot] >= 0) {
+        const cache_ent *e = &c->ent[c->slot[slot]];
+        for (uint32_t i = 0; i < e->n_ids; i++)
+            if (push_id(st, c->ids[e->ids_off + i])) return MX_ERR_NOMEM;
+        return 0;
+    }
+    size_t start = st->n;
+    int rc = bpe_merge(st, p, n);
+    if (!rc) cache_put(c, slot, p, n, h, st->ids + start, st->n - start);
+    return rc;
+}
+
+/* BPE on one piece: one symbol per byte, then the merges by rank. */
+static int bpe_merge(enc_state *st, const char *p, size_t n) {
     const mx_tokenizer *t = st->t;
-    if (n == 1) return push_id(st, t->byte_tok[(unsigned char)p[0]]);
+    if (n == 1)
+        return t->byte_tok[(unsigned char)p[0]] < 0 ? 0 : push_id(st, t->byte_tok[(unsigned char)p[0]]);
     if (t->ignore_merges) {
         int id = vocab_lookup(t, p, n);
         if (id >= 0 && t->type[id] != TT_CONTROL && t->type[id] != TT_USER) return push_id(st, id);
     }
     if (n > INT32_MAX / 4 || reserve_piece(st, n)) return MX_ERR_NOMEM;
+    size_t m = 0; /* symbols: one per byte that has a token; the others vanish and their neighbours meet */
     for (size_t i = 0; i < n; i++) {
-        st->sym[i] = t->byte_tok[(unsigned char)p[i]];
-        st->prev[i] = (int32_t)i - 1;
-        st->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        int id = t->byte_tok[(unsigned char)p[i]];
+        if (id < 0) continue;
+        st->sym[m] = id;
+        st->prev[m] = (int32_t)m - 1;
+        st->next[m] = (int32_t)m + 1;
+        m++;
     }
+    if (m == 0) return 0;
+    st->next[m - 1] = -1;
+    n = m;
     st->heap_n = 0;
     for (size_t i = 0; i + 1 < n; i++) heap_push_pair(st, (int32_t)i, (int32_t)i + 1);
     while (st->heap_n) {
@@ -463,7 +572,8 @@ static int bpe_piece(void *ctx, const char *p, size_t n) {
         int32_t a = e.pos, b = st->next[a];
         if (st->sym[a] < 0 || b < 0) continue;
         uint32_t slot = merge_slot(t, st->sym[a], st->sym[b]);
-        if (!t->mkey[slot] || t->mout[slot] != e.out) continue; /* stale: a neighbour changed since */
+        if (!t->merges[slot].key || t->merges[slot].out != e.out)
+            continue; /* stale: a neighbour changed since */
         st->sym[a] = e.out;
         st->sym[b] = -1;
         st->next[a] = st->next[b];
@@ -508,13 +618,15 @@ static int encode_text(enc_state *st, const char *text, size_t len, bool parse_s
     return mx_pretok_split(t->pre, text + start, len - start, bpe_piece, st);
 }
 
-int mx_tokenize(const mx_tokenizer *t, const char *text, size_t len, bool parse_special, int **ids, int *n_ids,
-                mx_err *err) {
+int mx_tokenize(const mx_tokenizer *t, const char *text, size_t len, bool parse_special, int **ids,
+                int *n_ids, mx_err *err) {
     *ids = NULL;
     *n_ids = 0;
     if (!text && len) return mx_err_set(err, MX_ERR_ARG, "tokenize: NULL text");
     enc_state st = {.t = t};
+    if (len >= CACHE_MIN_TEXT && (st.cache = malloc(sizeof *st.cache))) cache_clear(st.cache);
     int rc = encode_text(&st, text, len, parse_special);
+    free(st.cache);
     if (!rc && st.n > INT_MAX) rc = MX_ERR_ARG;
     if (!rc && !st.ids && push_id(&st, 0) == 0) st.n = 0; /* an empty result is still a malloc'd array */
     if (!rc && !st.ids) rc = MX_ERR_NOMEM;

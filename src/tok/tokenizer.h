@@ -24,6 +24,9 @@ bool mx_tokenizer_add_bos(const mx_tokenizer *t); /* tokenizer.ggml.add_bos_toke
 /* Id of a token's exact text (e.g. "<|im_end|>"), or -1. */
 int mx_tokenizer_find(const mx_tokenizer *t, const char *text);
 bool mx_tokenizer_is_special(const mx_tokenizer *t, int id); /* control tokens */
+/* The token of one raw byte, or -1 when the vocabulary has none (SmolLM2 lacks 21 bytes, e.g. 0x04 and 0xFF:
+ * encoding drops such bytes, as Hugging Face's tokenizer does; decode(encode(s)) is s less those bytes). */
+int mx_tokenizer_byte_token(const mx_tokenizer *t, uint8_t byte);
 
 /* Encodes len bytes of UTF-8 text. Special tokens written literally in the text ("<|im_start|>") become their
  * ids when parse_special is true, as Hugging Face does for added tokens. *ids is malloc'd (caller frees);

@@ -1,5 +1,6 @@
 /* cpu_backend.c: the CPU backend's op table and buffer allocation. Ops live in the other cpu_*.c files;
  * threads are OpenMP's, sized once at creation (-t N). */
+#include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +10,7 @@
 static void *cpu_alloc(mx_backend *be, size_t bytes) {
     (void)be;
     size_t rounded = (bytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
-    if (p) memset(p, 0, rounded);
-    return p;
+    return aligned_alloc(64, rounded ? rounded : 64);
 }
 
 static void cpu_free(mx_backend *be, void *p) {
@@ -29,6 +28,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     if (!be) return NULL;
     if (n_threads <= 0) n_threads = omp_get_num_procs();
     omp_set_num_threads(n_threads);
+    openblas_set_num_threads(1); /* BLAS is called from inside our OpenMP threads, one tile each */
     be->name = "cpu";
     be->n_threads = n_threads;
     be->alloc = cpu_alloc;

@@ -1,0 +1,118 @@
+/* logits.c: `mixatt logits`: the logits of every position of a token sequence, written as little-endian
+ * float32 [T, vocab]. With --decode the tokens go through the cache one at a time instead of one prefill, so
+ * the two paths can be compared. Used by the reference tests; handy for checking a model against another
+ * implementation. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "common.h"
+
+static void help(FILE *f) {
+    fprintf(f, "usage: mixatt logits [-m MODEL] (--ids \"1 2 3\" | -p TEXT) -o OUT.f32 [--decode] [--chunk N]\n\n"
+               "Evaluates the tokens and writes the logits of every position as float32 [T, vocab].\n\n"
+               "  --ids LIST           space- or comma-separated token ids\n"
+               "  -p, --prompt TEXT    tokenize TEXT (special tokens parsed) instead\n"
+               "  -o, --out FILE       output file\n"
+               "  --decode             evaluate one token at a time (decode path) instead of one prefill\n"
+               "  --chunk N            evaluate in prefills of N tokens (exercises prefill after a cache)\n\n");
+    mx_common_help(f, false);
+}
+
+static int parse_ids(const char *s, int **ids, int *n) {
+    int cap = 64;
+    *n = 0;
+    *ids = malloc(sizeof(int) * (size_t)cap);
+    while (*ids && *s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s) {
+            if (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t') {
+                s++;
+                continue;
+            }
+            fprintf(stderr, "mixatt logits: --ids: '%c' is not part of a token id\n", *s);
+            return -1;
+        }
+        if (*n == cap) {
+            int *g = realloc(*ids, sizeof(int) * (size_t)(cap *= 2));
+            if (!g) return -1;
+            *ids = g;
+        }
+        (*ids)[(*n)++] = (int)v;
+        s = end;
+    }
+    return *ids ? 0 : -1;
+}
+
+int mx_cmd_logits(int argc, char **argv) {
+    mx_common_opts o;
+    mx_common_defaults(&o);
+    const char *ids_arg = NULL, *prompt = NULL, *out = NULL;
+    int chunk = 0;
+    bool decode = false;
+    for (int i = 1; i < argc; i++) {
+        int r = mx_common_parse(&o, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
+        if (!strcmp(a, "--ids") && val) ids_arg = val, i++;
+        else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) prompt = val, i++;
+        else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && val) out = val, i++;
+        else if (!strcmp(a, "--decode")) decode = true;
+        else if (!strcmp(a, "--chunk")) {
+            if (mx_parse_int(a, val, 1, 1 << 20, &chunk)) return 2;
+            i++;
+        } else {
+            fprintf(stderr, "mixatt logits: unknown or incomplete option '%s' (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (!out || !ids_arg == !prompt) {
+        fprintf(stderr, "mixatt logits: need -o FILE and exactly one of --ids or -p (see --help)\n");
+        return 2;
+    }
+    mx_model *m;
+    mx_backend *be;
+    if (mx_open_model(&o, &m, &be)) return 1;
+    int *ids = NULL, n = 0, rc = 1, vocab = m->cfg.vocab;
+    mx_err err = {0};
+    mx_session *s = NULL;
+    float *logits = NULL;
+    FILE *f = NULL;
+    if (ids_arg ? parse_ids(ids_arg, &ids, &n) : mx_tokenize(m->tok, prompt, strlen(prompt), true, &ids, &n, &err)) {
+        if (err.msg[0]) fprintf(stderr, "mixatt logits: %s\n", err.msg);
+        goto done;
+    }
+    if (n == 0) {
+        fprintf(stderr, "mixatt logits: no tokens\n");
+        goto done;
+    }
+    if (mx_session_create(m, be, o.ctx ? o.ctx : (n < m->cfg.max_ctx ? n : m->cfg.max_ctx), &s, &err) ||
+        !(logits = malloc(sizeof(float) * (size_t)n * vocab))) {
+        fprintf(stderr, "mixatt logits: %s\n", err.msg[0] ? err.msg : "out of memory");
+        goto done;
+    }
+    int step = decode ? 1 : chunk ? chunk : n;
+    for (int t = 0; t < n; t += step) {
+        int k = n - t < step ? n - t : step;
+        if (mx_session_eval(s, ids + t, k, logits + (size_t)t * vocab, true, &err)) {
+            fprintf(stderr, "mixatt logits: %s\n", err.msg);
+            goto done;
+        }
+    }
+    if (!(f = fopen(out, "wb")) || fwrite(logits, sizeof(float) * vocab, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "mixatt logits: cannot write %s\n", out);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (f && fclose(f) && !rc) rc = 1, fprintf(stderr, "mixatt logits: cannot write %s\n", out);
+    free(logits);
+    free(ids);
+    mx_session_free(s);
+    mx_backend_destroy(be);
+    mx_model_free(m);
+    return rc;
+}

@@ -1,0 +1,210 @@
+/* tokenize.c: `mixatt tokenize`: the token ids of a text (or file) under a model's tokenizer, or one line per
+ * token with its piece. Options live in one struct filled by parse_args, so that more modes can be added. */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../io/gguf.h"
+#include "../tok/tokenizer.h"
+
+#define TOKENIZE_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+typedef struct {
+    const char *model;  /* -m; NULL = $MIXATT_MODEL or the default model */
+    const char *prompt; /* -p TEXT */
+    const char *file;   /* -f FILE ("-" = standard input) */
+    bool pieces;        /* --pieces: "id<TAB>piece" per line instead of the ids on one line */
+    bool no_special;    /* --no-special: special tokens written in the text stay text */
+} tokenize_opts;
+
+static void usage(FILE *f) {
+    fprintf(
+        f, "usage: mixatt tokenize [-m MODEL] (-p TEXT | -f FILE) [--ids | --pieces] [--no-special]\n"
+           "\n"
+           "Prints the token ids of TEXT (or of FILE's bytes) under the model's tokenizer. No BOS is added.\n"
+           "\n"
+           "  -m, --model FILE  GGUF model whose tokenizer to use (default: $MIXATT_MODEL, else\n"
+           "                    " TOKENIZE_DEFAULT_MODEL " under the current directory)\n"
+           "  -p, --prompt TEXT the text to tokenize\n"
+           "  -f, --file FILE   tokenize the contents of FILE ('-' reads standard input)\n"
+           "      --ids         print the ids on one line, separated by spaces (the default)\n"
+           "      --pieces      print one token per line: its id, a tab, and its text quoted with C escapes\n"
+           "      --no-special  treat special tokens written in the text (\"<|im_start|>\") as plain text\n"
+           "  -h, --help        this help\n");
+}
+
+/* Value of the option at argv[*i]; NULL (message printed) when it is missing. */
+static const char *take_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "mixatt tokenize: %s expects a value\n", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+/* Returns 0 to go on, 1 after --help, 2 on a usage error (message printed). */
+static int parse_args(int argc, char **argv, tokenize_opts *o) {
+    memset(o, 0, sizeof *o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst = NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            dst = &o->model;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            dst = &o->prompt;
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            dst = &o->file;
+        } else if (!strcmp(a, "--ids")) {
+            o->pieces = false;
+        } else if (!strcmp(a, "--pieces")) {
+            o->pieces = true;
+        } else if (!strcmp(a, "--no-special")) {
+            o->no_special = true;
+        } else {
+            fprintf(stderr, "mixatt tokenize: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (dst && !(*dst = take_value(argc, argv, &i))) return 2;
+    }
+    if (!o->prompt == !o->file) {
+        fprintf(stderr, "mixatt tokenize: give exactly one of -p TEXT or -f FILE\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* Reads a whole stream; returns a malloc'd buffer (NUL-terminated) or NULL with errno set. */
+static char *read_stream(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (ferror(f)) break;
+        if (n + 1 < cap) {
+            buf[n] = '\0';
+            *len = n;
+            return buf;
+        }
+        char *nb = realloc(buf, cap *= 2);
+        if (!nb) break;
+        buf = nb;
+    }
+    int e = errno;
+    free(buf);
+    errno = e ? e : EIO;
+    return NULL;
+}
+
+static char *read_input(const tokenize_opts *o, size_t *len) {
+    if (o->prompt) {
+        *len = strlen(o->prompt);
+        return strdup(o->prompt);
+    }
+    FILE *f = strcmp(o->file, "-") ? fopen(o->file, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "mixatt tokenize: cannot open %s: %s\n", o->file, strerror(errno));
+        return NULL;
+    }
+    char *buf = read_stream(f, len);
+    if (!buf) fprintf(stderr, "mixatt tokenize: cannot read %s: %s\n", o->file, strerror(errno));
+    if (f != stdin) fclose(f);
+    return buf;
+}
+
+/* The model path; NULL (message printed) when the file does not exist. */
+static const char *model_path(const tokenize_opts *o) {
+    const char *env = getenv("MIXATT_MODEL");
+    const char *path = o->model ? o->model : env && *env ? env : TOKENIZE_DEFAULT_MODEL;
+    if (access(path, F_OK) == 0) return path;
+    if (o->model || (env && *env))
+        fprintf(stderr, "mixatt tokenize: model not found: %s\n", path);
+    else
+        fprintf(stderr,
+                "mixatt tokenize: model not found: %s — run `make model` (or scripts/get-model.sh) to "
+                "download it\n",
+                path);
+    return NULL;
+}
+
+/* Writes a token's bytes quoted, with C escapes for quotes, backslashes and non-printable bytes. */
+static void print_piece(const char *s, size_t n) {
+    putchar('"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c == '\r')
+            fputs("\\r", stdout);
+        else if (c < 0x20 || c == 0x7F)
+            printf("\\x%02x", c);
+        else
+            putchar(c); /* UTF-8 bytes as they are (a piece may hold part of a character) */
+    }
+    putchar('"');
+}
+
+static void print_tokens(const mx_tokenizer *t, const int *ids, int n, bool pieces) {
+    for (int i = 0; i < n; i++) {
+        if (!pieces) {
+            printf(i ? " %d" : "%d", ids[i]);
+            continue;
+        }
+        size_t len;
+        const char *b = mx_token_bytes(t, ids[i], &len);
+        printf("%d\t", ids[i]);
+        print_piece(b, len);
+        putchar('\n');
+    }
+    if (!pieces) putchar('\n');
+}
+
+int mx_cmd_tokenize(int argc, char **argv) {
+    tokenize_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    const char *path = model_path(&o);
+    if (!path) return 1;
+    size_t len;
+    char *text = read_input(&o, &len);
+    if (!text) return 1;
+    mx_err err = {0};
+    mx_gguf *g = NULL;
+    mx_tokenizer *t = NULL;
+    int *ids = NULL, n = 0;
+    rc = mx_gguf_open(path, &g, &err);
+    if (!rc) rc = mx_tokenizer_from_gguf(g, &t, &err);
+    if (!rc) rc = mx_tokenize(t, text, len, !o.no_special, &ids, &n, &err);
+    if (rc) {
+        fprintf(stderr, "mixatt tokenize: %s\n", err.msg);
+    } else {
+        print_tokens(t, ids, n, o.pieces);
+        size_t dropped = 0;
+        for (size_t i = 0; i < len; i++) dropped += mx_tokenizer_byte_token(t, (uint8_t)text[i]) < 0;
+        if (dropped)
+            fprintf(stderr,
+                    "mixatt tokenize: warning: %zu byte(s) of the input have no token in this vocabulary "
+                    "and were dropped (as Hugging Face's tokenizer does)\n",
+                    dropped);
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            fprintf(stderr, "mixatt tokenize: cannot write the output: %s\n", strerror(errno));
+            rc = 1;
+        }
+    }
+    free(ids);
+    mx_tokenizer_free(t);
+    if (g) mx_gguf_close(g);
+    free(text);
+    return rc ? 1 : 0;
+}
