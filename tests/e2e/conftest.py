@@ -13,7 +13,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 def _binary(var, default):
     path = os.environ.get(var) or os.path.join(ROOT, default)
     assert os.path.exists(path), f"{path} missing: run the tests with `make test` ({var})"
-    return path
+    return os.path.abspath(path)
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +32,16 @@ def model():
     return MODEL
 
 
-def run(binary, *args, timeout=600, input=None, env=None):
-    """Runs the binary, returns CompletedProcess with text output."""
+def run(binary, *args, timeout=600, input=None, env=None, cwd=None, exe_copy=False):
+    """Runs the binary, returns CompletedProcess with text output. exe_copy runs a copy of the binary placed
+    in cwd (so it cannot find the repository's models/ next to itself)."""
+    if exe_copy:
+        import shutil
+        binary = shutil.copy(binary, os.path.join(cwd, "mixatt"))
     e = dict(os.environ)
     e.setdefault("OMP_NUM_THREADS", "2")
     e.setdefault("ASAN_OPTIONS", "detect_leaks=1")
     if env:
         e.update(env)
     return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=timeout, input=input,
-                          env=e)
+                          env=e, cwd=cwd)
