@@ -56,16 +56,22 @@ struct mx_backend {
 
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
     void (*free)(mx_backend *be, void *p);
+    /* Places a weight where the backend reads it (sets t->dev; the CPU reads t->data and does nothing). */
+    int (*upload)(mx_backend *be, mx_tensor *t, mx_err *err);
+    /* Releases what upload placed. */
+    void (*release)(mx_backend *be, mx_tensor *t);
+    /* Blocks until queued work is done (timing); the CPU returns at once. */
+    void (*sync)(mx_backend *be);
 
     /* y[T, n_out] = x[T, n_in] · Wᵀ, W of any supported type, shape ne = {n_in, n_out}. */
     void (*matmul)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
-    /* out[T, C] = embedding rows of ids (W ne = {C, vocab}). */
+    /* out[T, C] = embedding rows of ids (W ne = {C, vocab}); ids in host memory. */
     void (*embed)(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
-    /* out = x / rms(x) * w, per row of C. */
-    void (*rmsnorm)(mx_backend *be, const float *x, const float *w, float *out, int T, int C, float eps);
+    /* out = x / rms(x) * w, per row of C (w an F32 vector of C). */
+    void (*rmsnorm)(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps);
     /* out = (x - mean) / std * w + b, per row of C (b may be NULL). */
-    void (*layernorm)(mx_backend *be, const float *x, const float *w, const float *b, float *out, int T, int C,
-                      float eps);
+    void (*layernorm)(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
+                      int C, float eps);
     /* Rotates the first rope_dim dims of each head of x[T, n_head, head_dim] in place, positions pos0+t. */
     void (*rope)(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
                  mx_rope_mode mode);
@@ -75,8 +81,8 @@ struct mx_backend {
     void (*gelu)(mx_backend *be, float *x, int n);
     /* y += x */
     void (*add)(mx_backend *be, float *y, const float *x, int n);
-    /* y[T, n] += b[n] */
-    void (*add_bias)(mx_backend *be, float *y, const float *b, int T, int n);
+    /* y[T, n] += b[n] (b an F32 vector) */
+    void (*add_bias)(mx_backend *be, float *y, const mx_tensor *b, int T, int n);
     /* out[T, H, Dv] = softmax(q kᵀ · scale, masked by spec) v; lse[T, H] (natural log, may be NULL). */
     void (*attention)(mx_backend *be, const mx_attn_spec *spec, const float *q, const float *k, const float *v,
                       float *out, float *lse);
@@ -88,6 +94,10 @@ struct mx_backend {
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */
 mx_backend *mx_backend_cpu_create(int n_threads);
+
+/* The registry: creates a backend by name ("cpu", "cuda"); device = GPU index for cuda. A name this build
+ * does not have, or a device that is not there, gives a message that says what to use instead. */
+int mx_backend_create(const char *name, int device, int n_threads, mx_backend **out, mx_err *err);
 void mx_backend_destroy(mx_backend *be);
 
 #endif

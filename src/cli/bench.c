@@ -147,7 +147,6 @@ done:
     free(toks);
     free(logits);
     mx_session_free(s);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return rc;
 }

@@ -158,7 +158,6 @@ int mx_cmd_chat(int argc, char **argv) {
     conv_free(&c);
     mx_sampler_free(&smp);
     mx_session_free(s);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return rc;
 }

@@ -52,6 +52,15 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
         if (mx_parse_int(a, val, 1, 1 << 24, &o->ctx)) return -1;
         TAKE;
+    } else if (!strcmp(a, "--device")) {
+        if (!val || (strcmp(val, "cpu") && strcmp(val, "cuda")))
+            return fprintf(stderr, "mixatt: --device expects cpu or cuda, got '%s'\n", val ? val : ""), -1;
+        o->device = val;
+        TAKE;
+    } else if (!strcmp(a, "--gpu")) {
+        if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return -1;
+        o->device = "cuda";
+        TAKE;
     } else if (!strcmp(a, "--exact")) {
         o->exact = true;
         return 1;
@@ -89,6 +98,7 @@ void mx_common_help(FILE *f, bool sampling) {
     fprintf(f, "model options:\n"
                "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"
                "  -t, --threads N      CPU threads (default: all cores)\n"
+               "  --device cpu|cuda    where to run (default cpu); --gpu N picks a GPU and implies cuda\n"
                "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n"
                "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
                "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
@@ -142,14 +152,22 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
         fprintf(stderr, "mixatt: cannot load model: %s\n", err.msg);
         return 1;
     }
-    *be = mx_backend_cpu_create(o->threads);
-    if (*be) (*be)->exact = o->exact;
-    if (!*be) {
+    if (mx_backend_create(o->device, o->gpu, o->threads, be, &err) || mx_model_place(*m, *be, &err)) {
+        fprintf(stderr, "mixatt: %s\n", err.msg);
+        mx_backend_destroy(*be);
         mx_model_free(*m);
-        fprintf(stderr, "mixatt: out of memory creating the CPU backend\n");
+        *m = NULL;
+        *be = NULL;
         return 1;
     }
+    (*be)->exact = o->exact;
     return 0;
+}
+
+void mx_close_model(mx_model *m, mx_backend *be) {
+    if (m && be) mx_model_unplace(m, be);
+    mx_backend_destroy(be);
+    mx_model_free(m);
 }
 
 char *mx_read_file(const char *path, size_t *len) {

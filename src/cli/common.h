@@ -16,6 +16,8 @@ typedef struct {
     int threads;       /* 0 = all cores */
     int ctx;           /* 0 = min(model context, default) */
     bool exact;        /* fp32 activations in every matmul */
+    const char *device;/* "cpu" (default) or "cuda" */
+    int gpu;           /* GPU index for cuda */
     mx_sampler_params sp;
 } mx_common_opts;
 
@@ -28,8 +30,10 @@ void mx_common_help(FILE *f, bool sampling);
 /* Resolves the model path: -m, else $MIXATT_MODEL, else MX_DEFAULT_MODEL under the current directory or
  * next to the binary (../models/). */
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size);
-/* Loads the model and creates the CPU backend; prints a message and returns non-zero on failure. */
+/* Loads the model, creates the backend (--device) and places the weights on it; prints a message and returns
+ * non-zero on failure. mx_close_model undoes it. */
 int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be);
+void mx_close_model(mx_model *m, mx_backend *be);
 /* Reads a whole file into a malloc'd NUL-terminated buffer; prints a message and returns NULL on failure. */
 char *mx_read_file(const char *path, size_t *len);
 /* Parses an int flag value, printing "--flag expects ..." on error. */

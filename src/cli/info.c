@@ -75,7 +75,6 @@ int mx_cmd_info(int argc, char **argv) {
     printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
     print_types(m);
     print_kv(m, ctx);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return 0;
 }

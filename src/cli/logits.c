@@ -112,7 +112,6 @@ done:
     free(logits);
     free(ids);
     mx_session_free(s);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return rc;
 }

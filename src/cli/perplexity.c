@@ -105,7 +105,6 @@ done:
     free(ids);
     free(text);
     mx_session_free(s);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return rc;
 }

@@ -152,7 +152,6 @@ done:
     free(ids);
     free(text);
     free(file_text);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_close_model(m, be);
     return rc;
 }

@@ -13,7 +13,7 @@ static void attention_block(mx_session *s, int l, int T) {
     mx_kv_layer *kv = &s->kv.layers[l];
     int H = c->n_head, G = c->n_kv_head, D = c->head_dim, C = c->d_model;
 
-    be->rmsnorm(be, s->x, L->attn_norm.data, s->h, T, C, c->norm_eps);
+    be->rmsnorm(be, s->x, &L->attn_norm, s->h, T, C, c->norm_eps);
     be->matmul(be, &L->wq, s->h, s->q, T);                       /* q (T, H*D) */
     be->rope(be, s->q, T, H, D, c->rope_dim, s->pos, c->rope_theta, c->rope_mode);
     if (p->kv_from == l) {                                        /* this layer writes its cache */
@@ -39,7 +39,7 @@ static void mlp_block(mx_session *s, int l, int T) {
     const mx_config *c = &s->m->cfg;
     const mx_layer_weights *L = &s->m->w.layers[l];
     mx_backend *be = s->be;
-    be->rmsnorm(be, s->x, L->ffn_norm.data, s->h, T, c->d_model, c->norm_eps);
+    be->rmsnorm(be, s->x, &L->ffn_norm, s->h, T, c->d_model, c->norm_eps);
     be->matmul(be, &L->w_gate, s->h, s->g, T);                   /* (T, F) */
     be->matmul(be, &L->w_up, s->h, s->u, T);                     /* (T, F) */
     be->swiglu(be, s->g, s->u, T * c->d_ff);
@@ -60,7 +60,7 @@ void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all
     if (!logits) return;
     int rows = all_logits ? T : 1;
     const float *xr = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
-    be->rmsnorm(be, xr, s->m->w.out_norm.data, s->h, rows, C, c->norm_eps);
+    be->rmsnorm(be, xr, &s->m->w.out_norm, s->h, rows, C, c->norm_eps);
     be->matmul(be, &s->m->w.output, s->h, s->logits, rows);      /* (rows, vocab) */
     be->to_host(be, logits, s->logits, (size_t)rows * c->vocab);
 }

@@ -218,3 +218,51 @@ size_t mx_model_decode_bytes(const mx_model *m) {
     }
     return n;
 }
+
+/* Calls fn on every distinct weight tensor of the model (the tied output head is visited once, as the
+ * embedding). Stops at the first non-zero return. */
+static int for_each_weight(mx_model *m, int (*fn)(mx_tensor *, void *), void *ctx) {
+    mx_weights *w = &m->w;
+    mx_tensor *top[] = {&w->tok_embd, &w->out_norm, m->cfg.tied_embeddings ? NULL : &w->output};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
+        if (top[i] && fn(top[i], ctx)) return 1;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        mx_layer_weights *L = &w->layers[l];
+        mx_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
+            if (fn(ts[i], ctx)) return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    mx_backend *be;
+    mx_err *err;
+} place_ctx;
+
+static int place_one(mx_tensor *t, void *ctx) {
+    place_ctx *p = ctx;
+    return p->be->upload(p->be, t, p->err);
+}
+
+static int release_one(mx_tensor *t, void *ctx) {
+    mx_backend *be = ctx;
+    if (t->dev) be->release(be, t);
+    t->dev = NULL;
+    return 0;
+}
+
+int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
+    place_ctx p = {be, err};
+    if (for_each_weight(m, place_one, &p)) {
+        mx_model_unplace(m, be);
+        return err->code ? err->code : mx_err_set(err, MX_ERR_NOMEM, "cannot place the weights on %s", be->name);
+    }
+    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
+    return MX_OK;
+}
+
+void mx_model_unplace(mx_model *m, mx_backend *be) {
+    for_each_weight(m, release_one, be);
+    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
+}

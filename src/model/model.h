@@ -56,6 +56,10 @@ typedef struct {
 int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx_err *err);
 void mx_model_free(mx_model *m);
 
+/* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly. */
+int mx_model_place(mx_model *m, mx_backend *be, mx_err *err);
+void mx_model_unplace(mx_model *m, mx_backend *be);
+
 /* Parameter count (elements of every tensor) and bytes of the weights as stored. */
 int64_t mx_model_n_params(const mx_model *m);
 size_t mx_model_weight_bytes(const mx_model *m);

@@ -18,6 +18,10 @@ static void cpu_free(mx_backend *be, void *p) {
     free(p);
 }
 
+static int cpu_upload(mx_backend *be, mx_tensor *t, mx_err *err) { return MX_OK; }
+static void cpu_release(mx_backend *be, mx_tensor *t) {}
+static void cpu_sync(mx_backend *be) {}
+
 static void cpu_to_host(mx_backend *be, float *dst, const float *src, size_t n) {
     (void)be;
     if (dst != src) memcpy(dst, src, n * sizeof(float));
@@ -33,6 +37,9 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->n_threads = n_threads;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
+    be->upload = cpu_upload;
+    be->release = cpu_release;
+    be->sync = cpu_sync;
     be->matmul = mx_cpu_matmul;
     be->embed = mx_cpu_embed;
     be->rmsnorm = mx_cpu_rmsnorm;
@@ -48,4 +55,4 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     return be;
 }
 
-void mx_backend_destroy(mx_backend *be) { free(be); }
+void mx_backend_cpu_destroy(mx_backend *be) { free(be); }

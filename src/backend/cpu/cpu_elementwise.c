@@ -24,7 +24,8 @@ void mx_cpu_add(mx_backend *be, float *y, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += x[i];
 }
 
-void mx_cpu_add_bias(mx_backend *be, float *y, const float *b, int T, int n) {
+void mx_cpu_add_bias(mx_backend *be, float *y, const mx_tensor *bt, int T, int n) {
+    const float *b = bt->data;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
