@@ -256,7 +256,8 @@ int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
     place_ctx p = {be, err};
     if (for_each_weight(m, place_one, &p)) {
         mx_model_unplace(m, be);
-        return err->code ? err->code : mx_err_set(err, MX_ERR_NOMEM, "cannot place the weights on %s", be->name);
+        if (!err->code) mx_err_set(err, MX_ERR_NOMEM, "cannot place the weights on %s", be->name);
+        return err->code;
     }
     if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
     return MX_OK;
