@@ -30,18 +30,26 @@ ACLI_OBJ := $(CLI_SRC:%.c=build/asan/obj/%.o)
 TOBJ     := $(TEST_SRC:%.c=build/asan/obj/%.o)
 
 MODEL    := models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# The CUDA backend (cuda.mk) is built into the release binary whenever nvcc is found; it adds its objects to
+# EXTRA_OBJ, its libraries to EXTRA_LIBS and -DMX_HAVE_CUDA to CUDA_DEFS. The ASan build is CPU-only.
+EXTRA_OBJ  :=
+.DEFAULT_GOAL := all
+EXTRA_LIBS :=
+CUDA_DEFS  :=
+-include cuda.mk
 PYTEST   ?= python3 -m pytest
 
 .PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format
 all: build/mixatt
 
-build/mixatt: $(CLI_OBJ) build/libmixatt.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+build/mixatt: $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ) $(LDLIBS) $(EXTRA_LIBS)
 build/libmixatt.a: $(OBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
 build/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) -MMD -MP -c $< -o $@
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_DEFS) -MMD -MP -c $< -o $@
 
 asan: build/asan/mixatt build/asan/test_unit
 build/asan/mixatt: $(ACLI_OBJ) build/asan/libmixatt.a

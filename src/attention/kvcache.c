@@ -38,7 +38,7 @@ int mx_kvcache_init(mx_kvcache *kv, const mx_config *cfg, mx_backend *be, int n_
         L->writer = l;
         L->n_slots = slots_for(&cfg->plan[l], n_ctx, ubatch);
         L->k_row = L->v_row = row;
-        size_t bytes = (size_t)L->n_slots * row * sizeof(float);
+        size_t bytes = (size_t)L->n_slots * row * be->kv_elem_bytes;
         L->k = be->alloc(be, bytes);
         L->v = be->alloc(be, bytes);
         if (!L->k || !L->v) {

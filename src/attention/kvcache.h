@@ -11,10 +11,10 @@
 #include "../model/model.h"
 
 typedef struct {
-    float *k, *v;   /* [n_slots, G*D] and [n_slots, G*Dv]; the writer's when shared */
+    void *k, *v;    /* [n_slots, G*D] and [n_slots, G*Dv] of be->kv_elem_bytes each; the writer's when shared */
     int n_slots;
     int writer;     /* layer that writes these stores */
-    size_t k_row, v_row; /* floats per slot */
+    size_t k_row, v_row; /* elements per slot */
 } mx_kv_layer;
 
 typedef struct {

@@ -44,7 +44,7 @@ typedef struct {
     bool causal;      /* false: every position in [kv_lo, kv_hi] regardless of the query (Star phase 2) */
     int kv_lo, kv_hi; /* the positions present in the store: keys outside are never read */
     float scale;      /* usually 1/sqrt(head_dim) */
-    size_t q_stride, k_stride, v_stride, o_stride; /* floats between rows (tokens/slots) */
+    size_t q_stride, k_stride, v_stride, o_stride; /* elements between rows (tokens/slots) */
 } mx_attn_spec;
 
 typedef struct mx_backend mx_backend;
@@ -52,6 +52,7 @@ struct mx_backend {
     const char *name;
     int n_threads;
     bool exact; /* matmuls in fp32 on dequantized weights everywhere (no 8-bit activations in decode) */
+    size_t kv_elem_bytes; /* bytes per KV cache element: 4 (fp32) on the CPU, 2 (bf16) on CUDA */
     void *ctx;
 
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
@@ -83,11 +84,13 @@ struct mx_backend {
     void (*add)(mx_backend *be, float *y, const float *x, int n);
     /* y[T, n] += b[n] (b an F32 vector) */
     void (*add_bias)(mx_backend *be, float *y, const mx_tensor *b, int T, int n);
-    /* out[T, H, Dv] = softmax(q kᵀ · scale, masked by spec) v; lse[T, H] (natural log, may be NULL). */
-    void (*attention)(mx_backend *be, const mx_attn_spec *spec, const float *q, const float *k, const float *v,
+    /* out[T, H, Dv] = softmax(q kᵀ · scale, masked by spec) v; lse[T, H] (natural log, may be NULL).
+     * k and v are KV stores of kv_elem_bytes elements (strides in elements). */
+    void (*attention)(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
                       float *out, float *lse);
-    /* Copies T rows of n floats into a store of n_slots rows at slots (pos0 + t) % n_slots. */
-    void (*kv_write)(mx_backend *be, float *store, const float *src, int T, int n, int pos0, int n_slots);
+    /* Writes T rows of n floats into a KV store of n_slots rows at slots (pos0 + t) % n_slots (converting to
+     * the store's element type). */
+    void (*kv_write)(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots);
     /* Copies n floats device → host (the CPU backend: memcpy). */
     void (*to_host)(mx_backend *be, float *dst, const float *src, size_t n);
 };

@@ -35,6 +35,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     openblas_set_num_threads(1); /* BLAS is called from inside our OpenMP threads, one tile each */
     be->name = "cpu";
     be->n_threads = n_threads;
+    be->kv_elem_bytes = sizeof(float);
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_upload;

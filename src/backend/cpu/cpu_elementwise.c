@@ -37,7 +37,8 @@ void mx_cpu_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, flo
         mx_dequant_row(w->type, (const char *)w->data + (size_t)ids[t] * row_bytes, out + (size_t)t * C, C);
 }
 
-void mx_cpu_kv_write(mx_backend *be, float *store, const float *src, int T, int n, int pos0, int n_slots) {
+void mx_cpu_kv_write(mx_backend *be, void *kv_store, const float *src, int T, int n, int pos0, int n_slots) {
+    float *store = kv_store;
     for (int t = 0; t < T; t++)
         memcpy(store + (size_t)((pos0 + t) % n_slots) * n, src + (size_t)t * n, (size_t)n * sizeof(float));
 }

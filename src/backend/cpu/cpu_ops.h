@@ -15,8 +15,8 @@ void mx_cpu_swiglu(mx_backend *be, float *g, const float *u, int n);
 void mx_cpu_gelu(mx_backend *be, float *x, int n);
 void mx_cpu_add(mx_backend *be, float *y, const float *x, int n);
 void mx_cpu_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int n);
-void mx_cpu_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const float *k, const float *v,
+void mx_cpu_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
                       float *out, float *lse);
-void mx_cpu_kv_write(mx_backend *be, float *store, const float *src, int T, int n, int pos0, int n_slots);
+void mx_cpu_kv_write(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots);
 
 #endif
