@@ -37,7 +37,8 @@ class LlamaCpp:
 
         self.L = L
         L.llama_backend_init()
-        L.llama_log_set(L.llama_log_callback(lambda level, text, user: None), None)
+        self._log_cb = L.llama_log_callback(lambda level, text, user: None)  # kept alive: C holds it
+        L.llama_log_set(self._log_cb, None)
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
         self.model = L.llama_model_load_from_file(model.encode(), mp)
