@@ -1,178 +1,195 @@
-/* model.c: builds an mx_model from a GGUF file: hyper-parameters from the "<arch>.*" keys, the attention plan,
- * the named weights (checked against the shapes the config implies), the tokenizer and the chat template.
- * Llama-family GGUFs only so far (general.architecture "llama"). */
+/* model.c: builds an mx_model: a loader (load_gguf.c, load_hf.c) fills the config and the tensor dictionary;
+ * this file applies the attention plan, binds every weight by name and checks its shape against the config
+ * (so a config that does not match the tensors fails before any work), and places weights on a backend. */
 #include "model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "../io/dtype.h"
 #include "../io/quant.h"
 
-static int get_int(const mx_gguf *g, const char *arch, const char *key, int *out, int def, mx_err *err) {
-    char full[160];
-    snprintf(full, sizeof full, "%s.%s", arch, key);
-    int64_t v;
-    int rc = mx_gguf_get_i64(g, full, &v, err);
-    if (rc == MX_ERR_MISSING && def >= 0) {
-        *out = def;
-        return MX_OK;
-    }
-    if (rc) return mx_err_wrap(err, "%s", g->path);
-    if (v < 0 || v > (1 << 30)) return mx_err_set(err, MX_ERR_FORMAT, "%s: %s = %lld is out of range", g->path, full, (long long)v);
-    *out = (int)v;
-    return MX_OK;
-}
+typedef struct {
+    mx_model *m;
+    mx_err *err;
+} binder;
 
-static int get_float(const mx_gguf *g, const char *arch, const char *key, float *out, float def, mx_err *err) {
-    char full[160];
-    snprintf(full, sizeof full, "%s.%s", arch, key);
-    double v;
-    int rc = mx_gguf_get_f64(g, full, &v, err);
-    if (rc == MX_ERR_MISSING) {
-        *out = def;
-        return MX_OK;
+/* Binds `name` into *t when present. Expected dims: d[i] > 0 must match ne[i]; nd the number of dims.
+ * A missing tensor is an error when required. Vectors (nd == 1) stored in a non-F32 type are converted. */
+static int bind(binder *b, const char *name, int nd, int64_t d0, int64_t d1, int64_t d2, bool required,
+                mx_tensor *t) {
+    const mx_tensor *src = mx_dict_find(&b->m->dict, name);
+    if (!src) {
+        memset(t, 0, sizeof *t);
+        return required ? mx_err_set(b->err, MX_ERR_MISSING, "%s: missing tensor '%s'", b->m->path, name) : MX_OK;
     }
-    if (rc) return mx_err_wrap(err, "%s", g->path);
-    *out = (float)v;
-    return MX_OK;
-}
-
-static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
-    char *arch = NULL;
-    if (mx_gguf_get_str(g, "general.architecture", &arch, err)) return mx_err_wrap(err, "%s", g->path);
-    snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
-    free(arch);
-    if (strcmp(c->arch_name, "llama") != 0)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (supported: llama)",
-                          g->path, c->arch_name);
-    c->arch = MX_ARCH_LLAMA;
-    char *name = NULL;
-    if (mx_gguf_get_str(g, "general.name", &name, NULL) == MX_OK) {
-        snprintf(c->name, sizeof c->name, "%s", name);
-        free(name);
-    }
-    const char *a = c->arch_name;
-    int rc = get_int(g, a, "embedding_length", &c->d_model, -1, err) ||
-             get_int(g, a, "block_count", &c->n_layer, -1, err) ||
-             get_int(g, a, "attention.head_count", &c->n_head, -1, err) ||
-             get_int(g, a, "feed_forward_length", &c->d_ff, -1, err) ||
-             get_int(g, a, "context_length", &c->max_ctx, 2048, err) ||
-             get_int(g, a, "attention.head_count_kv", &c->n_kv_head, 0, err) ||
-             get_int(g, a, "expert_count", &c->n_expert, 0, err) ||
-             get_int(g, a, "expert_used_count", &c->n_expert_used, 0, err) ||
-             get_float(g, a, "rope.freq_base", &c->rope_theta, 10000.0f, err) ||
-             get_float(g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, 1e-5f, err);
-    if (rc) return err->code;
-    if (c->n_kv_head == 0) c->n_kv_head = c->n_head;
-    if (c->n_layer < 1 || c->n_head < 1 || c->d_model % c->n_head || c->n_head % c->n_kv_head)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: inconsistent shape: %d layers, width %d, %d heads, %d KV heads",
-                          g->path, c->n_layer, c->d_model, c->n_head, c->n_kv_head);
-    c->head_dim = c->d_model / c->n_head;
-    if (get_int(g, a, "rope.dimension_count", &c->rope_dim, c->head_dim, err)) return err->code;
-    if (c->n_expert > 0)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: mixture-of-experts GGUFs are not supported yet", g->path);
-    c->rope_mode = MX_ROPE_ADJACENT; /* the GGUF converter permuted Q/K rows for adjacent-pair rotation */
-    return MX_OK;
-}
-
-/* Looks up a tensor and checks its type is known and its shape is the expected one (dims < 0: any). */
-static int bind(const mx_gguf *g, const char *name, int64_t d0, int64_t d1, mx_tensor *t, mx_err *err) {
-    const mx_gguf_tensor *gt = mx_gguf_tensor_find(g, name);
-    if (!gt) return mx_err_set(err, MX_ERR_MISSING, "%s: missing tensor '%s'", g->path, name);
-    int64_t want[2] = {d0, d1};
-    int nd = d1 > 0 ? 2 : 1;
-    bool ok = gt->n_dims == nd;
-    for (int i = 0; i < nd && ok; i++) ok = gt->ne[i] == want[i];
+    int64_t want[3] = {d0, d1, d2};
+    bool ok = src->n_dims == nd || (nd == 1 && src->n_dims == 2 && src->ne[1] == 1);
+    for (int i = 0; i < nd && ok; i++) ok = want[i] <= 0 || src->ne[i] == want[i];
     if (!ok)
-        return mx_err_set(err, MX_ERR_FORMAT,
-                          "%s: tensor '%s' has shape [%lld, %lld] (%d dims), the config implies [%lld, %lld]",
-                          g->path, name, (long long)gt->ne[0], (long long)gt->ne[1], gt->n_dims, (long long)d0,
-                          (long long)(d1 > 0 ? d1 : 1));
-    *t = (mx_tensor){.name = gt->name, .type = gt->type, .n_dims = gt->n_dims, .data = gt->data, .nbytes = gt->nbytes};
-    memcpy(t->ne, gt->ne, sizeof t->ne);
-    return MX_OK;
-}
-
-/* Norm vectors are used as fp32 directly; convert any other storage type once. */
-static int bind_vector(mx_model *m, const char *name, int64_t n, mx_tensor *t, mx_err *err) {
-    if (bind(m->gguf, name, n, 0, t, err)) return err->code;
-    if (t->type == MX_F32) return MX_OK;
-    float *v = malloc(sizeof(float) * (size_t)n);
-    float **grown = realloc(m->owned, sizeof(float *) * (size_t)(m->n_owned + 1));
-    if (!v || !grown) {
-        free(v);
-        if (grown) m->owned = grown;
-        return mx_err_set(err, MX_ERR_NOMEM, "out of memory converting '%s'", name);
+        return mx_err_set(b->err, MX_ERR_FORMAT,
+                          "%s: tensor '%s' has shape [%lld, %lld, %lld] (%d dims); the config implies [%lld, %lld, "
+                          "%lld] (%d dims)",
+                          b->m->path, name, (long long)src->ne[0], (long long)src->ne[1], (long long)src->ne[2],
+                          src->n_dims, (long long)d0, (long long)d1, (long long)d2, nd);
+    if (!mx_dtype_get(src->type))
+        return mx_err_set(b->err, MX_ERR_UNSUPPORTED, "%s: tensor '%s' has unknown type %u", b->m->path, name,
+                          src->type);
+    *t = *src;
+    if (nd == 1 && t->type != MX_F32) { /* norms and biases are read as fp32 vectors */
+        float *v = malloc(sizeof(float) * (size_t)t->ne[0]);
+        if (!v || mx_dict_own(&b->m->dict, v, b->err))
+            return mx_err_set(b->err, MX_ERR_NOMEM, "out of memory converting '%s'", name);
+        mx_dequant_row(t->type, t->data, v, t->ne[0]);
+        t->data = v;
+        t->type = MX_F32;
+        t->nbytes = sizeof(float) * (size_t)t->ne[0];
     }
-    m->owned = grown;
-    m->owned[m->n_owned++] = v;
-    mx_dequant_row(t->type, t->data, v, n);
-    t->data = v;
-    t->type = MX_F32;
-    t->nbytes = sizeof(float) * (size_t)n;
     return MX_OK;
 }
 
-static int bind_layer(mx_model *m, int l, mx_err *err) {
-    const mx_config *c = &m->cfg;
-    mx_layer_weights *L = &m->w.layers[l];
+#define BLK(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
+
+static int bind_attention(binder *b, int l, mx_layer_weights *L) {
+    const mx_config *c = &b->m->cfg;
     int64_t C = c->d_model, HD = (int64_t)c->n_head * c->head_dim, GD = (int64_t)c->n_kv_head * c->head_dim;
     char n[96];
-#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix), n)
-    if (bind_vector(m, NAME("attn_norm"), C, &L->attn_norm, err) || bind(m->gguf, NAME("attn_q"), C, HD, &L->wq, err) ||
-        bind(m->gguf, NAME("attn_k"), C, GD, &L->wk, err) || bind(m->gguf, NAME("attn_v"), C, GD, &L->wv, err) ||
-        bind(m->gguf, NAME("attn_output"), HD, C, &L->wo, err) ||
-        bind_vector(m, NAME("ffn_norm"), C, &L->ffn_norm, err) ||
-        bind(m->gguf, NAME("ffn_gate"), C, c->d_ff, &L->w_gate, err) ||
-        bind(m->gguf, NAME("ffn_up"), C, c->d_ff, &L->w_up, err) ||
-        bind(m->gguf, NAME("ffn_down"), c->d_ff, C, &L->w_down, err))
-        return err->code;
-#undef NAME
+    bool bias = c->attn_bias, writes = c->plan[l].kv_from == l;
+    if (c->arch == MX_ARCH_DEEPSEEK2) {
+        int64_t qk = c->mla_nope_dim + c->mla_rope_dim, H = c->n_head;
+        if (c->mla_q_rank > 0) {
+            if (bind(b, BLK("attn_q_a.weight"), 2, C, c->mla_q_rank, 0, true, &L->wq_a) ||
+                bind(b, BLK("attn_q_a_norm.weight"), 1, c->mla_q_rank, 0, 0, true, &L->q_a_norm) ||
+                bind(b, BLK("attn_q_b.weight"), 2, c->mla_q_rank, H * qk, 0, true, &L->wq_b))
+                return b->err->code;
+        } else if (bind(b, BLK("attn_q.weight"), 2, C, H * qk, 0, true, &L->wq))
+            return b->err->code;
+        return bind(b, BLK("attn_kv_a_mqa.weight"), 2, C, c->mla_kv_rank + c->mla_rope_dim, 0, true, &L->wkv_a) ||
+               bind(b, BLK("attn_kv_a_norm.weight"), 1, c->mla_kv_rank, 0, 0, true, &L->kv_a_norm) ||
+               bind(b, BLK("attn_kv_b.weight"), 2, c->mla_kv_rank, H * (c->mla_nope_dim + c->mla_v_dim), 0, true,
+                    &L->wkv_b) ||
+               bind(b, BLK("attn_output.weight"), 2, H * c->mla_v_dim, C, 0, true, &L->wo);
+    }
+    if (bind(b, BLK("attn_q.weight"), 2, C, HD, 0, true, &L->wq) ||
+        bind(b, BLK("attn_k.weight"), 2, C, GD, 0, writes, &L->wk) ||
+        bind(b, BLK("attn_v.weight"), 2, C, GD, 0, writes, &L->wv) ||
+        bind(b, BLK("attn_output.weight"), 2, HD, C, 0, true, &L->wo) ||
+        bind(b, BLK("attn_q.bias"), 1, HD, 0, 0, bias, &L->bq) ||
+        bind(b, BLK("attn_k.bias"), 1, GD, 0, 0, bias && writes, &L->bk) ||
+        bind(b, BLK("attn_v.bias"), 1, GD, 0, 0, bias && writes, &L->bv) ||
+        bind(b, BLK("attn_output.bias"), 1, C, 0, 0, bias, &L->bo))
+        return b->err->code;
+    if (c->plan[l].kind == MX_ATTN_MKA || c->plan[l].kind == MX_ATTN_FASTMKA)
+        return bind(b, BLK("mka_router1.weight"), 2, C, C, 0, true, &L->mka_w1) ||
+               bind(b, BLK("mka_router1.bias"), 1, C, 0, 0, true, &L->mka_b1) ||
+               bind(b, BLK("mka_router2.weight"), 2, C, 3, 0, true, &L->mka_w2) ||
+               bind(b, BLK("mka_router2.bias"), 1, 3, 0, 0, true, &L->mka_b2);
     return MX_OK;
 }
+
+static int bind_mlp(binder *b, int l, mx_layer_weights *L) {
+    const mx_config *c = &b->m->cfg;
+    int64_t C = c->d_model, F = c->d_ff;
+    char n[96];
+    if (mx_layer_is_moe(c, l)) {
+        int64_t E = c->n_expert, Fe = c->d_ff_expert ? c->d_ff_expert : c->d_ff;
+        if (bind(b, BLK("ffn_gate_inp.weight"), 2, C, E, 0, true, &L->router) ||
+            bind(b, BLK("ffn_gate_exps.weight"), 3, C, Fe, E, true, &L->gate_exps) ||
+            bind(b, BLK("ffn_up_exps.weight"), 3, C, Fe, E, true, &L->up_exps) ||
+            bind(b, BLK("ffn_down_exps.weight"), 3, Fe, C, E, true, &L->down_exps))
+            return b->err->code;
+        if (c->n_shared_expert > 0) {
+            int64_t Fs = Fe * c->n_shared_expert;
+            return bind(b, BLK("ffn_gate_shexp.weight"), 2, C, Fs, 0, true, &L->gate_shexp) ||
+                   bind(b, BLK("ffn_up_shexp.weight"), 2, C, Fs, 0, true, &L->up_shexp) ||
+                   bind(b, BLK("ffn_down_shexp.weight"), 2, Fs, C, 0, true, &L->down_shexp);
+        }
+        return MX_OK;
+    }
+    bool swiglu = c->mlp == MX_MLP_SWIGLU, bias = c->mlp_bias;
+    return bind(b, BLK("ffn_gate.weight"), 2, C, F, 0, swiglu, &L->w_gate) ||
+           bind(b, BLK("ffn_up.weight"), 2, C, F, 0, true, &L->w_up) ||
+           bind(b, BLK("ffn_down.weight"), 2, F, C, 0, true, &L->w_down) ||
+           bind(b, BLK("ffn_up.bias"), 1, F, 0, 0, bias, &L->b_up) ||
+           bind(b, BLK("ffn_down.bias"), 1, C, 0, 0, bias, &L->b_down);
+}
+
+static int bind_layer(binder *b, int l) {
+    const mx_config *c = &b->m->cfg;
+    mx_layer_weights *L = &b->m->w.layers[l];
+    bool ln = c->norm == MX_NORM_LAYER;
+    char n[96];
+    if (bind(b, BLK("attn_norm.weight"), 1, c->d_model, 0, 0, true, &L->attn_norm) ||
+        bind(b, BLK("attn_norm.bias"), 1, c->d_model, 0, 0, ln, &L->attn_norm_b) ||
+        bind(b, BLK("ffn_norm.weight"), 1, c->d_model, 0, 0, true, &L->ffn_norm) ||
+        bind(b, BLK("ffn_norm.bias"), 1, c->d_model, 0, 0, ln, &L->ffn_norm_b) || bind_attention(b, l, L) ||
+        bind_mlp(b, l, L))
+        return mx_err_wrap(b->err, "layer %d", l);
+    return MX_OK;
+}
+#undef BLK
 
 static int bind_weights(mx_model *m, mx_err *err) {
     mx_config *c = &m->cfg;
-    const mx_gguf_tensor *emb = mx_gguf_tensor_find(m->gguf, "token_embd.weight");
+    binder b = {m, err};
+    const mx_tensor *emb = mx_dict_find(&m->dict, "token_embd.weight");
     if (!emb) return mx_err_set(err, MX_ERR_MISSING, "%s: missing tensor 'token_embd.weight'", m->path);
     c->vocab = (int)emb->ne[1];
-    if (bind(m->gguf, "token_embd.weight", c->d_model, c->vocab, &m->w.tok_embd, err) ||
-        bind_vector(m, "output_norm.weight", c->d_model, &m->w.out_norm, err))
+    bool ln = c->norm == MX_NORM_LAYER;
+    if (bind(&b, "token_embd.weight", 2, c->d_model, c->vocab, 0, true, &m->w.tok_embd) ||
+        bind(&b, "position_embd.weight", 2, c->d_model, c->max_ctx, 0, !c->use_rope, &m->w.pos_embd) ||
+        bind(&b, "output_norm.weight", 1, c->d_model, 0, 0, true, &m->w.out_norm) ||
+        bind(&b, "output_norm.bias", 1, c->d_model, 0, 0, ln, &m->w.out_norm_b))
         return err->code;
-    c->tied_embeddings = mx_gguf_tensor_find(m->gguf, "output.weight") == NULL;
+    c->tied_embeddings = mx_dict_find(&m->dict, "output.weight") == NULL;
     if (c->tied_embeddings)
         m->w.output = m->w.tok_embd;
-    else if (bind(m->gguf, "output.weight", c->d_model, c->vocab, &m->w.output, err))
+    else if (bind(&b, "output.weight", 2, c->d_model, c->vocab, 0, true, &m->w.output))
         return err->code;
     m->w.layers = calloc((size_t)c->n_layer, sizeof *m->w.layers);
     if (!m->w.layers) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     for (int l = 0; l < c->n_layer; l++)
-        if (bind_layer(m, l, err)) return err->code;
+        if (bind_layer(&b, l)) return err->code;
     return MX_OK;
 }
+
+static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
+    mx_config *c = &m->cfg;
+    c->plan = calloc((size_t)c->n_layer, sizeof *c->plan);
+    if (!c->plan) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+    mx_attn_kind kind = c->arch == MX_ARCH_DEEPSEEK2 ? MX_ATTN_MLA : MX_ATTN_MHA;
+    int window = opts && opts->window > 0 ? opts->window : c->window;
+    mx_plan_uniform(c->plan, c->n_layer, kind, c->window);
+    c->plan_is_trained = true;
+    if (opts && opts->plan) {
+        if (mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan, err))
+            return err->code;
+        mx_layer_plan *trained = calloc((size_t)c->n_layer, sizeof *trained);
+        if (!trained) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+        mx_plan_uniform(trained, c->n_layer, kind, c->window);
+        c->plan_is_trained = memcmp(trained, c->plan, sizeof *trained * (size_t)c->n_layer) == 0;
+        free(trained);
+    } else if (opts && opts->window > 0) {
+        for (int l = 0; l < c->n_layer; l++)
+            if (c->plan[l].window > 0) c->plan[l].window = opts->window;
+    }
+    return mx_plan_validate(c->plan, c->n_layer, c->max_ctx, err);
+}
+
+bool mx_layer_is_moe(const mx_config *c, int l) { return c->n_expert > 0 && l >= c->n_dense_lead; }
 
 int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx_err *err) {
     *out = NULL;
     mx_model *m = calloc(1, sizeof *m);
-    if (!m) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    m->path = strdup(path);
-    int rc = mx_gguf_open(path, &m->gguf, err);
-    if (!rc) rc = read_config(m->gguf, &m->cfg, err);
+    if (!m || !(m->path = strdup(path))) return free(m), mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+    m->cfg.expert_scale = 1.0f;
+    struct stat st;
+    bool dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    int rc = dir ? mx_load_hf(m, err) : mx_load_gguf(m, err);
+    if (!rc) rc = apply_plan(m, opts, err);
     if (!rc) rc = bind_weights(m, err);
-    if (!rc) {
-        m->cfg.plan = calloc((size_t)m->cfg.n_layer, sizeof *m->cfg.plan);
-        if (!m->cfg.plan) rc = mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    }
-    if (!rc) {
-        mx_plan_standard(m->cfg.plan, m->cfg.n_layer);
-        m->cfg.plan_is_trained = true;
-        (void)opts;
-        rc = mx_plan_validate(m->cfg.plan, m->cfg.n_layer, m->cfg.max_ctx, err);
-    }
-    if (!rc) rc = mx_tokenizer_from_gguf(m->gguf, &m->tok, err);
-    if (!rc && mx_chat_template_from_gguf(m->gguf, &m->chat, NULL) != MX_OK) m->chat = NULL;
     if (rc) {
         mx_model_free(m);
         return rc;
@@ -183,12 +200,11 @@ int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx
 
 void mx_model_free(mx_model *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
-    free(m->owned);
     free(m->w.layers);
     free(m->cfg.plan);
     mx_tokenizer_free(m->tok);
     mx_chat_template_free(m->chat);
+    mx_dict_free(&m->dict);
     mx_gguf_close(m->gguf);
     free(m->path);
     free(m);
@@ -196,8 +212,8 @@ void mx_model_free(mx_model *m) {
 
 int64_t mx_model_n_params(const mx_model *m) {
     int64_t n = 0;
-    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
-        const mx_gguf_tensor *t = &m->gguf->tensors[i];
+    for (int i = 0; i < m->dict.n; i++) {
+        const mx_tensor *t = &m->dict.items[i].t;
         n += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
     }
     return n;
@@ -205,32 +221,39 @@ int64_t mx_model_n_params(const mx_model *m) {
 
 size_t mx_model_weight_bytes(const mx_model *m) {
     size_t n = 0;
-    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) n += m->gguf->tensors[i].nbytes;
+    for (int i = 0; i < m->dict.n; i++) n += m->dict.items[i].t.nbytes;
     return n;
 }
 
 size_t mx_model_decode_bytes(const mx_model *m) {
+    const mx_config *c = &m->cfg;
     size_t n = m->w.output.nbytes;
-    for (int l = 0; l < m->cfg.n_layer; l++) {
+    for (int l = 0; l < c->n_layer; l++) {
         const mx_layer_weights *L = &m->w.layers[l];
-        n += L->wq.nbytes + L->wk.nbytes + L->wv.nbytes + L->wo.nbytes + L->w_gate.nbytes + L->w_up.nbytes +
-             L->w_down.nbytes;
+        const mx_tensor *ts[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wq_a, &L->wq_b, &L->wkv_a, &L->wkv_b,
+                                 &L->w_gate, &L->w_up, &L->w_down, &L->router, &L->gate_shexp, &L->up_shexp,
+                                 &L->down_shexp};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) n += ts[i]->nbytes;
+        if (c->n_expert > 0 && L->gate_exps.data)
+            n += (L->gate_exps.nbytes + L->up_exps.nbytes + L->down_exps.nbytes) / (size_t)c->n_expert *
+                 (size_t)c->n_expert_used;
     }
     return n;
 }
 
 /* Calls fn on every distinct weight tensor of the model (the tied output head is visited once, as the
- * embedding). Stops at the first non-zero return. */
+ * embedding; absent optional tensors are skipped). Stops at the first non-zero return. */
 static int for_each_weight(mx_model *m, int (*fn)(mx_tensor *, void *), void *ctx) {
     mx_weights *w = &m->w;
-    mx_tensor *top[] = {&w->tok_embd, &w->out_norm, m->cfg.tied_embeddings ? NULL : &w->output};
+    mx_tensor *top[] = {&w->tok_embd, &w->pos_embd, &w->out_norm, &w->out_norm_b,
+                        m->cfg.tied_embeddings ? NULL : &w->output};
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
-        if (top[i] && fn(top[i], ctx)) return 1;
+        if (top[i] && top[i]->data && fn(top[i], ctx)) return 1;
     for (int l = 0; l < m->cfg.n_layer; l++) {
-        mx_layer_weights *L = &w->layers[l];
-        mx_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
-            if (fn(ts[i], ctx)) return 1;
+        mx_tensor *first = (mx_tensor *)&w->layers[l];
+        size_t count = sizeof(mx_layer_weights) / sizeof(mx_tensor);
+        for (size_t i = 0; i < count; i++)
+            if (first[i].data && fn(&first[i], ctx)) return 1;
     }
     return 0;
 }

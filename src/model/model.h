@@ -1,5 +1,9 @@
 /* model.h: a loaded model: hyper-parameters and attention plan (mx_config), named weights (mx_weights), its
- * tokenizer and chat template. Built from a GGUF file (io/gguf.h); the weights point into the file's mapping. */
+ * tokenizer and chat template. Built from a GGUF file (load_gguf.c) or a Hugging Face directory with
+ * config.json + safetensors (load_hf.c); both fill a tensor dictionary that model.c binds by name.
+ *
+ * Architectures: MX_ARCH_LLAMA covers Llama, Mistral (sliding window) and Mixtral (MoE); MX_ARCH_GPT2 (LayerNorm,
+ * GELU, learned positions, biases); MX_ARCH_DEEPSEEK2 (MLA attention, optional MoE with shared experts). */
 #ifndef MX_MODEL_H
 #define MX_MODEL_H
 
@@ -9,61 +13,95 @@
 #include "../io/gguf.h"
 #include "../tok/tokenizer.h"
 #include "plan.h"
+#include "tensors.h"
 
-typedef enum { MX_ARCH_LLAMA, MX_ARCH_GPT2 } mx_arch;
+typedef enum { MX_ARCH_LLAMA, MX_ARCH_GPT2, MX_ARCH_DEEPSEEK2 } mx_arch;
+typedef enum { MX_NORM_RMS, MX_NORM_LAYER } mx_norm_kind;
+typedef enum { MX_MLP_SWIGLU, MX_MLP_GELU } mx_mlp_kind;
 
 typedef struct {
     mx_arch arch;
     char arch_name[32];
-    char name[128];          /* general.name */
+    char name[128];               /* general.name or the HF model type */
     int vocab, d_model, n_layer, n_head, n_kv_head, head_dim, d_ff, max_ctx, rope_dim;
     float rope_theta, norm_eps;
     mx_rope_mode rope_mode;
+    mx_norm_kind norm;
+    mx_mlp_kind mlp;
+    bool use_rope;                /* false: learned absolute positions (GPT-2) */
     bool tied_embeddings;
-    int n_expert, n_expert_used; /* 0 experts: dense MLP */
-    mx_layer_plan *plan;         /* n_layer entries */
-    bool plan_is_trained;        /* false when the user applied a plan the weights were not trained with */
+    bool attn_bias, mlp_bias;     /* GPT-2 style biases on every linear layer */
+    /* mixture of experts (0 experts: dense MLP everywhere) */
+    int n_expert, n_expert_used, d_ff_expert, n_shared_expert, n_dense_lead; /* first n_dense_lead layers dense */
+    bool expert_norm_topk;        /* renormalize the top-k weights (Mixtral: yes) */
+    float expert_scale;           /* routed_scaling_factor (DeepSeek), 1 otherwise */
+    /* MLA (DeepSeek-V2/V3) */
+    int mla_kv_rank, mla_q_rank, mla_rope_dim, mla_nope_dim, mla_v_dim; /* q_rank 0: no query latent */
+    /* attention plan */
+    int window;                   /* default window for S layers (Mistral's sliding_window), 0 = none */
+    mx_layer_plan *plan;          /* n_layer entries */
+    bool plan_is_trained;         /* false when the user applied a plan the weights were not trained with */
 } mx_config;
 
 typedef struct {
-    mx_tensor attn_norm, wq, wk, wv, wo;   /* wq ne {C, H*D}; wk/wv ne {C, G*D}; wo ne {H*D, C} */
-    mx_tensor ffn_norm, w_gate, w_up, w_down; /* gate/up ne {C, F}; down ne {F, C} */
+    mx_tensor attn_norm, attn_norm_b;    /* ne {C}; _b LayerNorm bias */
+    mx_tensor wq, wk, wv, wo;            /* wq ne {C, H*D}; wk/wv ne {C, G*D}; wo ne {H*D, C} */
+    mx_tensor bq, bk, bv, bo;            /* biases (GPT-2) */
+    /* MLA: q = wq_b · norm(wq_a · x) (or wq · x when q_rank == 0); [c_kv ; k_rope] = wkv_a · x;
+     * [k_nope ; v] per head = wkv_b · norm(c_kv) */
+    mx_tensor wq_a, q_a_norm, wq_b, wkv_a, kv_a_norm, wkv_b;
+    /* MKA router: r = softmax(W2 · tanh(W1 · x + b1) + b2), 3 memories */
+    mx_tensor mka_w1, mka_b1, mka_w2, mka_b2;
+    mx_tensor ffn_norm, ffn_norm_b;
+    mx_tensor w_gate, w_up, w_down;      /* gate/up ne {C, F}; down ne {F, C}; GPT-2: up = c_fc, down = c_proj */
+    mx_tensor b_up, b_down;
+    /* MoE: router ne {C, E}; experts 3-D ne {n_in, n_out, E}; shared experts as a dense SwiGLU */
+    mx_tensor router, gate_exps, up_exps, down_exps;
+    mx_tensor gate_shexp, up_shexp, down_shexp;
 } mx_layer_weights;
 
 typedef struct {
     mx_tensor tok_embd;  /* ne {C, vocab} */
-    mx_tensor out_norm;  /* ne {C} */
+    mx_tensor pos_embd;  /* ne {C, max_ctx} (GPT-2) */
+    mx_tensor out_norm, out_norm_b;
     mx_tensor output;    /* ne {C, vocab}; == tok_embd when tied */
     mx_layer_weights *layers;
 } mx_weights;
 
 typedef struct {
     char *path;
-    mx_gguf *gguf;
+    mx_gguf *gguf;          /* when loaded from GGUF (keeps the mapping alive) */
+    mx_tensor_dict dict;    /* every tensor by name */
     mx_config cfg;
     mx_weights w;
-    mx_tokenizer *tok;
+    mx_tokenizer *tok;      /* NULL for a model without a tokenizer (ids only) */
     mx_chat_template *chat; /* NULL when the file has no template we support */
-    float **owned;          /* fp32 copies of small vectors stored in another type (norms) */
-    int n_owned;
 } mx_model;
 
 typedef struct {
     const char *plan;  /* plan string or preset; NULL = the model's own */
-    int window;        /* window for S layers of a preset; 0 = the model's or the default */
+    int window;        /* window for S layers; 0 = the model's or the preset's default */
 } mx_load_opts;
 
+/* Loads a GGUF file, or a directory holding config.json + *.safetensors. */
 int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx_err *err);
 void mx_model_free(mx_model *m);
+
+/* Loaders fill m->cfg (without the plan) and m->dict; model.c does the rest. */
+int mx_load_gguf(mx_model *m, mx_err *err);
+int mx_load_hf(mx_model *m, mx_err *err);
 
 /* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly. */
 int mx_model_place(mx_model *m, mx_backend *be, mx_err *err);
 void mx_model_unplace(mx_model *m, mx_backend *be);
 
+/* True when layer l has a MoE MLP. */
+bool mx_layer_is_moe(const mx_config *c, int l);
+
 /* Parameter count (elements of every tensor) and bytes of the weights as stored. */
 int64_t mx_model_n_params(const mx_model *m);
 size_t mx_model_weight_bytes(const mx_model *m);
-/* Bytes the matrices read once per decoded token (every layer matrix + output head). */
+/* Bytes the matrices read once per decoded token (every layer matrix + output head; MoE: active experts). */
 size_t mx_model_decode_bytes(const mx_model *m);
 
 #endif

@@ -5,21 +5,35 @@
 
 enum { DEFAULT_UBATCH = 512 };
 
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* The widest per-token activation any block of this model writes into a scratch buffer. */
+static size_t activation_width(const mx_config *c) {
+    size_t H = (size_t)c->n_head, w = (size_t)c->d_model;
+    w = max_sz(w, H * c->head_dim);
+    w = max_sz(w, (size_t)c->d_ff);
+    w = max_sz(w, (size_t)c->d_ff_expert * (c->n_shared_expert > 0 ? c->n_shared_expert : 1));
+    w = max_sz(w, (size_t)c->n_expert);
+    w = max_sz(w, H * (c->mla_nope_dim + c->mla_rope_dim));
+    w = max_sz(w, H * (c->mla_nope_dim + c->mla_v_dim));
+    w = max_sz(w, H * (c->mla_kv_rank + c->mla_rope_dim)); /* absorbed MLA: per-head latent queries */
+    w = max_sz(w, (size_t)c->mla_kv_rank + c->mla_rope_dim);
+    w = max_sz(w, (size_t)c->mla_q_rank);
+    return w;
+}
+
 static int alloc_scratch(mx_session *s, mx_err *err) {
     const mx_config *c = &s->m->cfg;
     mx_backend *be = s->be;
     size_t U = (size_t)s->ubatch, F = sizeof(float);
-    size_t HD = (size_t)c->n_head * c->head_dim, GD = (size_t)c->n_kv_head * c->head_dim;
+    s->width = activation_width(c);
     s->x = be->alloc(be, U * c->d_model * F);
-    s->h = be->alloc(be, U * c->d_model * F);
-    s->q = be->alloc(be, U * HD * F);
-    s->att = be->alloc(be, U * HD * F);
-    s->k = be->alloc(be, U * GD * F);
-    s->v = be->alloc(be, U * GD * F);
-    s->g = be->alloc(be, U * c->d_ff * F);
-    s->u = be->alloc(be, U * c->d_ff * F);
+    s->h = be->alloc(be, U * s->width * F);
+    bool ok = s->x && s->h;
+    for (int i = 0; i < MX_N_SCRATCH; i++) ok = ok && (s->buf[i] = be->alloc(be, U * s->width * F));
     s->logits = be->alloc(be, U * c->vocab * F);
-    if (!s->x || !s->h || !s->q || !s->att || !s->k || !s->v || !s->g || !s->u || !s->logits)
+    if (c->n_expert > 0) s->moe_counts = calloc((size_t)c->n_layer * c->n_expert, sizeof(int));
+    if (!ok || !s->logits || (c->n_expert > 0 && !s->moe_counts))
         return mx_err_set(err, MX_ERR_NOMEM, "out of memory allocating activation buffers for %d tokens", s->ubatch);
     return MX_OK;
 }
@@ -48,9 +62,12 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
 void mx_session_free(mx_session *s) {
     if (!s) return;
     mx_kvcache_free(&s->kv);
-    float *bufs[] = {s->x, s->h, s->q, s->att, s->k, s->v, s->g, s->u, s->logits};
+    float *bufs[] = {s->x, s->h, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) s->be->free(s->be, bufs[i]);
+    for (int i = 0; i < MX_N_SCRATCH; i++)
+        if (s->buf[i]) s->be->free(s->be, s->buf[i]);
+    free(s->moe_counts);
     free(s);
 }
 

@@ -1,6 +1,6 @@
 /* session.h: one conversation with a model on a backend: the KV cache, the position, scratch buffers.
  * mx_session_eval runs the transformer over new tokens (a prompt at once, or one token at a time) and returns
- * logits; the model code behind it (forward.c) is backend-agnostic. */
+ * logits; the model code behind it (forward.c and the blocks it calls) is backend-agnostic. */
 #ifndef MX_SESSION_H
 #define MX_SESSION_H
 
@@ -9,6 +9,8 @@
 #include "../attention/kvcache.h"
 #include "model.h"
 
+enum { MX_N_SCRATCH = 6 };
+
 typedef struct {
     const mx_model *m;
     mx_backend *be;
@@ -16,15 +18,19 @@ typedef struct {
     int ubatch;  /* tokens per forward chunk */
     int pos;     /* tokens already in the cache */
     mx_kvcache kv;
-    /* scratch, each sized for ubatch rows: x,h [C]; q,att [H*D]; k,v [G*D]; g,u [F]; logits [vocab] */
-    float *x, *h, *q, *k, *v, *att, *g, *u, *logits;
+    size_t width;       /* floats per token row of each scratch buffer (the widest activation of the model) */
+    float *x;           /* residual stream [ubatch, C] */
+    float *h;           /* normed input / block output [ubatch, width] */
+    float *buf[MX_N_SCRATCH]; /* scratch for the blocks, each [ubatch, width] */
+    float *logits;      /* [ubatch, vocab] */
+    int *moe_counts;    /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
 } mx_session;
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);
 void mx_session_free(mx_session *s);
 /* Runs tokens[0..T) at positions pos..pos+T-1 and advances pos. logits (host memory) receives vocab floats
  * for the last token, or T*vocab for every token when all_logits. Fails cleanly (nothing run) when pos + T
- * exceeds n_ctx. */
+ * exceeds n_ctx or a token id is outside the vocabulary. */
 int mx_session_eval(mx_session *s, const int *tokens, int T, float *logits, bool all_logits, mx_err *err);
 /* Forgets every token from position pos on and returns the position actually kept: pos, or 0 when a window
  * layer's ring has already overwritten keys that tokens after pos would need again (the caller then
@@ -33,5 +39,14 @@ int mx_session_truncate(mx_session *s, int pos);
 
 /* The forward pass over T <= ubatch tokens (forward.c). */
 void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all_logits);
+/* The blocks it calls: attention of layer l by the plan's kind (attention/mha.c, mla.c, mka.c) reads
+ * s->h (normed input) and leaves the block output in s->h; the MLP (mlp.c, moe.c) likewise. */
+void mx_attention_mha(mx_session *s, int l, int T);
+void mx_attention_mla(mx_session *s, int l, int T);
+void mx_attention_mka(mx_session *s, int l, int T);
+void mx_mlp_dense(mx_session *s, int l, int T);
+void mx_mlp_moe(mx_session *s, int l, int T);
+/* Norm of the model's kind (RMSNorm or LayerNorm with bias) over T rows of C. */
+void mx_norm(mx_session *s, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T);
 
 #endif

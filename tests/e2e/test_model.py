@@ -81,5 +81,7 @@ def test_decode_equals_prefill(mixatt, model, tmp_path):
     prefill = mixatt_logits(mixatt, model, ids, tmp_path, "--exact")
     decode = mixatt_logits(mixatt, model, ids, tmp_path, "--exact", "--decode")
     chunked = mixatt_logits(mixatt, model, ids, tmp_path, "--exact", "--chunk", 7)
-    assert rel_l2(decode, prefill).max() <= 1e-5
-    assert rel_l2(chunked, prefill).max() <= 1e-5
+    # Decode (fp32 GEMV) and prefill (sgemm on dequantized tiles) sum the same products in different orders:
+    # fp32 rounding through 30 layers gives ~1e-5; anything structural (positions, cache slots) would be >1e-2.
+    assert rel_l2(decode, prefill).max() <= 1e-4
+    assert rel_l2(chunked, prefill).max() <= 1e-4
