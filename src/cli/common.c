@@ -61,6 +61,18 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
         if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return -1;
         o->device = "cuda";
         TAKE;
+    } else if (!strcmp(a, "--plan")) {
+        if (!val) return fprintf(stderr, "mixatt: --plan expects a plan string or preset\n"), -1;
+        o->load.plan = val;
+        TAKE;
+    } else if (!strcmp(a, "--window")) {
+        if (mx_parse_int(a, val, 1, 1 << 24, &o->load.window)) return -1;
+        TAKE;
+    } else if (!strcmp(a, "--attn")) {
+        if (!val || mx_attn_kind_parse(val) < 0)
+            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka, got '%s'\n", val ? val : ""), -1;
+        o->load.attn = val;
+        TAKE;
     } else if (!strcmp(a, "--exact")) {
         o->exact = true;
         return 1;
@@ -100,6 +112,12 @@ void mx_common_help(FILE *f, bool sampling) {
                "  -t, --threads N      CPU threads (default: all cores)\n"
                "  --device cpu|cuda    where to run (default cpu); --gpu N picks a GPU and implies cuda\n"
                "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n"
+               "  --plan P             attention plan: a preset (standard, ma, ma-endslide, ma-offset, ma-pairs,\n"
+               "                       ma-offset-slideshare) or one token per layer: G (full), S (window),\n"
+               "                       G@N / S@N (read layer N's cache), S512 (window 512), X*N (repeat);\n"
+               "                       layers count from 0. A plan the model was not trained with is reported.\n"
+               "  --window W           window of S layers (default: the model's, else 1024)\n"
+               "  --attn KIND          attention kind of every layer: mha, mla, mka, fastmka\n"
                "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
                "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
                "                       relative difference in the logits)\n");
@@ -148,7 +166,7 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
         return 1;
     }
     mx_err err = {0};
-    if (mx_model_load(path, NULL, m, &err)) {
+    if (mx_model_load(path, &o->load, m, &err)) {
         fprintf(stderr, "mixatt: cannot load model: %s\n", err.msg);
         return 1;
     }
@@ -161,6 +179,13 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
         return 1;
     }
     (*be)->exact = o->exact;
+    if (!(*m)->cfg.plan_is_trained) {
+        char plan[512];
+        mx_plan_to_string((*m)->cfg.plan, (*m)->cfg.n_layer, plan, sizeof plan);
+        fprintf(stderr, "mixatt: note: running %s with attention plan %s%s, which it was not trained with; its "
+                        "outputs are not the trained model's (mixatt perplexity measures the cost)\n",
+                (*m)->path, plan, strlen(plan) >= sizeof plan - 1 ? "..." : "");
+    }
     return 0;
 }
 

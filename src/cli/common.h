@@ -17,6 +17,7 @@ typedef struct {
     int ctx;           /* 0 = min(model context, default) */
     bool exact;        /* fp32 activations in every matmul */
     const char *device;/* "cpu" (default) or "cuda" */
+    mx_load_opts load; /* --plan, --window, --attn */
     int gpu;           /* GPU index for cuda */
     mx_sampler_params sp;
 } mx_common_opts;

@@ -1,16 +1,23 @@
 /* info.c: `mixatt info`: what a model is: architecture, shape, parameter count, tensor types and their bytes,
  * the attention plan, KV cache bytes per token and at a given context. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../attention/kvcache.h"
 #include "../io/dtype.h"
 #include "commands.h"
+#include "kvtable.h"
 #include "common.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt info [-m MODEL] [--ctx N]\n\n"
+    fprintf(f, "usage: mixatt info [-m MODEL] [--ctx N] [--plan P] [--layers] [--kv-table] [--shape mixattention24]\n\n"
                "Prints the model's architecture, parameter count, tensor types, attention plan and KV cache\n"
-               "size (bytes per token, and in total at --ctx N tokens; default the model's context length).\n\n");
+               "size (bytes per token, and in total at --ctx N tokens; default the model's context length),\n"
+               "with the saving against the standard plan.\n\n"
+               "  --layers             the plan and cache bytes per token of every layer\n"
+               "  --kv-table           KV bytes per token and at 4K/32K/128K under MHA, GQA, MQA, MLA and the\n"
+               "                       MixAttention plans, for this model's shape\n"
+               "  --shape mixattention24  the table for the 24-layer MixAttention-shaped config (no model needed)\n\n");
     mx_common_help(f, false);
 }
 
@@ -27,6 +34,18 @@ static void print_types(const mx_model *m) {
                              bytes[t] / 1048576.0);
 }
 
+static void print_layers(const mx_config *c, int ctx) {
+    printf("layers (kind, window, cache read, bytes per token fp32):\n");
+    for (int l = 0; l < c->n_layer; l++) {
+        const mx_layer_plan *p = &c->plan[l];
+        char win[24] = "full";
+        if (p->window) snprintf(win, sizeof win, "window %d", p->window);
+        printf("  %3d  %-7s %-12s %s%-3d  %zu\n", l, mx_attn_kind_name(p->kind), win,
+               p->kv_from == l ? "own  " : "layer ", p->kv_from, mx_kv_elems_per_token(c, l) * 4);
+    }
+    (void)ctx;
+}
+
 static void print_kv(const mx_model *m, int ctx) {
     const mx_config *c = &m->cfg;
     size_t per_tok = 0;
@@ -38,18 +57,47 @@ static void print_kv(const mx_model *m, int ctx) {
     printf("KV cache:       %d of %d layers write a cache; %zu elements per token per writing layer\n", writers,
            c->n_layer, writers ? per_tok / writers : 0);
     printf("  per token:    %zu bytes fp32 (CPU), %zu bytes bf16 (GPU)\n", per_tok * 4, per_tok * 2);
-    size_t total = mx_kv_bytes_at(c, ctx, 512, 4);
-    printf("  at %d tokens: %.2f MiB fp32 (CPU), %.2f MiB bf16\n", ctx, total / 1048576.0, total / 2 / 1048576.0);
+    size_t total = mx_kv_bytes_at(c, ctx, 512, 4), ring1 = mx_kv_bytes_at(c, ctx, 1, 4);
+    printf("  at %d tokens: %.2f MiB fp32 (CPU), %.2f MiB bf16", ctx, total / 1048576.0, total / 2 / 1048576.0);
+    if (ring1 != total) printf(" (window rings hold W + 511 slots for 512-token prefill chunks; %.2f MiB at W)",
+                               ring1 / 1048576.0);
+    printf("\n");
+    mx_config std = *c;
+    mx_layer_plan *plan = calloc((size_t)c->n_layer, sizeof *plan);
+    if (plan) {
+        mx_plan_uniform(plan, c->n_layer, c->plan[0].kind, 0);
+        std.plan = plan;
+        size_t base = mx_kv_bytes_at(&std, ctx, 512, 4);
+        if (base != total) printf("  vs the standard plan (every layer full, own cache): %.2f MiB, %.1fx smaller\n",
+                                  base / 1048576.0, (double)base / total);
+        free(plan);
+    }
 }
 
 int mx_cmd_info(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    bool layers = false, table = false;
     for (int i = 1; i < argc; i++) {
         int r = mx_common_parse(&o, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return help(stdout), 0;
+        if (!strcmp(argv[i], "--layers")) {
+            layers = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--kv-table")) {
+            table = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
+            if (strcmp(argv[++i], "mixattention24"))
+                return fprintf(stderr, "mixatt info: unknown shape '%s' (known: mixattention24)\n", argv[i]), 2;
+            mx_config c;
+            mx_shape_mixattention24(&c);
+            return mx_print_kv_table(&c, c.name, stdout);
+        }
         fprintf(stderr, "mixatt info: unknown option '%s' (see mixatt info --help)\n", argv[i]);
         return 2;
     }
@@ -75,6 +123,8 @@ int mx_cmd_info(int argc, char **argv) {
     printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
     print_types(m);
     print_kv(m, ctx);
+    if (layers) print_layers(c, ctx);
+    if (table && mx_print_kv_table(c, c->name, stdout)) return mx_close_model(m, be), 1;
     mx_close_model(m, be);
     return 0;
 }

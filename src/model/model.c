@@ -159,7 +159,17 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
     mx_config *c = &m->cfg;
     c->plan = calloc((size_t)c->n_layer, sizeof *c->plan);
     if (!c->plan) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    mx_attn_kind kind = c->arch == MX_ARCH_DEEPSEEK2 ? MX_ATTN_MLA : MX_ATTN_MHA;
+    mx_attn_kind native = c->arch == MX_ARCH_DEEPSEEK2 ? MX_ATTN_MLA : MX_ATTN_MHA, kind = native;
+    if (opts && opts->attn) {
+        int k = mx_attn_kind_parse(opts->attn);
+        if (k < 0)
+            return mx_err_set(err, MX_ERR_ARG, "unknown attention kind '%s' (mha, mla, mka, fastmka)", opts->attn);
+        kind = (mx_attn_kind)k;
+        if ((kind == MX_ATTN_MLA) != (native == MX_ATTN_MLA))
+            return mx_err_set(err, MX_ERR_ARG, "%s: attention kind %s needs %s weights; this model has %s weights",
+                              m->path, opts->attn, kind == MX_ATTN_MLA ? "MLA" : "MHA-family",
+                              mx_attn_kind_name(native));
+    }
     int window = opts && opts->window > 0 ? opts->window : c->window;
     mx_plan_uniform(c->plan, c->n_layer, kind, c->window);
     c->plan_is_trained = true;
@@ -168,13 +178,15 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
             return err->code;
         mx_layer_plan *trained = calloc((size_t)c->n_layer, sizeof *trained);
         if (!trained) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-        mx_plan_uniform(trained, c->n_layer, kind, c->window);
+        mx_plan_uniform(trained, c->n_layer, native, c->window);
         c->plan_is_trained = memcmp(trained, c->plan, sizeof *trained * (size_t)c->n_layer) == 0;
         free(trained);
     } else if (opts && opts->window > 0) {
         for (int l = 0; l < c->n_layer; l++)
             if (c->plan[l].window > 0) c->plan[l].window = opts->window;
+        c->plan_is_trained = opts->window == c->window;
     }
+    if (kind != native) c->plan_is_trained = false;
     return mx_plan_validate(c->plan, c->n_layer, c->max_ctx, err);
 }
 

@@ -81,6 +81,7 @@ typedef struct {
 typedef struct {
     const char *plan;  /* plan string or preset; NULL = the model's own */
     int window;        /* window for S layers; 0 = the model's or the preset's default */
+    const char *attn;  /* attention kind for every layer (mha, mla, mka, fastmka); NULL = the model's */
 } mx_load_opts;
 
 /* Loads a GGUF file, or a directory holding config.json + *.safetensors. */
