@@ -25,14 +25,15 @@ int mx_attn_kind_parse(const char *s) {
     return -1;
 }
 
-/* Window layers in [from, to] share caches in alternating groups of 2 and 3 (or one group when one_group);
- * a leftover shorter than the next group joins the previous one. */
+/* Window layers in [from, to] share caches in alternating groups of 2 and 3 (or one group when one_group); a
+ * group cut short by the end of the run keeps what is left, and a single leftover layer joins the group before
+ * it (the paper's 24 layers: L2-3 + L4-6, and L20-21 + L22-23 for a run of four). */
 static void group_windows(mx_layer_plan *p, int from, int to, int window, bool one_group) {
     int l = from, size = 2;
     while (l <= to) {
         int end = one_group ? to : l + size - 1;
         if (end > to) end = to;
-        if (!one_group && to - end > 0 && to - end < (size == 2 ? 3 : 2)) end = to;
+        if (!one_group && to - end == 1) end = to;
         for (int i = l; i <= end; i++) p[i] = (mx_layer_plan){.kind = p[i].kind, .window = window, .kv_from = l};
         l = end + 1;
         size = size == 2 ? 3 : 2;
