@@ -30,6 +30,7 @@ ACLI_OBJ := $(CLI_SRC:%.c=build/asan/obj/%.o)
 TOBJ     := $(TEST_SRC:%.c=build/asan/obj/%.o)
 
 MODEL    := models/SmolLM2-135M-Instruct.Q4_1.gguf
+Q        := $(if $(V),,@)   # make V=1 prints full command lines
 
 # The CUDA backend (cuda.mk) is built into the release binary whenever nvcc is found; it adds its objects to
 # EXTRA_OBJ, its libraries to EXTRA_LIBS and -DMX_HAVE_CUDA to CUDA_DEFS. The ASan build is CPU-only.
@@ -49,7 +50,8 @@ build/libmixatt.a: $(OBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
 build/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_DEFS) -MMD -MP -c $< -o $@
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_DEFS) -MMD -MP -c $< -o $@
 
 asan: build/asan/mixatt build/asan/test_unit
 build/asan/mixatt: $(ACLI_OBJ) build/asan/libmixatt.a
@@ -60,7 +62,8 @@ build/asan/test_unit: $(TOBJ) build/asan/libmixatt.a
 	$(CC) $(ASANFLAGS) -o $@ $^ -lcriterion $(LDLIBS)
 build/asan/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(ASANFLAGS) $(WARN) $(DEPS_CF) -MMD -MP -c $< -o $@
+	@$(if $(V),,echo "  CC asan $<")
+	$(Q)$(CC) $(CSTD) $(ASANFLAGS) $(WARN) $(DEPS_CF) -MMD -MP -c $< -o $@
 
 -include $(OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AOBJ:.o=.d) $(ACLI_OBJ:.o=.d) $(TOBJ:.o=.d)
 

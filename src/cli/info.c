@@ -6,6 +6,7 @@
 #include "../attention/kvcache.h"
 #include "../io/dtype.h"
 #include "commands.h"
+#include "../model/session.h"
 #include "kvtable.h"
 #include "common.h"
 
@@ -17,7 +18,9 @@ static void help(FILE *f) {
                "  --layers             the plan and cache bytes per token of every layer\n"
                "  --kv-table           KV bytes per token and at 4K/32K/128K under MHA, GQA, MQA, MLA and the\n"
                "                       MixAttention plans, for this model's shape\n"
-               "  --shape mixattention24  the table for the 24-layer MixAttention-shaped config (no model needed)\n\n");
+               "  --shape mixattention24  the table for the 24-layer MixAttention-shaped config (no model needed)\n"
+               "  --moe-stats -p TEXT  run TEXT through a mixture-of-experts model and print how many tokens\n"
+               "                       each layer routed to each expert\n\n");
     mx_common_help(f, false);
 }
 
@@ -44,6 +47,35 @@ static void print_layers(const mx_config *c, int ctx) {
                p->kv_from == l ? "own  " : "layer ", p->kv_from, mx_kv_elems_per_token(c, l) * 4);
     }
     (void)ctx;
+}
+
+/* Routes the prompt through the model and prints tokens per expert per layer. */
+static int print_moe_stats(const mx_model *m, mx_backend *be, const char *text) {
+    const mx_config *c = &m->cfg;
+    if (c->n_expert == 0) return fprintf(stderr, "mixatt info: %s has no experts\n", m->path), 1;
+    if (!m->tok) return fprintf(stderr, "mixatt info: %s has no tokenizer for --moe-stats -p\n", m->path), 1;
+    mx_err err = {0};
+    int *ids = NULL, n = 0, rc = 1;
+    mx_session *s = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)c->vocab);
+    if (!logits || mx_tokenize(m->tok, text, strlen(text), true, &ids, &n, &err) || n == 0 ||
+        mx_session_create(m, be, n, &s, &err) || mx_session_eval(s, ids, n, logits, false, &err)) {
+        fprintf(stderr, "mixatt info: %s\n", err.msg[0] ? err.msg : "nothing to route");
+    } else {
+        printf("expert load on %d tokens (top-%d of %d experts; a balanced router gives %.1f per expert):\n", n,
+               c->n_expert_used, c->n_expert, (double)n * c->n_expert_used / c->n_expert);
+        for (int l = 0; l < c->n_layer; l++) {
+            if (!mx_layer_is_moe(c, l)) continue;
+            printf("  layer %3d:", l);
+            for (int e = 0; e < c->n_expert; e++) printf(" %5d", s->moe_counts[l * c->n_expert + e]);
+            printf("\n");
+        }
+        rc = 0;
+    }
+    mx_session_free(s);
+    free(ids);
+    free(logits);
+    return rc;
 }
 
 static void print_kv(const mx_model *m, int ctx) {
@@ -78,6 +110,7 @@ int mx_cmd_info(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
     bool layers = false, table = false;
+    const char *moe_text = NULL;
     for (int i = 1; i < argc; i++) {
         int r = mx_common_parse(&o, argc, argv, &i);
         if (r < 0) return 2;
@@ -86,6 +119,14 @@ int mx_cmd_info(int argc, char **argv) {
         if (!strcmp(argv[i], "--layers")) {
             layers = true;
             continue;
+        }
+        if (!strcmp(argv[i], "--moe-stats")) {
+            if (i + 2 < argc && !strcmp(argv[i + 1], "-p")) {
+                moe_text = argv[i + 2];
+                i += 2;
+                continue;
+            }
+            return fprintf(stderr, "mixatt info: --moe-stats needs -p TEXT\n"), 2;
         }
         if (!strcmp(argv[i], "--kv-table")) {
             table = true;
@@ -124,6 +165,7 @@ int mx_cmd_info(int argc, char **argv) {
     print_types(m);
     print_kv(m, ctx);
     if (layers) print_layers(c, ctx);
+    if (moe_text && print_moe_stats(m, be, moe_text)) return mx_close_model(m, be), 1;
     if (table && mx_print_kv_table(c, c->name, stdout)) return mx_close_model(m, be), 1;
     mx_close_model(m, be);
     return 0;
