@@ -69,28 +69,33 @@ static int run_once(mx_session *s, const int *toks, int n, bool decode, float *l
     return 0;
 }
 
+typedef struct {
+    int pp, tg, reps;
+    bool json;
+} bench_opts;
+
+static int bench_flag(void *ctx, const char *a, const char *val, int *i) {
+    bench_opts *b = ctx;
+    if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-r")) {
+        int *dst = a[1] == 'p' ? &b->pp : a[1] == 'n' ? &b->tg : &b->reps;
+        if (mx_parse_int(a, val, a[1] == 'r' ? 1 : 0, 1 << 20, dst)) return -1;
+        ++*i;
+    } else if (!strcmp(a, "--json")) {
+        b->json = true;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int mx_cmd_bench(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    int pp = 512, tg = 128, reps = 5;
-    bool json = false;
-    for (int i = 1; i < argc; i++) {
-        int r = mx_common_parse(&o, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
-        if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-r")) {
-            int *dst = a[1] == 'p' ? &pp : a[1] == 'n' ? &tg : &reps;
-            if (mx_parse_int(a, val, a[1] == 'r' ? 1 : 0, 1 << 20, dst)) return 2;
-            i++;
-        } else if (!strcmp(a, "--json")) {
-            json = true;
-        } else {
-            fprintf(stderr, "mixatt bench: unknown or incomplete option '%s'\n", a);
-            return 2;
-        }
-    }
+    bench_opts bo = {.pp = 512, .tg = 128, .reps = 5};
+    int prc = mx_parse_args("bench", argc, argv, &o, bench_flag, &bo, help);
+    if (prc) return prc < 0 ? 0 : prc;
+    int pp = bo.pp, tg = bo.tg, reps = bo.reps;
+    bool json = bo.json;
     mx_model *m;
     mx_backend *be;
     if (mx_open_model(&o, &m, &be)) return 1;

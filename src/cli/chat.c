@@ -118,27 +118,32 @@ static int chat_loop(const mx_model *m, mx_session *s, mx_sampler *smp, conversa
     return 0;
 }
 
+typedef struct {
+    const char *system;
+    int n_predict;
+} chat_opts;
+
+static int chat_flag(void *ctx, const char *a, const char *val, int *i) {
+    chat_opts *c = ctx;
+    if (!strcmp(a, "--system") && val) {
+        c->system = val, ++*i;
+    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+        if (mx_parse_int(a, val, 1, 1 << 20, &c->n_predict)) return -1;
+        ++*i;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int mx_cmd_chat(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    const char *system = NULL;
-    int n_predict = 512;
-    for (int i = 1; i < argc; i++) {
-        int r = mx_common_parse(&o, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
-        if (!strcmp(a, "--system") && val) {
-            system = val, i++;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            if (mx_parse_int(a, val, 1, 1 << 20, &n_predict)) return 2;
-            i++;
-        } else {
-            fprintf(stderr, "mixatt chat: unknown or incomplete option '%s' (see mixatt chat --help)\n", a);
-            return 2;
-        }
-    }
+    chat_opts co = {.n_predict = 512};
+    int prc = mx_parse_args("chat", argc, argv, &o, chat_flag, &co, help);
+    if (prc) return prc < 0 ? 0 : prc;
+    const char *system = co.system;
+    int n_predict = co.n_predict;
     mx_model *m;
     mx_backend *be;
     if (mx_open_model(&o, &m, &be)) return 1;

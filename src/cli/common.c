@@ -106,6 +106,25 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     return 1;
 }
 
+int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_flag_fn own, void *ctx,
+                  void (*help)(FILE *)) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help(stdout);
+            return -1;
+        }
+        int r = mx_common_parse(o, argc, argv, &i);
+        if (r == 0 && own) r = own(ctx, a, val, &i);
+        if (r < 0) return 2;
+        if (r == 0) {
+            fprintf(stderr, "mixatt %s: unknown or incomplete option '%s' (see mixatt %s --help)\n", cmd, a, cmd);
+            return 2;
+        }
+    }
+    return 0;
+}
+
 void mx_common_help(FILE *f, bool sampling) {
     fprintf(f, "model options:\n"
                "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"

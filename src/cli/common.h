@@ -26,6 +26,14 @@ void mx_common_defaults(mx_common_opts *o);
 /* Tries to consume argv[*i] (and its value). Returns 1 when consumed, 0 when not a common flag, -1 on a bad
  * value (message printed). */
 int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i);
+/* A command's own flags: given argv[*i] (flag) and argv[*i + 1] (val, NULL at the end), returns 1 when it
+ * consumed the flag (advancing *i past a value it took), 0 when the flag is not the command's, -1 on a bad
+ * value (message printed). */
+typedef int (*mx_flag_fn)(void *ctx, const char *flag, const char *val, int *i);
+/* Parses argv[1..]: the common flags, -h/--help, then the command's own through `own`. Returns 0 to go on,
+ * -1 when help was printed (exit 0), 2 on a bad or unknown flag (message printed). */
+int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_flag_fn own, void *ctx,
+                  void (*help)(FILE *));
 /* Help text for the common model flags and, when sampling is true, the sampling flags. */
 void mx_common_help(FILE *f, bool sampling);
 /* Resolves the model path: -m, else $MIXATT_MODEL, else MX_DEFAULT_MODEL under the current directory or

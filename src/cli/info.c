@@ -106,42 +106,45 @@ static void print_kv(const mx_model *m, int ctx) {
     }
 }
 
+typedef struct {
+    bool layers, table;
+    const char *moe_text, *shape;
+} info_opts;
+
+static int info_flag(void *ctx, const char *a, const char *val, int *i) {
+    info_opts *io = ctx;
+    if (!strcmp(a, "--layers")) {
+        io->layers = true;
+    } else if (!strcmp(a, "--kv-table")) {
+        io->table = true;
+    } else if (!strcmp(a, "--moe-stats")) {
+        io->moe_text = "";
+    } else if (!strcmp(a, "-p") && val && io->moe_text) {
+        io->moe_text = val, ++*i;
+    } else if (!strcmp(a, "--shape") && val) {
+        if (strcmp(val, "mixattention24"))
+            return fprintf(stderr, "mixatt info: unknown shape '%s' (known: mixattention24)\n", val), -1;
+        io->shape = val, ++*i;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int mx_cmd_info(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    bool layers = false, table = false;
-    const char *moe_text = NULL;
-    for (int i = 1; i < argc; i++) {
-        int r = mx_common_parse(&o, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return help(stdout), 0;
-        if (!strcmp(argv[i], "--layers")) {
-            layers = true;
-            continue;
-        }
-        if (!strcmp(argv[i], "--moe-stats")) {
-            if (i + 2 < argc && !strcmp(argv[i + 1], "-p")) {
-                moe_text = argv[i + 2];
-                i += 2;
-                continue;
-            }
-            return fprintf(stderr, "mixatt info: --moe-stats needs -p TEXT\n"), 2;
-        }
-        if (!strcmp(argv[i], "--kv-table")) {
-            table = true;
-            continue;
-        }
-        if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
-            if (strcmp(argv[++i], "mixattention24"))
-                return fprintf(stderr, "mixatt info: unknown shape '%s' (known: mixattention24)\n", argv[i]), 2;
-            mx_config c;
-            mx_shape_mixattention24(&c);
-            return mx_print_kv_table(&c, c.name, stdout);
-        }
-        fprintf(stderr, "mixatt info: unknown option '%s' (see mixatt info --help)\n", argv[i]);
-        return 2;
+    info_opts io = {0};
+    int prc = mx_parse_args("info", argc, argv, &o, info_flag, &io, help);
+    if (prc) return prc < 0 ? 0 : prc;
+    if (io.moe_text && !*io.moe_text) return fprintf(stderr, "mixatt info: --moe-stats needs -p TEXT\n"), 2;
+    if (io.shape) {
+        mx_config c;
+        mx_shape_mixattention24(&c);
+        return mx_print_kv_table(&c, c.name, stdout);
     }
+    bool layers = io.layers, table = io.table;
+    const char *moe_text = io.moe_text;
     mx_model *m;
     mx_backend *be;
     if (mx_open_model(&o, &m, &be)) return 1;

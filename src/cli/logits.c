@@ -45,30 +45,40 @@ static int parse_ids(const char *s, int **ids, int *n) {
     return *ids ? 0 : -1;
 }
 
+typedef struct {
+    const char *ids, *prompt, *out;
+    int chunk;
+    bool decode;
+} logits_opts;
+
+static int logits_flag(void *ctx, const char *a, const char *val, int *i) {
+    logits_opts *lo = ctx;
+    if (!strcmp(a, "--ids") && val) {
+        lo->ids = val, ++*i;
+    } else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
+        lo->prompt = val, ++*i;
+    } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && val) {
+        lo->out = val, ++*i;
+    } else if (!strcmp(a, "--decode")) {
+        lo->decode = true;
+    } else if (!strcmp(a, "--chunk")) {
+        if (mx_parse_int(a, val, 1, 1 << 20, &lo->chunk)) return -1;
+        ++*i;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int mx_cmd_logits(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    const char *ids_arg = NULL, *prompt = NULL, *out = NULL;
-    int chunk = 0;
-    bool decode = false;
-    for (int i = 1; i < argc; i++) {
-        int r = mx_common_parse(&o, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
-        if (!strcmp(a, "--ids") && val) ids_arg = val, i++;
-        else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) prompt = val, i++;
-        else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && val) out = val, i++;
-        else if (!strcmp(a, "--decode")) decode = true;
-        else if (!strcmp(a, "--chunk")) {
-            if (mx_parse_int(a, val, 1, 1 << 20, &chunk)) return 2;
-            i++;
-        } else {
-            fprintf(stderr, "mixatt logits: unknown or incomplete option '%s' (see --help)\n", a);
-            return 2;
-        }
-    }
+    logits_opts lo = {0};
+    int prc = mx_parse_args("logits", argc, argv, &o, logits_flag, &lo, help);
+    if (prc) return prc < 0 ? 0 : prc;
+    const char *ids_arg = lo.ids, *prompt = lo.prompt, *out = lo.out;
+    int chunk = lo.chunk;
+    bool decode = lo.decode;
     if (!out || !ids_arg == !prompt) {
         fprintf(stderr, "mixatt logits: need -o FILE and exactly one of --ids or -p (see --help)\n");
         return 2;

@@ -33,27 +33,32 @@ static double chunk_nll(const float *logits, const int *ids, int n, int vocab, d
     return total;
 }
 
+typedef struct {
+    const char *file;
+    int max_chunks;
+} ppl_opts;
+
+static int ppl_flag(void *ctx, const char *a, const char *val, int *i) {
+    ppl_opts *p = ctx;
+    if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
+        p->file = val, ++*i;
+    } else if (!strcmp(a, "--chunks")) {
+        if (mx_parse_int(a, val, 1, 1 << 30, &p->max_chunks)) return -1;
+        ++*i;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int mx_cmd_perplexity(int argc, char **argv) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    const char *file = NULL;
-    int max_chunks = 0;
-    for (int i = 1; i < argc; i++) {
-        int r = mx_common_parse(&o, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
-        if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
-            file = val, i++;
-        } else if (!strcmp(a, "--chunks")) {
-            if (mx_parse_int(a, val, 1, 1 << 30, &max_chunks)) return 2;
-            i++;
-        } else {
-            fprintf(stderr, "mixatt perplexity: unknown or incomplete option '%s'\n", a);
-            return 2;
-        }
-    }
+    ppl_opts po = {0};
+    int prc = mx_parse_args("perplexity", argc, argv, &o, ppl_flag, &po, help);
+    if (prc) return prc < 0 ? 0 : prc;
+    const char *file = po.file;
+    int max_chunks = po.max_chunks;
     if (!file) return fprintf(stderr, "mixatt perplexity: -f FILE is required (see --help)\n"), 2;
     size_t len;
     char *text = mx_read_file(file, &len);

@@ -33,40 +33,37 @@ typedef struct {
     int n_stops;
 } run_opts;
 
-static int parse(run_opts *o, int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int r = mx_common_parse(&o->c, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            help(stdout);
-            return -1;
-        } else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
-            o->prompt = val, i++;
-        } else if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
-            o->file = val, i++;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            if (mx_parse_int(a, val, -1, 1 << 24, &o->n_predict)) return 2;
-            i++;
-        } else if (!strcmp(a, "--system") && val) {
-            o->system = val, i++;
-        } else if (!strcmp(a, "--stop") && val) {
-            if (o->n_stops == MAX_STOPS) return fprintf(stderr, "mixatt run: at most %d --stop strings\n", MAX_STOPS), 2;
-            o->stops[o->n_stops++] = val, i++;
-        } else if (!strcmp(a, "--chat")) {
-            o->chat = true;
-        } else if (!strcmp(a, "--no-special")) {
-            o->parse_special = false;
-        } else if (!strcmp(a, "--print-ids")) {
-            o->print_ids = true;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = true;
-        } else {
-            fprintf(stderr, "mixatt run: unknown or incomplete option '%s' (see mixatt run --help)\n", a);
-            return 2;
-        }
+static int run_flag(void *ctx, const char *a, const char *val, int *i) {
+    run_opts *o = ctx;
+    if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
+        o->prompt = val, ++*i;
+    } else if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
+        o->file = val, ++*i;
+    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+        if (mx_parse_int(a, val, -1, 1 << 24, &o->n_predict)) return -1;
+        ++*i;
+    } else if (!strcmp(a, "--system") && val) {
+        o->system = val, ++*i;
+    } else if (!strcmp(a, "--stop") && val) {
+        if (o->n_stops == MAX_STOPS) return fprintf(stderr, "mixatt run: at most %d --stop strings\n", MAX_STOPS), -1;
+        o->stops[o->n_stops++] = val, ++*i;
+    } else if (!strcmp(a, "--chat")) {
+        o->chat = true;
+    } else if (!strcmp(a, "--no-special")) {
+        o->parse_special = false;
+    } else if (!strcmp(a, "--print-ids")) {
+        o->print_ids = true;
+    } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+        o->quiet = true;
+    } else {
+        return 0;
     }
+    return 1;
+}
+
+static int parse(run_opts *o, int argc, char **argv) {
+    int rc = mx_parse_args("run", argc, argv, &o->c, run_flag, o, help);
+    if (rc) return rc;
     if (!o->prompt == !o->file) {
         fprintf(stderr, "mixatt run: give exactly one of -p PROMPT or -f FILE (see mixatt run --help)\n");
         return 2;
