@@ -1,0 +1,43 @@
+# cuda.mk: the CUDA backend, included by the Makefile. Defines no goal of its own before the Makefile's `all`.
+# When nvcc is found: src/backend/cuda/*.cu are compiled into build/obj (sm_90a machine code for the H100/H200
+# plus compute_80 PTX that the driver compiles for other GPUs of compute capability >= 8.0), registered through
+# CUDA_DEFS=-DMX_HAVE_CUDA and linked into build/mixatt through EXTRA_OBJ/EXTRA_LIBS.
+#   make test-cuda    every CUDA op against its CPU twin + the default model's logits and greedy output (GPU)
+#   make bench-cuda   decode/prefill tok/s of the default model, attention kernels vs PyTorch SDPA (GPU)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+
+ifneq ($(strip $(NVCC)),)
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CU_SRC     := $(sort $(wildcard src/backend/cuda/*.cu))
+CU_OBJ     := $(CU_SRC:%.cu=build/obj/%.o)
+NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80 \
+              -Xcompiler -Wall,-Wno-unused-parameter,-Wno-unused-function -Werror all-warnings
+CUDA_DEFS  := -DMX_HAVE_CUDA
+EXTRA_OBJ  := $(CU_OBJ)
+EXTRA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+CUDA_INC   := -I$(CUDA_HOME)/include
+
+build/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+-include $(CU_OBJ:.o=.d)
+
+build/cuda/test_cuda: tests/cuda/test_cuda.c build/libmixatt.a $(CU_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
+build/cuda/bench_cuda: bench/cuda/bench_cuda.c build/libmixatt.a $(CU_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
+
+.PHONY: test-cuda bench-cuda
+test-cuda: build/cuda/test_cuda $(MODEL)
+	./build/cuda/test_cuda $(MODEL)
+bench-cuda: build/cuda/bench_cuda build/mixatt $(MODEL)
+	./build/cuda/bench_cuda $(MODEL)
+	python3 bench/cuda/peer.py
+else
+.PHONY: test-cuda bench-cuda
+test-cuda bench-cuda:
+	@echo "nvcc was not found: this build has no CUDA backend (install the CUDA toolkit, or set NVCC=...)" >&2; exit 1
+endif

@@ -1,0 +1,553 @@
+/* cuda_attention.cu: softmax attention over bf16 KV stores (see backend.h: mx_attn_spec; the CPU twin is
+ * src/backend/cpu/cpu_attention.c). Three kernels:
+ *
+ * - k_flash (prefill, D = Dv = 64 or 128): FlashAttention-2 style. A block owns 128 query rows of one head
+ *   (8 warps x 16 rows); K/V tiles of 64 key positions stream through shared memory (cp.async, double
+ *   buffered, XOR-swizzled rows), S = QKᵀ and O += PV on tensor cores (mma.sync m16n8k16 bf16, fp32
+ *   accumulators), online softmax in fp32 in the log2 domain. The block's key range is the union of its rows'
+ *   ranges (causal end, window start, kv_lo/kv_hi), so causal and windowed blocks skip whole tiles; only tiles
+ *   that straddle a boundary are masked element-wise. Key position p is read from slot p % n_slots (ring
+ *   buffers); GQA reads KV head h / (H/G) directly (no copies). Q is rounded to bf16, as is P before PV.
+ * - k_decode (1..few queries, D = Dv = 64 or 128): split-KV. A block owns one KV head and one chunk of key
+ *   positions and serves every query row that reads that KV head (the H/G heads of the group times the
+ *   queries): each K/V row is loaded once for all of them. Scores in fp32 (lane per key), PV with a lane per
+ *   Dv/32 dims; warps merge in shared memory; splits merge by log-sum-exp in k_merge.
+ * - k_generic: any D/Dv/stride (one block per query row and head, fp32 throughout); slow, for odd shapes.
+ * lse (natural log) is written when requested; rows with no visible key get zeros and lse = -inf. */
+#include <math.h>
+
+#include "cuda_common.h"
+
+typedef __nv_bfloat16 bf16;
+
+struct AttnP {
+    int n_q, H, G, D, Dv, q_pos0, n_slots, window, causal, kv_lo, kv_hi;
+    float scale, scale_log2;
+    long long q_stride, k_stride, v_stride, o_stride;
+    int chunk, n_split; /* decode */
+};
+
+__device__ __forceinline__ void row_range(const AttnP &p, int qpos, int &lo, int &hi) {
+    hi = p.causal && qpos < p.kv_hi ? qpos : p.kv_hi;
+    lo = p.kv_lo;
+    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
+}
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+/* ------------------------------------------------------------------ prefill (tensor cores) */
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* element offset of 16-byte chunk c of row r in a swizzled tile of rows of D bf16 */
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+    return r * D + ((c ^ (r & 7)) << 3);
+}
+
+enum { FA_BM = 128, FA_BN = 64, FA_THREADS = 256 };
+
+template <int D>
+__device__ __forceinline__ void fa_load_kv(const AttnP &p, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
+                                           bf16 *sK, bf16 *sV, int kvh, int p0, int hi_blk) {
+    constexpr int CH = D / 8; /* chunks per row */
+    for (int idx = threadIdx.x; idx < FA_BN * CH; idx += FA_THREADS) {
+        int r = idx / CH, c = idx % CH, pos = p0 + r;
+        bool ok = pos <= hi_blk;
+        size_t slot = ok ? (size_t)(pos % p.n_slots) : 0;
+        const bf16 *ks = K + slot * p.k_stride + (size_t)kvh * D + c * 8;
+        const bf16 *vs = V + slot * p.v_stride + (size_t)kvh * D + c * 8;
+        cp_async16(smem_u32(sK + swz<D>(r, c)), ks, ok ? 16 : 0);
+        cp_async16(smem_u32(sV + swz<D>(r, c)), vs, ok ? 16 : 0);
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(FA_THREADS, D == 128 ? 1 : 2)
+    k_flash(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
+            float *__restrict__ out, float *__restrict__ lse, const int *__restrict__ dyn) {
+    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
+    extern __shared__ __align__(128) uint8_t fa_smem[];
+    bf16 *sQ = (bf16 *)fa_smem;
+    bf16 *sK = sQ + FA_BM * D;     /* 2 buffers of FA_BN x D */
+    bf16 *sV = sK + 2 * FA_BN * D; /* 2 buffers */
+    constexpr int CH = D / 8, NT = FA_BN / 8, DT = D / 8;
+    const int h = blockIdx.y, kvh = h / (p.H / p.G);
+    const int m0 = (gridDim.x - 1 - blockIdx.x) * FA_BM; /* heaviest (latest) rows first */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int last_row = min(m0 + FA_BM, p.n_q) - 1;
+
+    int lo_first, hi_first, lo_last, hi_last;
+    row_range(p, p.q_pos0 + m0, lo_first, hi_first);
+    row_range(p, p.q_pos0 + last_row, lo_last, hi_last);
+    const int lo_blk = lo_first, hi_blk = hi_last; /* both monotone in the query position */
+    const int n_tiles = hi_blk >= lo_blk ? (hi_blk - lo_blk) / FA_BN + 1 : 0;
+
+    if (n_tiles > 0) {
+        fa_load_kv<D>(p, K, V, sK, sV, kvh, lo_blk, hi_blk);
+        cp_commit();
+    }
+    /* Q tile: fp32 -> bf16, swizzled */
+    for (int idx = threadIdx.x; idx < FA_BM * CH; idx += FA_THREADS) {
+        int r = idx / CH, c = idx % CH;
+        float4 a = make_float4(0, 0, 0, 0), b = a;
+        if (m0 + r < p.n_q) {
+            const float *src = q + (size_t)(m0 + r) * p.q_stride + (size_t)h * D + c * 8;
+            a = *(const float4 *)src;
+            b = *(const float4 *)(src + 4);
+        }
+        uint4 v = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+        *(uint4 *)(sQ + swz<D>(r, c)) = v;
+    }
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
+        ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+    }
+
+    float o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
+    const int ra = warp * 16 + (lane >> 2);
+    int lo_a, hi_a, lo_b, hi_b;
+    row_range(p, p.q_pos0 + m0 + ra, lo_a, hi_a);
+    row_range(p, p.q_pos0 + m0 + ra + 8, lo_b, hi_b);
+    const int max_lo = lo_last, min_hi = hi_first;
+
+    for (int n = 0; n < n_tiles; n++) {
+        cp_wait_all();
+        __syncthreads();
+        const int p0 = lo_blk + n * FA_BN;
+        if (n + 1 < n_tiles) {
+            int b = (n + 1) & 1;
+            fa_load_kv<D>(p, K, V, sK + b * FA_BN * D, sV + b * FA_BN * D, kvh, p0 + FA_BN, hi_blk);
+            cp_commit();
+        }
+        const bf16 *k_s = sK + (n & 1) * FA_BN * D, *v_s = sV + (n & 1) * FA_BN * D;
+
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int jj = 0; jj < NT / 2; jj++) {
+                int r = 16 * jj + (lane & 7) + (lane >> 4) * 8, c = 2 * kk + ((lane >> 3) & 1);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(smem_u32(k_s + swz<D>(r, c)), b0, b1, b2, b3);
+                mma16816(s[2 * jj], qf[kk], b0, b1);
+                mma16816(s[2 * jj + 1], qf[kk], b2, b3);
+            }
+        }
+        const bool need_mask = p0 < max_lo || p0 + FA_BN - 1 > min_hi;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[j][e] * p.scale_log2;
+                if (need_mask) {
+                    int pos = p0 + 8 * j + 2 * (lane & 3) + (e & 1);
+                    bool ok = e < 2 ? (pos >= lo_a && pos <= hi_a) : (pos >= lo_b && pos <= hi_b);
+                    v = ok ? v : -INFINITY;
+                }
+                s[j][e] = v;
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[j][2 * half], s[j][2 * half + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m_r[half], mx);
+            float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            float alpha = exp2f(m_r[half] - m_use);
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                float e0 = exp2f(s[j][2 * half] - m_use), e1 = exp2f(s[j][2 * half + 1] - m_use);
+                s[j][2 * half] = e0;
+                s[j][2 * half + 1] = e1;
+                sum += e0 + e1;
+            }
+            l_r[half] = l_r[half] * alpha + sum;
+            m_r[half] = m_new;
+#pragma unroll
+            for (int j = 0; j < DT; j++) {
+                o[j][2 * half] *= alpha;
+                o[j][2 * half + 1] *= alpha;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; kk++) {
+            uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int jd = 0; jd < DT / 2; jd++) {
+                int r = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * jd + (lane >> 4);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(smem_u32(v_s + swz<D>(r, c)), b0, b1, b2, b3);
+                mma16816(o[2 * jd], a, b0, b1);
+                mma16816(o[2 * jd + 1], a, b2, b3);
+            }
+        }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        float l = l_r[half];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int row = m0 + ra + 8 * half;
+        if (row >= p.n_q) continue;
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *dst = out + (size_t)row * p.o_stride + (size_t)h * D + 2 * (lane & 3);
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+            *(float2 *)(dst + 8 * j) = make_float2(o[j][2 * half] * inv, o[j][2 * half + 1] * inv);
+        if (lse && (lane & 3) == 0)
+            lse[(size_t)row * p.H + h] = l > 0.0f ? (m_r[half] + log2f(l)) * LN2 : -INFINITY;
+    }
+}
+
+/* ------------------------------------------------------------------ decode (split KV) */
+
+enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_MAXR = 16 };
+
+template <int D>
+__global__ void __launch_bounds__(DEC_THREADS)
+    k_decode(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
+             float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, const int *__restrict__ dyn) {
+    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
+    constexpr int DL = D / 32; /* output dims per lane */
+    __shared__ __align__(16) float q_s[DEC_MAXR][D];
+    __shared__ float m_s[DEC_WARPS][DEC_MAXR], l_s[DEC_WARPS][DEC_MAXR];
+    __shared__ __align__(16) float o_s[DEC_WARPS][DEC_MAXR][D];
+    const int kvh = blockIdx.y, split = blockIdx.x, group = p.H / p.G, R = group * p.n_q;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < R * D; i += DEC_THREADS) {
+        int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
+        q_s[r][d] = q[(size_t)t * p.q_stride + (size_t)hh * D + d] * p.scale_log2;
+    }
+    int lo_all, hi_all, tmp;
+    row_range(p, p.q_pos0, lo_all, tmp);
+    row_range(p, p.q_pos0 + p.n_q - 1, tmp, hi_all);
+    const int beg = lo_all + split * p.chunk, end = min(hi_all, beg + p.chunk - 1);
+    __syncthreads();
+
+    float m_r[DEC_MAXR], l_r[DEC_MAXR], acc[DEC_MAXR][DL];
+#pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+        m_r[r] = -INFINITY, l_r[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DL; i++) acc[r][i] = 0.0f;
+    }
+    for (int t0 = beg + 32 * warp; t0 <= end; t0 += 32 * DEC_WARPS) {
+        const int pos = t0 + lane;
+        const bool valid = pos <= end;
+        const size_t slot = valid ? (size_t)(pos % p.n_slots) : 0;
+        float s[DEC_MAXR];
+#pragma unroll
+        for (int r = 0; r < DEC_MAXR; r++) s[r] = 0.0f;
+        const uint4 *kr = (const uint4 *)(K + slot * p.k_stride + (size_t)kvh * D);
+#pragma unroll 4
+        for (int c = 0; c < D / 8; c++) {
+            uint4 kv = kr[c];
+            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kv;
+            float kf[8];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float2 f = __bfloat1622float2(k2[i]);
+                kf[2 * i] = f.x, kf[2 * i + 1] = f.y;
+            }
+#pragma unroll
+            for (int r = 0; r < DEC_MAXR; r++) {
+                if (r < R) {
+                    float4 qa = *(const float4 *)&q_s[r][8 * c], qb = *(const float4 *)&q_s[r][8 * c + 4];
+                    s[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
+                            qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+                }
+            }
+        }
+        const int n_keys = min(32, end - t0 + 1);
+#pragma unroll
+        for (int r = 0; r < DEC_MAXR; r++) {
+            if (r < R) {
+                int lo, hi;
+                row_range(p, p.q_pos0 + r / group, lo, hi);
+                float v = valid && pos >= lo && pos <= hi ? s[r] : -INFINITY;
+                float mx = v;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                float m_new = fmaxf(m_r[r], mx), m_use = m_new == -INFINITY ? 0.0f : m_new;
+                float alpha = exp2f(m_r[r] - m_use);
+                float e = exp2f(v - m_use);
+                s[r] = e;
+                l_r[r] = l_r[r] * alpha + e;
+                m_r[r] = m_new;
+#pragma unroll
+                for (int i = 0; i < DL; i++) acc[r][i] *= alpha;
+            }
+        }
+        /* PV: V rows are loaded 8 keys at a time before they are used, so that their latencies overlap */
+        for (int j0 = 0; j0 < n_keys; j0 += 8) {
+            float vf[8][DL];
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++) {
+                int j = j0 + jj < n_keys ? j0 + jj : n_keys - 1; /* clamped: weight 0 below */
+                const bf16 *vr = V + (size_t)((t0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * D + lane * DL;
+                if (DL == 4) {
+                    uint2 raw = *(const uint2 *)vr;
+                    float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)&raw.x);
+                    float2 b = __bfloat1622float2(*(const __nv_bfloat162 *)&raw.y);
+                    vf[jj][0] = a.x, vf[jj][1 % DL] = a.y, vf[jj][2 % DL] = b.x, vf[jj][3 % DL] = b.y;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < DL; i += 2) {
+                        float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)(vr + i));
+                        vf[jj][i] = a.x, vf[jj][(i + 1) % DL] = a.y;
+                    }
+                }
+            }
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++) {
+#pragma unroll
+                for (int r = 0; r < DEC_MAXR; r++) {
+                    if (r < R) {
+                        float pj = __shfl_sync(0xffffffffu, s[r], (j0 + jj) & 31);
+                        if (j0 + jj >= n_keys) pj = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < DL; i++) acc[r][i] += pj * vf[jj][i];
+                    }
+                }
+            }
+        }
+    }
+    /* merge the warps */
+#pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+        if (r < R) {
+            float l = l_r[r];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+            if (lane == 0) m_s[warp][r] = m_r[r], l_s[warp][r] = l;
+#pragma unroll
+            for (int i = 0; i < DL; i++) o_s[warp][r][lane * DL + i] = acc[r][i];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * D; i += DEC_THREADS) {
+        int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
+        float M = -INFINITY;
+        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, m_s[w][r]);
+        float mu = M == -INFINITY ? 0.0f : M, L = 0.0f, O = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            float f = exp2f(m_s[w][r] - mu);
+            L += f * l_s[w][r];
+            O += f * o_s[w][r][d];
+        }
+        size_t row = (size_t)t * p.H + hh;
+        if (p.n_split == 1) {
+            out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
+            if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
+        } else {
+            size_t rows = (size_t)p.n_q * p.H;
+            float *po = part + ((size_t)split * rows + row) * (D + 2);
+            po[2 + d] = O;
+            if (d == 0) po[0] = M, po[1] = L;
+        }
+    }
+}
+
+/* One block per (query row, head): merge the splits' (m, l, o) by log-sum-exp. */
+__global__ void k_merge(AttnP p, const float *__restrict__ part, float *__restrict__ out, float *__restrict__ lse) {
+    const int row = blockIdx.x, t = row / p.H, hh = row % p.H, Dv = p.Dv;
+    const size_t rows = (size_t)p.n_q * p.H;
+    float M = -INFINITY;
+    for (int s = 0; s < p.n_split; s++) M = fmaxf(M, part[((size_t)s * rows + row) * (Dv + 2)]);
+    float mu = M == -INFINITY ? 0.0f : M, L = 0.0f;
+    for (int s = 0; s < p.n_split; s++) {
+        const float *ps = part + ((size_t)s * rows + row) * (Dv + 2);
+        L += exp2f(ps[0] - mu) * ps[1];
+    }
+    float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float O = 0.0f;
+        for (int s = 0; s < p.n_split; s++) {
+            const float *ps = part + ((size_t)s * rows + row) * (Dv + 2);
+            O += exp2f(ps[0] - mu) * ps[2 + d];
+        }
+        out[(size_t)t * p.o_stride + (size_t)hh * Dv + d] = O * inv;
+    }
+    if (lse && threadIdx.x == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
+}
+
+/* ------------------------------------------------------------------ generic fallback */
+
+enum { GEN_THREADS = 128 };
+
+__global__ void __launch_bounds__(GEN_THREADS)
+    k_generic(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
+              float *__restrict__ out, float *__restrict__ lse, const int *__restrict__ dyn) {
+    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
+    extern __shared__ float g_smem[]; /* q[D], o[Dv], pr[GEN_THREADS] */
+    float *qs = g_smem, *os = qs + p.D, *pr = os + p.Dv;
+    __shared__ float red[32];
+    const int t = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / (p.H / p.G);
+    for (int d = threadIdx.x; d < p.D; d += GEN_THREADS) qs[d] = q[(size_t)t * p.q_stride + (size_t)h * p.D + d];
+    for (int d = threadIdx.x; d < p.Dv; d += GEN_THREADS) os[d] = 0.0f;
+    int lo, hi;
+    row_range(p, p.q_pos0 + t, lo, hi);
+    float m = -INFINITY, l = 0.0f;
+    __syncthreads();
+    for (int c0 = lo; c0 <= hi; c0 += GEN_THREADS) {
+        int pos = c0 + threadIdx.x;
+        float sc = -INFINITY;
+        if (pos <= hi) {
+            const bf16 *kr = K + (size_t)(pos % p.n_slots) * p.k_stride + (size_t)kvh * p.D;
+            float a = 0.0f;
+            for (int d = 0; d < p.D; d++) a += qs[d] * __bfloat162float(kr[d]);
+            sc = a * p.scale;
+        }
+        float mx = sc;
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+        __syncthreads();
+        mx = -INFINITY;
+        for (int w = 0; w < GEN_THREADS / 32; w++) mx = fmaxf(mx, red[w]);
+        float m_new = fmaxf(m, mx), alpha = expf(m - m_new);
+        float e = pos <= hi ? expf(sc - m_new) : 0.0f;
+        pr[threadIdx.x] = e;
+        __syncthreads();
+        float sum = 0.0f;
+        int n = min(GEN_THREADS, hi - c0 + 1);
+        for (int j = 0; j < n; j++) sum += pr[j];
+        l = l * alpha + sum;
+        m = m_new;
+        for (int d = threadIdx.x; d < p.Dv; d += GEN_THREADS) {
+            float a = os[d] * alpha;
+            for (int j = 0; j < n; j++)
+                a += pr[j] * __bfloat162float(V[(size_t)((c0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * p.Dv + d]);
+            os[d] = a;
+        }
+        __syncthreads();
+    }
+    for (int d = threadIdx.x; d < p.Dv; d += GEN_THREADS)
+        out[(size_t)t * p.o_stride + (size_t)h * p.Dv + d] = l > 0.0f ? os[d] / l : 0.0f;
+    if (lse && threadIdx.x == 0) lse[(size_t)t * p.H + h] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+template <int D>
+static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v, float *out,
+                         float *lse, const int *dyn) {
+    size_t smem = sizeof(bf16) * (size_t)(FA_BM * D + 4 * FA_BN * D);
+    static bool attr_set = false; /* per process: the attribute belongs to the kernel, not the device */
+    if (!attr_set) {
+        CU_CHECK(cudaFuncSetAttribute(k_flash<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    dim3 grid((p.n_q + FA_BM - 1) / FA_BM, p.H);
+    k_flash<D><<<grid, FA_THREADS, smem, c->stream>>>(p, q, k, v, out, lse, dyn);
+    CU_LAUNCHED();
+}
+
+template <int D>
+static void launch_decode(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *k, const bf16 *v, float *out,
+                          float *lse, int span, const int *dyn) {
+    int max_split = (4 * c->n_sm + p.G - 1) / p.G;
+    int n_split = (span + 255) / 256;
+    if (n_split > max_split) n_split = max_split;
+    if (n_split < 1) n_split = 1;
+    int chunk = (span + n_split - 1) / n_split;
+    chunk = (chunk + 31) / 32 * 32;
+    n_split = (span + chunk - 1) / chunk;
+    if (n_split < 1) n_split = 1;
+    p.chunk = chunk, p.n_split = n_split;
+    float *part = NULL;
+    if (n_split > 1) {
+        size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
+        part = (float *)mx_cuda_scratch(c, (void **)&c->part, &c->part_cap, need);
+    }
+    k_decode<D><<<dim3(n_split, p.G), DEC_THREADS, 0, c->stream>>>(p, q, k, v, out, lse, part, dyn);
+    CU_LAUNCHED();
+    if (n_split > 1) {
+        k_merge<<<p.n_q * p.H, D < 128 ? D : 128, 0, c->stream>>>(p, part, out, lse);
+        CU_LAUNCHED();
+    }
+}
+
+void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q, const void *kv_k, const void *kv_v,
+                         float *out, float *lse, const int *dyn, bool static_split) {
+    if (sp->n_q <= 0) return;
+    AttnP p;
+    p.n_q = sp->n_q, p.H = sp->n_head, p.G = sp->n_kv_head, p.D = sp->head_dim, p.Dv = sp->v_dim;
+    p.q_pos0 = sp->q_pos0, p.n_slots = sp->n_slots, p.window = sp->window, p.causal = sp->causal;
+    p.kv_lo = sp->kv_lo, p.kv_hi = sp->kv_hi;
+    p.scale = sp->scale, p.scale_log2 = sp->scale * LOG2E;
+    p.q_stride = (long long)sp->q_stride, p.k_stride = (long long)sp->k_stride;
+    p.v_stride = (long long)sp->v_stride, p.o_stride = (long long)sp->o_stride;
+    p.chunk = 0, p.n_split = 1;
+    const bf16 *k = (const bf16 *)kv_k, *v = (const bf16 *)kv_v;
+    const int D = p.D, group = p.H / p.G;
+    bool fast_shape = (D == 64 || D == 128) && p.Dv == D && p.k_stride % 8 == 0 && p.v_stride % 8 == 0 &&
+                      ((uintptr_t)k & 15) == 0 && ((uintptr_t)v & 15) == 0;
+    bool q_vec = p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0 && p.o_stride % 2 == 0 && ((uintptr_t)out & 7) == 0;
+    if (fast_shape && group * p.n_q <= DEC_MAXR) {
+        /* the span of positions any query row may read */
+        int qf = p.q_pos0, ql = p.q_pos0 + p.n_q - 1;
+        int hi = p.causal && ql < p.kv_hi ? ql : p.kv_hi;
+        int lo = p.kv_lo;
+        if (p.window > 0 && qf - p.window + 1 > lo) lo = qf - p.window + 1;
+        int span = hi - lo + 1;
+        if (static_split) span = p.n_slots; /* an upper bound of the span whatever the positions */
+        if (span < 1) span = 1;
+        if (D == 64)
+            launch_decode<64>(c, p, q, k, v, out, lse, span, dyn);
+        else
+            launch_decode<128>(c, p, q, k, v, out, lse, span, dyn);
+    } else if (fast_shape && q_vec) {
+        if (D == 64)
+            launch_flash<64>(c, p, q, k, v, out, lse, dyn);
+        else
+            launch_flash<128>(c, p, q, k, v, out, lse, dyn);
+    } else {
+        size_t smem = sizeof(float) * (size_t)(p.D + p.Dv + GEN_THREADS);
+        if (smem > 48 * 1024)
+            CU_CHECK(cudaFuncSetAttribute(k_generic, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        k_generic<<<p.n_q * p.H, GEN_THREADS, smem, c->stream>>>(p, q, k, v, out, lse, dyn);
+        CU_LAUNCHED();
+    }
+}

@@ -1,0 +1,106 @@
+/* cuda_common.h: internal to src/backend/cuda. The backend's context, the weight record that upload places in
+ * mx_tensor.dev, error checking with file/line context, and the launchers each .cu file exports.
+ *
+ * Error policy: alloc/upload/create report through their return value (NULL or an mx_err); the op functions of
+ * the contract return void, so a failing CUDA call inside an op prints the call, file and line and aborts (a
+ * CUDA error there means the device context is unusable anyway). */
+#ifndef MX_CUDA_COMMON_H
+#define MX_CUDA_COMMON_H
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "../../io/dtype.h"
+#include "../backend.h"
+}
+
+void mx_cuda_fatal(const char *what, const char *msg, const char *file, int line);
+
+#define CU_CHECK(call)                                                                    \
+    do {                                                                                  \
+        cudaError_t e_ = (call);                                                          \
+        if (e_ != cudaSuccess) mx_cuda_fatal(#call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+    } while (0)
+#define LT_CHECK(call)                                                                    \
+    do {                                                                                  \
+        cublasStatus_t s_ = (call);                                                       \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                \
+            char b_[64];                                                                  \
+            snprintf(b_, sizeof b_, "cublas status %d", (int)s_);                         \
+            mx_cuda_fatal(#call, b_, __FILE__, __LINE__);                                 \
+        }                                                                                 \
+    } while (0)
+/* After every kernel launch: launch-configuration errors surface here, with the launch's location. */
+#define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
+
+/* What upload places in mx_tensor.dev. q: the tensor's bytes as stored in the file (the decode GEMV and
+ * embedding read these); bf: a bf16 copy of a matrix (n_out x n_in, row-major) made once at upload for the
+ * cuBLASLt prefill GEMM (NULL for vectors). */
+typedef struct {
+    void *q;
+    __nv_bfloat16 *bf;
+    uint32_t type;
+    int64_t n_in, n_out;
+    size_t row_bytes;
+} mx_cuda_weight;
+
+typedef struct {
+    int device, n_sm;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    size_t lt_ws_bytes;
+    __nv_bfloat16 *xbf; /* activations converted to bf16 for the GEMM */
+    size_t xbf_cap;     /* elements */
+    int *ids;           /* embedding ids copied from the host */
+    int *ids_host;      /* pinned staging */
+    size_t ids_cap;
+    void *lt_cache;     /* cuda_matmul.cu: cuBLASLt descriptors and algorithms by shape */
+    void *graph;        /* cuda_graph.cu state */
+    int capturing;      /* a graph capture is under way: scratch buffers must not grow */
+    int capture_broken; /* one wanted to */
+    unsigned gen;       /* bumped when a scratch buffer moves: cached graphs are stale */
+    float *part;        /* decode-attention split partials */
+    size_t part_cap;    /* floats */
+} mx_cuda_ctx;
+
+static inline mx_cuda_ctx *cu_ctx(mx_backend *be) { return (mx_cuda_ctx *)be->ctx; }
+static inline const mx_cuda_weight *cu_w(const mx_tensor *t) { return (const mx_cuda_weight *)t->dev; }
+
+/* Grows a device scratch buffer to at least n bytes (synchronizes the stream before freeing the old one). */
+void *mx_cuda_scratch(mx_cuda_ctx *c, void **buf, size_t *cap, size_t n);
+
+/* The ops, on device pointers. dyn (may be NULL): a device array the kernel reads its position arguments from
+ * instead of the by-value ones (rope/kv_write: pos0; attention: q_pos0, kv_lo, kv_hi), so that a captured CUDA
+ * graph can be replayed for the next token after one small upload (cuda_graph.cu). */
+/* cuda_matmul.cu */
+void mx_cuda_dequant_bf16(mx_cuda_ctx *c, const mx_cuda_weight *w, __nv_bfloat16 *dst);
+void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
+void mx_cuda_embed_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *d_ids, int T, float *out);
+void mx_cuda_matmul_cache_free(mx_cuda_ctx *c);
+/* cuda_elementwise.cu */
+void mx_cuda_rmsnorm_k(mx_cuda_ctx *c, const float *x, const float *w, float *out, int T, int C, float eps);
+void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T, int C,
+                         float eps);
+void mx_cuda_rope_k(mx_cuda_ctx *c, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
+                    mx_rope_mode mode, const int *dyn);
+void mx_cuda_swiglu_k(mx_cuda_ctx *c, float *g, const float *u, int n);
+void mx_cuda_gelu_k(mx_cuda_ctx *c, float *x, int n);
+void mx_cuda_add_k(mx_cuda_ctx *c, float *y, const float *x, int n);
+void mx_cuda_add_bias_k(mx_cuda_ctx *c, float *y, const float *b, int T, int n);
+void mx_cuda_kv_write_k(mx_cuda_ctx *c, void *store, const float *src, int T, int n, int pos0, int n_slots,
+                        const int *dyn);
+/* cuda_attention.cu; static_split: size the KV split from n_slots (fixed across tokens) instead of the span */
+void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
+                         float *out, float *lse, const int *dyn, bool static_split);
+/* cuda_graph.cu: the contract's op table (eager, or recorded and replayed as CUDA graphs) */
+void mx_cuda_graph_init(mx_backend *be);
+void mx_cuda_graph_flush(mx_cuda_ctx *c);
+void mx_cuda_graph_free(mx_cuda_ctx *c);
+
+#endif

@@ -1,0 +1,312 @@
+/* cuda_graph.cu: the contract's op table, and CUDA graphs for repeated op sequences.
+ *
+ * forward.c calls ~17 ops per layer per token; launched one by one, a SmolLM2 decode step is ~520 kernel
+ * launches and host launch overhead dominates. So by default (MX_CUDA_GRAPHS unset or not "0") every op call
+ * is recorded, not launched: its arguments go into a record, and its position arguments (rope/kv_write pos0,
+ * attention q_pos0/kv_lo/kv_hi) and embedding ids into a small host table (pinned). At a flush (to_host, sync,
+ * free, upload, release, or a full record list) the records run:
+ *   - the table is uploaded in one copy; kernels read their position arguments from it (the dyn pointers);
+ *   - a sequence seen for the first time runs eagerly; seen a second time it is captured into a CUDA graph;
+ *     from then on, the same sequence (same ops, pointers, shapes; positions may differ) replays the graph.
+ * Decode attention sizes its KV split from n_slots (fixed) in this mode so that the launch shapes do not depend
+ * on the position. Scratch buffers that move (mx_cuda_scratch bumps c->gen) make cached graphs stale. */
+#include <string.h>
+
+#include "cuda_common.h"
+
+typedef enum { R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV } rkind;
+
+typedef struct {
+    int kind;
+    int dyn_off; /* offset of this op's dynamic ints in the table */
+    mx_cuda_weight w;
+    const void *a, *b, *c, *d, *e;
+    int i0, i1, i2, i3, i4, i5;
+    float f0;
+    mx_attn_spec spec; /* with q_pos0, kv_lo, kv_hi zeroed (they are dynamic) */
+} rec;
+
+typedef struct {
+    rec *recs;
+    int n_recs, n_dyn;
+    unsigned gen;
+    cudaGraphExec_t exec; /* NULL: seen once, not captured yet */
+    unsigned long long last_use;
+} gentry;
+
+enum { MAX_RECS = 4096, MAX_DYN = 16384, N_GRAPHS = 8 };
+
+typedef struct {
+    rec recs[MAX_RECS];
+    int n_recs, n_dyn;
+    int *dyn_h;  /* pinned */
+    int *dyn_d;
+    cudaEvent_t dyn_done; /* the last upload of dyn_h has been read */
+    bool dyn_pending;
+    gentry g[N_GRAPHS];
+    unsigned long long clock;
+    bool enabled;
+} gstate;
+
+static gstate *gs(mx_cuda_ctx *c) { return (gstate *)c->graph; }
+
+static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
+    const int *d = dyn + r->dyn_off;
+    switch (r->kind) {
+    case R_MATMUL: mx_cuda_matmul_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0); break;
+    case R_EMBED: mx_cuda_embed_k(c, &r->w, d, r->i0, (float *)r->b); break;
+    case R_RMSNORM:
+        mx_cuda_rmsnorm_k(c, (const float *)r->a, (const float *)r->c, (float *)r->b, r->i0, r->i1, r->f0);
+        break;
+    case R_LAYERNORM:
+        mx_cuda_layernorm_k(c, (const float *)r->a, (const float *)r->c, (const float *)r->d, (float *)r->b, r->i0,
+                            r->i1, r->f0);
+        break;
+    case R_ROPE:
+        mx_cuda_rope_k(c, (float *)r->a, r->i0, r->i1, r->i2, r->i3, 0, r->f0, (mx_rope_mode)r->i4, d);
+        break;
+    case R_SWIGLU: mx_cuda_swiglu_k(c, (float *)r->a, (const float *)r->b, r->i0); break;
+    case R_GELU: mx_cuda_gelu_k(c, (float *)r->a, r->i0); break;
+    case R_ADD: mx_cuda_add_k(c, (float *)r->a, (const float *)r->b, r->i0); break;
+    case R_ADD_BIAS: mx_cuda_add_bias_k(c, (float *)r->a, (const float *)r->c, r->i0, r->i1); break;
+    case R_ATTN:
+        mx_cuda_attention_k(c, &r->spec, (const float *)r->a, r->c, r->d, (float *)r->b, (float *)r->e, d, true);
+        break;
+    case R_KV: mx_cuda_kv_write_k(c, (void *)r->b, (const float *)r->a, r->i0, r->i1, 0, r->i2, d); break;
+    }
+}
+
+static void run_all(mx_cuda_ctx *c, gstate *g) {
+    for (int i = 0; i < g->n_recs; i++) run_rec(c, &g->recs[i], g->dyn_d);
+}
+
+static void drop(gentry *e) {
+    if (e->exec) cudaGraphExecDestroy(e->exec);
+    free(e->recs);
+    memset(e, 0, sizeof *e);
+}
+
+void mx_cuda_graph_flush(mx_cuda_ctx *c) {
+    gstate *g = gs(c);
+    if (!g || !g->n_recs) return;
+    CU_CHECK(cudaMemcpyAsync(g->dyn_d, g->dyn_h, sizeof(int) * (size_t)(g->n_dyn ? g->n_dyn : 1),
+                             cudaMemcpyHostToDevice, c->stream));
+    CU_CHECK(cudaEventRecord(g->dyn_done, c->stream));
+    g->dyn_pending = true;
+    g->clock++;
+    gentry *hit = NULL;
+    for (int i = 0; i < N_GRAPHS; i++) {
+        gentry *e = &g->g[i];
+        if (e->recs && e->n_recs == g->n_recs && e->n_dyn == g->n_dyn &&
+            !memcmp(e->recs, g->recs, sizeof(rec) * (size_t)g->n_recs)) {
+            hit = e;
+            break;
+        }
+    }
+    if (hit && hit->gen != c->gen) { /* a scratch buffer moved since: recapture */
+        if (hit->exec) cudaGraphExecDestroy(hit->exec);
+        hit->exec = NULL;
+        hit->gen = c->gen;
+    }
+    if (hit && hit->exec) {
+        hit->last_use = g->clock;
+        CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+    } else if (hit) { /* second sighting: capture */
+        hit->last_use = g->clock;
+        cudaGraph_t graph = NULL;
+        unsigned gen0 = c->gen;
+        c->capturing = 1;
+        c->capture_broken = 0;
+        CU_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+        run_all(c, g);
+        CU_CHECK(cudaStreamEndCapture(c->stream, &graph));
+        c->capturing = 0;
+        if (!c->capture_broken && c->gen == gen0) {
+            CU_CHECK(cudaGraphInstantiate(&hit->exec, graph, 0));
+            CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+        } else {
+            run_all(c, g); /* grows what it needs; the next sighting captures */
+        }
+        CU_CHECK(cudaGraphDestroy(graph));
+    } else { /* first sighting: run eagerly, remember the sequence */
+        run_all(c, g);
+        gentry *e = &g->g[0];
+        for (int i = 1; i < N_GRAPHS; i++)
+            if (!g->g[i].recs || g->g[i].last_use < e->last_use) e = &g->g[i];
+        if (e->recs) drop(e);
+        e->recs = (rec *)malloc(sizeof(rec) * (size_t)g->n_recs);
+        if (e->recs) {
+            memcpy(e->recs, g->recs, sizeof(rec) * (size_t)g->n_recs);
+            e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock;
+        }
+    }
+    g->n_recs = 0;
+    g->n_dyn = 0;
+}
+
+/* A new record (zeroed, so that padding compares equal) with room for n_dyn dynamic ints. */
+static rec *new_rec(mx_cuda_ctx *c, int kind, int n_dyn, int **dyn) {
+    gstate *g = gs(c);
+    if (g->n_recs == MAX_RECS || g->n_dyn + n_dyn > MAX_DYN) mx_cuda_graph_flush(c);
+    if (g->n_recs == 0 && g->dyn_pending) { /* the previous upload must have read the table before we write it */
+        CU_CHECK(cudaEventSynchronize(g->dyn_done));
+        g->dyn_pending = false;
+    }
+    rec *r = &g->recs[g->n_recs++];
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->dyn_off = g->n_dyn;
+    *dyn = g->dyn_h + g->n_dyn;
+    g->n_dyn += n_dyn;
+    return r;
+}
+
+static bool recording(mx_backend *be) { return gs(cu_ctx(be))->enabled; }
+static mx_cuda_weight wcopy(const mx_tensor *t) {
+    mx_cuda_weight w;
+    memset(&w, 0, sizeof w);
+    w = *cu_w(t);
+    return w;
+}
+
+/* ---- the contract's ops ---- */
+
+static void op_matmul(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_matmul_k(c, cu_w(w), x, y, T);
+    int *d;
+    rec *r = new_rec(c, R_MATMUL, 0, &d);
+    r->w = wcopy(w), r->a = x, r->b = y, r->i0 = T;
+}
+
+static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (T <= 0) return;
+    if (!recording(be) || T > MAX_DYN / 2) {
+        mx_cuda_graph_flush(c);
+        int *d_ids = (int *)mx_cuda_scratch(c, (void **)&c->ids, &c->ids_cap, sizeof(int) * (size_t)T);
+        /* pageable source: returns once the ids are staged, so the caller may reuse its array at once */
+        CU_CHECK(cudaMemcpyAsync(d_ids, ids, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->stream));
+        return mx_cuda_embed_k(c, cu_w(w), d_ids, T, out);
+    }
+    int *d;
+    rec *r = new_rec(c, R_EMBED, T, &d);
+    memcpy(d, ids, sizeof(int) * (size_t)T);
+    r->w = wcopy(w), r->b = out, r->i0 = T;
+}
+
+static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_rmsnorm_k(c, x, (const float *)cu_w(w)->q, out, T, C, eps);
+    int *d;
+    rec *r = new_rec(c, R_RMSNORM, 0, &d);
+    r->a = x, r->b = out, r->c = cu_w(w)->q, r->i0 = T, r->i1 = C, r->f0 = eps;
+}
+
+static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
+                         int C, float eps) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    const float *bp = b ? (const float *)cu_w(b)->q : NULL;
+    if (!recording(be)) return mx_cuda_layernorm_k(c, x, (const float *)cu_w(w)->q, bp, out, T, C, eps);
+    int *d;
+    rec *r = new_rec(c, R_LAYERNORM, 0, &d);
+    r->a = x, r->b = out, r->c = cu_w(w)->q, r->d = bp, r->i0 = T, r->i1 = C, r->f0 = eps;
+}
+
+static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
+                    mx_rope_mode mode) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_rope_k(c, x, T, n_head, head_dim, rope_dim, pos0, theta, mode, NULL);
+    int *d;
+    rec *r = new_rec(c, R_ROPE, 1, &d);
+    d[0] = pos0;
+    r->a = x, r->i0 = T, r->i1 = n_head, r->i2 = head_dim, r->i3 = rope_dim, r->i4 = (int)mode, r->f0 = theta;
+}
+
+static void op_swiglu(mx_backend *be, float *g, const float *u, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_swiglu_k(c, g, u, n);
+    int *d;
+    rec *r = new_rec(c, R_SWIGLU, 0, &d);
+    r->a = g, r->b = u, r->i0 = n;
+}
+
+static void op_gelu(mx_backend *be, float *x, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_gelu_k(c, x, n);
+    int *d;
+    rec *r = new_rec(c, R_GELU, 0, &d);
+    r->a = x, r->i0 = n;
+}
+
+static void op_add(mx_backend *be, float *y, const float *x, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_add_k(c, y, x, n);
+    int *d;
+    rec *r = new_rec(c, R_ADD, 0, &d);
+    r->a = y, r->b = x, r->i0 = n;
+}
+
+static void op_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_add_bias_k(c, y, (const float *)cu_w(b)->q, T, n);
+    int *d;
+    rec *r = new_rec(c, R_ADD_BIAS, 0, &d);
+    r->a = y, r->c = cu_w(b)->q, r->i0 = T, r->i1 = n;
+}
+
+static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
+                         float *out, float *lse) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_attention_k(c, spec, q, k, v, out, lse, NULL, false);
+    int *d;
+    rec *r = new_rec(c, R_ATTN, 3, &d);
+    d[0] = spec->q_pos0, d[1] = spec->kv_lo, d[2] = spec->kv_hi;
+    r->spec = *spec;
+    r->spec.q_pos0 = r->spec.kv_lo = r->spec.kv_hi = 0;
+    r->a = q, r->c = k, r->d = v, r->b = out, r->e = lse;
+}
+
+static void op_kv_write(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_kv_write_k(c, store, src, T, n, pos0, n_slots, NULL);
+    int *d;
+    rec *r = new_rec(c, R_KV, 1, &d);
+    d[0] = pos0;
+    r->a = src, r->b = store, r->i0 = T, r->i1 = n, r->i2 = n_slots;
+}
+
+void mx_cuda_graph_init(mx_backend *be) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    gstate *g = (gstate *)calloc(1, sizeof *g);
+    const char *env = getenv("MX_CUDA_GRAPHS");
+    if (g && !(env && !strcmp(env, "0")) && cudaMallocHost((void **)&g->dyn_h, sizeof(int) * MAX_DYN) == cudaSuccess &&
+        cudaMalloc((void **)&g->dyn_d, sizeof(int) * MAX_DYN) == cudaSuccess &&
+        cudaEventCreateWithFlags(&g->dyn_done, cudaEventDisableTiming) == cudaSuccess)
+        g->enabled = true;
+    cudaGetLastError();
+    c->graph = g;
+    if (!g) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
+    be->matmul = op_matmul;
+    be->embed = op_embed;
+    be->rmsnorm = op_rmsnorm;
+    be->layernorm = op_layernorm;
+    be->rope = op_rope;
+    be->swiglu = op_swiglu;
+    be->gelu = op_gelu;
+    be->add = op_add;
+    be->add_bias = op_add_bias;
+    be->attention = op_attention;
+    be->kv_write = op_kv_write;
+}
+
+void mx_cuda_graph_free(mx_cuda_ctx *c) {
+    gstate *g = gs(c);
+    if (!g) return;
+    for (int i = 0; i < N_GRAPHS; i++) drop(&g->g[i]);
+    if (g->dyn_h) cudaFreeHost(g->dyn_h);
+    if (g->dyn_d) cudaFree(g->dyn_d);
+    if (g->dyn_done) cudaEventDestroy(g->dyn_done);
+    free(g);
+    c->graph = NULL;
+}
