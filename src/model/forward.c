@@ -17,9 +17,11 @@ static void embed(mx_session *s, const int *tokens, int T) {
     mx_backend *be = s->be;
     be->embed(be, &m->w.tok_embd, tokens, T, s->x); /* x (T, C) */
     if (m->cfg.use_rope) return;
-    int pos[512];
-    for (int t = 0; t < T; t++) pos[t] = s->pos + t;
-    be->embed(be, &m->w.pos_embd, pos, T, s->h);
+    for (int t0 = 0; t0 < T; t0 += 512) { /* learned positions, in batches of ids */
+        int pos[512], n = T - t0 < 512 ? T - t0 : 512;
+        for (int t = 0; t < n; t++) pos[t] = s->pos + t0 + t;
+        be->embed(be, &m->w.pos_embd, pos, n, s->h + (size_t)t0 * m->cfg.d_model);
+    }
     be->add(be, s->x, s->h, T * m->cfg.d_model);
 }
 

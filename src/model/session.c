@@ -48,7 +48,8 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
     s->m = m;
     s->be = be;
     s->n_ctx = n_ctx;
-    s->ubatch = n_ctx < DEFAULT_UBATCH ? n_ctx : DEFAULT_UBATCH;
+    int ub = be->ubatch > 0 ? be->ubatch : DEFAULT_UBATCH;
+    s->ubatch = n_ctx < ub ? n_ctx : ub;
     int rc = mx_kvcache_init(&s->kv, &m->cfg, be, n_ctx, s->ubatch, err);
     if (!rc) rc = alloc_scratch(s, err);
     if (rc) {
