@@ -96,6 +96,8 @@ fuzz:
 fixtures:
 	python3 scripts/make_fixtures.py
 	python3 scripts/fixtures_tokenizer.py
+	python3 scripts/fixtures_blocks.py
+	python3 scripts/fixtures_hf.py
 
 format:
 	clang-format -i $(wildcard src/*/*.[ch] src/backend/*/*.[ch] src/backend/*.h tests/unit/*.c tests/fuzz/*.c)

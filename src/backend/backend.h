@@ -52,7 +52,9 @@ struct mx_backend {
     const char *name;
     int n_threads;
     bool exact; /* matmuls in fp32 on dequantized weights everywhere (no 8-bit activations in decode) */
+    bool act8;  /* decode matmuls quantize activations to 8 bits (llama.cpp's scheme; ignored when exact) */
     size_t kv_elem_bytes; /* bytes per KV cache element: 4 (fp32) on the CPU, 2 (bf16) on CUDA */
+    int ubatch;           /* preferred tokens per forward chunk (prefill); 0 = 512 */
     void *ctx;
 
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
@@ -93,6 +95,42 @@ struct mx_backend {
     void (*kv_write)(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots);
     /* Copies n floats device → host (the CPU backend: memcpy). */
     void (*to_host)(mx_backend *be, float *dst, const float *src, size_t n);
+
+    /* ---- ops for the MoE, MLA and MKA blocks (CPU: cpu_blocks.c) ---- */
+    /* x[0..n) = value */
+    void (*fill)(mx_backend *be, float *x, size_t n, float value);
+    /* Strided 3-D copy: dst[i2*ds2 + i1*ds1 + i0] = src[i2*ss2 + i1*ss1 + i0], i0 < n0, i1 < n1, i2 < n2
+     * (strides in floats; a source stride may be 0 to broadcast). dst and src do not overlap. */
+    void (*copy3d)(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
+                   size_t ds2, size_t ss2);
+    /* The transposed product: y[T, n_in] = x[T, n_out] · W, W ne = {n_in, n_out} of any supported type. */
+    void (*matmul_t)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
+    /* Reads T rows of n elements from a KV store at slots (pos0 + t) % n_slots into fp32 dst[T, n]
+     * (the inverse of kv_write). */
+    void (*kv_read)(mx_backend *be, const void *store, float *dst, int T, int n, int pos0, int n_slots);
+    /* MoE routing of T tokens over E experts: p = softmax(logits[t, :E]); the k largest p (ties: lower
+     * index first) give ids[t*k + j] (descending p) and w[t*k + j] = p (divided by their sum when norm) times
+     * scale. ids and w are HOST memory. */
+    void (*moe_route)(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
+                      float *w);
+    /* dst[i, :n] = src[idx[i], :n] for i < rows (rows of n floats; idx in HOST memory). */
+    void (*gather_rows)(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n);
+    /* dst[idx[i], :n] += w[i] · src[i, :n] for i < rows, in order (idx, w in HOST memory). */
+    void (*scatter_add_rows)(mx_backend *be, float *dst, const float *src, const int *idx, const float *w, int rows,
+                             int n);
+    /* x = tanh(x) */
+    void (*tanh_)(mx_backend *be, float *x, int n);
+    /* In place softmax over each row of x[T, n] (fp32 max-subtracted, sum in double). */
+    void (*softmax_rows)(mx_backend *be, float *x, int T, int n);
+    /* y[t, :n] += w[t * w_stride] · x[t, :n] for t < T (w a device buffer, e.g. a column of router weights;
+     * x_stride 0 broadcasts one row of x to every t). */
+    void (*scale_add_rows)(mx_backend *be, float *y, const float *x, size_t x_stride, const float *w,
+                           size_t w_stride, int T, int n);
+    /* Causal running mean with carried prefix sums: P(p) = P(p-1) + x[t] (P(-1) = 0) for p = pos0 + t, stored
+     * as fp32 rows of C in sums at slot p % n_slots (P(pos0-1) is read from there when pos0 > 0), and
+     * mean[t] = P(p) / (p + 1). sums is a float buffer from be->alloc of n_slots * C. */
+    void (*prefix_mean)(mx_backend *be, const float *x, int T, int C, float *sums, int pos0, int n_slots,
+                        float *mean);
 };
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */

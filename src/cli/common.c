@@ -1,6 +1,8 @@
 /* common.c: shared CLI flags and model opening (see common.h). */
 #include "common.h"
 
+#include "../attention/kvcache.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -73,6 +75,11 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
             return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka, got '%s'\n", val ? val : ""), -1;
         o->load.attn = val;
         TAKE;
+    } else if (!strcmp(a, "--mla")) {
+        int f = val ? mx_mla_form_parse(val) : -1;
+        if (f < 0) return fprintf(stderr, "mixatt: --mla expects explicit, absorbed or auto, got '%s'\n", val ? val : ""), -1;
+        o->load.mla_form = f;
+        TAKE;
     } else if (!strcmp(a, "--exact")) {
         o->exact = true;
         return 1;
@@ -137,6 +144,8 @@ void mx_common_help(FILE *f, bool sampling) {
                "                       layers count from 0. A plan the model was not trained with is reported.\n"
                "  --window W           window of S layers (default: the model's, else 1024)\n"
                "  --attn KIND          attention kind of every layer: mha, mla, mka, fastmka\n"
+               "  --mla FORM           MLA layers: explicit (per-head K/V from the latent), absorbed (attention on\n"
+               "                       the cached latent) or auto (explicit for prefill, absorbed for decode)\n"
                "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
                "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
                "                       relative difference in the logits)\n");
@@ -189,7 +198,8 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
         fprintf(stderr, "mixatt: cannot load model: %s\n", err.msg);
         return 1;
     }
-    if (mx_backend_create(o->device, o->gpu, o->threads, be, &err) || mx_model_place(*m, *be, &err)) {
+    if (mx_backend_create(o->device, o->gpu, o->threads, be, &err) || mx_model_check_backend(*m, *be, &err) ||
+        mx_model_place(*m, *be, &err)) {
         fprintf(stderr, "mixatt: %s\n", err.msg);
         mx_backend_destroy(*be);
         mx_model_free(*m);

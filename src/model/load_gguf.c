@@ -94,7 +94,11 @@ static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
                           g->path, c->d_model, c->n_head);
     if (get_int(g, a, "rope.dimension_count", &c->rope_dim, c->head_dim, err)) return err->code;
     if (c->expert_scale == 0) c->expert_scale = 1.0f;
-    c->expert_norm_topk = true;
+    bool norm_topk = c->arch != MX_ARCH_DEEPSEEK2; /* Mixtral renormalizes the top-k; DeepSeek-V2 does not */
+    char key[160];
+    snprintf(key, sizeof key, "%s.expert_weights_norm", a);
+    mx_gguf_get_bool(g, key, &norm_topk, NULL);
+    c->expert_norm_topk = norm_topk;
     c->norm = gpt2 ? MX_NORM_LAYER : MX_NORM_RMS;
     c->mlp = gpt2 ? MX_MLP_GELU : MX_MLP_SWIGLU;
     c->use_rope = !gpt2;
@@ -105,14 +109,12 @@ static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
         c->mla_rope_dim = c->rope_dim;
         c->mla_nope_dim = c->head_dim - c->rope_dim;
         c->mla_v_dim = v_dim ? v_dim : c->mla_nope_dim;
-        c->rope_mode = MX_ROPE_HALF;
     }
-    /* llama.cpp's converter permuted Q/K rows of Llama models for adjacent-pair rotation; files written by
-     * mixatt convert say which layout they hold. */
+    /* Llama: llama.cpp's converter permuted Q/K rows for adjacent-pair rotation. DeepSeek-V2 rotates adjacent
+     * pairs natively. Files written by mixatt convert from unpermuted HF weights say so with mixatt.rope_half. */
     int64_t half = 0;
-    if (c->arch == MX_ARCH_LLAMA)
-        c->rope_mode = mx_gguf_get_i64(g, "mixatt.rope_half", &half, NULL) == MX_OK && half ? MX_ROPE_HALF
-                                                                                             : MX_ROPE_ADJACENT;
+    c->rope_mode = mx_gguf_get_i64(g, "mixatt.rope_half", &half, NULL) == MX_OK && half ? MX_ROPE_HALF
+                                                                                         : MX_ROPE_ADJACENT;
     return MX_OK;
 }
 

@@ -187,7 +187,30 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
         c->plan_is_trained = opts->window == c->window;
     }
     if (kind != native) c->plan_is_trained = false;
+    if (opts) c->mla_form = opts->mla_form;
     return mx_plan_validate(c->plan, c->n_layer, c->max_ctx, err);
+}
+
+static bool has_kind(const mx_config *c, mx_attn_kind a, mx_attn_kind b) {
+    for (int l = 0; l < c->n_layer; l++)
+        if (c->plan[l].kind == a || c->plan[l].kind == b) return true;
+    return false;
+}
+
+int mx_model_check_backend(const mx_model *m, const mx_backend *be, mx_err *err) {
+    const mx_config *c = &m->cfg;
+    const char *missing = NULL;
+    if (c->n_expert > 0 && !(be->copy3d && be->fill && be->gather_rows && be->moe_route && be->scatter_add_rows))
+        missing = "mixture-of-experts layers";
+    else if (has_kind(c, MX_ATTN_MLA, MX_ATTN_MLA) && !(be->copy3d && be->kv_read && be->matmul_t))
+        missing = "MLA attention";
+    else if (has_kind(c, MX_ATTN_MKA, MX_ATTN_FASTMKA) &&
+             !(be->copy3d && be->fill && be->prefix_mean && be->scale_add_rows && be->softmax_rows && be->tanh_))
+        missing = "MKA attention";
+    if (missing)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: the %s backend does not run %s yet; use --device cpu", m->path,
+                          be->name, missing);
+    return MX_OK;
 }
 
 bool mx_layer_is_moe(const mx_config *c, int l) { return c->n_expert > 0 && l >= c->n_dense_lead; }

@@ -41,6 +41,7 @@ typedef struct {
     int window;                   /* default window for S layers (Mistral's sliding_window), 0 = none */
     mx_layer_plan *plan;          /* n_layer entries */
     bool plan_is_trained;         /* false when the user applied a plan the weights were not trained with */
+    int mla_form;                 /* MLA: 0 auto, 1 explicit, 2 absorbed (attention/kvcache.h mx_mla_form) */
 } mx_config;
 
 typedef struct {
@@ -82,6 +83,7 @@ typedef struct {
     const char *plan;  /* plan string or preset; NULL = the model's own */
     int window;        /* window for S layers; 0 = the model's or the preset's default */
     const char *attn;  /* attention kind for every layer (mha, mla, mka, fastmka); NULL = the model's */
+    int mla_form;      /* 0 auto, 1 explicit, 2 absorbed */
 } mx_load_opts;
 
 /* Loads a GGUF file, or a directory holding config.json + *.safetensors. */
@@ -95,6 +97,10 @@ int mx_load_hf(mx_model *m, mx_err *err);
 /* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly. */
 int mx_model_place(mx_model *m, mx_backend *be, mx_err *err);
 void mx_model_unplace(mx_model *m, mx_backend *be);
+
+/* Checks the backend implements every op this model's blocks call (MoE, MLA and MKA need more than the
+ * dense path); the error names the feature and suggests --device cpu. */
+int mx_model_check_backend(const mx_model *m, const mx_backend *be, mx_err *err);
 
 /* True when layer l has a MoE MLP. */
 bool mx_layer_is_moe(const mx_config *c, int l);

@@ -51,6 +51,7 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
     int ub = be->ubatch > 0 ? be->ubatch : DEFAULT_UBATCH;
     s->ubatch = n_ctx < ub ? n_ctx : ub;
     int rc = mx_kvcache_init(&s->kv, &m->cfg, be, n_ctx, s->ubatch, err);
+    s->kv.mla_form = (mx_mla_form)m->cfg.mla_form;
     if (!rc) rc = alloc_scratch(s, err);
     if (rc) {
         mx_session_free(s);

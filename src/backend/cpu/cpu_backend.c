@@ -35,6 +35,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     openblas_set_num_threads(1); /* BLAS is called from inside our OpenMP threads, one tile each */
     be->name = "cpu";
     be->n_threads = n_threads;
+    be->act8 = getenv("MX_ACT8") != NULL; /* TEMP */
     be->kv_elem_bytes = sizeof(float);
     be->alloc = cpu_alloc;
     be->free = cpu_free;
@@ -53,6 +54,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->attention = mx_cpu_attention;
     be->kv_write = mx_cpu_kv_write;
     be->to_host = cpu_to_host;
+    mx_cpu_blocks_register(be);
     return be;
 }
 
