@@ -10,7 +10,7 @@ cases.json):
                    (top-2 of 4, one shared expert, routed_scaling_factor 1.5, no top-k renormalization).
   - deepseek2_noq: the same family without a query latent, top-3 of 6 experts, two shared experts.
   - mka, fastmka:  one random llama-style GGUF with mka_router tensors (mka.gguf); references from the
-                   independent numpy implementation in scripts/mka_reference.py (docs/attention-mka.md).
+                   independent numpy implementation in scripts/mka_reference.py (docs/attention.md, "MKA and FastMKA").
 The transformers references run in float64 on the fp32 weights written to the file. DeepSeek's rotary pairs
 are adjacent (2i, 2i+1); the rope rows of q and k_rope are permuted to the rotate-half layout in the file
 (and mixatt.rope_half = 1 says so); q·k is unchanged by the common permutation. Each MoE fixture is reseeded

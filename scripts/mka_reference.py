@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """mka_reference.py: an independent numpy (float64) implementation of MKA and FastMKA, written from
-docs/attention-mka.md, for a whole llama-style model (RMSNorm, RoPE in the rotate-half layout, GQA, SwiGLU).
+docs/attention.md, "MKA and FastMKA", for a whole llama-style model (RMSNorm, RoPE in the rotate-half layout, GQA, SwiGLU).
 
 Weights are a dict of numpy arrays named as in GGUF ("blk.0.attn_q.weight") with numpy shapes (n_out, n_in);
 `cfg` holds n_layer, n_head, n_kv_head, eps, rope_theta. Used by scripts/fixtures_blocks.py to write the

@@ -1,4 +1,4 @@
-/* mka.c: MKA and FastMKA attention for one layer (docs/attention-mka.md), causal, through the op contract.
+/* mka.c: MKA and FastMKA attention for one layer (docs/attention.md, "MKA and FastMKA"), causal, through the op contract.
  *   r = softmax(W2 · tanh(W1 · x + b1) + b2)          (T, 3), x = s->h the normed layer input (T, C)
  *   L1 = x;  L2(t) = mean(x_0..x_t) (prefix sums carried in the cache);  L3 = 0 (K/V = the biases)
  *   q = RoPE(Wq · x + bq)                               (T, H*D)
