@@ -65,6 +65,9 @@ struct mx_backend {
     void (*release)(mx_backend *be, mx_tensor *t);
     /* Blocks until queued work is done (timing); the CPU returns at once. */
     void (*sync)(mx_backend *be);
+    /* Free and total bytes of the memory this backend allocates from (RAM, or the GPU's); 0 on success. */
+    int (*mem_info)(mx_backend *be, size_t *free_bytes, size_t *total_bytes);
+    size_t placed_bytes; /* memory the weights took when placed (mx_model_place), 0 on the CPU */
 
     /* y[T, n_out] = x[T, n_in] · Wᵀ, W of any supported type, shape ne = {n_in, n_out}. */
     void (*matmul)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);

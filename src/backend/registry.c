@@ -9,6 +9,7 @@ void mx_backend_cpu_destroy(mx_backend *be);
 #ifdef MX_HAVE_CUDA
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
 void mx_backend_cuda_destroy(mx_backend *be);
+int mx_cuda_mem_info(mx_backend *be, size_t *free_bytes, size_t *total_bytes);
 #endif
 
 int mx_backend_create(const char *name, int device, int n_threads, mx_backend **out, mx_err *err) {
@@ -19,7 +20,9 @@ int mx_backend_create(const char *name, int device, int n_threads, mx_backend **
     }
     if (!strcmp(name, "cuda")) {
 #ifdef MX_HAVE_CUDA
-        return mx_backend_cuda_create(device, out, err);
+        int rc = mx_backend_cuda_create(device, out, err);
+        if (!rc && !(*out)->mem_info) (*out)->mem_info = mx_cuda_mem_info;
+        return rc;
 #else
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
                           "this mixatt was built without CUDA (nvcc was not found at build time); use --device cpu");

@@ -49,6 +49,17 @@ static void print_layers(const mx_config *c, int ctx) {
     (void)ctx;
 }
 
+/* Memory on the backend: weights as placed (measured as the drop in free memory while placing, which for
+ * CUDA includes the bf16 copies the prefill GEMM reads), a session at ctx, and what is free. */
+static void print_memory(const mx_model *m, mx_backend *be, int ctx) {
+    size_t free_b, total_b;
+    if (strcmp(be->name, "cpu") == 0 || !be->mem_info || be->mem_info(be, &free_b, &total_b)) return;
+    printf("%s memory:    weights %.1f MiB as placed; a session at %d tokens %.1f MiB (KV + workspace); "
+           "%.1f MiB free of %.1f MiB\n",
+           be->name, be->placed_bytes / 1048576.0, ctx, mx_session_bytes(m, be, ctx) / 1048576.0,
+           free_b / 1048576.0, total_b / 1048576.0);
+}
+
 /* Routes the prompt through the model and prints tokens per expert per layer. */
 static int print_moe_stats(const mx_model *m, mx_backend *be, const char *text) {
     const mx_config *c = &m->cfg;
@@ -167,6 +178,7 @@ int mx_cmd_info(int argc, char **argv) {
     printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
     print_types(m);
     print_kv(m, ctx);
+    print_memory(m, be, ctx);
     if (layers) print_layers(c, ctx);
     if (moe_text && print_moe_stats(m, be, moe_text)) return mx_close_model(m, be), 1;
     if (table && mx_print_kv_table(c, c->name, stdout)) return mx_close_model(m, be), 1;

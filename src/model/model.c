@@ -312,12 +312,16 @@ static int release_one(mx_tensor *t, void *ctx) {
 
 int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
     place_ctx p = {be, err};
+    size_t free0 = 0, free1 = 0, total;
+    bool measure = be->mem_info && be->mem_info(be, &free0, &total) == 0;
     if (for_each_weight(m, place_one, &p)) {
         mx_model_unplace(m, be);
         if (!err->code) mx_err_set(err, MX_ERR_NOMEM, "cannot place the weights on %s", be->name);
         return err->code;
     }
     if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
+    if (measure && strcmp(be->name, "cpu") != 0 && be->mem_info(be, &free1, &total) == 0 && free0 > free1)
+        be->placed_bytes = free0 - free1;
     return MX_OK;
 }
 

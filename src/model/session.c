@@ -38,11 +38,32 @@ static int alloc_scratch(mx_session *s, mx_err *err) {
     return MX_OK;
 }
 
+size_t mx_session_bytes(const mx_model *m, const mx_backend *be, int n_ctx) {
+    const mx_config *c = &m->cfg;
+    int ub = be->ubatch > 0 ? be->ubatch : DEFAULT_UBATCH;
+    size_t U = (size_t)(n_ctx < ub ? n_ctx : ub);
+    size_t scratch = U * ((size_t)c->d_model + activation_width(c) * (1 + MX_N_SCRATCH) + (size_t)c->vocab);
+    return mx_kv_bytes_at(c, n_ctx, (int)U, be->kv_elem_bytes) + scratch * sizeof(float);
+}
+
+/* Refuses, before allocating anything, a context whose cache and buffers exceed the backend's free memory. */
+static int check_fits(const mx_model *m, mx_backend *be, int n_ctx, mx_err *err) {
+    size_t free_b, total_b;
+    if (!be->mem_info || be->mem_info(be, &free_b, &total_b)) return MX_OK;
+    size_t need = mx_session_bytes(m, be, n_ctx);
+    if (need <= free_b) return MX_OK;
+    return mx_err_set(err, MX_ERR_NOMEM,
+                      "a context of %d tokens needs %.1f MiB on %s (KV cache and activation buffers) but only %.1f "
+                      "MiB of %.1f MiB are free; lower --ctx",
+                      n_ctx, need / 1048576.0, be->name, free_b / 1048576.0, total_b / 1048576.0);
+}
+
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err) {
     *out = NULL;
     if (n_ctx <= 0 || n_ctx > m->cfg.max_ctx)
         return mx_err_set(err, MX_ERR_ARG, "context of %d tokens is outside 1..%d (the model's context length)",
                           n_ctx, m->cfg.max_ctx);
+    if (check_fits(m, be, n_ctx, err)) return err->code;
     mx_session *s = calloc(1, sizeof *s);
     if (!s) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     s->m = m;

@@ -28,6 +28,8 @@ typedef struct {
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);
 void mx_session_free(mx_session *s);
+/* Bytes a session of n_ctx tokens allocates on the backend (KV cache + activation buffers). */
+size_t mx_session_bytes(const mx_model *m, const mx_backend *be, int n_ctx);
 /* Runs tokens[0..T) at positions pos..pos+T-1 and advances pos. logits (host memory) receives vocab floats
  * for the last token, or T*vocab for every token when all_logits. Fails cleanly (nothing run) when pos + T
  * exceeds n_ctx or a token id is outside the vocabulary. */
