@@ -27,9 +27,9 @@ static void help(FILE *f) {
 static void print_types(const mx_model *m) {
     int64_t count[64] = {0};
     size_t bytes[64] = {0};
-    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
-        uint32_t t = m->gguf->tensors[i].type;
-        if (t < 64) count[t]++, bytes[t] += m->gguf->tensors[i].nbytes;
+    for (int i = 0; i < m->dict.n; i++) {
+        uint32_t t = m->dict.items[i].t.type;
+        if (t < 64) count[t]++, bytes[t] += m->dict.items[i].t.nbytes;
     }
     printf("tensor types:\n");
     for (int t = 0; t < 64; t++)
@@ -173,8 +173,9 @@ int mx_cmd_info(int argc, char **argv) {
     printf("parameters:     %.2f M (%lld)\n", mx_model_n_params(m) / 1e6, (long long)mx_model_n_params(m));
     printf("weights:        %.2f MiB in the file; %.2f MiB read per decoded token\n",
            mx_model_weight_bytes(m) / 1048576.0, mx_model_decode_bytes(m) / 1048576.0);
-    printf("GGUF version:   %u, %llu tensors, %llu metadata keys\n", m->gguf->version,
-           (unsigned long long)m->gguf->n_tensors, (unsigned long long)m->gguf->n_kv);
+    if (m->gguf)
+        printf("GGUF version:   %u, %llu tensors, %llu metadata keys\n", m->gguf->version,
+               (unsigned long long)m->gguf->n_tensors, (unsigned long long)m->gguf->n_kv);
     printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
     print_types(m);
     print_kv(m, ctx);

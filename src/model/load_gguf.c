@@ -131,7 +131,8 @@ static int fill_dict(mx_model *m, mx_err *err) {
 int mx_load_gguf(mx_model *m, mx_err *err) {
     if (mx_gguf_open(m->path, &m->gguf, err) || read_config(m->gguf, &m->cfg, err) || fill_dict(m, err))
         return err->code;
-    if (mx_tokenizer_from_gguf(m->gguf, &m->tok, err)) return err->code;
+    if (mx_gguf_kv_find(m->gguf, "tokenizer.ggml.model") && mx_tokenizer_from_gguf(m->gguf, &m->tok, err))
+        return err->code;
     if (mx_chat_template_from_gguf(m->gguf, &m->chat, NULL) != MX_OK) m->chat = NULL;
     return MX_OK;
 }

@@ -241,6 +241,7 @@ void mx_model_free(mx_model *m) {
     mx_chat_template_free(m->chat);
     mx_dict_free(&m->dict);
     mx_gguf_close(m->gguf);
+    mx_hf_close(m);
     free(m->path);
     free(m);
 }

@@ -72,6 +72,7 @@ typedef struct {
 typedef struct {
     char *path;
     mx_gguf *gguf;          /* when loaded from GGUF (keeps the mapping alive) */
+    struct mx_st_set *hf;   /* when loaded from safetensors (keeps the mappings alive; load_hf.c) */
     mx_tensor_dict dict;    /* every tensor by name */
     mx_config cfg;
     mx_weights w;
@@ -93,6 +94,8 @@ void mx_model_free(mx_model *m);
 /* Loaders fill m->cfg (without the plan) and m->dict; model.c does the rest. */
 int mx_load_gguf(mx_model *m, mx_err *err);
 int mx_load_hf(mx_model *m, mx_err *err);
+/* Unmaps the safetensors files behind a model loaded by mx_load_hf (no-op otherwise). */
+void mx_hf_close(mx_model *m);
 
 /* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly. */
 int mx_model_place(mx_model *m, mx_backend *be, mx_err *err);

@@ -622,6 +622,10 @@ int mx_tokenize(const mx_tokenizer *t, const char *text, size_t len, bool parse_
                 int *n_ids, mx_err *err) {
     *ids = NULL;
     *n_ids = 0;
+    if (!t)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "the model has no tokenizer mixatt can read (tokenizer.json is not supported yet): "
+                          "give token ids instead (mixatt logits --ids)");
     if (!text && len) return mx_err_set(err, MX_ERR_ARG, "tokenize: NULL text");
     enc_state st = {.t = t};
     if (len >= CACHE_MIN_TEXT && (st.cache = malloc(sizeof *st.cache))) cache_clear(st.cache);
