@@ -10,6 +10,7 @@
 #include "../io/gguf_write.h"
 #include "../model/model.h"
 #include "commands.h"
+#include "common.h"
 
 int mx_cmd_convert(int argc, char **argv);
 
@@ -21,7 +22,9 @@ static void help(FILE *f) {
         "  -m, --model PATH   a Hugging Face directory (config.json + model.safetensors or shards;\n"
         "                     model_type gpt2, llama, mistral, mixtral, deepseek_v2, deepseek_v3) or a GGUF "
         "file\n"
-        "  -o, --out FILE     the GGUF to write (written to FILE.tmp, then renamed)\n\n"
+        "  -o, --out FILE     the GGUF to write (written to FILE.tmp, then renamed)\n"
+        "  --plan P, --window W, --attn KIND   store this attention plan with the model (mixatt.plan): the\n"
+        "                     converted file then runs with it as its own plan\n\n"
         "Tensors keep their stored type (F32, F16, BF16; quantized types from a GGUF); nothing is\n"
         "re-quantized. Keys: general.architecture llama | gpt2 | deepseek2 with llama.cpp's names, plus\n"
         "mixatt.rope_half and mixatt.plan. A Hugging Face tokenizer is not converted (mixatt cannot read\n"
@@ -109,10 +112,10 @@ static int write_tensors(mx_gguf_writer *w, const mx_model *m, mx_err *err) {
     return MX_OK;
 }
 
-static int convert(const char *in, const char *out) {
+static int convert(const char *in, const char *out, const mx_load_opts *opts) {
     mx_err err = {0};
     mx_model *m = NULL;
-    if (mx_model_load(in, NULL, &m, &err)) {
+    if (mx_model_load(in, opts, &m, &err)) {
         fprintf(stderr, "mixatt convert: cannot load model: %s\n", err.msg);
         return 1;
     }
@@ -131,23 +134,22 @@ static int convert(const char *in, const char *out) {
     return rc ? 1 : 0;
 }
 
+static int out_flag(void *ctx, const char *a, const char *val, int *i) {
+    if ((strcmp(a, "-o") && strcmp(a, "--out")) || !val) return 0;
+    *(const char **)ctx = val;
+    ++*i;
+    return 1;
+}
+
 int mx_cmd_convert(int argc, char **argv) {
-    const char *in = NULL, *out = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), 0;
-        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && val)
-            in = val, i++;
-        else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && val)
-            out = val, i++;
-        else {
-            fprintf(stderr, "mixatt convert: unknown or incomplete option '%s' (see --help)\n", a);
-            return 2;
-        }
-    }
-    if (!in || !out) {
+    mx_common_opts o;
+    mx_common_defaults(&o);
+    const char *out = NULL;
+    int rc = mx_parse_args("convert", argc, argv, &o, out_flag, &out, help);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (!o.model || !out) {
         fprintf(stderr, "mixatt convert: need -m MODEL and -o OUT.gguf (see --help)\n");
         return 2;
     }
-    return convert(in, out);
+    return convert(o.model, out, &o.load);
 }

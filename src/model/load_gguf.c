@@ -134,5 +134,6 @@ int mx_load_gguf(mx_model *m, mx_err *err) {
     if (mx_gguf_kv_find(m->gguf, "tokenizer.ggml.model") && mx_tokenizer_from_gguf(m->gguf, &m->tok, err))
         return err->code;
     if (mx_chat_template_from_gguf(m->gguf, &m->chat, NULL) != MX_OK) m->chat = NULL;
+    if (mx_gguf_get_str(m->gguf, "mixatt.plan", &m->stored_plan, NULL) != MX_OK) m->stored_plan = NULL;
     return MX_OK;
 }

@@ -173,6 +173,25 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
     int window = opts && opts->window > 0 ? opts->window : c->window;
     mx_plan_uniform(c->plan, c->n_layer, kind, c->window);
     c->plan_is_trained = true;
+    if (m->stored_plan) { /* the plan the weights were saved with is the model's own */
+        if (mx_plan_parse(m->stored_plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, native, c->plan, err))
+            return mx_err_wrap(err, "%s: the stored plan (mixatt.plan)", m->path);
+        if (opts && opts->plan) {
+            mx_layer_plan *stored = malloc(sizeof *stored * (size_t)c->n_layer);
+            if (!stored) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+            memcpy(stored, c->plan, sizeof *stored * (size_t)c->n_layer);
+            int rc = mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan, err);
+            c->plan_is_trained = !rc && memcmp(stored, c->plan, sizeof *stored * (size_t)c->n_layer) == 0;
+            free(stored);
+            if (rc) return rc;
+        }
+        if (kind != native) {
+            for (int l = 0; l < c->n_layer; l++) c->plan[l].kind = kind;
+            c->plan_is_trained = false;
+        }
+        if (opts) c->mla_form = opts->mla_form;
+        return mx_plan_validate(c->plan, c->n_layer, c->max_ctx, err);
+    }
     if (opts && opts->plan) {
         if (mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan, err))
             return err->code;
@@ -242,6 +261,7 @@ void mx_model_free(mx_model *m) {
     mx_dict_free(&m->dict);
     mx_gguf_close(m->gguf);
     mx_hf_close(m);
+    free(m->stored_plan);
     free(m->path);
     free(m);
 }

@@ -73,6 +73,7 @@ typedef struct {
     char *path;
     mx_gguf *gguf;          /* when loaded from GGUF (keeps the mapping alive) */
     struct mx_st_set *hf;   /* when loaded from safetensors (keeps the mappings alive; load_hf.c) */
+    char *stored_plan;      /* the plan string stored with the model (GGUF mixatt.plan), NULL if none */
     mx_tensor_dict dict;    /* every tensor by name */
     mx_config cfg;
     mx_weights w;

@@ -72,3 +72,15 @@ def test_bad_plans_fail_before_any_work(mixatt, model, plan, words):
 def test_window_larger_than_context(mixatt, model):
     r = run(mixatt, "run", "-m", model, "-p", "hi", "--plan", "S*30", "--window", 100000)
     assert r.returncode == 1 and "larger than the context" in r.stderr, r.stderr
+
+
+def test_plan_stored_by_convert_is_read_back(mixatt, model, tmp_path):
+    out = tmp_path / "ma.gguf"
+    r = run(mixatt, "convert", "-m", model, "--plan", "ma-offset", "--window", 24, "-o", out)
+    assert r.returncode == 0, r.stderr
+    applied, note = logits(mixatt, model, tmp_path, "--plan", "ma-offset", "--window", 24)
+    stored, note2 = logits(mixatt, out, tmp_path)
+    assert "not trained with" in note and "not trained with" not in note2
+    assert (applied == stored).all()
+    info = run(mixatt, "info", "-m", out)
+    assert "S24,S24@0" in info.stdout and "G@6" in info.stdout
