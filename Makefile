@@ -98,6 +98,7 @@ fixtures:
 	python3 scripts/fixtures_tokenizer.py
 	python3 scripts/fixtures_blocks.py
 	python3 scripts/fixtures_hf.py
+	python3 scripts/fixtures_train.py
 
 format:
 	clang-format -i $(wildcard src/*/*.[ch] src/backend/*/*.[ch] src/backend/*.h tests/unit/*.c tests/fuzz/*.c)

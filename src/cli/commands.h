@@ -12,5 +12,6 @@ int mx_cmd_tokenize(int argc, char **argv);
 int mx_cmd_tensor(int argc, char **argv);
 int mx_cmd_logits(int argc, char **argv);
 int mx_cmd_convert(int argc, char **argv);
+int mx_cmd_train(int argc, char **argv);
 
 #endif

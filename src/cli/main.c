@@ -19,6 +19,7 @@ static const command COMMANDS[] = {
     {"logits", mx_cmd_logits, "write the logits of every position of a token sequence"},
     {"tokenize", mx_cmd_tokenize, "print the token ids of a text"},
     {"convert", mx_cmd_convert, "write a Hugging Face directory or a GGUF as GGUF v3"},
+    {"train", mx_cmd_train, "train a GPT-2- or Llama-shaped model on the CPU (fp32)"},
     {"tensor", mx_cmd_tensor, "list a GGUF's metadata and tensors, dump tensors as fp32"},
 };
 

@@ -1,0 +1,344 @@
+/* train.c: `mixatt train`: trains a model from a JSON config on the CPU in fp32 (src/train/).
+ *   mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] -o RUN_DIR
+ * Each step: grad_accum micro-batches (B, T) forward and backward, global-norm clipping, one AdamW update at
+ * the schedule's learning rate. A progress line per log_every steps on stderr; one JSON line per step in
+ * RUN_DIR/log.jsonl ({"step", "loss", "lr", "grad_norm", "tok_per_s"}; validation lines {"step",
+ * "val_loss"}); RUN_DIR/checkpoint.safetensors every ckpt_every steps and at the end (ckpt.h), written
+ * atomically.
+ * --resume DIR continues from DIR/checkpoint.safetensors with its config (plus --set) and gives the same
+ * results, bit for bit, as the run that was never stopped. A non-finite loss or gradient stops the run with a
+ * message; the last checkpoint written stays as it was. train_data "synthetic:TASK" writes shards of the task
+ * (synthetic.h) into RUN_DIR/data/ first.
+ * Hidden (for tests): --dump-grads FILE writes the gradients of the first step taken (before clipping). */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "../train/ckpt.h"
+#include "../train/model_train.h"
+#include "../train/optim.h"
+#include "../train/shards.h"
+#include "../train/synthetic.h"
+#include "commands.h"
+#include "common.h"
+
+enum { MAX_SETS = 64, SYNTH_MAX_STEPS = 2000 };
+
+typedef struct {
+    const char *config, *resume, *out, *dump_grads;
+    const char *sets[MAX_SETS];
+    int n_sets, threads, max_steps;
+    bool quiet;
+} train_opts;
+
+static void help(FILE *f) {
+    fprintf(
+        f,
+        "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] -o RUN_DIR\n\n"
+        "Trains a GPT-2- or Llama-shaped model with an MHA-family attention plan on the CPU (fp32).\n\n"
+        "  -c, --config FILE   the run's config: one JSON object (configs/train-tiny-gpt2.json shows every "
+        "key)\n"
+        "  --set KEY=VALUE     overrides one config key (repeatable)\n"
+        "  --resume DIR        continue from DIR/checkpoint.safetensors (its config; -c is not needed)\n"
+        "  -o, --out DIR       run directory: log.jsonl, checkpoint.safetensors, data/ (created)\n"
+        "  --max-steps N       stop after N steps of this run (checkpoint written; the schedule still spans\n"
+        "                      `steps`): continue later with --resume\n"
+        "  -t, --threads N     threads (default: all cores)\n"
+        "  -q, --quiet         no progress lines\n");
+}
+
+static int parse(train_opts *o, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        bool takes = !strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "--set") ||
+                     !strcmp(a, "--resume") || !strcmp(a, "-o") || !strcmp(a, "--out") ||
+                     !strcmp(a, "--dump-grads") || !strcmp(a, "-t") || !strcmp(a, "--threads") ||
+                     !strcmp(a, "--max-steps");
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), -1;
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            o->quiet = true;
+            continue;
+        }
+        if (!takes)
+            return fprintf(stderr, "mixatt train: unknown flag '%s' (see mixatt train --help)\n", a), 2;
+        if (!val) return fprintf(stderr, "mixatt train: %s expects a value\n", a), 2;
+        i++;
+        if (!strcmp(a, "-c") || !strcmp(a, "--config"))
+            o->config = val;
+        else if (!strcmp(a, "--resume"))
+            o->resume = val;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--out"))
+            o->out = val;
+        else if (!strcmp(a, "--dump-grads"))
+            o->dump_grads = val;
+        else if (!strcmp(a, "--set")) {
+            if (o->n_sets == MAX_SETS)
+                return fprintf(stderr, "mixatt train: at most %d --set\n", MAX_SETS), 2;
+            o->sets[o->n_sets++] = val;
+        } else if (!strcmp(a, "--max-steps")) {
+            if (mx_parse_int(a, val, 1, 1 << 30, &o->max_steps)) return 2;
+        } else if (mx_parse_int(a, val, 1, 4096, &o->threads))
+            return 2;
+    }
+    if (!o->out)
+        return fprintf(stderr, "mixatt train: -o RUN_DIR is required (see mixatt train --help)\n"), 2;
+    if (!o->config && !o->resume)
+        return fprintf(stderr,
+                       "mixatt train: give -c CONFIG.json or --resume DIR (see mixatt train --help)\n"),
+               2;
+    return 0;
+}
+
+static void path_join(char *buf, size_t size, const char *dir, const char *name) {
+    snprintf(buf, size, "%s/%s", dir, name);
+}
+
+static int make_dir(const char *path, mx_err *err) {
+    if (mkdir(path, 0777) && errno != EEXIST)
+        return mx_err_set(err, MX_ERR_IO, "%s: cannot create the directory: %s", path, strerror(errno));
+    return MX_OK;
+}
+
+/* The config: the checkpoint's when resuming, else the file's; then every --set. */
+static int load_config(const train_opts *o, mx_train_config *cfg, char *ckpt, size_t ckpt_size, mx_err *err) {
+    mx_train_config_defaults(cfg);
+    if (o->resume) {
+        path_join(ckpt, ckpt_size, o->resume, "checkpoint.safetensors");
+        if (mx_ckpt_read_config(ckpt, cfg, err)) return err->code;
+    } else {
+        size_t len;
+        char *json = mx_read_file(o->config, &len);
+        if (!json) return mx_err_set(err, MX_ERR_IO, "cannot read the config %s", o->config);
+        int rc = mx_train_config_apply_json(cfg, json, o->config, err);
+        free(json);
+        if (rc) return rc;
+    }
+    for (int i = 0; i < o->n_sets; i++)
+        if (mx_train_config_set(cfg, o->sets[i], err)) return err->code;
+    return mx_train_config_check(cfg, err);
+}
+
+typedef struct {
+    char train[2100], val[2100]; /* shard patterns ("" = no validation) */
+} data_paths;
+
+/* The run's shard patterns: the config's, with synthetic:TASK written as shards under RUN_DIR/data/ (same
+ * seed, same tokens, so a resumed run reads the same data). The config itself keeps the task names. */
+static int prepare_data(const mx_train_config *cfg, const char *run_dir, data_paths *dp, mx_err *err) {
+    const char *pre = "synthetic:", *val = cfg->val_data[0] ? cfg->val_data : NULL;
+    size_t np = strlen(pre);
+    bool train_syn = !strncmp(cfg->train_data, pre, np);
+    if (!val && train_syn) val = cfg->train_data; /* held out: the same task under another seed */
+    snprintf(dp->train, sizeof dp->train, "%s", cfg->train_data);
+    snprintf(dp->val, sizeof dp->val, "%s", val ? val : "");
+    bool val_syn = val && !strncmp(val, pre, np);
+    if (!train_syn && !val_syn) return MX_OK;
+    char dir[2048];
+    path_join(dir, sizeof dir, run_dir, "data");
+    if (make_dir(dir, err)) return err->code;
+    if (train_syn) {
+        long per_step = (long)cfg->batch * cfg->seq * cfg->grad_accum;
+        long n = per_step * (cfg->steps < SYNTH_MAX_STEPS ? cfg->steps : SYNTH_MAX_STEPS) + 1;
+        path_join(dp->train, sizeof dp->train, dir, "train_000.bin");
+        if (mx_synth_write(cfg->train_data + np, dp->train, n, cfg->vocab, cfg->seq, cfg->seed, err))
+            return err->code;
+    }
+    if (val_syn) {
+        long n = (long)cfg->batch * cfg->seq * (cfg->val_batches > 0 ? cfg->val_batches : 1) + 1;
+        path_join(dp->val, sizeof dp->val, dir, "val_000.bin");
+        if (mx_synth_write(val + np, dp->val, n, cfg->vocab, cfg->seq, cfg->seed + 1, err)) return err->code;
+    }
+    return MX_OK;
+}
+
+typedef struct {
+    mx_tmodel *m;
+    mx_loader train, val;
+    bool has_val;
+    int *inputs, *targets;
+    FILE *log;
+    char ckpt_path[2100];
+    int last_ckpt; /* step of the last checkpoint written by this process or resumed from, -1 none */
+} trainer;
+
+static double validate(trainer *t, mx_err *err) {
+    mx_tmodel *m = t->m;
+    double sum = 0;
+    if (mx_loader_seek(&t->val, 0, 0, err)) return NAN;
+    for (int i = 0; i < m->cfg.val_batches; i++) {
+        if (mx_loader_next(&t->val, t->inputs, t->targets, err)) return NAN;
+        sum += mx_tmodel_step(m, t->inputs, t->targets, false, 0.0f);
+    }
+    return sum / m->cfg.val_batches;
+}
+
+static void format_eta(char *buf, size_t size, double s) {
+    if (s < 60)
+        snprintf(buf, size, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(buf, size, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else
+        snprintf(buf, size, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int save(trainer *t, int step, mx_err *err) {
+    mx_ckpt_state st = {.step = step, .shard = t->train.shard, .pos = t->train.pos};
+    if (mx_ckpt_save(t->m, t->ckpt_path, &st, err)) return err->code;
+    t->last_ckpt = step;
+    return MX_OK;
+}
+
+static int stop_nonfinite(trainer *t, const char *what, double value, int step) {
+    fprintf(stderr, "mixatt train: %s is %s at step %d; stopping. ", what, isnan(value) ? "NaN" : "infinite",
+            step + 1);
+    if (t->last_ckpt >= 0)
+        fprintf(stderr, "The last good checkpoint (step %d) is %s\n", t->last_ckpt, t->ckpt_path);
+    else
+        fprintf(stderr, "No checkpoint was written before it.\n");
+    return 1;
+}
+
+/* One optimizer step: grad_accum micro-batches, clipping, AdamW. Returns the mean loss (NaN on error). */
+static double train_step(trainer *t, int step, const char *dump, double *norm, float *lr, mx_err *err) {
+    mx_tmodel *m = t->m;
+    const mx_train_config *c = &m->cfg;
+    double loss = 0;
+    mx_zero_grads(m);
+    for (int i = 0; i < c->grad_accum; i++) {
+        if (mx_loader_next(&t->train, t->inputs, t->targets, err)) return NAN;
+        loss += mx_tmodel_step(m, t->inputs, t->targets, true, 1.0f / (float)c->grad_accum);
+    }
+    loss /= c->grad_accum;
+    if (!isfinite(loss)) return loss;
+    if (dump && mx_grads_save(m, dump, loss, err)) return NAN;
+    *norm = mx_grad_norm(m);
+    if (!isfinite(*norm)) return loss;
+    mx_clip_grads(m, *norm, c->grad_clip);
+    *lr = mx_lr_at(c, step);
+    mx_adamw_step(m, *lr, step + 1);
+    return loss;
+}
+
+static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
+    const mx_train_config *c = &t->m->cfg;
+    long tok_per_step = (long)c->batch * c->seq * c->grad_accum;
+    double t0 = now();
+    int end = o->max_steps > 0 && start + o->max_steps < c->steps ? start + o->max_steps : c->steps;
+    for (int step = start; step < end; step++) {
+        double ts = now(), norm = 0;
+        float lr = 0;
+        double loss = train_step(t, step, step == start ? o->dump_grads : NULL, &norm, &lr, err);
+        if (err->code) return fprintf(stderr, "mixatt train: %s\n", err->msg), 1;
+        if (!isfinite(loss)) return stop_nonfinite(t, "the loss", loss, step);
+        if (!isfinite(norm)) return stop_nonfinite(t, "the gradient norm", norm, step);
+        double dt = now() - ts, tps = tok_per_step / (dt > 0 ? dt : 1e-9);
+        fprintf(t->log,
+                "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tok_per_s\": %.1f}\n",
+                step + 1, loss, lr, norm, tps);
+        bool last = step + 1 == c->steps, stop = step + 1 == end;
+        if (!o->quiet && c->log_every && ((step + 1) % c->log_every == 0 || last)) {
+            char eta[32];
+            double per = (now() - t0) / (step + 1 - start);
+            format_eta(eta, sizeof eta, per * (c->steps - step - 1));
+            fprintf(stderr, "step %d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
+                    step + 1, c->steps, loss, lr, norm, tps, eta);
+        }
+        if (t->has_val && c->val_every && ((step + 1) % c->val_every == 0 || last)) {
+            double vl = validate(t, err);
+            if (err->code) return fprintf(stderr, "mixatt train: validation: %s\n", err->msg), 1;
+            fprintf(t->log, "{\"step\": %d, \"val_loss\": %.9g}\n", step + 1, vl);
+            if (!o->quiet) fprintf(stderr, "step %d/%d | val loss %.4f\n", step + 1, c->steps, vl);
+        }
+        fflush(t->log);
+        if ((c->ckpt_every && (step + 1) % c->ckpt_every == 0) || stop)
+            if (save(t, step + 1, err)) return fprintf(stderr, "mixatt train: %s\n", err->msg), 1;
+    }
+    return 0;
+}
+
+/* Builds the model and data of the run and restores a checkpoint when resuming; returns the first step. */
+static int setup(trainer *t, const train_opts *o, mx_train_config *cfg, const char *resume_ckpt, int *start,
+                 mx_err *err) {
+    char path[2100];
+    data_paths dp;
+    if (make_dir(o->out, err) || prepare_data(cfg, o->out, &dp, err)) return err->code;
+    if (mx_tmodel_create(cfg, &t->m, err)) return err->code;
+    mx_ckpt_state st = {0};
+    if (o->resume) {
+        if (mx_ckpt_load(t->m, resume_ckpt, true, &st, err)) return err->code;
+        t->last_ckpt = st.step;
+    } else if (cfg->init[0] && mx_ckpt_load(t->m, cfg->init, false, NULL, err)) {
+        return mx_err_wrap(err, "init");
+    }
+    *start = st.step;
+    size_t n = (size_t)cfg->batch * cfg->seq;
+    t->inputs = malloc(sizeof(int) * n), t->targets = malloc(sizeof(int) * n);
+    if (!t->inputs || !t->targets) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+    if (mx_loader_open(&t->train, dp.train, cfg->vocab, cfg->batch, cfg->seq, err) ||
+        mx_loader_seek(&t->train, st.shard, st.pos, err))
+        return mx_err_wrap(err, "training data");
+    t->has_val = dp.val[0] && cfg->val_batches > 0;
+    if (t->has_val && mx_loader_open(&t->val, dp.val, cfg->vocab, cfg->batch, cfg->seq, err))
+        return mx_err_wrap(err, "validation data");
+    path_join(t->ckpt_path, sizeof t->ckpt_path, o->out, "checkpoint.safetensors");
+    path_join(path, sizeof path, o->out, "log.jsonl");
+    if (!(t->log = fopen(path, "a")))
+        return mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    return MX_OK;
+}
+
+static void describe(const mx_tmodel *m, int start) {
+    const mx_train_config *c = &m->cfg;
+    char plan[1024];
+    mx_plan_to_string(m->plan, c->n_layer, plan, sizeof plan);
+    fprintf(stderr,
+            "mixatt train: %s, %d layers, d_model %d, %d heads (%d KV), %.2fM parameters, plan %s\n"
+            "  batch %d x %d x %d accumulated, steps %d..%d, lr %g (warmup %d, cosine to %g), %d threads\n",
+            c->arch == MX_TARCH_GPT2 ? "gpt2" : "llama", c->n_layer, c->d_model, c->n_head, c->n_kv_head,
+            (double)m->n_floats / 1e6, plan, c->batch, c->seq, c->grad_accum, start + 1, c->steps, c->lr,
+            c->warmup, c->min_lr, omp_get_max_threads());
+}
+
+int mx_cmd_train(int argc, char **argv) {
+    train_opts o = {0};
+    int rc = parse(&o, argc, argv);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (o.threads > 0) {
+        omp_set_num_threads(o.threads);
+        openblas_set_num_threads(o.threads);
+    }
+    mx_err err = {0};
+    mx_train_config cfg;
+    char ckpt[2100] = "";
+    if (load_config(&o, &cfg, ckpt, sizeof ckpt, &err)) {
+        fprintf(stderr, "mixatt train: %s\n", err.msg);
+        return err.code == MX_ERR_ARG ? 2 : 1;
+    }
+    trainer t = {.last_ckpt = -1};
+    int start = 0;
+    if (setup(&t, &o, &cfg, ckpt, &start, &err)) {
+        fprintf(stderr, "mixatt train: %s\n", err.msg);
+        rc = 1;
+    } else {
+        if (!o.quiet) describe(t.m, start);
+        rc = run_loop(&t, start, &o, &err);
+    }
+    if (t.log) fclose(t.log);
+    mx_loader_close(&t.train);
+    mx_loader_close(&t.val);
+    free(t.inputs), free(t.targets);
+    mx_tmodel_free(t.m);
+    return rc;
+}

@@ -1,0 +1,259 @@
+/* backward.c: the backward pass of training in fp32 on the CPU (the kernels of train_ops.h and the model's
+ * pass, model_train.h). Layers run last to first; the residual gradient dx (N, C) flows through every block.
+ * A layer that reads an earlier layer's K/V adds its dk, dv (N, G*D) into the writer's buffers; the writer,
+ * reached later in the backward order, un-ropes the sum and back-propagates it through its Wk, Wv. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_train.h"
+#include "train_ops.h"
+
+void mx_tr_embed_bwd(float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T, int C) {
+    /* parallel over columns: every thread owns its slice of each row, so rows repeat safely and in order */
+#pragma omp parallel for
+    for (int i = 0; i < C; i++)
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                float d = dout[((size_t)b * T + t) * C + i];
+                dwte[(size_t)tok[b * T + t] * C + i] += d;
+                if (dwpe) dwpe[(size_t)t * C + i] += d;
+            }
+}
+
+/* dw[i] += Σ_n dout[n, i] * xhat[n, i]; db[i] += Σ_n dout[n, i]: parallel over columns (deterministic). */
+static void norm_param_grads(float *dw, float *db, const float *dout, const float *x, const float *mean,
+                             const float *rstd, int N, int C) {
+#pragma omp parallel for
+    for (int i = 0; i < C; i++) {
+        float sw = 0.0f, sb = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float d = dout[(size_t)n * C + i],
+                  xhat = (x[(size_t)n * C + i] - (mean ? mean[n] : 0.0f)) * rstd[n];
+            sw += d * xhat;
+            sb += d;
+        }
+        dw[i] += sw;
+        if (db) db[i] += sb;
+    }
+}
+
+void mx_tr_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
+                         const float *mean, const float *rstd, const float *w, int N, int C) {
+    norm_param_grads(dw, db, dout, x, mean, rstd, N, C);
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *d = dout + (size_t)n * C, *xr = x + (size_t)n * C;
+        float mu = mean[n], r = rstd[n];
+        double sg = 0, sgx = 0; /* mean of g = dout*w and of g*xhat */
+        for (int i = 0; i < C; i++) {
+            double g = (double)d[i] * w[i];
+            sg += g;
+            sgx += g * (xr[i] - mu) * r;
+        }
+        sg /= C;
+        sgx /= C;
+        float *o = dx + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            double xhat = (xr[i] - mu) * r;
+            o[i] += (float)(r * ((double)d[i] * w[i] - sg - xhat * sgx));
+        }
+    }
+}
+
+void mx_tr_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
+                       const float *w, int N, int C) {
+    norm_param_grads(dw, NULL, dout, x, NULL, rstd, N, C);
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *d = dout + (size_t)n * C, *xr = x + (size_t)n * C;
+        double r = rstd[n], sgx = 0;
+        for (int i = 0; i < C; i++) sgx += (double)d[i] * w[i] * xr[i];
+        sgx /= C;
+        float *o = dx + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] += (float)(r * ((double)d[i] * w[i] - xr[i] * r * r * sgx));
+    }
+}
+
+void mx_tr_matmul_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
+                      int in, int out, bool accumulate) {
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in,
+                    accumulate ? 1.0f : 0.0f, dx, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (!db) return;
+#pragma omp parallel for
+    for (int o = 0; o < out; o++) {
+        float s = 0.0f;
+        for (int n = 0; n < N; n++) s += dy[(size_t)n * out + o];
+        db[o] += s;
+    }
+}
+
+void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                         const float *v, const float *out, const float *lse, int B, int T, int H, int G,
+                         int D, int window) {
+    int group = H / G;
+    float scale = 1.0f / sqrtf((float)D);
+    /* one (b, g) per iteration: it alone writes the rows of KV head g in batch b, and dq of its query heads
+     */
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G; g++)
+            for (int h = g * group; h < (g + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    size_t row = ((size_t)b * T + t) * H + h;
+                    const float *qr = q + row * D, *o = out + row * D, *dor = dout + row * D;
+                    float *dqr = dq + row * D, l = lse[row], di = 0.0f;
+                    for (int i = 0; i < D; i++) di += dor[i] * o[i], dqr[i] = 0.0f;
+                    int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+                    for (int s = lo; s <= t; s++) {
+                        size_t kr = (((size_t)b * T + s) * G + g) * D;
+                        const float *ks = k + kr, *vs = v + kr;
+                        float sc = 0.0f, dp = 0.0f;
+                        for (int i = 0; i < D; i++) sc += qr[i] * ks[i], dp += dor[i] * vs[i];
+                        float p = expf(sc * scale - l), ds = p * (dp - di) * scale;
+                        float *dks = dk + kr, *dvs = dv + kr;
+                        for (int i = 0; i < D; i++) {
+                            dqr[i] += ds * ks[i];
+                            dks[i] += ds * qr[i];
+                            dvs[i] += p * dor[i];
+                        }
+                    }
+                }
+}
+
+void mx_tr_gelu_bwd(float *dx, const float *dout, const float *x, long n) {
+    const float k = 0.7978845608028654f;
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float u = x[i], th = tanhf(k * (u + 0.044715f * u * u * u));
+        float dudx = k * (1.0f + 3.0f * 0.044715f * u * u);
+        dx[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dudx);
+    }
+}
+
+void mx_tr_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float sig = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * sig;
+        dg[i] = dout[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+        du[i] = dout[i] * silu;
+    }
+}
+
+enum { XENT_CHUNK = 64 }; /* rows of logits formed at once */
+
+double mx_tr_head_xent(const float *x, const float *W, const int *targets, int N, int C, int V, float scale,
+                       float *dx, float *dW) {
+    float *logits = malloc(sizeof(float) * (size_t)XENT_CHUNK * V);
+    double loss = 0.0;
+    if (!logits) return NAN;
+    for (int r0 = 0; r0 < N; r0 += XENT_CHUNK) {
+        int rows = N - r0 < XENT_CHUNK ? N - r0 : XENT_CHUNK;
+        const float *xr = x + (size_t)r0 * C;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, xr, C, W, C, 0.0f, logits, V);
+        double part = 0.0;
+#pragma omp parallel for reduction(+ : part)
+        for (int r = 0; r < rows; r++) {
+            float *lr = logits + (size_t)r * V, mx = -INFINITY;
+            for (int i = 0; i < V; i++) mx = lr[i] > mx ? lr[i] : mx;
+            double sum = 0;
+            for (int i = 0; i < V; i++) sum += exp((double)lr[i] - mx);
+            int y = targets[r0 + r];
+            part += log(sum) + mx - lr[y];
+            if (!dx) continue;
+            for (int i = 0; i < V; i++) lr[i] = (float)(exp((double)lr[i] - mx) / sum) * scale;
+            lr[y] -= scale;
+        }
+        loss += part;
+        if (!dx) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, W, C, 0.0f,
+                    dx + (size_t)r0 * C, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, logits, V, xr, C, 1.0f, dW, C);
+    }
+    free(logits);
+    return loss;
+}
+
+/* ---- the model ---- */
+
+static float *grad(const mx_param *p) {
+    return p ? p->g : NULL;
+}
+
+/* dx += backward of the layer's norm, given dout = gradient of its output. */
+static void norm_bwd(mx_tmodel *m, float *dx, const float *dout, const float *x, const float *mean,
+                     const float *rstd, const mx_param *w, const mx_param *b) {
+    int N = m->acts.B * m->acts.T, C = m->cfg.d_model;
+    if (m->cfg.arch == MX_TARCH_GPT2)
+        mx_tr_layernorm_bwd(dx, w->g, b->g, dout, x, mean, rstd, w->w, N, C);
+    else
+        mx_tr_rmsnorm_bwd(dx, w->g, dout, x, rstd, w->w, N, C);
+}
+
+/* From dx = gradient of the layer's output: adds the MLP path's contribution to dx (then dx is the gradient
+ * of x_m, the residual stream after attention). */
+static void mlp_bwd(mx_tmodel *m, int l) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    const mx_tlayer *L = &m->layers[l];
+    int N = a->B * a->T, C = c->d_model, F = c->d_ff;
+    size_t nc = (size_t)N * C, nf = (size_t)N * F;
+    const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf, *act = a->act + l * nf;
+    mx_tr_matmul_bwd(a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
+    if (c->arch == MX_TARCH_GPT2) {
+        mx_tr_gelu_bwd(a->dpre, a->dact, pre, (long)nf);
+        mx_tr_matmul_bwd(a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
+    } else {
+        mx_tr_swiglu_bwd(a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
+        mx_tr_matmul_bwd(a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
+        mx_tr_matmul_bwd(a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
+    }
+    norm_bwd(m, a->dx, a->dln, a->xm + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N,
+             L->ffn_norm, L->ffn_norm_b);
+}
+
+/* From dx = gradient of x_m: adds the attention path's contribution (then dx is the gradient of the layer's
+ * input). Readers leave their K/V gradients in the writer's dk, dv. */
+static void attention_bwd(mx_tmodel *m, int l) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    const mx_tlayer *L = &m->layers[l];
+    int B = a->B, T = a->T, N = B * T, C = c->d_model, H = c->n_head, G = c->n_kv_head, D = m->head_dim;
+    int src = m->plan[l].kv_from;
+    bool rope = c->arch == MX_TARCH_LLAMA;
+    size_t nc = (size_t)N * C, nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
+    const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
+    mx_tr_matmul_bwd(a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
+    mx_tr_attention_bwd(a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq, a->k + src * nkv,
+                        a->v + src * nkv, att, a->lse + (size_t)l * N * H, B, T, H, G, D, m->plan[l].window);
+    if (rope) mx_tr_rope(a->dq, B, T, H, D, c->rope_theta, true);
+    mx_tr_matmul_bwd(a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
+    if (src == l) { /* every reader (later layers) has added its part by now */
+        float *dk = a->dk + l * nkv, *dv = a->dv + l * nkv;
+        if (rope) mx_tr_rope(dk, B, T, G, D, c->rope_theta, true);
+        mx_tr_matmul_bwd(a->dln, L->wk->g, grad(L->bk), dk, ln, L->wk->w, N, C, G * D, true);
+        mx_tr_matmul_bwd(a->dln, L->wv->g, grad(L->bv), dv, ln, L->wv->w, N, C, G * D, true);
+    }
+    norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N,
+             L->attn_norm, L->attn_norm_b);
+}
+
+void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    int N = a->B * a->T, C = c->d_model;
+    size_t nc = (size_t)N * C;
+    memset(a->dk, 0, sizeof(float) * (size_t)c->n_layer * N * c->n_kv_head * m->head_dim);
+    memset(a->dv, 0, sizeof(float) * (size_t)c->n_layer * N * c->n_kv_head * m->head_dim);
+    memset(a->dx, 0, sizeof(float) * nc);
+    norm_bwd(m, a->dx, a->dln, a->x + (size_t)c->n_layer * nc, a->lnf_mean, a->lnf_rstd, m->out_norm,
+             m->out_norm_b);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        mlp_bwd(m, l);
+        attention_bwd(m, l);
+    }
+    mx_tr_embed_bwd(m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T, C);
+}

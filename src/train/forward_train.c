@@ -1,0 +1,226 @@
+/* forward_train.c: the training forward pass in fp32 on the CPU, keeping what the backward pass needs
+ * (model_train.h, mx_tacts), and its kernels (train_ops.h).
+ * Pre-norm blocks: x_m = x + Wo·attn(rope(Wq·n1(x)), rope(Wk·n1(x)), Wv·n1(x)); x' = x_m + mlp(n2(x_m)).
+ * Shapes: tokens (B, T) → x (N, C) → q (N, H*D), k/v (N, G*D) → att (N, H*D) → (N, C) → (N, F) → (N, C). */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "model_train.h"
+#include "train_ops.h"
+
+void mx_tr_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int B, int T, int C) {
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *e = wte + (size_t)tok[b * T + t] * C, *p = wpe ? wpe + (size_t)t * C : NULL;
+            for (int i = 0; i < C; i++) o[i] = e[i] + (p ? p[i] : 0.0f);
+        }
+}
+
+void mx_tr_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                         int N, int C, float eps) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double mu = 0, var = 0;
+        for (int i = 0; i < C; i++) mu += xr[i];
+        mu /= C;
+        for (int i = 0; i < C; i++) var += (xr[i] - mu) * (xr[i] - mu);
+        var /= C;
+        double r = 1.0 / sqrt(var + eps);
+        for (int i = 0; i < C; i++) o[i] = (float)((xr[i] - mu) * r) * w[i] + (b ? b[i] : 0.0f);
+        mean[n] = (float)mu;
+        rstd[n] = (float)r;
+    }
+}
+
+void mx_tr_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)xr[i] * xr[i];
+        double r = 1.0 / sqrt(ss / C + eps);
+        for (int i = 0; i < C; i++) o[i] = (float)(xr[i] * r) * w[i];
+        rstd[n] = (float)r;
+    }
+}
+
+void mx_tr_matmul_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    if (!b) return;
+#pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) y[(size_t)n * out + o] += b[o];
+}
+
+void mx_tr_rope(float *x, int B, int T, int nh, int D, float theta, bool inverse) {
+    int half = D / 2;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            for (int i = 0; i < half; i++) {
+                /* as Hugging Face: inv_freq and the angle in fp32 */
+                float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
+                float ang = (float)t * inv_freq, c = cosf(ang), s = inverse ? -sinf(ang) : sinf(ang);
+                for (int h = 0; h < nh; h++) {
+                    float *v = x + (((size_t)b * T + t) * nh + h) * D;
+                    float x0 = v[i], x1 = v[i + half];
+                    v[i] = x0 * c - x1 * s;
+                    v[i + half] = x0 * s + x1 * c;
+                }
+            }
+        }
+}
+
+static inline float dotf(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                         int H, int G, int D, int window) {
+    int group = H / G;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        float *p = malloc(sizeof(float) * (size_t)T);
+#pragma omp for collapse(3)
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < H; h++) {
+                    int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0, g = h / group;
+                    const float *qr = q + (((size_t)b * T + t) * H + h) * D;
+                    float *o = out + (((size_t)b * T + t) * H + h) * D, mx = -INFINITY;
+                    for (int s = lo; s <= t; s++) {
+                        p[s] = dotf(qr, k + (((size_t)b * T + s) * G + g) * D, D) * scale;
+                        if (p[s] > mx) mx = p[s];
+                    }
+                    double sum = 0;
+                    for (int s = lo; s <= t; s++) sum += (p[s] = expf(p[s] - mx));
+                    float inv = (float)(1.0 / sum);
+                    for (int i = 0; i < D; i++) o[i] = 0.0f;
+                    for (int s = lo; s <= t; s++) {
+                        const float *vr = v + (((size_t)b * T + s) * G + g) * D;
+                        float a = p[s] * inv;
+                        for (int i = 0; i < D; i++) o[i] += a * vr[i];
+                    }
+                    lse[((size_t)b * T + t) * H + h] = mx + (float)log(sum);
+                }
+        free(p);
+    }
+}
+
+void mx_tr_gelu_fwd(float *out, const float *x, long n) {
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float u = x[i];
+        out[i] = 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
+    }
+}
+
+void mx_tr_swiglu_fwd(float *out, const float *g, const float *u, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void mx_tr_add(float *out, const float *a, const float *b, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/* ---- the model ---- */
+
+static void norm_fwd(const mx_tmodel *m, float *out, float *mean, float *rstd, const float *x,
+                     const mx_param *w, const mx_param *b, int N) {
+    const mx_train_config *c = &m->cfg;
+    if (c->arch == MX_TARCH_GPT2)
+        mx_tr_layernorm_fwd(out, mean, rstd, x, w->w, b->w, N, c->d_model, c->norm_eps);
+    else
+        mx_tr_rmsnorm_fwd(out, rstd, x, w->w, N, c->d_model, c->norm_eps);
+}
+
+static const float *bias(const mx_param *p) {
+    return p ? p->w : NULL;
+}
+
+static void attention_fwd(mx_tmodel *m, int l) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    const mx_tlayer *L = &m->layers[l];
+    int B = a->B, T = a->T, N = B * T, C = c->d_model, H = c->n_head, G = c->n_kv_head, D = m->head_dim;
+    int src = m->plan[l].kv_from;
+    size_t nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
+    float *ln = a->ln1 + (size_t)l * N * C, *q = a->q + l * nq, *att = a->att + l * nq;
+    mx_tr_matmul_fwd(q, ln, L->wq->w, bias(L->bq), N, C, H * D);
+    if (c->arch == MX_TARCH_LLAMA) mx_tr_rope(q, B, T, H, D, c->rope_theta, false);
+    if (src == l) {
+        float *k = a->k + l * nkv, *v = a->v + l * nkv;
+        mx_tr_matmul_fwd(k, ln, L->wk->w, bias(L->bk), N, C, G * D);
+        mx_tr_matmul_fwd(v, ln, L->wv->w, bias(L->bv), N, C, G * D);
+        if (c->arch == MX_TARCH_LLAMA) mx_tr_rope(k, B, T, G, D, c->rope_theta, false);
+    }
+    mx_tr_attention_fwd(att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv, B, T, H, G, D,
+                        m->plan[l].window);
+    mx_tr_matmul_fwd(a->tmp, att, L->wo->w, bias(L->bo), N, H * D, C);
+}
+
+static void mlp_fwd(mx_tmodel *m, int l) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    const mx_tlayer *L = &m->layers[l];
+    int N = a->B * a->T, C = c->d_model, F = c->d_ff;
+    size_t nf = (size_t)N * F;
+    float *ln = a->ln2 + (size_t)l * N * C, *pre = a->pre + l * nf, *act = a->act + l * nf;
+    if (c->arch == MX_TARCH_GPT2) {
+        mx_tr_matmul_fwd(pre, ln, L->w_up->w, bias(L->b_up), N, C, F);
+        mx_tr_gelu_fwd(act, pre, (long)nf);
+    } else {
+        float *up = a->up + l * nf;
+        mx_tr_matmul_fwd(pre, ln, L->w_gate->w, NULL, N, C, F);
+        mx_tr_matmul_fwd(up, ln, L->w_up->w, NULL, N, C, F);
+        mx_tr_swiglu_fwd(act, pre, up, (long)nf);
+    }
+    mx_tr_matmul_fwd(a->tmp, act, L->w_down->w, bias(L->b_down), N, F, C);
+}
+
+void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
+    const mx_train_config *c = &m->cfg;
+    mx_tacts *a = &m->acts;
+    int N = a->B * a->T, C = c->d_model;
+    size_t nc = (size_t)N * C;
+    mx_tr_embed_fwd(a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        const mx_tlayer *L = &m->layers[l];
+        float *x = a->x + l * nc, *xm = a->xm + l * nc;
+        norm_fwd(m, a->ln1 + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, x,
+                 L->attn_norm, L->attn_norm_b, N);
+        attention_fwd(m, l);
+        mx_tr_add(xm, x, a->tmp, (long)nc);
+        norm_fwd(m, a->ln2 + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, xm,
+                 L->ffn_norm, L->ffn_norm_b, N);
+        mlp_fwd(m, l);
+        mx_tr_add(a->x + (l + 1) * nc, xm, a->tmp, (long)nc);
+    }
+    norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x + (size_t)c->n_layer * nc, m->out_norm, m->out_norm_b,
+             N);
+}
+
+double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool backward, float grad_scale) {
+    mx_tacts *a = &m->acts;
+    int N = a->B * a->T;
+    mx_tmodel_forward(m, tokens);
+    if (!targets) return 0.0;
+    /* the mean over N rows: the per-row gradient scale is grad_scale / N */
+    double loss =
+        mx_tr_head_xent(a->lnf, m->output->w, targets, N, m->cfg.d_model, m->cfg.vocab, grad_scale / (float)N,
+                        backward ? a->dln : NULL, backward ? m->output->g : NULL);
+    if (backward) mx_tmodel_backward(m, tokens);
+    return loss / N;
+}

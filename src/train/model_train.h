@@ -1,0 +1,129 @@
+/* model_train.h: a model being trained on the CPU in fp32: the training config (model shape, attention plan,
+ * data, optimizer, logging), every parameter with its gradient and AdamW moments, and the activations of one
+ * (B, T) batch kept for the backward pass.
+ *
+ * Architectures: gpt2 (LayerNorm with bias, learned positions, GELU MLP, biases on every linear layer) and
+ * llama (RMSNorm, RoPE in the rotate-half layout, SwiGLU, no biases). Attention is the MHA family (MHA, GQA,
+ * MQA) with the per-layer plan of plan.h: windows, and layers that read an earlier layer's K/V (a reader
+ * has no K/V projections; the writer's receive the gradients of every reader).
+ *
+ * Parameter names follow mixatt's tensor names (model.c): token_embd.weight, position_embd.weight,
+ * blk.N.attn_norm.{weight,bias}, blk.N.attn_{q,k,v,output}.{weight,bias}, blk.N.ffn_norm.{weight,bias},
+ * blk.N.ffn_{gate,up,down}.weight, blk.N.ffn_{up,down}.bias, output_norm.{weight,bias}, output.weight (absent
+ * when tied). Matrices are [out, in] (PyTorch's layout; GGUF ne = {in, out}). */
+#ifndef MX_MODEL_TRAIN_H
+#define MX_MODEL_TRAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/status.h"
+#include "../model/plan.h"
+
+typedef enum { MX_TARCH_GPT2, MX_TARCH_LLAMA } mx_tarch;
+
+typedef struct {
+    /* model */
+    mx_tarch arch;
+    int vocab, d_model, n_layer, n_head, n_kv_head, d_ff, max_ctx;
+    float norm_eps, rope_theta;
+    bool tied_embeddings;
+    char plan[1024]; /* plan string or preset (plan.h); "" = every layer full attention */
+    int window;      /* window of S layers */
+    /* init */
+    uint64_t seed;
+    float init_std;  /* N(0, init_std); residual projections (attn_output, ffn_down) / sqrt(2 n_layer) */
+    char init[1024]; /* safetensors file with every parameter to start from instead ("" = random) */
+    /* data */
+    char train_data[1024]; /* shard files (a glob pattern) or synthetic:TASK (copy, reverse, recall) */
+    char val_data[1024];   /* held-out shards ("" = none; synthetic:TASK uses another seed) */
+    int batch, seq, grad_accum;
+    /* optimizer: AdamW, linear warmup then cosine decay from lr to min_lr at `steps` */
+    int steps, warmup;
+    float lr, min_lr, weight_decay, beta1, beta2, adam_eps, grad_clip; /* grad_clip 0 = off */
+    bool decay_embeddings, decay_norms_biases;
+    /* logging and checkpoints (0 = never, except a checkpoint at the end) */
+    int val_every, val_batches, ckpt_every, log_every;
+} mx_train_config;
+
+/* Defaults for every key (a tiny GPT-2). */
+void mx_train_config_defaults(mx_train_config *c);
+/* Applies the keys of a JSON object; an unknown key or a value of the wrong type is an error naming it
+ * (`where` names the source in messages: the file, or "--set"). */
+int mx_train_config_apply_json(mx_train_config *c, const char *json, const char *where, mx_err *err);
+/* Applies one key=value (as --set). */
+int mx_train_config_set(mx_train_config *c, const char *kv, mx_err *err);
+/* Checks the values (positive sizes, heads dividing the width, the plan) before any work. */
+int mx_train_config_check(const mx_train_config *c, mx_err *err);
+/* Every key as one JSON object (malloc'd string), readable by apply_json. */
+char *mx_train_config_to_json(const mx_train_config *c);
+
+typedef struct {
+    char name[64];
+    int rows, cols; /* a vector has rows == 1 */
+    size_t off;     /* offset into the flat buffers */
+    bool decay;     /* AdamW weight decay applies */
+    float *w, *g, *m, *v;
+} mx_param;
+
+typedef struct {
+    mx_param *attn_norm, *attn_norm_b, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo;
+    mx_param *ffn_norm, *ffn_norm_b, *w_gate, *w_up, *w_down, *b_up, *b_down;
+} mx_tlayer;
+
+/* Activations of one batch, kept for the backward pass (per layer l, rows N = B*T). */
+typedef struct {
+    int B, T;
+    float *x;         /* (L+1, N, C) residual stream entering layer l; x[L] leaves the last layer */
+    float *xm;        /* (L, N, C) residual stream after attention */
+    float *ln1, *ln2; /* (L, N, C) normalized inputs of attention and MLP */
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (L, N) */
+    float *q;                                         /* (L, N, H*D) after RoPE */
+    float *k, *v;                     /* (L, N, G*D) after RoPE; filled for layers that write their own K/V */
+    float *att;                       /* (L, N, H*D) attention output */
+    float *lse;                       /* (L, N, H) log-sum-exp of each attention row */
+    float *pre;                       /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
+    float *up;                        /* (L, N, F) Llama: the up projection */
+    float *act;                       /* (L, N, F) input of ffn_down */
+    float *lnf, *lnf_mean, *lnf_rstd; /* (N, C), (N) */
+    /* backward scratch */
+    float *dx;                /* (N, C) gradient of the residual stream */
+    float *dln;               /* (N, C) */
+    float *dq, *datt;         /* (N, H*D) */
+    float *dk, *dv;           /* (L, N, G*D) per writing layer, summed over its readers */
+    float *dpre, *dup, *dact; /* (N, F) */
+    float *tmp;               /* (N, C) */
+} mx_tacts;
+
+typedef struct {
+    mx_train_config cfg;
+    mx_layer_plan *plan; /* n_layer entries */
+    int head_dim;
+    mx_param *params;
+    int n_params;
+    size_t n_floats;                                                /* elements of all parameters */
+    float *w, *g, *m, *v;                                           /* flat buffers of n_floats */
+    mx_param *tok_embd, *pos_embd, *out_norm, *out_norm_b, *output; /* output == tok_embd when tied */
+    mx_tlayer *layers;
+    mx_tacts acts;
+} mx_tmodel;
+
+/* Builds the model of a checked config: parameters laid out, randomly initialized from cfg.seed (or read
+ * from cfg.init), optimizer state zero; activations for (batch, seq). */
+int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err);
+void mx_tmodel_free(mx_tmodel *m);
+mx_param *mx_tmodel_find(mx_tmodel *m, const char *name);
+/* GPT-2-style random init: N(0, std) matrices and embeddings, residual projections std / sqrt(2 n_layer),
+ * biases 0, norm weights 1. */
+void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed);
+
+/* Forward over a batch tokens (B, T); with targets returns the mean cross-entropy (else 0). With backward,
+ * also accumulates every parameter's gradient of loss · grad_scale into m->g (the caller zeroes it). */
+double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool backward, float grad_scale);
+/* The forward pass alone (fills m->acts); forward_train.c. */
+void mx_tmodel_forward(mx_tmodel *m, const int *tokens);
+/* The backward pass given the gradient of the final norm's output in acts.dln; backward.c. */
+void mx_tmodel_backward(mx_tmodel *m, const int *tokens);
+
+#endif
