@@ -4,6 +4,8 @@
 # CUDA_DEFS=-DMX_HAVE_CUDA and linked into build/mixatt through EXTRA_OBJ/EXTRA_LIBS.
 #   make test-cuda    every CUDA op against its CPU twin + the default model's logits and greedy output (GPU)
 #   make bench-cuda   decode/prefill tok/s of the default model, attention kernels vs PyTorch SDPA (GPU)
+# On the lent GPU machine (no OpenBLAS there, 64 MiB per transfer): bench/cuda/stage.sh here, then
+# bench/cuda/device_run.sh there (see stage.sh's header for the two calls).
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 
 ifneq ($(strip $(NVCC)),)

@@ -12,9 +12,12 @@
  *   positions and serves every query row that reads that KV head (the H/G heads of the group times the
  *   queries): each K/V row is loaded once for all of them. Scores in fp32 (lane per key), PV with a lane per
  *   Dv/32 dims; warps merge in shared memory; splits merge by log-sum-exp in k_merge.
+ * - k_decode2 (1..few queries, up to 8 query rows per KV head): the bandwidth-bound successor of k_decode, which
+ *   stays for 9..16 rows; see its comment below.
  * - k_generic: any D/Dv/stride (one block per query row and head, fp32 throughout); slow, for odd shapes.
  * lse (natural log) is written when requested; rows with no visible key get zeros and lse = -inf. */
 #include <math.h>
+#include <string.h>
 
 #include "cuda_common.h"
 
@@ -413,6 +416,231 @@ __global__ void k_merge(AttnP p, const float *__restrict__ part, float *__restri
     if (lse && threadIdx.x == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
 }
 
+/* ------------------------------------------------------------------ decode v2 (bandwidth-bound split KV)
+ * k_decode2: for R = (H/G) * n_q <= 8 query rows per KV head. A key row of D bf16 is read by D/8 lanes, 16 bytes
+ * each (one coalesced 256-byte row for D 128), so a warp load covers 32/(D/8) keys; each warp issues U such K loads
+ * and U V loads before using any (8 x 16 bytes in flight per lane, 16 warps per SM). Scores reduce over the D/8
+ * lanes of a key by shuffles; online softmax per row in the log2 domain (m is warp-uniform). The block's warps
+ * merge in shared memory; the KV split's partial (m, l, o) goes to `part`, and the last block of a KV head to finish
+ * (an atomic ticket in cnt[kvh], reset by that block) merges all splits by log-sum-exp: one launch per call. */
+
+enum { DEC2_THREADS = 256, DEC2_WARPS = 8, DEC2_MAXR = 8 };
+
+__device__ __forceinline__ uint4 ld_stream16(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void bf8_to_f(const uint4 &v, float *f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+    }
+}
+
+template <int D, int RM, int U>
+__global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
+    k_decode2(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
+              float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, int *__restrict__ cnt,
+              const int *__restrict__ dyn) {
+    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
+    constexpr int LPK = D / 8, KPL = 32 / LPK, KPI = KPL * U;
+    __shared__ float m_s[DEC2_WARPS][RM], l_s[DEC2_WARPS][RM];
+    __shared__ __align__(16) float o_s[DEC2_WARPS][RM][D];
+    __shared__ int last_s;
+    const int kvh = blockIdx.y, split = blockIdx.x, group = p.H / p.G, R = group * p.n_q;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / LPK, ch = lane % LPK;
+
+    float qr[RM][8];
+#pragma unroll
+    for (int r = 0; r < RM; r++) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) qr[r][i] = 0.0f;
+        if (r < R) {
+            int t = r / group, hh = kvh * group + r % group;
+            const float *src = q + (size_t)t * p.q_stride + (size_t)hh * D + ch * 8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) qr[r][i] = src[i] * p.scale_log2;
+        }
+    }
+    int lo_all, hi_all, tmp;
+    row_range(p, p.q_pos0, lo_all, tmp);
+    row_range(p, p.q_pos0 + p.n_q - 1, tmp, hi_all);
+    const int beg = lo_all + split * p.chunk, end = min(hi_all, beg + p.chunk - 1);
+
+    float m_r[RM], l_r[RM], acc[RM][8];
+#pragma unroll
+    for (int r = 0; r < RM; r++) {
+        m_r[r] = -INFINITY, l_r[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[r][i] = 0.0f;
+    }
+    const size_t head_off = (size_t)kvh * D + ch * 8;
+    for (int t0 = beg + warp * KPI; t0 <= end; t0 += KPI * DEC2_WARPS) {
+        uint4 kq[U], vq[U];
+        int pos_u[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int pos = t0 + u * KPL + sub;
+            pos_u[u] = pos;
+            int pc = pos <= end ? pos : end;
+            size_t slot = (size_t)(pc % p.n_slots);
+            kq[u] = ld_stream16(K + slot * p.k_stride + head_off);
+            vq[u] = ld_stream16(V + slot * p.v_stride + head_off);
+        }
+        float s[U][RM];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8];
+            bf8_to_f(kq[u], kf);
+#pragma unroll
+            for (int r = 0; r < RM; r++) {
+                float a = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) a = fmaf(qr[r][i], kf[i], a);
+                s[u][r] = a;
+            }
+        }
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < RM; r++) s[u][r] += __shfl_xor_sync(0xffffffffu, s[u][r], o);
+#pragma unroll
+        for (int r = 0; r < RM; r++) {
+            float mx = -INFINITY;
+            int lo_q, hi_q;
+            row_range(p, p.q_pos0 + r / group, lo_q, hi_q);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int pos = pos_u[u];
+                bool ok = r < R && pos <= end && pos >= lo_q && pos <= hi_q;
+                s[u][r] = ok ? s[u][r] : -INFINITY;
+                mx = fmaxf(mx, s[u][r]);
+            }
+#pragma unroll
+            for (int o = LPK; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float m_new = fmaxf(m_r[r], mx), m_use = m_new == -INFINITY ? 0.0f : m_new;
+            float alpha = exp2f(m_r[r] - m_use), ls = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float e = exp2f(s[u][r] - m_use);
+                s[u][r] = e;
+                ls += e;
+            }
+            l_r[r] = l_r[r] * alpha + ls;
+            m_r[r] = m_new;
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[r][i] *= alpha;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[8];
+            bf8_to_f(vq[u], vf);
+#pragma unroll
+            for (int r = 0; r < RM; r++)
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[r][i] = fmaf(s[u][r], vf[i], acc[r][i]);
+        }
+    }
+    /* the warp's key groups (sub) -> one; then the block's warps */
+#pragma unroll
+    for (int r = 0; r < RM; r++) {
+#pragma unroll
+        for (int o = LPK; o < 32; o <<= 1) {
+            l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], o);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], o);
+        }
+        if (r < R) {
+            if (lane == 0) m_s[warp][r] = m_r[r], l_s[warp][r] = l_r[r];
+            if (sub == 0) {
+                *(float4 *)&o_s[warp][r][ch * 8] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+                *(float4 *)&o_s[warp][r][ch * 8 + 4] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+            }
+        }
+    }
+    __syncthreads();
+    const size_t rows = (size_t)p.n_q * p.H;
+    for (int i = threadIdx.x; i < R * D; i += DEC2_THREADS) {
+        int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; w++) M = fmaxf(M, m_s[w][r]);
+        float mu = M == -INFINITY ? 0.0f : M, L = 0.0f, O = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; w++) {
+            float f = exp2f(m_s[w][r] - mu);
+            L += f * l_s[w][r];
+            O += f * o_s[w][r][d];
+        }
+        size_t row = (size_t)t * p.H + hh;
+        if (p.n_split == 1) {
+            out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
+            if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
+        } else {
+            float *po = part + ((size_t)split * rows + row) * (D + 2);
+            po[2 + d] = O;
+            if (d == 0) po[0] = M, po[1] = L;
+        }
+    }
+    if (p.n_split == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&cnt[kvh], 1);
+        last_s = prev == p.n_split - 1;
+        if (last_s) cnt[kvh] = 0; /* ready for the next launch (same stream: ordered) */
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < R * D; i += DEC2_THREADS) {
+        int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
+        size_t row = (size_t)t * p.H + hh;
+        float M = -INFINITY;
+        for (int sp = 0; sp < p.n_split; sp++) M = fmaxf(M, __ldcg(part + ((size_t)sp * rows + row) * (D + 2)));
+        float mu = M == -INFINITY ? 0.0f : M, L = 0.0f, O = 0.0f;
+        for (int sp = 0; sp < p.n_split; sp++) {
+            const float *ps = part + ((size_t)sp * rows + row) * (D + 2);
+            float f = exp2f(__ldcg(ps) - mu);
+            L += f * __ldcg(ps + 1);
+            O += f * __ldcg(ps + 2 + d);
+        }
+        out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
+        if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
+    }
+}
+
+template <int D, int RM>
+static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *k, const bf16 *v, float *out,
+                           float *lse, int span, const int *dyn) {
+    constexpr int U = 4, KPI = (32 / (D / 8)) * U * DEC2_WARPS; /* keys per block iteration */
+    int per_sm = RM <= 4 ? 2 : 1;
+    int max_split = (per_sm * c->n_sm + p.G - 1) / p.G;
+    int n_split = (span + 255) / 256;
+    if (n_split > max_split) n_split = max_split;
+    if (n_split < 1) n_split = 1;
+    int chunk = (span + n_split - 1) / n_split;
+    chunk = (chunk + KPI - 1) / KPI * KPI;
+    n_split = (span + chunk - 1) / chunk;
+    if (n_split < 1) n_split = 1;
+    p.chunk = chunk, p.n_split = n_split;
+    float *part = NULL;
+    if (n_split > 1) {
+        size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
+        part = (float *)mx_cuda_scratch(c, (void **)&c->part, &c->part_cap, need);
+    }
+    k_decode2<D, RM, U><<<dim3(n_split, p.G), DEC2_THREADS, 0, c->stream>>>(p, q, k, v, out, lse, part, c->dec_cnt,
+                                                                            dyn);
+    CU_LAUNCHED();
+}
+
 /* ------------------------------------------------------------------ generic fallback */
 
 enum { GEN_THREADS = 128 };
@@ -470,6 +698,16 @@ __global__ void __launch_bounds__(GEN_THREADS)
 
 /* ------------------------------------------------------------------ dispatch */
 
+/* MX_CUDA_DECODE_V1=1: the previous decode kernel (k_decode + k_merge), for comparisons */
+static bool getenv_decode_v1(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MX_CUDA_DECODE_V1");
+        v = e && *e && strcmp(e, "0") ? 1 : 0;
+    }
+    return v == 1;
+}
+
 template <int D>
 static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v, float *out,
                          float *lse, const int *dyn) {
@@ -525,6 +763,7 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
     bool fast_shape = (D == 64 || D == 128) && p.Dv == D && p.k_stride % 8 == 0 && p.v_stride % 8 == 0 &&
                       ((uintptr_t)k & 15) == 0 && ((uintptr_t)v & 15) == 0;
     bool q_vec = p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0 && p.o_stride % 2 == 0 && ((uintptr_t)out & 7) == 0;
+    const bool q_dec2 = p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0; /* q rows read 8 floats at a time */
     if (fast_shape && group * p.n_q <= DEC_MAXR) {
         /* the span of positions any query row may read */
         int qf = p.q_pos0, ql = p.q_pos0 + p.n_q - 1;
@@ -534,7 +773,15 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
         int span = hi - lo + 1;
         if (static_split) span = p.n_slots; /* an upper bound of the span whatever the positions */
         if (span < 1) span = 1;
-        if (D == 64)
+        const int R = group * p.n_q;
+        if (q_dec2 && R <= DEC2_MAXR && p.G <= MX_CUDA_DEC_CNT && !getenv_decode_v1()) {
+            if (D == 64)
+                R <= 4 ? launch_decode2<64, 4>(c, p, q, k, v, out, lse, span, dyn)
+                       : launch_decode2<64, 8>(c, p, q, k, v, out, lse, span, dyn);
+            else
+                R <= 4 ? launch_decode2<128, 4>(c, p, q, k, v, out, lse, span, dyn)
+                       : launch_decode2<128, 8>(c, p, q, k, v, out, lse, span, dyn);
+        } else if (D == 64)
             launch_decode<64>(c, p, q, k, v, out, lse, span, dyn);
         else
             launch_decode<128>(c, p, q, k, v, out, lse, span, dyn);

@@ -170,7 +170,9 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     }
     c->lt_ws_bytes = 32u << 20;
     if ((e = cudaMalloc(&c->lt_ws, c->lt_ws_bytes)) != cudaSuccess ||
-        (e = cudaMallocHost((void **)&c->ids_host, 1 << 20)) != cudaSuccess) {
+        (e = cudaMallocHost((void **)&c->ids_host, 1 << 20)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&c->dec_cnt, sizeof(int) * MX_CUDA_DEC_CNT)) != cudaSuccess ||
+        (e = cudaMemset(c->dec_cnt, 0, sizeof(int) * MX_CUDA_DEC_CNT)) != cudaSuccess) {
         cudaGetLastError();
         cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);
@@ -182,6 +184,7 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     be->name = "cuda";
     be->n_threads = 1;
     be->kv_elem_bytes = 2;
+    be->ubatch = 4096; /* prefill in chunks of 4096 tokens: 8x fewer launches than 512 (bigger GEMMs) */
     be->ctx = c;
     be->alloc = cu_alloc;
     be->free = cu_free;
@@ -205,6 +208,9 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         cudaFree(c->xbf);
         cudaFree(c->ids);
         cudaFree(c->part);
+        cudaFree(c->dec_cnt);
+        cudaFree(c->wf);
+        cudaFree(c->hidx);
         cudaFreeHost(c->ids_host);
         mx_cuda_matmul_cache_free(c);
         cublasLtDestroy(c->lt);

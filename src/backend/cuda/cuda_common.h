@@ -67,10 +67,17 @@ typedef struct {
     unsigned gen;       /* bumped when a scratch buffer moves: cached graphs are stale */
     float *part;        /* decode-attention split partials */
     size_t part_cap;    /* floats */
+    float *wf;          /* matmul_t on a weight without a bf16 copy: its fp32 rows */
+    size_t wf_cap;
+    int *hidx;          /* gather/scatter: host index and weight arrays staged on the device (eager path) */
+    size_t hidx_cap;
+    int *dec_cnt;       /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
 } mx_cuda_ctx;
 
 static inline mx_cuda_ctx *cu_ctx(mx_backend *be) { return (mx_cuda_ctx *)be->ctx; }
 static inline const mx_cuda_weight *cu_w(const mx_tensor *t) { return (const mx_cuda_weight *)t->dev; }
+
+enum { MX_CUDA_DEC_CNT = 4096 };
 
 /* Grows a device scratch buffer to at least n bytes (synchronizes the stream before freeing the old one). */
 void *mx_cuda_scratch(mx_cuda_ctx *c, void **buf, size_t *cap, size_t n);
@@ -83,6 +90,34 @@ void mx_cuda_dequant_bf16(mx_cuda_ctx *c, const mx_cuda_weight *w, __nv_bfloat16
 void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
 void mx_cuda_embed_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *d_ids, int T, float *out);
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c);
+/* fused decode GEMVs (one token), used by cuda_graph.cu's fusion of recorded sequences */
+bool mx_cuda_fused_ok(const mx_cuda_weight *w, int n_in);
+void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *w,
+                        float *y, float *res);
+void mx_cuda_fused_gateup(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                          const mx_cuda_weight *wg, float *g, const mx_cuda_weight *wu, float *u);
+void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *wq,
+                       float *q, const mx_cuda_weight *wk, float *k, const mx_cuda_weight *wv, float *v, int H, int G,
+                       int D, int rope_dim, int adjacent, float theta, int rope_q, int rope_k, const int *pos_q,
+                       const int *pos_k, void *kst, void *vst, int n_slots, const int *pos_kw, const int *pos_vw);
+void mx_cuda_matmul_t_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
+/* cuda_blocks.cu */
+void mx_cuda_fill_k(mx_cuda_ctx *c, float *x, size_t n, float v);
+void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
+                      size_t ds2, size_t ss2);
+void mx_cuda_kv_read_k(mx_cuda_ctx *c, const void *store, float *dst, int T, int n, int pos0, int n_slots,
+                       const int *dyn);
+void mx_cuda_gather_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, int rows, int n);
+void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, const float *d_w,
+                                int rows, int n);
+void mx_cuda_tanh_k(mx_cuda_ctx *c, float *x, int n);
+void mx_cuda_softmax_rows_k(mx_cuda_ctx *c, float *x, int T, int n);
+void mx_cuda_scale_add_rows_k(mx_cuda_ctx *c, float *y, const float *x, size_t x_stride, const float *w,
+                              size_t w_stride, int T, int n);
+void mx_cuda_prefix_mean_k(mx_cuda_ctx *c, const float *x, int T, int C, float *sums, int pos0, int n_slots,
+                           float *mean, const int *dyn);
+void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out, int T);
+void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids, float *w);
 /* cuda_elementwise.cu */
 void mx_cuda_rmsnorm_k(mx_cuda_ctx *c, const float *x, const float *w, float *out, int T, int C, float eps);
 void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T, int C,

@@ -14,7 +14,10 @@
 
 #include "cuda_common.h"
 
-typedef enum { R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV } rkind;
+typedef enum {
+    R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV,
+    R_FILL, R_COPY3D, R_MATMUL_T, R_KV_READ, R_GATHER, R_SCATTER, R_TANH, R_SOFTMAX, R_SCALE_ADD, R_PREFIX_MEAN
+} rkind;
 
 typedef struct {
     int kind;
@@ -22,6 +25,7 @@ typedef struct {
     mx_cuda_weight w;
     const void *a, *b, *c, *d, *e;
     int i0, i1, i2, i3, i4, i5;
+    size_t z0, z1, z2, z3;
     float f0;
     mx_attn_spec spec; /* with q_pos0, kv_lo, kv_hi zeroed (they are dynamic) */
 } rec;
@@ -73,11 +77,106 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
         mx_cuda_attention_k(c, &r->spec, (const float *)r->a, r->c, r->d, (float *)r->b, (float *)r->e, d, true);
         break;
     case R_KV: mx_cuda_kv_write_k(c, (void *)r->b, (const float *)r->a, r->i0, r->i1, 0, r->i2, d); break;
+    case R_FILL: mx_cuda_fill_k(c, (float *)r->a, r->z0, r->f0); break;
+    case R_COPY3D:
+        mx_cuda_copy3d_k(c, (float *)r->a, (const float *)r->b, r->i0, r->i1, r->i2, r->z0, r->z1, r->z2, r->z3);
+        break;
+    case R_MATMUL_T: mx_cuda_matmul_t_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0); break;
+    case R_KV_READ: mx_cuda_kv_read_k(c, r->a, (float *)r->b, r->i0, r->i1, 0, r->i2, d); break;
+    case R_GATHER: mx_cuda_gather_rows_k(c, (float *)r->a, (const float *)r->b, d, r->i0, r->i1); break;
+    case R_SCATTER:
+        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0), r->i0, r->i1);
+        break;
+    case R_TANH: mx_cuda_tanh_k(c, (float *)r->a, r->i0); break;
+    case R_SOFTMAX: mx_cuda_softmax_rows_k(c, (float *)r->a, r->i0, r->i1); break;
+    case R_SCALE_ADD:
+        mx_cuda_scale_add_rows_k(c, (float *)r->a, (const float *)r->b, r->z0, (const float *)r->c, r->z1, r->i0,
+                                 r->i1);
+        break;
+    case R_PREFIX_MEAN:
+        mx_cuda_prefix_mean_k(c, (const float *)r->a, r->i0, r->i1, (float *)r->c, 0, r->i2, (float *)r->b, d);
+        break;
     }
 }
 
+/* ---- decode fusions ----
+ * At run time (eagerly or while capturing), runs of records of one token (T = 1) that match these patterns run as
+ * one fused kernel (cuda_matmul.cu: k_fused) that writes every output the records would have written:
+ *   QKV:    rmsnorm(x->h), matmul(wq,h->q), rope(q), matmul(wk,h->k), matmul(wv,h->v), rope(k), kv_write(k),
+ *           kv_write(v)                                   (Llama attention input: 8 launches -> 1)
+ *   GATEUP: rmsnorm(x->h), matmul(wg,h->g), matmul(wu,h->u), swiglu(g,u)              (4 -> 1)
+ *   NORMMM: rmsnorm(x->h), matmul(w,h->y)                                              (2 -> 1; the head)
+ *   MMADD:  matmul(w,a->y), add(r += y)                    (o/down projection + residual: 2 -> 1)
+ * MX_CUDA_FUSE=0 turns them off (every op then runs as its own kernel). */
+static bool fuse_enabled(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MX_CUDA_FUSE");
+        v = e && !strcmp(e, "0") ? 0 : 1;
+    }
+    return v == 1;
+}
+
+static bool is_mm1(const rec *r, const void *in, int n_in) {
+    return r->kind == R_MATMUL && r->i0 == 1 && r->a == in && ((uintptr_t)in & 15) == 0 && mx_cuda_fused_ok(&r->w, n_in);
+}
+
+static int try_fuse(mx_cuda_ctx *c, const rec *r, int left, const int *dyn) {
+    if (r[0].kind == R_RMSNORM && r[0].i0 == 1 && r[0].a != r[0].b) {
+        const void *x = r[0].a, *h = r[0].b;
+        int C = r[0].i1;
+        if (left >= 8 && is_mm1(&r[1], h, C) && r[2].kind == R_ROPE && r[2].a == r[1].b && is_mm1(&r[3], h, C) &&
+            is_mm1(&r[4], h, C) && r[5].kind == R_ROPE && r[5].a == r[3].b && r[6].kind == R_KV && r[6].a == r[3].b &&
+            r[7].kind == R_KV && r[7].a == r[4].b) {
+            int H = r[2].i1, G = r[5].i1, D = r[2].i2, rd = r[2].i3;
+            const void *q = r[1].b, *k = r[3].b, *v = r[4].b;
+            bool ok = r[2].i0 == 1 && r[5].i0 == 1 && r[5].i2 == D && r[5].i3 == rd && r[5].i4 == r[2].i4 &&
+                      r[5].f0 == r[2].f0 && D % 2 == 0 && rd % 2 == 0 && rd <= D && rd > 0 &&
+                      r[1].w.n_out == (int64_t)H * D && r[3].w.n_out == (int64_t)G * D &&
+                      r[4].w.n_out == (int64_t)G * D && r[6].i0 == 1 && r[7].i0 == 1 && r[6].i1 == G * D &&
+                      r[7].i1 == G * D && r[6].i2 == r[7].i2 && q != k && q != v && k != v && q != x && k != x &&
+                      v != x && q != h && k != h && v != h && r[6].b != r[7].b;
+            if (ok) {
+                mx_cuda_fused_qkv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w, (float *)q,
+                                  &r[3].w, (float *)k, &r[4].w, (float *)v, H, G, D, rd, r[2].i4 == MX_ROPE_ADJACENT,
+                                  r[2].f0, 1, 1, dyn + r[2].dyn_off, dyn + r[5].dyn_off, (void *)r[6].b, (void *)r[7].b,
+                                  r[6].i2, dyn + r[6].dyn_off, dyn + r[7].dyn_off);
+                return 8;
+            }
+        }
+        if (left >= 4 && is_mm1(&r[1], h, C) && is_mm1(&r[2], h, C) && r[3].kind == R_SWIGLU && r[3].a == r[1].b &&
+            r[3].b == r[2].b && r[1].w.n_out == r[2].w.n_out && r[3].i0 == r[1].w.n_out && r[1].b != r[2].b &&
+            r[1].b != x && r[2].b != x && r[1].b != h && r[2].b != h) {
+            mx_cuda_fused_gateup(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
+                                 (float *)r[1].b, &r[2].w, (float *)r[2].b);
+            return 4;
+        }
+        if (left >= 2 && is_mm1(&r[1], h, C) && r[1].b != x && r[1].b != h) {
+            mx_cuda_fused_gemv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
+                               (float *)r[1].b, NULL);
+            return 2;
+        }
+        return 0;
+    }
+    if (r[0].kind == R_MATMUL && left >= 2 && r[1].kind == R_ADD && r[1].b == r[0].b && r[0].i0 == 1 &&
+        r[1].i0 == r[0].w.n_out && r[1].a != r[0].a && r[1].a != r[0].b && is_mm1(&r[0], r[0].a, (int)r[0].w.n_in)) {
+        mx_cuda_fused_gemv(c, (const float *)r[0].a, NULL, NULL, 0.0f, &r[0].w, (float *)r[0].b, (float *)r[1].a);
+        return 2;
+    }
+    return 0;
+}
+
 static void run_all(mx_cuda_ctx *c, gstate *g) {
-    for (int i = 0; i < g->n_recs; i++) run_rec(c, &g->recs[i], g->dyn_d);
+    bool fuse = fuse_enabled();
+    for (int i = 0; i < g->n_recs;) {
+        int n = fuse ? try_fuse(c, &g->recs[i], g->n_recs - i, g->dyn_d) : 0;
+        if (n) {
+            i += n;
+            continue;
+        }
+        run_rec(c, &g->recs[i], g->dyn_d);
+        i++;
+    }
 }
 
 static void drop(gentry *e) {
@@ -276,6 +375,128 @@ static void op_kv_write(mx_backend *be, void *store, const float *src, int T, in
     r->a = src, r->b = store, r->i0 = T, r->i1 = n, r->i2 = n_slots;
 }
 
+/* ---- the MoE / MLA / MKA ops ---- */
+
+static void op_fill(mx_backend *be, float *x, size_t n, float value) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_fill_k(c, x, n, value);
+    int *d;
+    rec *r = new_rec(c, R_FILL, 0, &d);
+    r->a = x, r->z0 = n, r->f0 = value;
+}
+
+static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
+                      size_t ds2, size_t ss2) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_copy3d_k(c, dst, src, n0, n1, n2, ds1, ss1, ds2, ss2);
+    int *d;
+    rec *r = new_rec(c, R_COPY3D, 0, &d);
+    r->a = dst, r->b = src, r->i0 = n0, r->i1 = n1, r->i2 = n2, r->z0 = ds1, r->z1 = ss1, r->z2 = ds2, r->z3 = ss2;
+}
+
+static void op_matmul_t(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_matmul_t_k(c, cu_w(w), x, y, T);
+    int *d;
+    rec *r = new_rec(c, R_MATMUL_T, 0, &d);
+    r->w = wcopy(w), r->a = x, r->b = y, r->i0 = T;
+}
+
+static void op_kv_read(mx_backend *be, const void *store, float *dst, int T, int n, int pos0, int n_slots) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_kv_read_k(c, store, dst, T, n, pos0, n_slots, NULL);
+    int *d;
+    rec *r = new_rec(c, R_KV_READ, 1, &d);
+    d[0] = pos0;
+    r->a = store, r->b = dst, r->i0 = T, r->i1 = n, r->i2 = n_slots;
+}
+
+static void op_moe_route(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
+                         float *w) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (T <= 0) return;
+    float *h = (float *)malloc(sizeof(float) * (size_t)T * E);
+    if (!h) mx_cuda_fatal("malloc", "out of memory", __FILE__, __LINE__);
+    mx_cuda_graph_flush(c);
+    CU_CHECK(cudaMemcpyAsync(h, logits, sizeof(float) * (size_t)T * E, cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    mx_cuda_moe_route_host(h, T, E, k, norm, scale, ids, w);
+    free(h);
+}
+
+/* Host index (and weight) arrays: into the dynamic table when recording, else staged in a device scratch. */
+static const int *stage_host(mx_cuda_ctx *c, const int *idx, const float *w, int rows) {
+    size_t n = (size_t)rows * (w ? 2 : 1);
+    int *dd = (int *)mx_cuda_scratch(c, (void **)&c->hidx, &c->hidx_cap, sizeof(int) * n);
+    CU_CHECK(cudaMemcpyAsync(dd, idx, sizeof(int) * (size_t)rows, cudaMemcpyHostToDevice, c->stream));
+    if (w) CU_CHECK(cudaMemcpyAsync(dd + rows, w, sizeof(float) * (size_t)rows, cudaMemcpyHostToDevice, c->stream));
+    return dd;
+}
+
+static void op_gather_rows(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (rows <= 0) return;
+    if (!recording(be) || rows > MAX_DYN / 4) {
+        mx_cuda_graph_flush(c);
+        return mx_cuda_gather_rows_k(c, dst, src, stage_host(c, idx, NULL, rows), rows, n);
+    }
+    int *d;
+    rec *r = new_rec(c, R_GATHER, rows, &d);
+    memcpy(d, idx, sizeof(int) * (size_t)rows);
+    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n;
+}
+
+static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, const int *idx, const float *w, int rows,
+                                int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (rows <= 0) return;
+    if (!recording(be) || rows > MAX_DYN / 8) {
+        mx_cuda_graph_flush(c);
+        const int *dd = stage_host(c, idx, w, rows);
+        return mx_cuda_scatter_add_rows_k(c, dst, src, dd, (const float *)(dd + rows), rows, n);
+    }
+    int *d;
+    rec *r = new_rec(c, R_SCATTER, 2 * rows, &d);
+    memcpy(d, idx, sizeof(int) * (size_t)rows);
+    memcpy(d + rows, w, sizeof(float) * (size_t)rows);
+    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n;
+}
+
+static void op_tanh(mx_backend *be, float *x, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_tanh_k(c, x, n);
+    int *d;
+    rec *r = new_rec(c, R_TANH, 0, &d);
+    r->a = x, r->i0 = n;
+}
+
+static void op_softmax_rows(mx_backend *be, float *x, int T, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_softmax_rows_k(c, x, T, n);
+    int *d;
+    rec *r = new_rec(c, R_SOFTMAX, 0, &d);
+    r->a = x, r->i0 = T, r->i1 = n;
+}
+
+static void op_scale_add_rows(mx_backend *be, float *y, const float *x, size_t x_stride, const float *w,
+                              size_t w_stride, int T, int n) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_scale_add_rows_k(c, y, x, x_stride, w, w_stride, T, n);
+    int *d;
+    rec *r = new_rec(c, R_SCALE_ADD, 0, &d);
+    r->a = y, r->b = x, r->c = w, r->z0 = x_stride, r->z1 = w_stride, r->i0 = T, r->i1 = n;
+}
+
+static void op_prefix_mean(mx_backend *be, const float *x, int T, int C, float *sums, int pos0, int n_slots,
+                           float *mean) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_prefix_mean_k(c, x, T, C, sums, pos0, n_slots, mean, NULL);
+    int *d;
+    rec *r = new_rec(c, R_PREFIX_MEAN, 1, &d);
+    d[0] = pos0;
+    r->a = x, r->b = mean, r->c = sums, r->i0 = T, r->i1 = C, r->i2 = n_slots;
+}
+
 void mx_cuda_graph_init(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
     gstate *g = (gstate *)calloc(1, sizeof *g);
@@ -298,6 +519,17 @@ void mx_cuda_graph_init(mx_backend *be) {
     be->add_bias = op_add_bias;
     be->attention = op_attention;
     be->kv_write = op_kv_write;
+    be->fill = op_fill;
+    be->copy3d = op_copy3d;
+    be->matmul_t = op_matmul_t;
+    be->kv_read = op_kv_read;
+    be->moe_route = op_moe_route;
+    be->gather_rows = op_gather_rows;
+    be->scatter_add_rows = op_scatter_add_rows;
+    be->tanh_ = op_tanh;
+    be->softmax_rows = op_softmax_rows;
+    be->scale_add_rows = op_scale_add_rows;
+    be->prefix_mean = op_prefix_mean;
 }
 
 void mx_cuda_graph_free(mx_cuda_ctx *c) {

@@ -270,7 +270,7 @@ __global__ void k_to_bf16(const float *__restrict__ x, __nv_bfloat16 *__restrict
 }
 
 typedef struct {
-    int n_in, n_out, T;
+    int n_in, n_out, T, trans; /* trans: matmul_t, y[T, n_in] = x[T, n_out] · W */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, cd;
     cublasLtMatmulAlgo_t algo;
@@ -289,7 +289,7 @@ static void lt_plan_destroy(lt_plan *p) {
     cublasLtMatrixLayoutDestroy(p->cd);
 }
 
-static const lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T) {
+static const lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans) {
     lt_cache *lc = (lt_cache *)c->lt_cache;
     if (!lc) {
         lc = (lt_cache *)calloc(1, sizeof *lc);
@@ -297,7 +297,8 @@ static const lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T) {
         c->lt_cache = lc;
     }
     for (int i = 0; i < lc->n; i++)
-        if (lc->p[i].n_in == n_in && lc->p[i].n_out == n_out && lc->p[i].T == T) return &lc->p[i];
+        if (lc->p[i].n_in == n_in && lc->p[i].n_out == n_out && lc->p[i].T == T && lc->p[i].trans == trans)
+            return &lc->p[i];
     lt_plan *p;
     if (lc->n < LT_CACHE) {
         p = &lc->p[lc->n++];
@@ -306,15 +307,16 @@ static const lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T) {
         lc->next = (lc->next + 1) % LT_CACHE;
         lt_plan_destroy(p);
     }
-    p->n_in = n_in, p->n_out = n_out, p->T = T;
+    p->n_in = n_in, p->n_out = n_out, p->T = T, p->trans = trans;
     LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasOperation_t ta = trans ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     /* column-major view: D (n_out x T) = op(A) · B with A = W stored (n_in x n_out), B = x stored (n_in x T) */
+    /* trans: D (n_in x T) = A · B with A = W (n_in x n_out), B = x stored (n_out x T) */
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, n_in, n_out, n_in));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, n_in, T, n_in));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&p->cd, CUDA_R_32F, n_out, T, n_out));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, trans ? n_out : n_in, T, trans ? n_out : n_in));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->cd, CUDA_R_32F, trans ? n_in : n_out, T, trans ? n_in : n_out));
     cublasLtMatmulPreference_t pref;
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->lt_ws_bytes,
@@ -328,12 +330,12 @@ static const lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T) {
     return p;
 }
 
-static void gemm(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T) {
-    size_t nx = (size_t)T * w->n_in;
+static void gemm(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T, int trans = 0) {
+    size_t nx = (size_t)T * (trans ? w->n_out : w->n_in);
     __nv_bfloat16 *xb = (__nv_bfloat16 *)mx_cuda_scratch(c, (void **)&c->xbf, &c->xbf_cap, nx * 2);
     k_to_bf16<<<(unsigned)((nx / 4 + 256) / 256), 256, 0, c->stream>>>(x, xb, nx);
     CU_LAUNCHED();
-    const lt_plan *p = lt_get(c, (int)w->n_in, (int)w->n_out, T);
+    const lt_plan *p = lt_get(c, (int)w->n_in, (int)w->n_out, T, trans);
     float alpha = 1.0f, beta = 0.0f;
     LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, w->bf, p->a, xb, p->b, &beta, y, p->cd, y, p->cd, &p->algo,
                             c->lt_ws, c->lt_ws_bytes, c->stream));
@@ -351,10 +353,256 @@ void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, f
         gemm(c, w, x, y, T);
 }
 
+void mx_cuda_matmul_t_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T) {
+    if (T <= 0) return;
+    if (w->bf && ((uintptr_t)x & 15) == 0 && w->n_out % 8 == 0 && w->n_in % 8 == 0) {
+        gemm(c, w, x, y, T, 1);
+        return;
+    }
+    size_t n = (size_t)w->n_in * w->n_out;
+    float *wf = (float *)mx_cuda_scratch(c, (void **)&c->wf, &c->wf_cap, n * sizeof(float));
+    dequant_rows(c, w, NULL, (int)w->n_out, wf, NULL);
+    mx_cuda_matmul_t_f32_k(c, wf, x, y, (int)w->n_in, (int)w->n_out, T);
+}
+
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c) {
     lt_cache *lc = (lt_cache *)c->lt_cache;
     if (!lc) return;
     for (int i = 0; i < lc->n; i++) lt_plan_destroy(&lc->p[i]);
     free(lc);
     c->lt_cache = NULL;
+}
+
+/* ---- fused decode GEMVs (one token; recognized by cuda_graph.cu in recorded op sequences) ----
+ * k_fused: input = rmsnorm(x) · nw (norm) or x itself, staged once per block in shared memory (block 0 also writes
+ * the normalized row to h, as the rmsnorm op would); each warp computes two rows at once and applies the mode's
+ * epilogue:
+ *   FM_PLAIN   y[row] = v                                  (pairs of consecutive rows)
+ *   FM_ADD     y[row] = v, res[row] += v                   (the residual add after o/down projections)
+ *   FM_SWIGLU  rows j of W0 (gate) and W1 (up): y1[j] = u, y0[j] = silu(g) * u
+ *   FM_QKV     heads of W0 (q, H heads), W1 (k, G heads), W2 (v, G heads) of D rows; each pair is a RoPE pair
+ *              (rotated like k_rope, at the recorded positions); q/k/v written fp32 to y0/y1/y2, k and v also to
+ *              their bf16 KV stores at slot pos % n_slots (as k_kv_write). */
+enum { FM_PLAIN, FM_ADD, FM_SWIGLU, FM_QKV };
+enum { FUSED_WARPS = 8 };
+
+struct FusedSeg {
+    const uint8_t *W;
+    size_t row_bytes;
+    int type, n_out;
+    float *y;
+};
+struct FusedP {
+    const float *x, *nw;
+    float *h, *res;
+    int n_in, norm, mode;
+    float eps;
+    FusedSeg s[3];
+    /* FM_QKV */
+    int H, G, D, rope_dim, adjacent, n_slots, rope_q, rope_k;
+    float theta;
+    __nv_bfloat16 *kst, *vst;
+    const int *pos_q, *pos_k, *pos_kw, *pos_vw;
+    int n_pairs;
+};
+
+template <int TY>
+__device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, const float *xs, int units, int lane,
+                                       float &a, float &b) {
+    for (int u = lane; u < units; u += 32) {
+        float wa[8], wb[8];
+        int p0, p1;
+        unit8<TY>(ra, u, wa, p0, p1);
+        if (rb) unit8<TY>(rb, u, wb, p0, p1);
+        float4 x0 = *(const float4 *)(xs + p0), x1 = *(const float4 *)(xs + p1);
+        a += wa[0] * x0.x + wa[1] * x0.y + wa[2] * x0.z + wa[3] * x0.w + wa[4] * x1.x + wa[5] * x1.y + wa[6] * x1.z +
+             wa[7] * x1.w;
+        if (rb)
+            b += wb[0] * x0.x + wb[1] * x0.y + wb[2] * x0.z + wb[3] * x0.w + wb[4] * x1.x + wb[5] * x1.y +
+                 wb[6] * x1.z + wb[7] * x1.w;
+    }
+}
+
+/* Two rows of one type (rb may be NULL). */
+__device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t *rb, const float *xs, int n_in,
+                                     int lane, float &a, float &b) {
+    int units = n_in / 8;
+    a = 0.0f, b = 0.0f;
+    switch (type) {
+    case MX_F32: dot2_t<MX_F32>(ra, rb, xs, units, lane, a, b); break;
+    case MX_F16: dot2_t<MX_F16>(ra, rb, xs, units, lane, a, b); break;
+    case MX_BF16: dot2_t<MX_BF16>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q4_0: dot2_t<MX_Q4_0>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q4_1: dot2_t<MX_Q4_1>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q5_0: dot2_t<MX_Q5_0>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q5_1: dot2_t<MX_Q5_1>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q8_0: dot2_t<MX_Q8_0>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q4_K: dot2_t<MX_Q4_K>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q5_K: dot2_t<MX_Q5_K>(ra, rb, xs, units, lane, a, b); break;
+    case MX_Q6_K: dot2_t<MX_Q6_K>(ra, rb, xs, units, lane, a, b); break;
+    default: break;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        b += __shfl_xor_sync(0xffffffffu, b, o);
+    }
+}
+
+__global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
+    extern __shared__ __align__(16) float xs[];
+    __shared__ float red[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n = p.n_in;
+    if (p.norm) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = p.x[i];
+            xs[i] = v;
+            ss += v * v;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) red[warp] = ss;
+        __syncthreads();
+        ss = 0.0f;
+        for (int w = 0; w < FUSED_WARPS; w++) ss += red[w];
+        float r = 1.0f / sqrtf(ss / n + p.eps);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = xs[i] * r * p.nw[i];
+            xs[i] = v;
+            if (blockIdx.x == 0) p.h[i] = v;
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
+    }
+    __syncthreads();
+    const int pr = blockIdx.x * FUSED_WARPS + warp;
+    if (pr >= p.n_pairs) return;
+    if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
+        const FusedSeg &s = p.s[0];
+        int r0 = 2 * pr, r1 = r0 + 1;
+        const uint8_t *ra = s.W + (size_t)r0 * s.row_bytes, *rb = r1 < s.n_out ? ra + s.row_bytes : NULL;
+        float a, b;
+        dot2(s.type, ra, rb, xs, n, lane, a, b);
+        if (lane == 0) {
+            s.y[r0] = a;
+            if (p.mode == FM_ADD) p.res[r0] += a;
+        } else if (lane == 1 && rb) {
+            s.y[r1] = b;
+            if (p.mode == FM_ADD) p.res[r1] += b;
+        }
+    } else if (p.mode == FM_SWIGLU) {
+        const FusedSeg &g = p.s[0], &u = p.s[1];
+        float a, b, tmp;
+        dot2(g.type, g.W + (size_t)pr * g.row_bytes, NULL, xs, n, lane, a, tmp);
+        dot2(u.type, u.W + (size_t)pr * u.row_bytes, NULL, xs, n, lane, b, tmp);
+        if (lane == 0) {
+            u.y[pr] = b;
+            g.y[pr] = a / (1.0f + expf(-a)) * b;
+        }
+    } else { /* FM_QKV */
+        const int half_d = p.D / 2, hp = pr / half_d, j = pr % half_d;
+        int seg = hp < p.H ? 0 : hp < p.H + p.G ? 1 : 2;
+        int head = seg == 0 ? hp : seg == 1 ? hp - p.H : hp - p.H - p.G;
+        const FusedSeg &s = p.s[seg];
+        int rd2 = p.rope_dim / 2;
+        bool rot = seg < 2 && j < rd2 && (seg == 0 ? p.rope_q : p.rope_k);
+        int da, db;
+        if (j < rd2) {
+            da = p.adjacent ? 2 * j : j;
+            db = p.adjacent ? 2 * j + 1 : j + rd2;
+        } else {
+            da = p.rope_dim + 2 * (j - rd2);
+            db = da + 1;
+        }
+        const int ra = head * p.D + da, rb = head * p.D + db;
+        float a, b;
+        dot2(s.type, s.W + (size_t)ra * s.row_bytes, s.W + (size_t)rb * s.row_bytes, xs, n, lane, a, b);
+        if (lane == 0) {
+            if (rot) {
+                int pos0 = seg == 0 ? *p.pos_q : *p.pos_k;
+                float inv_freq = (float)(1.0 / pow((double)p.theta, (double)(2 * j) / p.rope_dim));
+                float ang = (float)pos0 * inv_freq, cs, sn;
+                sincosf(ang, &sn, &cs);
+                float x0 = a, x1 = b;
+                a = x0 * cs - x1 * sn;
+                b = x0 * sn + x1 * cs;
+            }
+            s.y[ra] = a;
+            s.y[rb] = b;
+            if (seg > 0) {
+                int pw = seg == 1 ? *p.pos_kw : *p.pos_vw;
+                __nv_bfloat16 *st = (seg == 1 ? p.kst : p.vst) + (size_t)(pw % p.n_slots) * (p.G * p.D);
+                st[ra] = __float2bfloat16_rn(a);
+                st[rb] = __float2bfloat16_rn(b);
+            }
+        }
+    }
+}
+
+static bool fusable_type(uint32_t t) {
+    switch (t) {
+    case MX_F32: case MX_F16: case MX_BF16: case MX_Q4_0: case MX_Q4_1: case MX_Q5_0: case MX_Q5_1: case MX_Q8_0:
+    case MX_Q4_K: case MX_Q5_K: case MX_Q6_K: return true;
+    default: return false;
+    }
+}
+
+bool mx_cuda_fused_ok(const mx_cuda_weight *w, int n_in) {
+    bool k_quant = w && (w->type == MX_Q4_K || w->type == MX_Q5_K || w->type == MX_Q6_K);
+    return w && fusable_type(w->type) && w->n_in == n_in && n_in % 8 == 0 && n_in <= 12288 && n_in > 0 &&
+           (!k_quant || n_in % 256 == 0) && w->n_out > 0;
+}
+
+static void seg_of(FusedSeg &s, const mx_cuda_weight *w, float *y) {
+    s.W = (const uint8_t *)w->q, s.row_bytes = w->row_bytes, s.type = (int)w->type, s.n_out = (int)w->n_out, s.y = y;
+}
+
+static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
+    if (p.n_pairs <= 0) return;
+    unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
+    k_fused<<<grid, FUSED_WARPS * 32, sizeof(float) * (size_t)p.n_in, c->stream>>>(p);
+    CU_LAUNCHED();
+}
+
+/* norm (nw != NULL): input rmsnorm(x) (written to h too); y = W · input (+ res += y when res) */
+void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *w,
+                        float *y, float *res) {
+    FusedP p;
+    memset(&p, 0, sizeof p);
+    p.x = x, p.nw = nw, p.h = h, p.eps = eps, p.norm = nw != NULL, p.n_in = (int)w->n_in;
+    p.mode = res ? FM_ADD : FM_PLAIN, p.res = res;
+    seg_of(p.s[0], w, y);
+    p.n_pairs = (int)((w->n_out + 1) / 2);
+    fused_launch(c, p);
+}
+
+void mx_cuda_fused_gateup(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                          const mx_cuda_weight *wg, float *g, const mx_cuda_weight *wu, float *u) {
+    FusedP p;
+    memset(&p, 0, sizeof p);
+    p.x = x, p.nw = nw, p.h = h, p.eps = eps, p.norm = nw != NULL, p.n_in = (int)wg->n_in, p.mode = FM_SWIGLU;
+    seg_of(p.s[0], wg, g);
+    seg_of(p.s[1], wu, u);
+    p.n_pairs = (int)wg->n_out;
+    fused_launch(c, p);
+}
+
+void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *wq,
+                       float *q, const mx_cuda_weight *wk, float *k, const mx_cuda_weight *wv, float *v, int H, int G,
+                       int D, int rope_dim, int adjacent, float theta, int rope_q, int rope_k, const int *pos_q,
+                       const int *pos_k, void *kst, void *vst, int n_slots, const int *pos_kw, const int *pos_vw) {
+    FusedP p;
+    memset(&p, 0, sizeof p);
+    p.x = x, p.nw = nw, p.h = h, p.eps = eps, p.norm = nw != NULL, p.n_in = (int)wq->n_in, p.mode = FM_QKV;
+    seg_of(p.s[0], wq, q);
+    seg_of(p.s[1], wk, k);
+    seg_of(p.s[2], wv, v);
+    p.H = H, p.G = G, p.D = D, p.rope_dim = rope_dim, p.adjacent = adjacent, p.theta = theta;
+    p.rope_q = rope_q, p.rope_k = rope_k, p.pos_q = pos_q, p.pos_k = pos_k;
+    p.kst = (__nv_bfloat16 *)kst, p.vst = (__nv_bfloat16 *)vst, p.n_slots = n_slots;
+    p.pos_kw = pos_kw, p.pos_vw = pos_vw;
+    p.n_pairs = (H + 2 * G) * (D / 2);
+    fused_launch(c, p);
 }

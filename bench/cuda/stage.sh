@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# stage.sh: prepares what `bench/cuda/device_run.sh` needs on the lent GPU machine, which has CUDA but not
+# necessarily OpenBLAS/cJSON/utf8proc, and receives at most 64 MiB of tree per call (the default model is 98 MB).
+# Run here, in the repository root:  bash bench/cuda/stage.sh
+#   - builds portable (-march=x86-64-v3) test_cuda, bench_cuda and mixatt in a scratch copy of the tree
+#     ($BUILD_COPY, default /tmp/mx-devbuild: the checkout's own build/ is left alone), strips them;
+#   - .devcarry/      bin.tar.gz (the three binaries), lib.tar.gz (their non-CUDA shared libraries), model.sha256
+#   - .devcarry-m1/   the model's first 58 MB;  .devcarry-m2/  the rest
+# All three folders are ignored (.gitignore: /.devcarry*/). Then, through the device tool, two calls back to back
+# (the machine keeps /tmp only while warm, ~30 s after a call):
+#   1. carry [".devcarry-m1"]                 command: bash bench/cuda/device_run.sh stage
+#   2. carry [".devcarry", ".devcarry-m2"]    command: bash bench/cuda/device_run.sh run [test|bench|all]
+# Later calls while the machine is still warm need only carry [".devcarry"] (the model stays in /tmp/mx).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+MODEL=${MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+B=${BUILD_COPY:-/tmp/mx-devbuild}
+SPLIT=${SPLIT_BYTES:-58000000}
+cd "$ROOT"
+test -f "$MODEL" || { echo "stage.sh: no model at $MODEL (make model)" >&2; exit 1; }
+mkdir -p "$B"
+# a scratch copy of the sources (tracked and untracked files, not build outputs or models)
+tar --exclude=./build --exclude=./models --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -C "$B" -xf -
+make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/bench_cuda
+rm -rf .devcarry .devcarry-m1 .devcarry-m2
+mkdir -p .devcarry .devcarry-m1 .devcarry-m2 /tmp/mx-devbin
+rm -f /tmp/mx-devbin/*
+for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do
+    strip -o "/tmp/mx-devbin/$(basename "$b")" "$B/$b"
+done
+tar -C /tmp/mx-devbin -czf .devcarry/bin.tar.gz .
+# shared libraries the binaries need besides libc and CUDA's own (found on the device under /usr/local/cuda)
+libs=$(ldd "$B/build/cuda/test_cuda" | awk '$3 ~ /^\// {print $3}' |
+       grep -E 'openblas|cjson|utf8proc|gfortran|quadmath|gomp' || true)
+mkdir -p /tmp/mx-devlibs && rm -f /tmp/mx-devlibs/*
+for l in $libs; do cp -L "$l" "/tmp/mx-devlibs/$(basename "$l")"; done
+tar -C /tmp/mx-devlibs -czf .devcarry/lib.tar.gz .
+sha256sum "$MODEL" | awk '{print $1}' > .devcarry/model.sha256
+head -c "$SPLIT" "$MODEL" > .devcarry-m1/part
+tail -c +"$((SPLIT + 1))" "$MODEL" > .devcarry-m2/part
+du -sh .devcarry .devcarry-m1 .devcarry-m2
+echo "stage.sh: ready (call 1 carries .devcarry-m1, call 2 carries .devcarry and .devcarry-m2)"
