@@ -52,8 +52,15 @@ if [ "$WHAT" = test ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
     $BIN/bench_cuda "$M/model.gguf" 2>&1 | tee "$OUTD/bench_cuda.log"
-    MX_CUDA_FUSE=0 $BIN/bench_cuda "$M/model.gguf" 2>&1 | grep -E "decode batch" | sed 's/^/unfused (MX_CUDA_FUSE=0): /' | tee -a "$OUTD/bench_cuda.log"
     PYTHONUNBUFFERED=1 python3 bench/cuda/peer.py 2>&1 | tee "$OUTD/peer.log"
     $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 2>&1 | tee "$OUTD/mixatt_bench.log"
+    # decode A/B of the launch options, and where a decode step's time goes (MX_CUDA_TIMING: graph GPU time vs
+    # flush-to-flush host clock)
+    # MX_CUDA_SKIP (profiling only, wrong results): the step's time without one kind of decode kernel
+    for v in MX_CUDA_TIMING=1 MX_CUDA_PDL=0 MX_CUDA_WSTAGE=0 MX_CUDA_FUSE=0 MX_CUDA_SKIP=qkv MX_CUDA_SKIP=attn \
+             MX_CUDA_SKIP=add MX_CUDA_SKIP=gateup MX_CUDA_SKIP=head; do
+        env $v $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 -p 0 -r 3 2>&1 |
+            grep -E "tg256|timing: graph of [0-9]{3}" | sed "s/^/$v: /" | tee -a "$OUTD/mixatt_ab.log"
+    done
 fi
 exit $rc

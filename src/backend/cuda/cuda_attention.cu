@@ -447,6 +447,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
     k_decode2(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
               float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, int *__restrict__ cnt,
               const int *__restrict__ dyn) {
+    pdl_trigger();
+    pdl_wait(); /* q and the KV row just written come from the previous kernel */
     if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
     constexpr int LPK = D / 8, KPL = 32 / LPK, KPI = KPL * U;
     __shared__ float m_s[DEC2_WARPS][RM], l_s[DEC2_WARPS][RM];
@@ -470,6 +472,10 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
     int lo_all, hi_all, tmp;
     row_range(p, p.q_pos0, lo_all, tmp);
     row_range(p, p.q_pos0 + p.n_q - 1, tmp, hi_all);
+    /* splits past the span (static split sized by n_slots, short contexts) have no keys: they leave at once and
+     * the merge counts only the n_act others; with one, it writes the output itself (no partials, no merge) */
+    const int n_act = max(1, min(p.n_split, (hi_all - lo_all + 1 + p.chunk - 1) / p.chunk));
+    if (split >= n_act) return;
     const int beg = lo_all + split * p.chunk, end = min(hi_all, beg + p.chunk - 1);
 
     float m_r[RM], l_r[RM], acc[RM][8];
@@ -580,7 +586,7 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             O += f * o_s[w][r][d];
         }
         size_t row = (size_t)t * p.H + hh;
-        if (p.n_split == 1) {
+        if (n_act == 1) {
             out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
             if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
         } else {
@@ -589,12 +595,12 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             if (d == 0) po[0] = M, po[1] = L;
         }
     }
-    if (p.n_split == 1) return;
+    if (n_act == 1) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int prev = atomicAdd(&cnt[kvh], 1);
-        last_s = prev == p.n_split - 1;
+        last_s = prev == n_act - 1;
         if (last_s) cnt[kvh] = 0; /* ready for the next launch (same stream: ordered) */
     }
     __syncthreads();
@@ -604,9 +610,9 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
         int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
         size_t row = (size_t)t * p.H + hh;
         float M = -INFINITY;
-        for (int sp = 0; sp < p.n_split; sp++) M = fmaxf(M, __ldcg(part + ((size_t)sp * rows + row) * (D + 2)));
+        for (int sp = 0; sp < n_act; sp++) M = fmaxf(M, __ldcg(part + ((size_t)sp * rows + row) * (D + 2)));
         float mu = M == -INFINITY ? 0.0f : M, L = 0.0f, O = 0.0f;
-        for (int sp = 0; sp < p.n_split; sp++) {
+        for (int sp = 0; sp < n_act; sp++) {
             const float *ps = part + ((size_t)sp * rows + row) * (D + 2);
             float f = exp2f(__ldcg(ps) - mu);
             L += f * __ldcg(ps + 1);
@@ -636,9 +642,19 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
         size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
         part = (float *)mx_cuda_scratch(c, (void **)&c->part, &c->part_cap, need);
     }
-    k_decode2<D, RM, U><<<dim3(n_split, p.G), DEC2_THREADS, 0, c->stream>>>(p, q, k, v, out, lse, part, c->dec_cnt,
-                                                                            dyn);
-    CU_LAUNCHED();
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(n_split, p.G);
+    cfg.blockDim = dim3(DEC2_THREADS);
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0; /* the kernel waits (griddepcontrol) before reading anything */
+    static int skip = -1;
+    if (skip < 0) skip = mx_cuda_skip("attn");
+    if (skip) return;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k_decode2<D, RM, U>, p, q, k, v, out, lse, part, c->dec_cnt, dyn));
 }
 
 /* ------------------------------------------------------------------ generic fallback */

@@ -62,10 +62,29 @@ static void cu_sync(mx_backend *be) {
     CU_CHECK(cudaStreamSynchronize(cu_ctx(be)->stream));
 }
 
+/* Up to HOST_STAGE_MAX bytes (a decode step's logits) go through a pinned buffer: a DMA straight into it, then one
+ * memcpy, instead of the driver's pageable path. Larger copies (all-logits prefill) go direct. */
+enum { HOST_STAGE_MAX = 4 << 20 };
 static void cu_to_host(mx_backend *be, float *dst, const float *src, size_t n) {
     mx_cuda_ctx *c = cu_ctx(be);
     mx_cuda_graph_flush(c);
-    CU_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    size_t bytes = n * sizeof(float);
+    if (bytes <= HOST_STAGE_MAX && bytes > c->host_stage_cap) {
+        if (c->host_stage) CU_CHECK(cudaFreeHost(c->host_stage));
+        c->host_stage = NULL, c->host_stage_cap = 0;
+        size_t want = bytes < (256u << 10) ? (256u << 10) : bytes;
+        if (cudaMallocHost((void **)&c->host_stage, want) == cudaSuccess)
+            c->host_stage_cap = want;
+        else
+            c->host_stage = NULL, cudaGetLastError();
+    }
+    if (bytes <= c->host_stage_cap) {
+        CU_CHECK(cudaMemcpyAsync(c->host_stage, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+        CU_CHECK(cudaStreamSynchronize(c->stream));
+        memcpy(dst, c->host_stage, bytes);
+        return;
+    }
+    CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     CU_CHECK(cudaStreamSynchronize(c->stream));
 }
 
@@ -212,6 +231,7 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         cudaFree(c->wf);
         cudaFree(c->hidx);
         cudaFreeHost(c->ids_host);
+        if (c->host_stage) cudaFreeHost(c->host_stage);
         mx_cuda_matmul_cache_free(c);
         cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);

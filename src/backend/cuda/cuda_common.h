@@ -38,6 +38,25 @@ void mx_cuda_fatal(const char *what, const char *msg, const char *file, int line
 /* After every kernel launch: launch-configuration errors surface here, with the launch's location. */
 #define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
 
+/* Programmatic dependent launch (sm_90): launch_dependents lets the next kernel of the stream (launched with the
+ * PDL attribute) start while this one runs; wait blocks until the previous kernel has completed and its writes are
+ * visible. Everything before wait may only read data no earlier kernel of this forward writes (the weights). */
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Whether decode kernels are launched with the PDL attribute (MX_CUDA_PDL, default on). */
+bool mx_cuda_pdl_enabled(void);
+/* MX_CUDA_SKIP contains what (profiling only: launches of that kind are left out) */
+bool mx_cuda_skip(const char *what);
+
 /* What upload places in mx_tensor.dev. q: the tensor's bytes as stored in the file (the decode GEMV and
  * embedding read these); bf: a bf16 copy of a matrix (n_out x n_in, row-major) made once at upload for the
  * cuBLASLt prefill GEMM (NULL for vectors). */
@@ -71,6 +90,8 @@ typedef struct {
     size_t wf_cap;
     int *hidx;          /* gather/scatter: host index and weight arrays staged on the device (eager path) */
     size_t hidx_cap;
+    float *host_stage;  /* to_host: pinned staging for small copies (decode logits) */
+    size_t host_stage_cap; /* bytes */
     int *dec_cnt;       /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
 } mx_cuda_ctx;
 

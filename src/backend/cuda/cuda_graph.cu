@@ -11,6 +11,7 @@
  * Decode attention sizes its KV split from n_slots (fixed) in this mode so that the launch shapes do not depend
  * on the position. Scratch buffers that move (mx_cuda_scratch bumps c->gen) make cached graphs stale. */
 #include <string.h>
+#include <time.h>
 
 #include "cuda_common.h"
 
@@ -36,6 +37,10 @@ typedef struct {
     unsigned gen;
     cudaGraphExec_t exec; /* NULL: seen once, not captured yet */
     unsigned long long last_use;
+    /* MX_CUDA_TIMING=1: replays timed with events (gpu_s), host time in cudaGraphLaunch (launch_s), and the host
+     * clock from one replay's flush to the next replay's (period_s, replays that follow one another only) */
+    long n_timed, n_period;
+    double gpu_s, launch_s, period_s, last_flush;
 } gentry;
 
 enum { MAX_RECS = 4096, MAX_DYN = 16384, N_GRAPHS = 8 };
@@ -50,7 +55,36 @@ typedef struct {
     gentry g[N_GRAPHS];
     unsigned long long clock;
     bool enabled;
+    int timing;
+    cudaEvent_t t0, t1;
+    gentry *timed; /* the replay whose events are pending */
+    gentry *last_replay;
 } gstate;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* folds the pending replay's event timing into its entry */
+static void timing_collect(gstate *g) {
+    if (!g->timed) return;
+    float ms = 0.0f;
+    if (cudaEventSynchronize(g->t1) == cudaSuccess && cudaEventElapsedTime(&ms, g->t0, g->t1) == cudaSuccess) {
+        g->timed->gpu_s += 1e-3 * ms;
+        g->timed->n_timed++;
+    }
+    cudaGetLastError();
+    g->timed = NULL;
+}
+
+static void timing_print(const gentry *e) {
+    if (e->n_timed)
+        fprintf(stderr, "mixatt cuda timing: graph of %d ops: %ld replays, GPU %.1f us, cudaGraphLaunch %.1f us, "
+                "flush-to-flush %.1f us (%ld)\n", e->n_recs, e->n_timed, 1e6 * e->gpu_s / e->n_timed,
+                1e6 * e->launch_s / e->n_timed, e->n_period ? 1e6 * e->period_s / e->n_period : 0.0, e->n_period);
+}
 
 static gstate *gs(mx_cuda_ctx *c) { return (gstate *)c->graph; }
 
@@ -180,6 +214,7 @@ static void run_all(mx_cuda_ctx *c, gstate *g) {
 }
 
 static void drop(gentry *e) {
+    timing_print(e);
     if (e->exec) cudaGraphExecDestroy(e->exec);
     free(e->recs);
     memset(e, 0, sizeof *e);
@@ -202,6 +237,7 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
             break;
         }
     }
+    if (g->timing && hit != g->last_replay) g->last_replay = NULL;
     if (hit && hit->gen != c->gen) { /* a scratch buffer moved since: recapture */
         if (hit->exec) cudaGraphExecDestroy(hit->exec);
         hit->exec = NULL;
@@ -209,7 +245,20 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
     }
     if (hit && hit->exec) {
         hit->last_use = g->clock;
-        CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+        if (g->timing) {
+            timing_collect(g);
+            double t = now_s();
+            if (g->last_replay == hit && hit->last_flush > 0) hit->period_s += t - hit->last_flush, hit->n_period++;
+            hit->last_flush = t;
+            g->last_replay = hit;
+            CU_CHECK(cudaEventRecord(g->t0, c->stream));
+            CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+            hit->launch_s += now_s() - t;
+            CU_CHECK(cudaEventRecord(g->t1, c->stream));
+            g->timed = hit;
+        } else {
+            CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+        }
     } else if (hit) { /* second sighting: capture */
         hit->last_use = g->clock;
         cudaGraph_t graph = NULL;
@@ -232,6 +281,8 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
         gentry *e = &g->g[0];
         for (int i = 1; i < N_GRAPHS; i++)
             if (!g->g[i].recs || g->g[i].last_use < e->last_use) e = &g->g[i];
+        if (g->timed == e) timing_collect(g);
+        if (g->last_replay == e) g->last_replay = NULL;
         if (e->recs) drop(e);
         e->recs = (rec *)malloc(sizeof(rec) * (size_t)g->n_recs);
         if (e->recs) {
@@ -505,6 +556,10 @@ void mx_cuda_graph_init(mx_backend *be) {
         cudaMalloc((void **)&g->dyn_d, sizeof(int) * MAX_DYN) == cudaSuccess &&
         cudaEventCreateWithFlags(&g->dyn_done, cudaEventDisableTiming) == cudaSuccess)
         g->enabled = true;
+    const char *tenv = getenv("MX_CUDA_TIMING");
+    if (g && g->enabled && tenv && strcmp(tenv, "0") && cudaEventCreate(&g->t0) == cudaSuccess &&
+        cudaEventCreate(&g->t1) == cudaSuccess)
+        g->timing = 1;
     cudaGetLastError();
     c->graph = g;
     if (!g) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
@@ -535,7 +590,9 @@ void mx_cuda_graph_init(mx_backend *be) {
 void mx_cuda_graph_free(mx_cuda_ctx *c) {
     gstate *g = gs(c);
     if (!g) return;
+    if (g->timing) timing_collect(g);
     for (int i = 0; i < N_GRAPHS; i++) drop(&g->g[i]);
+    if (g->timing) cudaEventDestroy(g->t0), cudaEventDestroy(g->t1);
     if (g->dyn_h) cudaFreeHost(g->dyn_h);
     if (g->dyn_d) cudaFree(g->dyn_d);
     if (g->dyn_done) cudaEventDestroy(g->dyn_done);

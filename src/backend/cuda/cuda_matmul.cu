@@ -382,7 +382,10 @@ void mx_cuda_matmul_cache_free(mx_cuda_ctx *c) {
  *   FM_SWIGLU  rows j of W0 (gate) and W1 (up): y1[j] = u, y0[j] = silu(g) * u
  *   FM_QKV     heads of W0 (q, H heads), W1 (k, G heads), W2 (v, G heads) of D rows; each pair is a RoPE pair
  *              (rotated like k_rope, at the recorded positions); q/k/v written fp32 to y0/y1/y2, k and v also to
- *              their bf16 KV stores at slot pos % n_slots (as k_kv_write). */
+ *              their bf16 KV stores at slot pos % n_slots (as k_kv_write).
+ * Launched with programmatic dependent launch (PDL, MX_CUDA_PDL=0 turns it off): before waiting on the previous
+ * kernel, each warp copies its two weight rows into shared memory with cp.async (MX_CUDA_WSTAGE=0: only prefetches
+ * them into L2), so the weight reads overlap the previous kernel and the launch instead of following them. */
 enum { FM_PLAIN, FM_ADD, FM_SWIGLU, FM_QKV };
 enum { FUSED_WARPS = 8 };
 
@@ -404,6 +407,9 @@ struct FusedP {
     __nv_bfloat16 *kst, *vst;
     const int *pos_q, *pos_k, *pos_kw, *pos_vw;
     int n_pairs;
+    int xs_floats; /* the input row's floats in shared memory (n_in rounded up to 4) */
+    int stage;     /* bytes of shared memory per warp for its two weight rows (0: read them from global) */
+    int nw_stage;  /* the norm weights are copied to shared memory (after xs) before the wait */
 };
 
 template <int TY>
@@ -449,11 +455,96 @@ __device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t 
     }
 }
 
+/* Copies row bytes [src, src + n) into shared memory at dst (the aligned 16-byte superset, cp.async), returns where
+ * src's first byte landed (same address mod 16 as src, so the unit readers see the alignment they see in global). */
+__device__ __forceinline__ const uint8_t *stage_row(uint8_t *dst, const uint8_t *src, size_t n, int lane) {
+    uintptr_t a = (uintptr_t)src & ~(uintptr_t)15, e = ((uintptr_t)src + n + 15) & ~(uintptr_t)15;
+    int n16 = (int)((e - a) / 16);
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    for (int i = lane; i < n16; i += 32)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i), "l"(a + 16 * (uintptr_t)i)
+                     : "memory");
+    return dst + ((uintptr_t)src - a);
+}
+__device__ __forceinline__ void prefetch_row(const uint8_t *src, size_t n, int lane) {
+    uintptr_t a = (uintptr_t)src & ~(uintptr_t)127, e = (uintptr_t)src + n;
+    for (uintptr_t l = a + 128 * (uintptr_t)lane; l < e; l += 4096)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(l));
+}
+
 __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n = p.n_in;
+    pdl_trigger();
+    /* this warp's rows (independent of earlier kernels): fetch them into shared memory (or L2) before the wait */
+    const int pr = blockIdx.x * FUSED_WARPS + warp;
+    const bool active = pr < p.n_pairs;
+    const uint8_t *ra = NULL, *rb = NULL;
+    size_t ba = 0, bb = 0;
+    int ta = 0, tb = 0, qkv_seg = 0, qkv_ra = 0, qkv_rb = 0, qkv_j = 0;
+    if (active) {
+        if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
+            const FusedSeg &s = p.s[0];
+            int r0 = 2 * pr;
+            ra = s.W + (size_t)r0 * s.row_bytes, ba = s.row_bytes, ta = s.type;
+            if (r0 + 1 < s.n_out) rb = ra + s.row_bytes, bb = s.row_bytes, tb = s.type;
+        } else if (p.mode == FM_SWIGLU) {
+            ra = p.s[0].W + (size_t)pr * p.s[0].row_bytes, ba = p.s[0].row_bytes, ta = p.s[0].type;
+            rb = p.s[1].W + (size_t)pr * p.s[1].row_bytes, bb = p.s[1].row_bytes, tb = p.s[1].type;
+        } else {
+            const int half_d = p.D / 2, hp = pr / half_d, j = pr % half_d;
+            int seg = hp < p.H ? 0 : hp < p.H + p.G ? 1 : 2;
+            int head = seg == 0 ? hp : seg == 1 ? hp - p.H : hp - p.H - p.G;
+            int rd2 = p.rope_dim / 2, da, db;
+            if (j < rd2) {
+                da = p.adjacent ? 2 * j : j;
+                db = p.adjacent ? 2 * j + 1 : j + rd2;
+            } else {
+                da = p.rope_dim + 2 * (j - rd2);
+                db = da + 1;
+            }
+            const FusedSeg &s = p.s[seg];
+            qkv_seg = seg, qkv_j = j, qkv_ra = head * p.D + da, qkv_rb = head * p.D + db;
+            ra = s.W + (size_t)qkv_ra * s.row_bytes, rb = s.W + (size_t)qkv_rb * s.row_bytes;
+            ba = bb = s.row_bytes, ta = tb = s.type;
+        }
+        if (p.stage) {
+            uint8_t *ws = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage;
+            ra = stage_row(ws, ra, ba, lane);
+            if (rb) rb = stage_row(ws + p.stage / 2, rb, bb, lane);
+            asm volatile("cp.async.commit_group;\n" ::: "memory");
+        } else {
+            prefetch_row(ra, ba, lane);
+            if (rb) prefetch_row(rb, bb, lane);
+        }
+    }
+    if (p.nw_stage) { /* the norm weights: cp.async too, 16 bytes per thread and step (n_in % 8 == 0) */
+        unsigned d = (unsigned)__cvta_generic_to_shared(xs + p.xs_floats);
+        for (int i = threadIdx.x; i < n / 4; i += blockDim.x)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i), "l"(p.nw + 4 * i)
+                         : "memory");
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
+    /* the positions come from the dynamic table, uploaded before the graph starts: RoPE's angle before the wait */
+    float rope_cs = 1.0f, rope_sn = 0.0f;
+    int kv_slot = 0;
+    if (active && p.mode == FM_QKV && lane == 0) {
+        const int seg = qkv_seg, j = qkv_j;
+        if (seg < 2 && j < p.rope_dim / 2 && (seg == 0 ? p.rope_q : p.rope_k)) {
+            int pos0 = seg == 0 ? *p.pos_q : *p.pos_k;
+            float inv_freq = (float)(1.0 / pow((double)p.theta, (double)(2 * j) / p.rope_dim));
+            sincosf((float)pos0 * inv_freq, &rope_sn, &rope_cs);
+        }
+        if (seg > 0) kv_slot = (seg == 1 ? *p.pos_kw : *p.pos_vw) % p.n_slots;
+    }
+    pdl_wait();
+    float res_a = 0.0f, res_b = 0.0f; /* the residual: loaded now, alongside the input row */
+    if (active && p.mode == FM_ADD) {
+        if (lane == 0) res_a = p.res[2 * pr];
+        if (lane == 1 && rb) res_b = p.res[2 * pr + 1];
+    }
     if (p.norm) {
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -468,74 +559,64 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
         ss = 0.0f;
         for (int w = 0; w < FUSED_WARPS; w++) ss += red[w];
         float r = 1.0f / sqrtf(ss / n + p.eps);
+        const float *nw = p.nw;
+        if (p.nw_stage) {
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
+            __syncthreads();
+            nw = xs + p.xs_floats;
+        }
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = xs[i] * r * p.nw[i];
+            float v = xs[i] * r * nw[i];
             xs[i] = v;
             if (blockIdx.x == 0) p.h[i] = v;
         }
     } else {
         for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
     }
+    if (p.stage) asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
-    const int pr = blockIdx.x * FUSED_WARPS + warp;
-    if (pr >= p.n_pairs) return;
+    if (!active) return;
     if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
         const FusedSeg &s = p.s[0];
         int r0 = 2 * pr, r1 = r0 + 1;
-        const uint8_t *ra = s.W + (size_t)r0 * s.row_bytes, *rb = r1 < s.n_out ? ra + s.row_bytes : NULL;
         float a, b;
-        dot2(s.type, ra, rb, xs, n, lane, a, b);
+        dot2(ta, ra, rb, xs, n, lane, a, b);
         if (lane == 0) {
             s.y[r0] = a;
-            if (p.mode == FM_ADD) p.res[r0] += a;
+            if (p.mode == FM_ADD) p.res[r0] = res_a + a;
         } else if (lane == 1 && rb) {
             s.y[r1] = b;
-            if (p.mode == FM_ADD) p.res[r1] += b;
+            if (p.mode == FM_ADD) p.res[r1] = res_b + b;
         }
     } else if (p.mode == FM_SWIGLU) {
         const FusedSeg &g = p.s[0], &u = p.s[1];
         float a, b, tmp;
-        dot2(g.type, g.W + (size_t)pr * g.row_bytes, NULL, xs, n, lane, a, tmp);
-        dot2(u.type, u.W + (size_t)pr * u.row_bytes, NULL, xs, n, lane, b, tmp);
+        dot2(ta, ra, NULL, xs, n, lane, a, tmp);
+        dot2(tb, rb, NULL, xs, n, lane, b, tmp);
         if (lane == 0) {
             u.y[pr] = b;
             g.y[pr] = a / (1.0f + expf(-a)) * b;
         }
     } else { /* FM_QKV */
-        const int half_d = p.D / 2, hp = pr / half_d, j = pr % half_d;
-        int seg = hp < p.H ? 0 : hp < p.H + p.G ? 1 : 2;
-        int head = seg == 0 ? hp : seg == 1 ? hp - p.H : hp - p.H - p.G;
+        const int seg = qkv_seg, j = qkv_j;
         const FusedSeg &s = p.s[seg];
         int rd2 = p.rope_dim / 2;
         bool rot = seg < 2 && j < rd2 && (seg == 0 ? p.rope_q : p.rope_k);
-        int da, db;
-        if (j < rd2) {
-            da = p.adjacent ? 2 * j : j;
-            db = p.adjacent ? 2 * j + 1 : j + rd2;
-        } else {
-            da = p.rope_dim + 2 * (j - rd2);
-            db = da + 1;
-        }
-        const int ra = head * p.D + da, rb = head * p.D + db;
         float a, b;
-        dot2(s.type, s.W + (size_t)ra * s.row_bytes, s.W + (size_t)rb * s.row_bytes, xs, n, lane, a, b);
+        dot2(ta, ra, rb, xs, n, lane, a, b);
         if (lane == 0) {
             if (rot) {
-                int pos0 = seg == 0 ? *p.pos_q : *p.pos_k;
-                float inv_freq = (float)(1.0 / pow((double)p.theta, (double)(2 * j) / p.rope_dim));
-                float ang = (float)pos0 * inv_freq, cs, sn;
-                sincosf(ang, &sn, &cs);
+                const float cs = rope_cs, sn = rope_sn;
                 float x0 = a, x1 = b;
                 a = x0 * cs - x1 * sn;
                 b = x0 * sn + x1 * cs;
             }
-            s.y[ra] = a;
-            s.y[rb] = b;
+            s.y[qkv_ra] = a;
+            s.y[qkv_rb] = b;
             if (seg > 0) {
-                int pw = seg == 1 ? *p.pos_kw : *p.pos_vw;
-                __nv_bfloat16 *st = (seg == 1 ? p.kst : p.vst) + (size_t)(pw % p.n_slots) * (p.G * p.D);
-                st[ra] = __float2bfloat16_rn(a);
-                st[rb] = __float2bfloat16_rn(b);
+                __nv_bfloat16 *st = (seg == 1 ? p.kst : p.vst) + (size_t)kv_slot * (p.G * p.D);
+                st[qkv_ra] = __float2bfloat16_rn(a);
+                st[qkv_rb] = __float2bfloat16_rn(b);
             }
         }
     }
@@ -559,11 +640,60 @@ static void seg_of(FusedSeg &s, const mx_cuda_weight *w, float *y) {
     s.W = (const uint8_t *)w->q, s.row_bytes = w->row_bytes, s.type = (int)w->type, s.n_out = (int)w->n_out, s.y = y;
 }
 
+static int env_flag(const char *name, int dflt) {
+    const char *e = getenv(name);
+    return e && *e ? strcmp(e, "0") != 0 : dflt;
+}
+
+bool mx_cuda_pdl_enabled(void) {
+    static int v = -1;
+    if (v < 0) v = env_flag("MX_CUDA_PDL", 1);
+    return v == 1;
+}
+
+/* MX_CUDA_SKIP=qkv,add,gateup,head (profiling only: wrong results): fused launches of those kinds are left out,
+ * so that a decode step's time without them tells what they cost. */
+bool mx_cuda_skip(const char *what) {
+    const char *e = getenv("MX_CUDA_SKIP");
+    return e && strstr(e, what);
+}
+
 static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
+    static int stage_on = -1, skip[4] = {-1, -1, -1, -1};
+    if (stage_on < 0) stage_on = env_flag("MX_CUDA_WSTAGE", 1);
     if (p.n_pairs <= 0) return;
+    int kind = p.mode == FM_QKV ? 0 : p.mode == FM_ADD ? 1 : p.mode == FM_SWIGLU ? 2 : 3;
+    if (skip[kind] < 0) {
+        const char *names[4] = {"qkv", "add", "gateup", "head"};
+        skip[kind] = mx_cuda_skip(names[kind]);
+    }
+    if (skip[kind]) return;
     unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
-    k_fused<<<grid, FUSED_WARPS * 32, sizeof(float) * (size_t)p.n_in, c->stream>>>(p);
-    CU_LAUNCHED();
+    p.xs_floats = (p.n_in + 3) & ~3;
+    size_t rb = 0;
+    for (int i = 0; i < 3; i++)
+        if (p.s[i].W && p.s[i].row_bytes > rb) rb = p.s[i].row_bytes;
+    size_t per_row = ((rb + 15) & ~(size_t)15) + 16;
+    size_t smem = sizeof(float) * (size_t)p.xs_floats;
+    p.stage = 0;
+    p.nw_stage = stage_on && p.norm && ((uintptr_t)p.nw & 15) == 0 && p.n_in % 4 == 0 &&
+                 2 * smem + FUSED_WARPS * 2 * per_row <= 48 * 1024;
+    if (p.nw_stage) smem *= 2;
+    if (stage_on && smem + FUSED_WARPS * 2 * per_row <= 48 * 1024) {
+        p.stage = (int)(2 * per_row);
+        smem += FUSED_WARPS * 2 * per_row;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(FUSED_WARPS * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k_fused, p));
 }
 
 /* norm (nw != NULL): input rmsnorm(x) (written to h too); y = W · input (+ res += y when res) */
