@@ -2,6 +2,7 @@
 # device_run.sh: runs on the lent GPU machine, in the repository root, with what bench/cuda/stage.sh staged.
 #   bash bench/cuda/device_run.sh stage         keeps the model's first part in /tmp/mx (call 1)
 #   bash bench/cuda/device_run.sh run ops        the op tests only (graphs on and off), no model: carry .devcarry
+#   bash bench/cuda/device_run.sh run models     every model fixture on the GPU vs its reference: carry .devcarry
 #   bash bench/cuda/device_run.sh run [WHAT]    joins the model (if .devcarry-m2 came along), checks its sha256,
 #                                               unpacks the libraries and runs WHAT: test (test_cuda with CUDA graphs
 #                                               on and off), bench (bench_cuda, peer.py, mixatt bench), all (default)
@@ -20,6 +21,12 @@ run) ;;
 *) echo "usage: device_run.sh stage | run [test|bench|all]" >&2; exit 2 ;;
 esac
 WHAT=${2:-all}
+if [ "$WHAT" = models ]; then # every model fixture on the GPU vs its reference: no big model needed
+    mkdir -p "$M/lib" "$M/bin" && tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/bin" -xzf .devcarry/bin.tar.gz
+    export LD_LIBRARY_PATH="$M/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    MIXATT="$M/bin/mixatt" python3 tests/cuda/check_models_gpu.py 2>&1 | tee "$OUTD/models.log"
+    exit "${PIPESTATUS[0]}"
+fi
 if [ "$WHAT" = ops ]; then # the op tests only, graphs on and off: no model needed (carry .devcarry alone)
     mkdir -p "$M/lib" "$M/bin" && tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/bin" -xzf .devcarry/bin.tar.gz
     export LD_LIBRARY_PATH="$M/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"

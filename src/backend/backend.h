@@ -55,6 +55,8 @@ struct mx_backend {
     bool act8;  /* decode matmuls quantize activations to 8 bits (llama.cpp's scheme; ignored when exact) */
     size_t kv_elem_bytes; /* bytes per KV cache element: 4 (fp32) on the CPU, 2 (bf16) on CUDA */
     int ubatch;           /* preferred tokens per forward chunk (prefill); 0 = 512 */
+    bool row_views;       /* a weight's rows can be used as a tensor of their own (MoE experts, MLA's per-head
+                             W_uk/W_uv slices): the view shares data and dev with its parent at a row offset */
     void *ctx;
 
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */

@@ -219,9 +219,10 @@ static bool has_kind(const mx_config *c, mx_attn_kind a, mx_attn_kind b) {
 int mx_model_check_backend(const mx_model *m, const mx_backend *be, mx_err *err) {
     const mx_config *c = &m->cfg;
     const char *missing = NULL;
-    if (c->n_expert > 0 && !(be->copy3d && be->fill && be->gather_rows && be->moe_route && be->scatter_add_rows))
+    if (c->n_expert > 0 &&
+        !(be->row_views && be->copy3d && be->fill && be->gather_rows && be->moe_route && be->scatter_add_rows))
         missing = "mixture-of-experts layers";
-    else if (has_kind(c, MX_ATTN_MLA, MX_ATTN_MLA) && !(be->copy3d && be->kv_read && be->matmul_t))
+    else if (has_kind(c, MX_ATTN_MLA, MX_ATTN_MLA) && !(be->row_views && be->copy3d && be->kv_read && be->matmul_t))
         missing = "MLA attention";
     else if (has_kind(c, MX_ATTN_MKA, MX_ATTN_FASTMKA) &&
              !(be->copy3d && be->fill && be->prefix_mean && be->scale_add_rows && be->softmax_rows && be->tanh_))

@@ -46,6 +46,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->n_threads = n_threads;
     be->act8 = true; /* 8-bit activations in decode by default (fp32 decode ~20% slower); exact turns it off */
     be->kv_elem_bytes = sizeof(float);
+    be->row_views = true;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_upload;
