@@ -7,16 +7,20 @@ llama-bench's:
   pp N  one llama_decode of N random tokens from an empty KV cache (n_batch = n_ubatch >= N, so a single
         ubatch), logits for the last token only (llama_batch_get_one); timed to llama_synchronize.
   tg N  N single-token llama_decode calls from an empty KV cache, each on a fresh random token.
-One warm-up run of each test, then mean ± sd over --reps runs. mixatt's figures come from
-`mixatt bench --json` (the same definitions, see src/cli/bench.c), run from this script right after.
+One warm-up run of each test, then --reps repetitions, interleaved with mixatt's so that both engines see
+the same machine state; mixatt's come from `mixatt bench -r 1 --json` (same definitions, src/cli/bench.c;
+it does its own warm-up). Prints mean ± sd and the best repetition of each (on a shared machine the best is
+the cleaner estimate of the uncontended speed).
 
 Not part of CI. Usage:
   python3 scripts/bench_vs_llamacpp.py [--model FILE] [--threads 2] [--reps 5] [-p 512] [-n 128]
+                                       [--mixatt-flags=--exact] [--skip-llamacpp]
 """
 import argparse
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -89,35 +93,23 @@ class LlamaCpp:
         self.L.llama_model_free(self.model)
 
 
-def bench_llamacpp(args):
-    lc = LlamaCpp(args.model, args.threads, max(args.p + args.n, 16), max(args.p, 512))
-    out = {}
-    for name, fn, n in ((f"pp{args.p}", lc.pp, args.p), (f"tg{args.n}", lc.tg, args.n)):
-        if n <= 0:
-            continue
-        fn(n)  # warm-up
-        out[name] = mean_sd([fn(n) for _ in range(args.reps)])
-    lc.close()
-    return out
-
-
-def bench_mixatt(args):
-    cmd = [args.mixatt, "bench", "-m", args.model, "-t", str(args.threads), "-p", str(args.p), "-n", str(args.n),
-           "-r", str(args.reps), "--json"] + args.mixatt_args
+def mixatt_once(args, test, n):
+    """One repetition (after mixatt's own warm-up) of one test through `mixatt bench --json`."""
+    p, g = (n, 0) if test == "pp" else (0, n)
+    cmd = [args.mixatt, "bench", "-m", args.model, "-t", str(args.threads), "-p", str(p), "-n", str(g), "-r", "1",
+           "--json"] + shlex.split(args.mixatt_flags)
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    out = {}
     for line in res.stderr.splitlines():
         if line.startswith("{"):
-            j = json.loads(line)
-            out[j["test"]] = (j["tok_s"], j["sd"])
-    return out
+            return json.loads(line)["tok_s"]
+    raise RuntimeError(f"no JSON line from: {' '.join(cmd)}\n{res.stderr}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--mixatt", default=os.path.join(ROOT, "build/mixatt"))
-    ap.add_argument("--mixatt-args", nargs="*", default=[], help="extra flags for mixatt bench (e.g. --exact)")
+    ap.add_argument("--mixatt-flags", default="", help="extra flags for mixatt bench, e.g. --mixatt-flags=--exact")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("-p", type=int, default=512)
@@ -125,18 +117,38 @@ def main():
     ap.add_argument("--skip-llamacpp", action="store_true")
     args = ap.parse_args()
 
-    lc = {} if args.skip_llamacpp else bench_llamacpp(args)
-    mx = bench_mixatt(args)
-    print(f"model: {os.path.basename(args.model)}, threads: {args.threads}, reps: {args.reps} (after a warm-up)")
-    print(f"| {'test':6} | {'llama.cpp tok/s':>18} | {'mixatt tok/s':>18} | {'mixatt / llama.cpp':>18} |")
-    print(f"| {'-' * 6} | {'-' * 18}:| {'-' * 18}:| {'-' * 18}:|")
-    for test in mx:
-        m, msd = mx[test]
-        if test in lc:
-            l, lsd = lc[test]
-            print(f"| {test:6} | {l:9.1f} ± {lsd:6.1f} | {m:9.1f} ± {msd:6.1f} | {m / l:18.2f} |")
+    tests = [(t, n) for t, n in (("pp", args.p), ("tg", args.n)) if n > 0]
+    lc = None if args.skip_llamacpp else LlamaCpp(args.model, args.threads, max(args.p + args.n, 16),
+                                                   max(args.p, 512))
+    runs = {(eng, t): [] for eng in ("llama.cpp", "mixatt") for t, _ in tests}
+    if lc:
+        for t, n in tests:  # warm-up
+            getattr(lc, t)(n)
+    # Interleaved repetitions: both engines see the same machine state (other load, clocks).
+    for _ in range(args.reps):
+        for t, n in tests:
+            if lc:
+                runs[("llama.cpp", t)].append(getattr(lc, t)(n))
+            runs[("mixatt", t)].append(mixatt_once(args, t, n))
+    if lc:
+        lc.close()
+
+    print(f"model: {os.path.basename(args.model)}, threads: {args.threads}, {args.reps} interleaved reps "
+          f"(after a warm-up); mean ± sd, and the best rep")
+    print(f"| {'test':6} | {'llama.cpp tok/s':>16} | {'best':>6} | {'mixatt tok/s':>16} | {'best':>6} |"
+          f" {'ratio (mean)':>12} | {'ratio (best)':>12} |")
+    print(f"| {'-' * 6} | {'-' * 15}:| {'-' * 5}:| {'-' * 15}:| {'-' * 5}:| {'-' * 11}:| {'-' * 11}:|")
+    for t, n in tests:
+        name = f"{t}{n}"
+        m, msd = mean_sd(runs[("mixatt", t)])
+        mb = max(runs[("mixatt", t)])
+        if lc:
+            l, lsd = mean_sd(runs[("llama.cpp", t)])
+            lb = max(runs[("llama.cpp", t)])
+            print(f"| {name:6} | {l:7.1f} ± {lsd:5.1f} | {lb:6.1f} | {m:7.1f} ± {msd:5.1f} | {mb:6.1f} |"
+                  f" {m / l:12.2f} | {mb / lb:12.2f} |")
         else:
-            print(f"| {test:6} | {'-':>18} | {m:9.1f} ± {msd:6.1f} | {'-':>18} |")
+            print(f"| {name:6} | {'-':>16} | {'-':>6} | {m:7.1f} ± {msd:5.1f} | {mb:6.1f} | {'-':>12} | {'-':>12} |")
     return 0
 
 

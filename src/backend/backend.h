@@ -22,6 +22,8 @@ typedef struct {
     const void *data;
     size_t nbytes;
     void *dev;       /* backend's own copy (NULL for the CPU backend) */
+    bool exact;      /* always multiply with fp32 activations (the output head: 8-bit rounding there flips
+                        near-tied tokens), even where the backend would quantize activations */
 } mx_tensor;
 
 typedef enum { MX_ROPE_ADJACENT, MX_ROPE_HALF } mx_rope_mode;

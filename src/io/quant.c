@@ -259,6 +259,10 @@ void mx_dequant_row(uint32_t type, const void *src, float *dst, int64_t n) {
     deq_scalar(type, src, dst, n);
 }
 
+void mx_dequant_row_scalar(uint32_t type, const void *src, float *dst, int64_t n) {
+    deq_scalar(type, src, dst, n);
+}
+
 /* ---- activation quantization ---- */
 
 uint32_t mx_quant_act_type(uint32_t type) {
@@ -558,4 +562,66 @@ void mx_quant_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_row
     for (int t = 0; t < n_tok; t++)
         mx_quant_dot_rows(type, w, w_stride, n_rows, (const char *)x + (size_t)t * x_stride, n,
                           y + t * y_stride);
+}
+
+/* ---- fp32 activations: exact GEMV and the prefill GEMM ---- */
+
+void mx_quant_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x,
+                           int64_t n, float *out) {
+    if (mx_x86_dot_rows_f32(type, w, w_stride, n_rows, x, n, out)) return;
+    const int64_t chunk = QK_K; /* a multiple of every block size */
+    float buf[QK_K];
+    size_t chunk_bytes = mx_dtype_row_bytes(type, chunk);
+    for (int r = 0; r < n_rows; r++) {
+        const char *row = (const char *)w + (size_t)r * w_stride;
+        float s = 0.0f;
+        for (int64_t i = 0; i < n; i += chunk) {
+            int64_t len = n - i < chunk ? n - i : chunk;
+            deq_scalar(type, row + chunk_bytes * (size_t)(i / chunk), buf, len);
+#pragma omp simd reduction(+ : s)
+            for (int64_t k = 0; k < len; k++) s += buf[k] * x[i + k];
+        }
+        out[r] = s;
+    }
+}
+
+size_t mx_gemm_packed_floats(int n_tok, int64_t n) {
+    size_t groups = (size_t)(n_tok + MX_GEMM_TOK - 1) / MX_GEMM_TOK;
+    return groups * (size_t)n * MX_GEMM_TOK;
+}
+
+void mx_gemm_pack(const float *x, int n_tok, int64_t n, float *xp, int g0, int g1) {
+    for (int g = g0; g < g1; g++) {
+        float *dst = xp + (size_t)g * (size_t)n * MX_GEMM_TOK;
+        const float *src[MX_GEMM_TOK];
+        int nt = n_tok - g * MX_GEMM_TOK < MX_GEMM_TOK ? n_tok - g * MX_GEMM_TOK : MX_GEMM_TOK;
+        for (int j = 0; j < nt; j++) src[j] = x + (size_t)(g * MX_GEMM_TOK + j) * (size_t)n;
+        /* k-major: contiguous writes; the nt source rows are read in step, each cache line reused over k */
+        for (int64_t k = 0; k < n; k++, dst += MX_GEMM_TOK) {
+            for (int j = 0; j < nt; j++) dst[j] = src[j][k];
+            for (int j = nt; j < MX_GEMM_TOK; j++) dst[j] = 0.0f;
+        }
+    }
+}
+
+void mx_gemm_packed_scalar(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                           size_t y_stride) {
+    for (int t = 0; t < n_tok; t++) {
+        const float *xg = xp + (size_t)(t / MX_GEMM_TOK) * (size_t)n * MX_GEMM_TOK + t % MX_GEMM_TOK;
+        for (int r = 0; r < n_rows; r++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < n; k++) s += w[(size_t)r * (size_t)n + k] * xg[k * MX_GEMM_TOK];
+            y[(size_t)t * y_stride + r] = s;
+        }
+    }
+}
+
+bool mx_gemm_packed_is_simd(void) {
+    return mx_x86_has_gemm_packed();
+}
+
+void mx_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                    size_t y_stride) {
+    if (mx_x86_gemm_packed(w, n_rows, n, xp, n_tok, y, y_stride)) return;
+    mx_gemm_packed_scalar(w, n_rows, n, xp, n_tok, y, y_stride);
 }

@@ -82,6 +82,11 @@ bool mx_x86_dot_rows(uint32_t type, const void *w, size_t w_stride, int n_rows, 
                      float *out);
 bool mx_x86_gemm_tile(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x,
                       size_t x_stride, int n_tok, int64_t n, float *y, size_t y_stride);
+bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
+                         float *out);
+bool mx_x86_has_gemm_packed(void);
+bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                        size_t y_stride);
 bool mx_x86_quant_act(uint32_t act_type, const float *x, void *dst, int64_t n);
 bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 

@@ -9,8 +9,14 @@
  * it is emulated with maddubs (int16 pair sums, which saturate above 32767: callers keep u*s pairs below
  * that, i.e. unsigned values <= 128) + madd. Signed weights (Q4_0 q-8, Q5_0 q-16, Q8_0) are handled by
  * starting the int32 accumulator at -offset * sum(x), computed once per activation block and reused across
- * rows. */
+ * rows.
+ *
+ * With AVX512 (F/BW/VL, + VNNI): single-token Q4_1/Q8_0 GEMVs with two blocks per 512-bit register, and the
+ * exact fp32 paths: dequantization of Q4_0/Q4_1/Q8_0 (bit-identical to quant.c), fp32-activation GEMVs with
+ * weights dequantized in registers, and the packed fp32 GEMM kernel of prefill. */
 #include "quant_impl.h"
+
+#include "quant.h"
 
 #include <string.h>
 
@@ -404,6 +410,139 @@ INLINE float dot_float(uint32_t type, const void *w, const float *x, int64_t n) 
     return s;
 }
 
+/* ---- 512-bit single-token kernels (AVX512-VNNI): two blocks per register ----
+ * Q4_1 x Q8_1 and Q8_0 x Q8_0 for decode GEMVs: each 512-bit dpbusd covers blocks i and i+1. The activation
+ * side of a block pair (bytes in the weights' lane order, per-lane scales, Q8_0's offset base) is built once
+ * and shared by PAIR_R rows. An odd last block is paired with zeros. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PAIR_R 4 /* rows per pass */
+
+typedef struct {
+    __m512i q;    /* activation bytes of the pair, in the weights' lane order */
+    __m512 dx;    /* per-lane activation scale */
+    __m512i base; /* Q8_0: -128 * (sum of the lane's 4 activation bytes); Q4_1: unused */
+    __m128 s;     /* Q4_1: [0, s_i, 0, s_i+1] (the Q8_1 sums) */
+} xpair;
+
+INLINE __m256i load32_or_zero(const void *p, int valid) {
+    return valid ? _mm256_loadu_si256((const __m256i *)p) : _mm256_setzero_si256();
+}
+INLINE __m128i load16_or_zero(const void *p, int valid) {
+    return valid ? _mm_loadu_si128((const __m128i *)p) : _mm_setzero_si128();
+}
+INLINE uint32_t load_u32_or_zero(const void *p, int valid) {
+    uint32_t u = 0;
+    if (valid) memcpy(&u, p, 4);
+    return u;
+}
+INLINE uint16_t load_u16_or_zero(const void *p, int valid) {
+    uint16_t u = 0;
+    if (valid) memcpy(&u, p, 2);
+    return u;
+}
+
+/* Q4_1 lane order (128-bit lanes): [lo nibbles of i, lo of i+1, hi of i, hi of i+1]; int32 lanes 0-3 and
+ * 8-11 belong to block i, 4-7 and 12-15 to block i+1. */
+INLINE xpair xpair_q8_1(const blk_q8_1 *x, int two) {
+    xpair p;
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[0].qs)),
+                                   load32_or_zero(x[1].qs, two), 1);
+    p.q = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));
+    __m128 ds = _mm_cvtph_ps(
+        _mm_setr_epi32((int)load_u32_or_zero(&x[0].d, 1), (int)load_u32_or_zero(&x[1].d, two), 0, 0));
+    /* ds = [d_i, s_i, d_i+1, s_i+1] */
+    p.dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2),
+                                 _mm512_castps128_ps512(ds));
+    p.s = _mm_and_ps(ds, _mm_castsi128_ps(_mm_setr_epi32(0, -1, 0, -1)));
+    p.base = _mm512_setzero_si512();
+    return p;
+}
+
+INLINE void pair_q4_1(const blk_q4_1 *w, int two, const xpair *p, __m512 *acc, __m128 *accm) {
+    __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)w[0].qs)),
+                                        load16_or_zero(w[1].qs, two), 1);
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(t), _mm256_srli_epi16(t, 4), 1);
+    q = _mm512_and_si512(q, _mm512_set1_epi8(0x0F));
+    __m128 dm = _mm_cvtph_ps(
+        _mm_setr_epi32((int)load_u32_or_zero(&w[0].d, 1), (int)load_u32_or_zero(&w[1].d, two), 0, 0));
+    /* dm = [d_i, m_i, d_i+1, m_i+1] */
+    __m512 dw = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2),
+                                      _mm512_castps128_ps512(dm));
+    __m512i is = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, p->q);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, p->dx), *acc);
+    *accm = _mm_fmadd_ps(dm, p->s, *accm);
+}
+
+/* Q8_0: natural lane order, int32 lanes 0-7 block i, 8-15 block i+1; weights made unsigned (q + 128). */
+INLINE xpair xpair_q8_0(const blk_q8_0 *x, int two) {
+    xpair p;
+    p.q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[0].qs)),
+                             load32_or_zero(x[1].qs, two), 1);
+    __m128 d =
+        _mm_cvtph_ps(_mm_setr_epi16((short)x[0].d, (short)load_u16_or_zero(&x[1].d, two), 0, 0, 0, 0, 0, 0));
+    p.dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(d));
+    p.base = _mm512_sub_epi32(_mm512_setzero_si512(),
+                              _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), p.q));
+    p.s = _mm_setzero_ps();
+    return p;
+}
+
+INLINE void pair_q8_0(const blk_q8_0 *w, int two, const xpair *p, __m512 *acc) {
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[0].qs)),
+                                   load32_or_zero(w[1].qs, two), 1);
+    q = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80));
+    __m128 d =
+        _mm_cvtph_ps(_mm_setr_epi16((short)w[0].d, (short)load_u16_or_zero(&w[1].d, two), 0, 0, 0, 0, 0, 0));
+    __m512 dw = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                      _mm512_castps128_ps512(d));
+    __m512i is = _mm512_dpbusd_epi32(p->base, q, p->q);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, p->dx), *acc);
+}
+
+/* R rows (compile-time) x one token; q4_1 selects the type. */
+INLINE void rows_pairs(int q4_1, const uint8_t *w, size_t ws, const void *x, int64_t nb, float *out,
+                       const int R) {
+    __m512 acc[PAIR_R];
+    __m128 accm[PAIR_R];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), accm[r] = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i += 2) {
+        int two = i + 1 < nb;
+        xpair p = q4_1 ? xpair_q8_1((const blk_q8_1 *)x + i, two) : xpair_q8_0((const blk_q8_0 *)x + i, two);
+        for (int r = 0; r < R; r++) {
+            if (q4_1)
+                pair_q4_1((const blk_q4_1 *)(w + r * ws) + i, two, &p, &acc[r], &accm[r]);
+            else
+                pair_q8_0((const blk_q8_0 *)(w + r * ws) + i, two, &p, &acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r])); /* lane 1: m_i s_i + m_i+1 s_i+1 */
+        out[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(m));
+    }
+}
+
+#define DEF_PAIRS(NAME, Q41)                                                                                 \
+    static void NAME(const uint8_t *w, size_t ws, int n_rows, const void *x, int64_t nb, float *out) {       \
+        int r = 0;                                                                                           \
+        for (; r + PAIR_R <= n_rows; r += PAIR_R) rows_pairs(Q41, w + r * ws, ws, x, nb, out + r, PAIR_R);   \
+        for (; r < n_rows; r++) rows_pairs(Q41, w + r * ws, ws, x, nb, out + r, 1);                          \
+    }
+DEF_PAIRS(pairs_q4_1, 1)
+DEF_PAIRS(pairs_q8_0, 0)
+
+/* The pair kernel for a type, or NULL. */
+typedef void (*pairs_fn)(const uint8_t *w, size_t ws, int n_rows, const void *x, int64_t nb, float *out);
+static pairs_fn pairs_for(uint32_t type) {
+    return type == MX_Q4_1 ? pairs_q4_1 : type == MX_Q8_0 ? pairs_q8_0 : NULL;
+}
+#else
+typedef void (*pairs_fn)(const uint8_t *w, size_t ws, int n_rows, const void *x, int64_t nb, float *out);
+static pairs_fn pairs_for(uint32_t type) {
+    return NULL;
+}
+#endif
+
 /* ---- entry points ---- */
 
 bool mx_x86_dot(uint32_t type, const void *w, const void *x, int64_t n, float *out) {
@@ -420,7 +559,10 @@ bool mx_x86_dot(uint32_t type, const void *w, const void *x, int64_t n, float *o
     case MX_Q4_0:
     case MX_Q4_1:
     case MX_Q8_0:
-        tile_fns(type)[0](w, 0, x, 0, n / QK, out, 0);
+        if (pairs_for(type))
+            pairs_for(type)(w, 0, 1, x, n / QK, out);
+        else
+            tile_fns(type)[0](w, 0, x, 0, n / QK, out, 0);
         return true;
     case MX_Q5_0:
         *out = dot_q5_0(w, x, n / QK);
@@ -447,6 +589,10 @@ bool mx_x86_dot(uint32_t type, const void *w, const void *x, int64_t n, float *o
 
 bool mx_x86_dot_rows(uint32_t type, const void *w, size_t w_stride, int n_rows, const void *x, int64_t n,
                      float *out) {
+    if (pairs_for(type)) {
+        pairs_for(type)(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    }
     const tile_fn *fns = tile_fns(type);
     if (fns) {
         run_tiles(fns, w, w_stride, n_rows, x, 0, 1, n / QK, out, 0);
@@ -556,11 +702,223 @@ bool mx_x86_quant_act(uint32_t act_type, const float *x, void *dst, int64_t n) {
     return false;
 }
 
+/* ---- AVX512: the exact fp32 paths (dequantization, fp32-activation GEMV, the prefill GEMM kernel) ---- */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+
+static bool f32_type(uint32_t type) {
+    return type == MX_Q4_0 || type == MX_Q4_1 || type == MX_Q8_0;
+}
+
+static size_t blk_bytes(uint32_t type) {
+    return type == MX_Q4_1 ? sizeof(blk_q4_1) : type == MX_Q4_0 ? sizeof(blk_q4_0) : sizeof(blk_q8_0);
+}
+
+/* fp16 at p (the block scale d at offset 0 of all three types; Q4_1's min m at offset 2) -> float. */
+INLINE float half_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* One block of Q4_0/Q4_1/Q8_0 -> its unscaled values as floats: elements 0..15 in *lo, 16..31 in *hi
+ * (q for Q4_1 and Q8_0, q - 8 for Q4_0). */
+INLINE void blk_vals(uint32_t type, const uint8_t *blk, __m512 *lo, __m512 *hi) {
+    if (type == MX_Q8_0) {
+        const int8_t *qs = ((const blk_q8_0 *)blk)->qs;
+        *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
+        *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
+        return;
+    }
+    const uint8_t *qs = type == MX_Q4_1 ? ((const blk_q4_1 *)blk)->qs : ((const blk_q4_0 *)blk)->qs;
+    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i l = _mm512_and_si512(b, _mm512_set1_epi32(0xF)), h = _mm512_srli_epi32(b, 4);
+    if (type == MX_Q4_0) {
+        l = _mm512_sub_epi32(l, _mm512_set1_epi32(8));
+        h = _mm512_sub_epi32(h, _mm512_set1_epi32(8));
+    }
+    *lo = _mm512_cvtepi32_ps(l);
+    *hi = _mm512_cvtepi32_ps(h);
+}
+
+/* Bit-identical to quant.c's scalar dequantization: d * q (+ m), a multiply then an add, no FMA. */
+INLINE void dequant_f32(uint32_t type, const uint8_t *src, float *dst, int64_t nb) {
+    const size_t bb = blk_bytes(type);
+    for (int64_t i = 0; i < nb; i++, src += bb, dst += QK) {
+        __m512 lo, hi, d = _mm512_set1_ps(half_at(src));
+        blk_vals(type, src, &lo, &hi);
+        lo = _mm512_mul_ps(d, lo);
+        hi = _mm512_mul_ps(d, hi);
+        if (type == MX_Q4_1) {
+            __m512 m = _mm512_set1_ps(half_at(src + 2));
+            lo = _mm512_add_ps(lo, m);
+            hi = _mm512_add_ps(hi, m);
+        }
+        _mm512_storeu_ps(dst, lo);
+        _mm512_storeu_ps(dst + 16, hi);
+    }
+}
+
+/* R rows (a compile-time constant at each call) x fp32 x: out[r] = Σ_blocks d (Σ q x) + m Σ x. */
+#define GEMV_R 4
+INLINE void gemv_f32(uint32_t type, const uint8_t *w, size_t ws, const float *x, int64_t nb, float *out,
+                     const int R) {
+    const size_t bb = blk_bytes(type);
+    __m512 acc[GEMV_R], accm[GEMV_R];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), accm[r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m512 x0 = _mm512_loadu_ps(x + QK * i), x1 = _mm512_loadu_ps(x + QK * i + 16);
+        __m512 xs = _mm512_add_ps(x0, x1);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *b = w + r * ws + (size_t)i * bb;
+            __m512 lo, hi;
+            blk_vals(type, b, &lo, &hi);
+            __m512 t = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(half_at(b)), t, acc[r]);
+            if (type == MX_Q4_1) accm[r] = _mm512_fmadd_ps(_mm512_set1_ps(half_at(b + 2)), xs, accm[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], accm[r]));
+}
+
+#define DEF_GEMV(NAME, TYPE)                                                                                 \
+    static void NAME(const uint8_t *w, size_t ws, int n_rows, const float *x, int64_t nb, float *out) {      \
+        int r = 0;                                                                                           \
+        for (; r + GEMV_R <= n_rows; r += GEMV_R) gemv_f32(TYPE, w + r * ws, ws, x, nb, out + r, GEMV_R);    \
+        for (; r < n_rows; r++) gemv_f32(TYPE, w + r * ws, ws, x, nb, out + r, 1);                           \
+    }
+DEF_GEMV(gemv_q4_0, MX_Q4_0)
+DEF_GEMV(gemv_q4_1, MX_Q4_1)
+DEF_GEMV(gemv_q8_0, MX_Q8_0)
+
+bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
+                         float *out) {
+    switch (type) {
+    case MX_Q4_0:
+        gemv_q4_0(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    case MX_Q4_1:
+        gemv_q4_1(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    case MX_Q8_0:
+        gemv_q8_0(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The prefill kernel: R rows (<= GEMM_R) x MX_GEMM_TOK tokens of one packed group, accumulators in registers
+ * (GEMM_R x 4 zmm); per k, 4 loads of packed tokens and R broadcasts of weights feed 4R FMAs. The sum over k
+ * runs in chunks of GEMM_KC added into a partial-sum tile (short fp32 chains: the same accuracy as the decode
+ * GEMV's lane sums, so prefill and decode agree to ~1e-6). Results are scattered to y[t * ys + r] for the
+ * group's nt valid tokens. */
+#define GEMM_R  6
+#define GEMM_V  (MX_GEMM_TOK / 16)
+#define GEMM_KC 64
+INLINE void gemm_group(const float *w, int64_t n, const float *xp, int nt, float *y, size_t ys, const int R) {
+    __m512 part[GEMM_R][GEMM_V];
+    const float *wr[GEMM_R];
+    for (int r = 0; r < R; r++) {
+        wr[r] = w + (size_t)r * (size_t)n;
+        for (int j = 0; j < GEMM_V; j++) part[r][j] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < n; k0 += GEMM_KC) {
+        int64_t k1 = n - k0 < GEMM_KC ? n : k0 + GEMM_KC;
+        __m512 acc[GEMM_R][GEMM_V];
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < GEMM_V; j++) acc[r][j] = _mm512_setzero_ps();
+        for (int64_t k = k0; k < k1; k++) {
+            const float *xk = xp + k * MX_GEMM_TOK;
+            __m512 xv[GEMM_V];
+            for (int j = 0; j < GEMM_V; j++) xv[j] = _mm512_load_ps(xk + 16 * j);
+            for (int r = 0; r < R; r++) {
+                __m512 b = _mm512_set1_ps(wr[r][k]);
+                for (int j = 0; j < GEMM_V; j++) acc[r][j] = _mm512_fmadd_ps(b, xv[j], acc[r][j]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < GEMM_V; j++) part[r][j] = _mm512_add_ps(part[r][j], acc[r][j]);
+    }
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)ys));
+    for (int j = 0; j < GEMM_V && 16 * j < nt; j++) {
+        int left = nt - 16 * j;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        for (int r = 0; r < R; r++)
+            _mm512_mask_i32scatter_ps(y + (size_t)16 * j * ys + r, m, idx, part[r][j], 4);
+    }
+}
+
+typedef void (*gemm_fn)(const float *w, int64_t n, const float *xp, int nt, float *y, size_t ys);
+#define DEF_GEMM(R)                                                                                          \
+    static void gemm_r##R(const float *w, int64_t n, const float *xp, int nt, float *y, size_t ys) {         \
+        gemm_group(w, n, xp, nt, y, ys, R);                                                                  \
+    }
+DEF_GEMM(1)
+DEF_GEMM(2)
+DEF_GEMM(3)
+DEF_GEMM(4)
+DEF_GEMM(5)
+DEF_GEMM(6)
+static const gemm_fn gemm_fns[GEMM_R + 1] = {NULL, gemm_r1, gemm_r2, gemm_r3, gemm_r4, gemm_r5, gemm_r6};
+
+bool mx_x86_has_gemm_packed(void) {
+    return true;
+}
+
+bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                        size_t y_stride) {
+    if ((uintptr_t)xp % 64) return false;
+    for (int g = 0; g * MX_GEMM_TOK < n_tok; g++) {
+        const float *xg = xp + (size_t)g * (size_t)n * MX_GEMM_TOK;
+        int nt = n_tok - g * MX_GEMM_TOK < MX_GEMM_TOK ? n_tok - g * MX_GEMM_TOK : MX_GEMM_TOK;
+        float *yg = y + (size_t)g * MX_GEMM_TOK * y_stride;
+        for (int r = 0; r < n_rows; r += GEMM_R) {
+            int nr = n_rows - r < GEMM_R ? n_rows - r : GEMM_R;
+            gemm_fns[nr](w + (size_t)r * (size_t)n, n, xg, nt, yg + r, y_stride);
+        }
+    }
+    return true;
+}
+
+bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
+    if (!f32_type(type)) return false;
+    dequant_f32(type, src, dst, n / QK);
+    return true;
+}
+
+#else /* AVX2 without AVX512: quant.c's scalar code */
+
+bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
+                         float *out) {
+    return false;
+}
+bool mx_x86_has_gemm_packed(void) {
+    return false;
+}
+bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                        size_t y_stride) {
+    return false;
+}
 bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
     return false;
 }
 
+#endif
+
 #else /* no AVX2: the scalar code in quant.c does everything */
+
+bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
+                         float *out) {
+    return false;
+}
+bool mx_x86_has_gemm_packed(void) {
+    return false;
+}
+bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                        size_t y_stride) {
+    return false;
+}
 
 bool mx_x86_dot(uint32_t type, const void *w, const void *x, int64_t n, float *out) {
     return false;

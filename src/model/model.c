@@ -148,6 +148,7 @@ static int bind_weights(mx_model *m, mx_err *err) {
         m->w.output = m->w.tok_embd;
     else if (bind(&b, "output.weight", 2, c->d_model, c->vocab, 0, true, &m->w.output))
         return err->code;
+    m->w.output.exact = true; /* logits decide the token: no 8-bit activations there */
     m->w.layers = calloc((size_t)c->n_layer, sizeof *m->w.layers);
     if (!m->w.layers) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     for (int l = 0; l < c->n_layer; l++)
@@ -341,7 +342,7 @@ int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
         if (!err->code) mx_err_set(err, MX_ERR_NOMEM, "cannot place the weights on %s", be->name);
         return err->code;
     }
-    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
+    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd, m->w.output.exact = true;
     if (measure && strcmp(be->name, "cpu") != 0 && be->mem_info(be, &free1, &total) == 0 && free0 > free1)
         be->placed_bytes = free0 - free1;
     return MX_OK;
@@ -349,5 +350,5 @@ int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
 
 void mx_model_unplace(mx_model *m, mx_backend *be) {
     for_each_weight(m, release_one, be);
-    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd;
+    if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd, m->w.output.exact = true;
 }
