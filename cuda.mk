@@ -21,7 +21,8 @@ CUDA_INC   := -I$(CUDA_HOME)/include
 
 build/obj/%.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	@$(if $(V),,echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 -include $(CU_OBJ:.o=.d)
 

@@ -1,6 +1,7 @@
 /* bench_cuda.c: the CUDA backend's figures, each beside its ceiling measured here (device copy bandwidth) and
  * the peer's figure measured by bench/cuda/peer.py in the same `make bench-cuda` run.
- *   - SmolLM2 (default model) decode tok/s at batch 1 (token by token through mx_session_eval, logits to host)
+ *   - SmolLM2 (default model) decode tok/s at batch 1 (token by token through mx_session_eval, logits to
+ * host)
  *   - prefill tok/s of 4096 tokens (one mx_session_eval; the session runs it in ubatches of 512)
  *   - prefill attention TFLOP/s (bf16 K/V, causal, S 16384, D 128 x 16 heads and D 64 x 32 heads)
  *   - decode attention TB/s of K+V read (1 query, GQA 32/8 heads, D 128, KV 32768 and 131072)
@@ -26,7 +27,8 @@ void mx_backend_cuda_destroy(mx_backend *be);
     do {                                                                                                     \
         cudaError_t e_ = (call);                                                                             \
         if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__,                       \
+                    cudaGetErrorString(e_));                                                                 \
             exit(2);                                                                                         \
         }                                                                                                    \
     } while (0)
@@ -103,14 +105,27 @@ static double bench_attention(int T, int H, int G, int D, int S, int q_pos0, int
     CK(cudaMemcpy(dv, vb, nkv * 2, cudaMemcpyHostToDevice));
     CK(cudaMemset(dout, 0xFF, sizeof(float) * no));
     CK(cudaDeviceSynchronize());
-    mx_attn_spec sp = {.n_q = T, .n_head = H, .n_kv_head = G, .head_dim = D, .v_dim = D, .q_pos0 = q_pos0,
-                       .n_slots = S, .window = 0, .causal = true, .kv_lo = 0, .kv_hi = q_pos0 + T - 1,
-                       .scale = 1.0f / sqrtf((float)D), .q_stride = (size_t)H * D, .k_stride = (size_t)G * D,
-                       .v_stride = (size_t)G * D, .o_stride = (size_t)H * D};
+    mx_attn_spec sp = {.n_q = T,
+                       .n_head = H,
+                       .n_kv_head = G,
+                       .head_dim = D,
+                       .v_dim = D,
+                       .q_pos0 = q_pos0,
+                       .n_slots = S,
+                       .window = 0,
+                       .causal = true,
+                       .kv_lo = 0,
+                       .kv_hi = q_pos0 + T - 1,
+                       .scale = 1.0f / sqrtf((float)D),
+                       .q_stride = (size_t)H * D,
+                       .k_stride = (size_t)G * D,
+                       .v_stride = (size_t)G * D,
+                       .o_stride = (size_t)H * D};
     gpu->attention(gpu, &sp, dq, dk, dv, dout, NULL);
     gpu->sync(gpu);
     /* check: the last query row and one early row, all heads, against the CPU on fp32 copies of K/V */
-    float *kf = malloc(sizeof(float) * nkv), *vf = malloc(sizeof(float) * nkv), *got = malloc(sizeof(float) * no);
+    float *kf = malloc(sizeof(float) * nkv), *vf = malloc(sizeof(float) * nkv),
+          *got = malloc(sizeof(float) * no);
     for (size_t i = 0; i < nkv; i++) kf[i] = mx_bf16_to_f32(kb[i]), vf[i] = mx_bf16_to_f32(vb[i]);
     CK(cudaMemcpy(got, dout, sizeof(float) * no, cudaMemcpyDeviceToHost));
     double num = 0, den = 0;
@@ -186,7 +201,8 @@ int main(int argc, char **argv) {
     mx_session_free(s);
     double pp_tps = median(tp, 5), tg_tps = median(td, 5);
     double wbytes = (double)mx_model_decode_bytes(m);
-    printf("SmolLM2-135M (%s) decode batch 1: %.0f tok/s (%.1f us/token; weights read %.1f MiB/token = %.2f TB/s "
+    printf("SmolLM2-135M (%s) decode batch 1: %.0f tok/s (%.1f us/token; weights read %.1f MiB/token = %.2f "
+           "TB/s "
            "if from DRAM)\n",
            m->cfg.name, tg_tps, 1e6 / tg_tps, wbytes / 1048576.0, wbytes * tg_tps / 1e12);
     printf("SmolLM2-135M prefill %d tokens: %.0f tok/s (%.1f ms)\n\n", PP, pp_tps, PP / pp_tps * 1e3);
@@ -197,21 +213,24 @@ int main(int argc, char **argv) {
     free(toks);
 
 kernels:; /* ---- attention kernels ---- */
-    struct { int H, D; } pf[2] = {{16, 128}, {32, 64}};
+    struct {
+        int H, D;
+    } pf[2] = {{16, 128}, {32, 64}};
     int S = 16384;
     for (int i = 0; i < 2; i++) {
         double e, t = bench_attention(S, pf[i].H, pf[i].H, pf[i].D, S, 0, 10, &e);
         double flops = 4.0 * pf[i].H * (double)S * S * pf[i].D / 2;
-        printf("prefill attention bf16 causal S %d H %d D %d: %.3f ms = %.1f TFLOP/s (check rel err %.1e)\n", S,
-               pf[i].H, pf[i].D, t * 1e3, flops / t / 1e12, e);
+        printf("prefill attention bf16 causal S %d H %d D %d: %.3f ms = %.1f TFLOP/s (check rel err %.1e)\n",
+               S, pf[i].H, pf[i].D, t * 1e3, flops / t / 1e12, e);
     }
     int kvs[2] = {32768, 131072};
     for (int i = 0; i < 2; i++) {
         double e, t = bench_attention(1, 32, 8, 128, kvs[i], kvs[i] - 1, 50, &e);
         double bytes = 2.0 * kvs[i] * 8 * 128 * 2;
-        printf("decode attention 1 query GQA 32/8 D 128 KV %d: %.1f us = %.2f TB/s of K+V (%.0f%% of copy bw; "
-               "check rel err %.1e)\n",
-               kvs[i], t * 1e6, bytes / t / 1e12, 100.0 * bytes / t / bw, e);
+        printf(
+            "decode attention 1 query GQA 32/8 D 128 KV %d: %.1f us = %.2f TB/s of K+V (%.0f%% of copy bw; "
+            "check rel err %.1e)\n",
+            kvs[i], t * 1e6, bytes / t / 1e12, 100.0 * bytes / t / bw, e);
     }
     mx_backend_destroy(cpu);
     mx_backend_cuda_destroy(gpu);

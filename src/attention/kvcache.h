@@ -18,7 +18,8 @@ typedef struct {
     /* MLA: k holds the latent [c_kv (normed) ; k_rope] (kv_rank + rope_dim per slot) and v == k (the values
      * are the first kv_rank elements of each latent row). */
     /* MKA: k, v hold pass 1 (keys/values of L1 = x), k2, v2 pass 2 (of L2 = the running mean); MKA and
-     * FastMKA: sums holds the fp32 prefix sums of the layer inputs, [n_slots, C] (see docs/attention.md, "MKA and FastMKA").
+     * FastMKA: sums holds the fp32 prefix sums of the layer inputs, [n_slots, C] (see docs/attention.md, "MKA
+     * and FastMKA").
      */
     void *k2, *v2;
     float *sums;

@@ -14,10 +14,21 @@ mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, i
     const mx_kv_layer *kv = &s->kv.layers[l];
     int last = s->pos + T - 1, oldest = last - kv->n_slots + 1;
     return (mx_attn_spec){
-        .n_q = T, .n_head = c->n_head, .n_kv_head = n_kv_head, .head_dim = head_dim, .v_dim = v_dim,
-        .q_pos0 = s->pos, .n_slots = kv->n_slots, .window = c->plan[l].window, .causal = true,
-        .kv_lo = oldest > 0 ? oldest : 0, .kv_hi = last, .scale = 1.0f / sqrtf((float)head_dim),
-        .q_stride = (size_t)c->n_head * head_dim, .k_stride = kv->k_row, .v_stride = kv->v_row,
+        .n_q = T,
+        .n_head = c->n_head,
+        .n_kv_head = n_kv_head,
+        .head_dim = head_dim,
+        .v_dim = v_dim,
+        .q_pos0 = s->pos,
+        .n_slots = kv->n_slots,
+        .window = c->plan[l].window,
+        .causal = true,
+        .kv_lo = oldest > 0 ? oldest : 0,
+        .kv_hi = last,
+        .scale = 1.0f / sqrtf((float)head_dim),
+        .q_stride = (size_t)c->n_head * head_dim,
+        .k_stride = kv->k_row,
+        .v_stride = kv->v_row,
         .o_stride = (size_t)c->n_head * v_dim,
     };
 }

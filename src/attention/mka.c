@@ -1,11 +1,10 @@
-/* mka.c: MKA and FastMKA attention for one layer (docs/attention.md, "MKA and FastMKA"), causal, through the op contract.
- *   r = softmax(W2 · tanh(W1 · x + b1) + b2)          (T, 3), x = s->h the normed layer input (T, C)
- *   L1 = x;  L2(t) = mean(x_0..x_t) (prefix sums carried in the cache);  L3 = 0 (K/V = the biases)
- *   q = RoPE(Wq · x + bq)                               (T, H*D)
- * MKA:     K_i/V_i from L_i (L1 and L2 cached: k, v and k2, v2), o_i = attn(q, K_i, V_i), o_3 = bv;
- *          h = Wo · Σ_i r_i o_i + bo
- * FastMKA: mem = r_1 x + r_2 L2; K/V from mem (cached); h = Wo · attn(q, K, V) + bo
- * Layers reading another layer's cache compute neither K/V nor prefix sums. */
+/* mka.c: MKA and FastMKA attention for one layer (docs/attention.md, "MKA and FastMKA"), causal, through the
+ * op contract. r = softmax(W2 · tanh(W1 · x + b1) + b2)          (T, 3), x = s->h the normed layer input (T,
+ * C) L1 = x;  L2(t) = mean(x_0..x_t) (prefix sums carried in the cache);  L3 = 0 (K/V = the biases) q =
+ * RoPE(Wq · x + bq)                               (T, H*D) MKA:     K_i/V_i from L_i (L1 and L2 cached: k, v
+ * and k2, v2), o_i = attn(q, K_i, V_i), o_3 = bv; h = Wo · Σ_i r_i o_i + bo FastMKA: mem = r_1 x + r_2 L2;
+ * K/V from mem (cached); h = Wo · attn(q, K, V) + bo Layers reading another layer's cache compute neither K/V
+ * nor prefix sums. */
 #include "../model/session.h"
 
 mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);

@@ -16,14 +16,14 @@
 /* A weight tensor: its file type and shape, data where the loader placed it (mmap for the CPU). */
 typedef struct {
     const char *name;
-    uint32_t type;   /* mx_dtype */
+    uint32_t type; /* mx_dtype */
     int n_dims;
-    int64_t ne[4];   /* ne[0] contiguous: a matrix of n_out rows is ne = {n_in, n_out} */
+    int64_t ne[4]; /* ne[0] contiguous: a matrix of n_out rows is ne = {n_in, n_out} */
     const void *data;
     size_t nbytes;
-    void *dev;       /* backend's own copy (NULL for the CPU backend) */
-    bool exact;      /* always multiply with fp32 activations (the output head: 8-bit rounding there flips
-                        near-tied tokens), even where the backend would quantize activations */
+    void *dev;  /* backend's own copy (NULL for the CPU backend) */
+    bool exact; /* always multiply with fp32 activations (the output head: 8-bit rounding there flips
+                   near-tied tokens), even where the backend would quantize activations */
 } mx_tensor;
 
 typedef enum { MX_ROPE_ADJACENT, MX_ROPE_HALF } mx_rope_mode;
@@ -35,15 +35,15 @@ typedef enum { MX_ROPE_ADJACENT, MX_ROPE_HALF } mx_rope_mode;
  * store of S slots where the key of absolute position p lives in slot p % S (full caches have S >= context,
  * so slot == position; window layers use a ring). */
 typedef struct {
-    int n_q;          /* T */
-    int n_head;       /* H query heads */
-    int n_kv_head;    /* G KV heads; query head h reads KV head h / (H / G) (broadcast, never copied) */
-    int head_dim;     /* D of q and k */
-    int v_dim;        /* D of v and of the output per head */
-    int q_pos0;       /* absolute position of query row 0 */
-    int n_slots;      /* S */
-    int window;       /* 0: all keys at positions <= the query's; W > 0: the last W positions, including own */
-    bool causal;      /* false: every position in [kv_lo, kv_hi] regardless of the query (Star phase 2) */
+    int n_q;       /* T */
+    int n_head;    /* H query heads */
+    int n_kv_head; /* G KV heads; query head h reads KV head h / (H / G) (broadcast, never copied) */
+    int head_dim;  /* D of q and k */
+    int v_dim;     /* D of v and of the output per head */
+    int q_pos0;    /* absolute position of query row 0 */
+    int n_slots;   /* S */
+    int window;    /* 0: all keys at positions <= the query's; W > 0: the last W positions, including own */
+    bool causal;   /* false: every position in [kv_lo, kv_hi] regardless of the query (Star phase 2) */
     int kv_lo, kv_hi; /* the positions present in the store: keys outside are never read */
     float scale;      /* usually 1/sqrt(head_dim) */
     size_t q_stride, k_stride, v_stride, o_stride; /* elements between rows (tokens/slots) */
@@ -80,11 +80,11 @@ struct mx_backend {
     /* out = x / rms(x) * w, per row of C (w an F32 vector of C). */
     void (*rmsnorm)(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps);
     /* out = (x - mean) / std * w + b, per row of C (b may be NULL). */
-    void (*layernorm)(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
-                      int C, float eps);
+    void (*layernorm)(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out,
+                      int T, int C, float eps);
     /* Rotates the first rope_dim dims of each head of x[T, n_head, head_dim] in place, positions pos0+t. */
-    void (*rope)(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                 mx_rope_mode mode);
+    void (*rope)(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                 float theta, mx_rope_mode mode);
     /* g[T, F] = silu(g) * u */
     void (*swiglu)(mx_backend *be, float *g, const float *u, int n);
     /* x = gelu(x), tanh approximation (GPT-2) */
@@ -108,8 +108,8 @@ struct mx_backend {
     void (*fill)(mx_backend *be, float *x, size_t n, float value);
     /* Strided 3-D copy: dst[i2*ds2 + i1*ds1 + i0] = src[i2*ss2 + i1*ss1 + i0], i0 < n0, i1 < n1, i2 < n2
      * (strides in floats; a source stride may be 0 to broadcast). dst and src do not overlap. */
-    void (*copy3d)(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
-                   size_t ds2, size_t ss2);
+    void (*copy3d)(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1,
+                   size_t ss1, size_t ds2, size_t ss2);
     /* The transposed product: y[T, n_in] = x[T, n_out] · W, W ne = {n_in, n_out} of any supported type. */
     void (*matmul_t)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
     /* Reads T rows of n elements from a KV store at slots (pos0 + t) % n_slots into fp32 dst[T, n]
@@ -118,13 +118,13 @@ struct mx_backend {
     /* MoE routing of T tokens over E experts: p = softmax(logits[t, :E]); the k largest p (ties: lower
      * index first) give ids[t*k + j] (descending p) and w[t*k + j] = p (divided by their sum when norm) times
      * scale. ids and w are HOST memory. */
-    void (*moe_route)(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
-                      float *w);
+    void (*moe_route)(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale,
+                      int *ids, float *w);
     /* dst[i, :n] = src[idx[i], :n] for i < rows (rows of n floats; idx in HOST memory). */
     void (*gather_rows)(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n);
     /* dst[idx[i], :n] += w[i] · src[i, :n] for i < rows, in order (idx, w in HOST memory). */
-    void (*scatter_add_rows)(mx_backend *be, float *dst, const float *src, const int *idx, const float *w, int rows,
-                             int n);
+    void (*scatter_add_rows)(mx_backend *be, float *dst, const float *src, const int *idx, const float *w,
+                             int rows, int n);
     /* x = tanh(x) */
     void (*tanh_)(mx_backend *be, float *x, int n);
     /* In place softmax over each row of x[T, n] (fp32 max-subtracted, sum in double). */

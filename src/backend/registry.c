@@ -24,8 +24,9 @@ int mx_backend_create(const char *name, int device, int n_threads, mx_backend **
         if (!rc && !(*out)->mem_info) (*out)->mem_info = mx_cuda_mem_info;
         return rc;
 #else
-        return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "this mixatt was built without CUDA (nvcc was not found at build time); use --device cpu");
+        return mx_err_set(
+            err, MX_ERR_UNSUPPORTED,
+            "this mixatt was built without CUDA (nvcc was not found at build time); use --device cpu");
 #endif
     }
     return mx_err_set(err, MX_ERR_ARG, "unknown device '%s' (known: cpu, cuda)", name);

@@ -14,7 +14,9 @@ void mx_rng_seed(mx_rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t mx_rng_u64(mx_rng *r) {
     uint64_t *s = r->s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
@@ -27,7 +29,9 @@ uint64_t mx_rng_u64(mx_rng *r) {
     return result;
 }
 
-float mx_rng_float(mx_rng *r) { return (float)(mx_rng_u64(r) >> 40) / 16777216.0f; }
+float mx_rng_float(mx_rng *r) {
+    return (float)(mx_rng_u64(r) >> 40) / 16777216.0f;
+}
 
 float mx_rng_normal(mx_rng *r) {
     float u1 = mx_rng_float(r), u2 = mx_rng_float(r);

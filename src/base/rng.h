@@ -11,7 +11,7 @@ typedef struct {
 
 void mx_rng_seed(mx_rng *r, uint64_t seed);
 uint64_t mx_rng_u64(mx_rng *r);
-float mx_rng_float(mx_rng *r);   /* uniform in [0, 1) */
-float mx_rng_normal(mx_rng *r);  /* standard normal (Box-Muller) */
+float mx_rng_float(mx_rng *r);  /* uniform in [0, 1) */
+float mx_rng_normal(mx_rng *r); /* standard normal (Box-Muller) */
 
 #endif

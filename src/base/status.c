@@ -37,13 +37,20 @@ int mx_err_wrap(mx_err *err, const char *fmt, ...) {
 
 const char *mx_code_name(mx_code code) {
     switch (code) {
-    case MX_OK: return "ok";
-    case MX_ERR_IO: return "i/o error";
-    case MX_ERR_FORMAT: return "bad format";
-    case MX_ERR_UNSUPPORTED: return "unsupported";
-    case MX_ERR_NOMEM: return "out of memory";
-    case MX_ERR_ARG: return "bad argument";
-    case MX_ERR_MISSING: return "missing";
+    case MX_OK:
+        return "ok";
+    case MX_ERR_IO:
+        return "i/o error";
+    case MX_ERR_FORMAT:
+        return "bad format";
+    case MX_ERR_UNSUPPORTED:
+        return "unsupported";
+    case MX_ERR_NOMEM:
+        return "out of memory";
+    case MX_ERR_ARG:
+        return "bad argument";
+    case MX_ERR_MISSING:
+        return "missing";
     }
     return "unknown error";
 }

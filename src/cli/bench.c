@@ -56,7 +56,8 @@ static void stats(const double *x, int n, double *mean, double *sd) {
 }
 
 /* One repetition: tokens/s of prefill (decode = false) or decode. */
-static int run_once(mx_session *s, const int *toks, int n, bool decode, float *logits, double *tps, mx_err *err) {
+static int run_once(mx_session *s, const int *toks, int n, bool decode, float *logits, double *tps,
+                    mx_err *err) {
     mx_session_truncate(s, 0);
     double t0 = mx_now();
     if (!decode) {
@@ -114,8 +115,10 @@ int mx_cmd_bench(int argc, char **argv) {
 
     double bw = copy_bandwidth();
     const char *type = mx_dtype_name(m->w.layers[0].wq.type);
-    printf("| model                          |       size |     params | backend | threads |  test |              t/s |\n");
-    printf("| ------------------------------ | ---------: | ---------: | ------- | ------: | ----: | ---------------: |\n");
+    printf("| model                          |       size |     params | backend | threads |  test |         "
+           "     t/s |\n");
+    printf("| ------------------------------ | ---------: | ---------: | ------- | ------: | ----: | "
+           "---------------: |\n");
     int tests[2] = {pp, tg};
     double tg_mean = 0;
     for (int k = 0; k < 2; k++) {
@@ -131,17 +134,18 @@ int mx_cmd_bench(int argc, char **argv) {
         snprintf(name, sizeof name, "%.20s %s", m->cfg.name, type);
         snprintf(test, sizeof test, "%s%d", k ? "tg" : "pp", tests[k]);
         printf("| %-30s | %6.2f MiB | %8.2f M | %-7s | %7d | %5s | %8.2f ± %5.2f |\n", name,
-               mx_model_weight_bytes(m) / 1048576.0, mx_model_n_params(m) / 1e6, be->name, be->n_threads, test,
-               mean, sd);
+               mx_model_weight_bytes(m) / 1048576.0, mx_model_n_params(m) / 1e6, be->name, be->n_threads,
+               test, mean, sd);
         if (json)
-            fprintf(stderr, "{\"test\":\"%s\",\"tok_s\":%.3f,\"sd\":%.3f,\"threads\":%d,\"reps\":%d}\n", test, mean,
-                    sd, be->n_threads, reps);
+            fprintf(stderr, "{\"test\":\"%s\",\"tok_s\":%.3f,\"sd\":%.3f,\"threads\":%d,\"reps\":%d}\n", test,
+                    mean, sd, be->n_threads, reps);
     }
     if (tg) {
         double read = mx_model_decode_bytes(m) * tg_mean;
-        printf("\ndecode weight reads: %.2f MiB/token x %.1f tok/s = %.1f GB/s; machine copy bandwidth (DRAM, "
-               "read+write, %d threads): %.1f GB/s\n",
-               mx_model_decode_bytes(m) / 1048576.0, tg_mean, read / 1e9, be->n_threads, bw / 1e9);
+        printf(
+            "\ndecode weight reads: %.2f MiB/token x %.1f tok/s = %.1f GB/s; machine copy bandwidth (DRAM, "
+            "read+write, %d threads): %.1f GB/s\n",
+            mx_model_decode_bytes(m) / 1048576.0, tg_mean, read / 1e9, be->n_threads, bw / 1e9);
         printf("note: a model smaller than the last-level cache is read from cache, not DRAM, once warm.\n");
     }
     rc = 0;

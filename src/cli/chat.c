@@ -12,11 +12,12 @@
 enum { DEFAULT_CTX = 4096 };
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt chat [-m MODEL] [--system TEXT] [-n N] [options]\n\n"
-               "Reads one user message per line from stdin and streams the assistant's answer. Type /exit or\n"
-               "send end-of-file (Ctrl-D) to quit, /reset to start over.\n\n"
-               "  --system TEXT        system message (default: the template's own)\n"
-               "  -n, --n-predict N    longest answer in tokens (default 512)\n\n");
+    fprintf(f,
+            "usage: mixatt chat [-m MODEL] [--system TEXT] [-n N] [options]\n\n"
+            "Reads one user message per line from stdin and streams the assistant's answer. Type /exit or\n"
+            "send end-of-file (Ctrl-D) to quit, /reset to start over.\n\n"
+            "  --system TEXT        system message (default: the template's own)\n"
+            "  -n, --n-predict N    longest answer in tokens (default 512)\n\n");
     mx_common_help(f, true);
 }
 
@@ -63,14 +64,17 @@ static int render_fitting(const mx_model *m, conversation *c, int first, int n_c
         if (rc) return rc;
         if (*n_ids + reserve <= n_ctx) return MX_OK;
         if (c->n - first < 3)
-            return mx_err_set(err, MX_ERR_ARG, "this message (%d tokens with the conversation) does not fit in the "
-                              "context of %d tokens with room for an answer of %d", *n_ids, n_ctx, reserve);
+            return mx_err_set(err, MX_ERR_ARG,
+                              "this message (%d tokens with the conversation) does not fit in the "
+                              "context of %d tokens with room for an answer of %d",
+                              *n_ids, n_ctx, reserve);
         conv_drop(c, first, 2); /* the oldest user message and its answer */
         fprintf(stderr, "[context full: dropped the oldest exchange]\n");
     }
 }
 
-static int chat_loop(const mx_model *m, mx_session *s, mx_sampler *smp, conversation *c, int first, int n_predict) {
+static int chat_loop(const mx_model *m, mx_session *s, mx_sampler *smp, conversation *c, int first,
+                     int n_predict) {
     int *cached = malloc(sizeof(int) * (size_t)s->n_ctx), n_cached = 0, *ids = NULL, n_ids = 0;
     char *line = NULL;
     size_t cap = 0;

@@ -72,12 +72,17 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
         TAKE;
     } else if (!strcmp(a, "--attn")) {
         if (!val || mx_attn_kind_parse(val) < 0)
-            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka, got '%s'\n", val ? val : ""), -1;
+            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka, got '%s'\n",
+                           val ? val : ""),
+                   -1;
         o->load.attn = val;
         TAKE;
     } else if (!strcmp(a, "--mla")) {
         int f = val ? mx_mla_form_parse(val) : -1;
-        if (f < 0) return fprintf(stderr, "mixatt: --mla expects explicit, absorbed or auto, got '%s'\n", val ? val : ""), -1;
+        if (f < 0)
+            return fprintf(stderr, "mixatt: --mla expects explicit, absorbed or auto, got '%s'\n",
+                           val ? val : ""),
+                   -1;
         o->load.mla_form = f;
         TAKE;
     } else if (!strcmp(a, "--exact")) {
@@ -125,7 +130,8 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
         if (r == 0 && own) r = own(ctx, a, val, &i);
         if (r < 0) return 2;
         if (r == 0) {
-            fprintf(stderr, "mixatt %s: unknown or incomplete option '%s' (see mixatt %s --help)\n", cmd, a, cmd);
+            fprintf(stderr, "mixatt %s: unknown or incomplete option '%s' (see mixatt %s --help)\n", cmd, a,
+                    cmd);
             return 2;
         }
     }
@@ -133,31 +139,34 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
 }
 
 void mx_common_help(FILE *f, bool sampling) {
-    fprintf(f, "model options:\n"
-               "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"
-               "  -t, --threads N      CPU threads (default: all cores)\n"
-               "  --device cpu|cuda    where to run (default cpu); --gpu N picks a GPU and implies cuda\n"
-               "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n"
-               "  --plan P             attention plan: a preset (standard, ma, ma-endslide, ma-offset, ma-pairs,\n"
-               "                       ma-offset-slideshare) or one token per layer: G (full), S (window),\n"
-               "                       G@N / S@N (read layer N's cache), S512 (window 512), X*N (repeat);\n"
-               "                       layers count from 0. A plan the model was not trained with is reported.\n"
-               "  --window W           window of S layers (default: the model's, else 1024)\n"
-               "  --attn KIND          attention kind of every layer: mha, mla, mka, fastmka\n"
-               "  --mla FORM           MLA layers: explicit (per-head K/V from the latent), absorbed (attention on\n"
-               "                       the cached latent) or auto (explicit for prefill, absorbed for decode)\n"
-               "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
-               "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
-               "                       relative difference in the logits)\n");
+    fprintf(
+        f,
+        "model options:\n"
+        "  -m, --model FILE     GGUF model (default: $MIXATT_MODEL, else " MX_DEFAULT_MODEL ")\n"
+        "  -t, --threads N      CPU threads (default: all cores)\n"
+        "  --device cpu|cuda    where to run (default cpu); --gpu N picks a GPU and implies cuda\n"
+        "  -c, --ctx N          context length in tokens (default: the model's, at most 4096)\n"
+        "  --plan P             attention plan: a preset (standard, ma, ma-endslide, ma-offset, ma-pairs,\n"
+        "                       ma-offset-slideshare) or one token per layer: G (full), S (window),\n"
+        "                       G@N / S@N (read layer N's cache), S512 (window 512), X*N (repeat);\n"
+        "                       layers count from 0. A plan the model was not trained with is reported.\n"
+        "  --window W           window of S layers (default: the model's, else 1024)\n"
+        "  --attn KIND          attention kind of every layer: mha, mla, mka, fastmka\n"
+        "  --mla FORM           MLA layers: explicit (per-head K/V from the latent), absorbed (attention on\n"
+        "                       the cached latent) or auto (explicit for prefill, absorbed for decode)\n"
+        "  --exact              fp32 activations in every matmul; by default decode steps quantize\n"
+        "                       activations to 8 bits for speed, as llama.cpp does (about 1e-2\n"
+        "                       relative difference in the logits)\n");
     if (sampling)
-        fprintf(f, "sampling options (applied in this order):\n"
-                   "  --repeat-penalty X   divide repeated tokens' positive logits by X (default 1 = off)\n"
-                   "  --repeat-last-n N    tokens the penalty looks back over (default 64)\n"
-                   "  --temp X             temperature; 0 = greedy (default 0)\n"
-                   "  --top-k N            keep the N most likely tokens; 0 = off (default 40)\n"
-                   "  --top-p X            keep the smallest set with probability mass >= X (default 0.95)\n"
-                   "  --min-p X            drop tokens below X times the best one's probability (default 0.05)\n"
-                   "  --seed N             random seed (default 42)\n");
+        fprintf(f,
+                "sampling options (applied in this order):\n"
+                "  --repeat-penalty X   divide repeated tokens' positive logits by X (default 1 = off)\n"
+                "  --repeat-last-n N    tokens the penalty looks back over (default 64)\n"
+                "  --temp X             temperature; 0 = greedy (default 0)\n"
+                "  --top-k N            keep the N most likely tokens; 0 = off (default 40)\n"
+                "  --top-p X            keep the smallest set with probability mass >= X (default 0.95)\n"
+                "  --min-p X            drop tokens below X times the best one's probability (default 0.05)\n"
+                "  --seed N             random seed (default 42)\n");
 }
 
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
@@ -211,8 +220,9 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
     if (!(*m)->cfg.plan_is_trained) {
         char plan[512];
         mx_plan_to_string((*m)->cfg.plan, (*m)->cfg.n_layer, plan, sizeof plan);
-        fprintf(stderr, "mixatt: note: running %s with attention plan %s%s, which it was not trained with; its "
-                        "outputs are not the trained model's (mixatt perplexity measures the cost)\n",
+        fprintf(stderr,
+                "mixatt: note: running %s with attention plan %s%s, which it was not trained with; its "
+                "outputs are not the trained model's (mixatt perplexity measures the cost)\n",
                 (*m)->path, plan, strlen(plan) >= sizeof plan - 1 ? "..." : "");
     }
     return 0;

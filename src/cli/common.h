@@ -12,13 +12,13 @@
 #define MX_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 typedef struct {
-    const char *model; /* NULL = the default model */
-    int threads;       /* 0 = all cores */
-    int ctx;           /* 0 = min(model context, default) */
-    bool exact;        /* fp32 activations in every matmul */
-    const char *device;/* "cpu" (default) or "cuda" */
-    mx_load_opts load; /* --plan, --window, --attn */
-    int gpu;           /* GPU index for cuda */
+    const char *model;  /* NULL = the default model */
+    int threads;        /* 0 = all cores */
+    int ctx;            /* 0 = min(model context, default) */
+    bool exact;         /* fp32 activations in every matmul */
+    const char *device; /* "cpu" (default) or "cuda" */
+    mx_load_opts load;  /* --plan, --window, --attn */
+    int gpu;            /* GPU index for cuda */
     mx_sampler_params sp;
 } mx_common_opts;
 

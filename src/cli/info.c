@@ -11,16 +11,19 @@
 #include "common.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt info [-m MODEL] [--ctx N] [--plan P] [--layers] [--kv-table] [--shape mixattention24]\n\n"
-               "Prints the model's architecture, parameter count, tensor types, attention plan and KV cache\n"
-               "size (bytes per token, and in total at --ctx N tokens; default the model's context length),\n"
-               "with the saving against the standard plan.\n\n"
-               "  --layers             the plan and cache bytes per token of every layer\n"
-               "  --kv-table           KV bytes per token and at 4K/32K/128K under MHA, GQA, MQA, MLA and the\n"
-               "                       MixAttention plans, for this model's shape\n"
-               "  --shape mixattention24  the table for the 24-layer MixAttention-shaped config (no model needed)\n"
-               "  --moe-stats -p TEXT  run TEXT through a mixture-of-experts model and print how many tokens\n"
-               "                       each layer routed to each expert\n\n");
+    fprintf(
+        f,
+        "usage: mixatt info [-m MODEL] [--ctx N] [--plan P] [--layers] [--kv-table] [--shape "
+        "mixattention24]\n\n"
+        "Prints the model's architecture, parameter count, tensor types, attention plan and KV cache\n"
+        "size (bytes per token, and in total at --ctx N tokens; default the model's context length),\n"
+        "with the saving against the standard plan.\n\n"
+        "  --layers             the plan and cache bytes per token of every layer\n"
+        "  --kv-table           KV bytes per token and at 4K/32K/128K under MHA, GQA, MQA, MLA and the\n"
+        "                       MixAttention plans, for this model's shape\n"
+        "  --shape mixattention24  the table for the 24-layer MixAttention-shaped config (no model needed)\n"
+        "  --moe-stats -p TEXT  run TEXT through a mixture-of-experts model and print how many tokens\n"
+        "                       each layer routed to each expert\n\n");
     mx_common_help(f, false);
 }
 
@@ -33,8 +36,9 @@ static void print_types(const mx_model *m) {
     }
     printf("tensor types:\n");
     for (int t = 0; t < 64; t++)
-        if (count[t]) printf("  %-6s %4lld tensors  %9.2f MiB\n", mx_dtype_name((uint32_t)t), (long long)count[t],
-                             bytes[t] / 1048576.0);
+        if (count[t])
+            printf("  %-6s %4lld tensors  %9.2f MiB\n", mx_dtype_name((uint32_t)t), (long long)count[t],
+                   bytes[t] / 1048576.0);
 }
 
 static void print_layers(const mx_config *c, int ctx) {
@@ -73,8 +77,8 @@ static int print_moe_stats(const mx_model *m, mx_backend *be, const char *text) 
         mx_session_create(m, be, n, &s, &err) || mx_session_eval(s, ids, n, logits, false, &err)) {
         fprintf(stderr, "mixatt info: %s\n", err.msg[0] ? err.msg : "nothing to route");
     } else {
-        printf("expert load on %d tokens (top-%d of %d experts; a balanced router gives %.1f per expert):\n", n,
-               c->n_expert_used, c->n_expert, (double)n * c->n_expert_used / c->n_expert);
+        printf("expert load on %d tokens (top-%d of %d experts; a balanced router gives %.1f per expert):\n",
+               n, c->n_expert_used, c->n_expert, (double)n * c->n_expert_used / c->n_expert);
         for (int l = 0; l < c->n_layer; l++) {
             if (!mx_layer_is_moe(c, l)) continue;
             printf("  layer %3d:", l);
@@ -97,13 +101,15 @@ static void print_kv(const mx_model *m, int ctx) {
         per_tok += mx_kv_elems_per_token(c, l);
         writers += c->plan[l].kv_from == l;
     }
-    printf("KV cache:       %d of %d layers write a cache; %zu elements per token per writing layer\n", writers,
-           c->n_layer, writers ? per_tok / writers : 0);
+    printf("KV cache:       %d of %d layers write a cache; %zu elements per token per writing layer\n",
+           writers, c->n_layer, writers ? per_tok / writers : 0);
     printf("  per token:    %zu bytes fp32 (CPU), %zu bytes bf16 (GPU)\n", per_tok * 4, per_tok * 2);
     size_t total = mx_kv_bytes_at(c, ctx, 512, 4), ring1 = mx_kv_bytes_at(c, ctx, 1, 4);
-    printf("  at %d tokens: %.2f MiB fp32 (CPU), %.2f MiB bf16", ctx, total / 1048576.0, total / 2 / 1048576.0);
-    if (ring1 != total) printf(" (window rings hold W + 511 slots for 512-token prefill chunks; %.2f MiB at W)",
-                               ring1 / 1048576.0);
+    printf("  at %d tokens: %.2f MiB fp32 (CPU), %.2f MiB bf16", ctx, total / 1048576.0,
+           total / 2 / 1048576.0);
+    if (ring1 != total)
+        printf(" (window rings hold W + 511 slots for 512-token prefill chunks; %.2f MiB at W)",
+               ring1 / 1048576.0);
     printf("\n");
     mx_config std = *c;
     mx_layer_plan *plan = calloc((size_t)c->n_layer, sizeof *plan);
@@ -111,8 +117,9 @@ static void print_kv(const mx_model *m, int ctx) {
         mx_plan_uniform(plan, c->n_layer, c->plan[0].kind, 0);
         std.plan = plan;
         size_t base = mx_kv_bytes_at(&std, ctx, 512, 4);
-        if (base != total) printf("  vs the standard plan (every layer full, own cache): %.2f MiB, %.1fx smaller\n",
-                                  base / 1048576.0, (double)base / total);
+        if (base != total)
+            printf("  vs the standard plan (every layer full, own cache): %.2f MiB, %.1fx smaller\n",
+                   base / 1048576.0, (double)base / total);
         free(plan);
     }
 }
@@ -167,8 +174,9 @@ int mx_cmd_info(int argc, char **argv) {
     printf("name:           %s\n", c->name);
     printf("architecture:   %s (RMSNorm, RoPE theta %g over %d dims, SwiGLU, %s embeddings)\n", c->arch_name,
            c->rope_theta, c->rope_dim, c->tied_embeddings ? "tied" : "separate");
-    printf("shape:          %d layers, width %d, %d query heads / %d KV heads (head dim %d), MLP %d, vocab %d\n",
-           c->n_layer, c->d_model, c->n_head, c->n_kv_head, c->head_dim, c->d_ff, c->vocab);
+    printf(
+        "shape:          %d layers, width %d, %d query heads / %d KV heads (head dim %d), MLP %d, vocab %d\n",
+        c->n_layer, c->d_model, c->n_head, c->n_kv_head, c->head_dim, c->d_ff, c->vocab);
     printf("context:        %d tokens\n", c->max_ctx);
     printf("parameters:     %.2f M (%lld)\n", mx_model_n_params(m) / 1e6, (long long)mx_model_n_params(m));
     printf("weights:        %.2f MiB in the file; %.2f MiB read per decoded token\n",
@@ -176,7 +184,8 @@ int mx_cmd_info(int argc, char **argv) {
     if (m->gguf)
         printf("GGUF version:   %u, %llu tensors, %llu metadata keys\n", m->gguf->version,
                (unsigned long long)m->gguf->n_tensors, (unsigned long long)m->gguf->n_kv);
-    printf("attention plan: %s%s\n", plan, c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
+    printf("attention plan: %s%s\n", plan,
+           c->plan_is_trained ? "" : "  (not the plan the model was trained with)");
     print_types(m);
     print_kv(m, ctx);
     print_memory(m, be, ctx);

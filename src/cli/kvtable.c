@@ -13,9 +13,9 @@ static const int CTXS[] = {4096, 32768, 131072};
 
 typedef struct {
     const char *name;
-    int n_kv_head;   /* 0: the shape's own */
-    const char *plan;/* NULL: standard */
-    int mla;         /* 1: MLA latent (4·D + D/2 per token per layer, DeepSeek's 512 + 64 at D 128) */
+    int n_kv_head;    /* 0: the shape's own */
+    const char *plan; /* NULL: standard */
+    int mla;          /* 1: MLA latent (4·D + D/2 per token per layer, DeepSeek's 512 + 64 at D 128) */
 } variant;
 
 static double bytes_at(const mx_config *base, const variant *v, int ctx, double *per_tok, mx_err *err) {
@@ -51,15 +51,19 @@ static void fmt_bytes(double b, char *out, size_t n) {
 int mx_print_kv_table(const mx_config *c, const char *title, FILE *f) {
     int G = c->n_kv_head == c->n_head ? (c->n_head >= 4 ? c->n_head / 4 : 1) : c->n_kv_head;
     variant vs[] = {
-        {"MHA", c->n_head, NULL, 0},          {"GQA", G, NULL, 0},
-        {"MQA", 1, NULL, 0},                  {"MLA", 0, NULL, 1},
-        {"MA", G, "ma", 0},                   {"MA-EndSlide", G, "ma-endslide", 0},
-        {"MA-Offset", G, "ma-offset", 0},     {"MA-Pairs", G, "ma-pairs", 0},
+        {"MHA", c->n_head, NULL, 0},
+        {"GQA", G, NULL, 0},
+        {"MQA", 1, NULL, 0},
+        {"MLA", 0, NULL, 1},
+        {"MA", G, "ma", 0},
+        {"MA-EndSlide", G, "ma-endslide", 0},
+        {"MA-Offset", G, "ma-offset", 0},
+        {"MA-Pairs", G, "ma-pairs", 0},
         {"MA-Offset-SlideShare", G, "ma-offset-slideshare", 0},
     };
     mx_err err = {0};
-    fprintf(f, "\nKV cache of %s: %d layers, %d query heads, head dim %d, bf16, windows of %d as rings\n\n", title,
-            c->n_layer, c->n_head, c->head_dim, MX_DEFAULT_WINDOW);
+    fprintf(f, "\nKV cache of %s: %d layers, %d query heads, head dim %d, bf16, windows of %d as rings\n\n",
+            title, c->n_layer, c->n_head, c->head_dim, MX_DEFAULT_WINDOW);
     fprintf(f, "| variant | KV heads | bytes/token (at 128K) | 4K | 32K | 128K | vs standard GQA at 32K |\n");
     fprintf(f, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     double per_tok, gqa32 = bytes_at(c, &vs[1], CTXS[1], &per_tok, &err);

@@ -9,13 +9,14 @@
 #include "common.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt logits [-m MODEL] (--ids \"1 2 3\" | -p TEXT) -o OUT.f32 [--decode] [--chunk N]\n\n"
-               "Evaluates the tokens and writes the logits of every position as float32 [T, vocab].\n\n"
-               "  --ids LIST           space- or comma-separated token ids\n"
-               "  -p, --prompt TEXT    tokenize TEXT (special tokens parsed) instead\n"
-               "  -o, --out FILE       output file\n"
-               "  --decode             evaluate one token at a time (decode path) instead of one prefill\n"
-               "  --chunk N            evaluate in prefills of N tokens (exercises prefill after a cache)\n\n");
+    fprintf(
+        f, "usage: mixatt logits [-m MODEL] (--ids \"1 2 3\" | -p TEXT) -o OUT.f32 [--decode] [--chunk N]\n\n"
+           "Evaluates the tokens and writes the logits of every position as float32 [T, vocab].\n\n"
+           "  --ids LIST           space- or comma-separated token ids\n"
+           "  -p, --prompt TEXT    tokenize TEXT (special tokens parsed) instead\n"
+           "  -o, --out FILE       output file\n"
+           "  --decode             evaluate one token at a time (decode path) instead of one prefill\n"
+           "  --chunk N            evaluate in prefills of N tokens (exercises prefill after a cache)\n\n");
     mx_common_help(f, false);
 }
 
@@ -91,7 +92,8 @@ int mx_cmd_logits(int argc, char **argv) {
     mx_session *s = NULL;
     float *logits = NULL;
     FILE *f = NULL;
-    if (ids_arg ? parse_ids(ids_arg, &ids, &n) : mx_tokenize(m->tok, prompt, strlen(prompt), true, &ids, &n, &err)) {
+    if (ids_arg ? parse_ids(ids_arg, &ids, &n)
+                : mx_tokenize(m->tok, prompt, strlen(prompt), true, &ids, &n, &err)) {
         if (err.msg[0]) fprintf(stderr, "mixatt logits: %s\n", err.msg);
         goto done;
     }

@@ -1,6 +1,6 @@
 /* perplexity.c: `mixatt perplexity`: exp(mean negative log-likelihood) of a text under the model, in
- * consecutive chunks of --ctx tokens, each evaluated from an empty cache; every token of a chunk but the first
- * is scored (predicted from the ones before it in the chunk). Log-softmax in double. */
+ * consecutive chunks of --ctx tokens, each evaluated from an empty cache; every token of a chunk but the
+ * first is scored (predicted from the ones before it in the chunk). Log-softmax in double. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,12 +10,13 @@
 #include "common.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt perplexity [-m MODEL] -f TEXT [--ctx N] [--chunks K]\n\n"
-               "Splits the tokenized text into chunks of N tokens (default 512), evaluates each from an empty\n"
-               "cache and scores every token after the first of its chunk. Prints the perplexity, its standard\n"
-               "error and the tokens scored.\n\n"
-               "  -f, --file FILE      the text\n"
-               "  --chunks K           evaluate at most K chunks (default: all)\n\n");
+    fprintf(f,
+            "usage: mixatt perplexity [-m MODEL] -f TEXT [--ctx N] [--chunks K]\n\n"
+            "Splits the tokenized text into chunks of N tokens (default 512), evaluates each from an empty\n"
+            "cache and scores every token after the first of its chunk. Prints the perplexity, its standard\n"
+            "error and the tokens scored.\n\n"
+            "  -f, --file FILE      the text\n"
+            "  --chunks K           evaluate at most K chunks (default: all)\n\n");
     mx_common_help(f, false);
 }
 
@@ -71,15 +72,16 @@ int mx_cmd_perplexity(int argc, char **argv) {
     int *ids = NULL, n_ids = 0;
     mx_session *s = NULL;
     float *logits = NULL;
-    if (mx_tokenize(m->tok, text, len, false, &ids, &n_ids, &err) || mx_session_create(m, be, ctx, &s, &err)) {
+    if (mx_tokenize(m->tok, text, len, false, &ids, &n_ids, &err) ||
+        mx_session_create(m, be, ctx, &s, &err)) {
         fprintf(stderr, "mixatt perplexity: %s\n", err.msg);
         goto done;
     }
     int n_chunks = n_ids / ctx;
     if (max_chunks && n_chunks > max_chunks) n_chunks = max_chunks;
     if (n_chunks == 0) {
-        fprintf(stderr, "mixatt perplexity: %s has %d tokens, fewer than one chunk of %d (lower --ctx)\n", file,
-                n_ids, ctx);
+        fprintf(stderr, "mixatt perplexity: %s has %d tokens, fewer than one chunk of %d (lower --ctx)\n",
+                file, n_ids, ctx);
         goto done;
     }
     logits = malloc(sizeof(float) * (size_t)ctx * vocab);
@@ -96,8 +98,8 @@ int mx_cmd_perplexity(int argc, char **argv) {
         nll += chunk_nll(logits, ids + (size_t)c * ctx, ctx, vocab, &sq);
         scored += ctx - 1;
         double el = mx_now() - t0;
-        fprintf(stderr, "\r  chunk %d/%d  ppl %.4f  %.0f tok/s  ETA %.0f s   ", c + 1, n_chunks, exp(nll / scored),
-                (c + 1) * ctx / el, el / (c + 1) * (n_chunks - c - 1));
+        fprintf(stderr, "\r  chunk %d/%d  ppl %.4f  %.0f tok/s  ETA %.0f s   ", c + 1, n_chunks,
+                exp(nll / scored), (c + 1) * ctx / el, el / (c + 1) * (n_chunks - c - 1));
     }
     fprintf(stderr, "\n");
     double mean = nll / scored, var = sq / scored - mean * mean;

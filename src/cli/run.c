@@ -10,17 +10,18 @@
 enum { DEFAULT_CTX = 4096, MAX_STOPS = 16 };
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE) [-n N] [--chat] [--system TEXT] [options]\n\n"
-               "Generates a continuation of PROMPT and streams it to stdout.\n\n"
-               "  -p, --prompt TEXT    the prompt\n"
-               "  -f, --file FILE      read the prompt from FILE\n"
-               "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
-               "  --chat               render the prompt as a user turn with the model's chat template\n"
-               "  --system TEXT        system message for --chat (default: the template's own)\n"
-               "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
-               "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"
-               "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
-               "  -q, --quiet          no timings on stderr\n");
+    fprintf(
+        f, "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE) [-n N] [--chat] [--system TEXT] [options]\n\n"
+           "Generates a continuation of PROMPT and streams it to stdout.\n\n"
+           "  -p, --prompt TEXT    the prompt\n"
+           "  -f, --file FILE      read the prompt from FILE\n"
+           "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
+           "  --chat               render the prompt as a user turn with the model's chat template\n"
+           "  --system TEXT        system message for --chat (default: the template's own)\n"
+           "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
+           "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"
+           "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
+           "  -q, --quiet          no timings on stderr\n");
     mx_common_help(f, true);
 }
 
@@ -45,7 +46,8 @@ static int run_flag(void *ctx, const char *a, const char *val, int *i) {
     } else if (!strcmp(a, "--system") && val) {
         o->system = val, ++*i;
     } else if (!strcmp(a, "--stop") && val) {
-        if (o->n_stops == MAX_STOPS) return fprintf(stderr, "mixatt run: at most %d --stop strings\n", MAX_STOPS), -1;
+        if (o->n_stops == MAX_STOPS)
+            return fprintf(stderr, "mixatt run: at most %d --stop strings\n", MAX_STOPS), -1;
         o->stops[o->n_stops++] = val, ++*i;
     } else if (!strcmp(a, "--chat")) {
         o->chat = true;
@@ -71,11 +73,13 @@ static int parse(run_opts *o, int argc, char **argv) {
     return 0;
 }
 
-/* The text fed to the tokenizer: the raw prompt, or the chat rendering of [system,] user + assistant opening. */
+/* The text fed to the tokenizer: the raw prompt, or the chat rendering of [system,] user + assistant opening.
+ */
 static char *prompt_text(const run_opts *o, const mx_model *m, const char *prompt) {
     if (!o->chat) return strdup(prompt);
     if (!m->chat) {
-        fprintf(stderr, "mixatt run: --chat needs a chat template, and %s has none that mixatt supports\n", m->path);
+        fprintf(stderr, "mixatt run: --chat needs a chat template, and %s has none that mixatt supports\n",
+                m->path);
         return NULL;
     }
     mx_chat_msg msgs[2];
@@ -115,7 +119,8 @@ int mx_cmd_run(int argc, char **argv) {
         goto done;
     }
     if (n_ids >= n_ctx) {
-        fprintf(stderr, "mixatt run: the prompt is %d tokens, longer than the context (%d tokens; --ctx up to %d)\n",
+        fprintf(stderr,
+                "mixatt run: the prompt is %d tokens, longer than the context (%d tokens; --ctx up to %d)\n",
                 n_ids, n_ctx, m->cfg.max_ctx);
         goto done;
     }
@@ -123,8 +128,8 @@ int mx_cmd_run(int argc, char **argv) {
         fprintf(stderr, "mixatt run: %s\n", err.msg[0] ? err.msg : "out of memory");
         goto done;
     }
-    mx_gen_opts go = {.n_predict = o.n_predict, .stops = o.stops, .n_stops = o.n_stops, .stop_token = -1,
-                      .out = stdout};
+    mx_gen_opts go = {
+        .n_predict = o.n_predict, .stops = o.stops, .n_stops = o.n_stops, .stop_token = -1, .out = stdout};
     if (o.chat && m->chat) go.stop_token = mx_tokenizer_find(m->tok, mx_chat_end_of_turn(m->chat));
     if (mx_generate(s, &smp, ids, n_ids, &go, &res, &err)) {
         fprintf(stderr, "\nmixatt run: %s\n", err.msg);
@@ -138,7 +143,9 @@ int mx_cmd_run(int argc, char **argv) {
         fprintf(stderr, "\n");
     }
     if (!o.quiet)
-        fprintf(stderr, "[prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s), stop: %s]\n",
+        fprintf(stderr,
+                "[prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s), stop: "
+                "%s]\n",
                 res.n_prompt, res.prefill_s, res.n_prompt / res.prefill_s, res.n_gen, res.decode_s,
                 res.n_gen > 1 ? (res.n_gen - 1) / res.decode_s : 0.0, res.stop_reason);
     rc = 0;

@@ -1,7 +1,7 @@
-/* gguf.h: a GGUF (v2, v3) reader over mmap. Every metadata type and nested arrays are parsed and bounds-checked
- * at open; tensor data is not copied: mx_gguf_tensor.data points into the mapping.
- * Errors name the file and the offending key/tensor ("model.gguf: tensor 'blk.3.attn_q.weight': data at
- * offset 123 + 4096 bytes runs past the end of the file (size 2000)"). */
+/* gguf.h: a GGUF (v2, v3) reader over mmap. Every metadata type and nested arrays are parsed and
+ * bounds-checked at open; tensor data is not copied: mx_gguf_tensor.data points into the mapping. Errors name
+ * the file and the offending key/tensor ("model.gguf: tensor 'blk.3.attn_q.weight': data at offset 123 + 4096
+ * bytes runs past the end of the file (size 2000)"). */
 #ifndef MX_GGUF_H
 #define MX_GGUF_H
 
@@ -33,28 +33,28 @@ typedef struct {
 } mx_gguf_str;
 
 typedef struct mx_gguf_kv {
-    char *key;           /* NUL-terminated copy (NULL for the items of a nested array) */
-    mx_gguf_vtype type;  /* value type; for arrays MX_GGUF_ARRAY */
-    mx_gguf_vtype elem;  /* element type when type == MX_GGUF_ARRAY (nested arrays: MX_GGUF_ARRAY) */
-    uint64_t count;      /* number of elements for arrays; 1 otherwise */
-    union {              /* scalar value (type != STRING/ARRAY) */
+    char *key;          /* NUL-terminated copy (NULL for the items of a nested array) */
+    mx_gguf_vtype type; /* value type; for arrays MX_GGUF_ARRAY */
+    mx_gguf_vtype elem; /* element type when type == MX_GGUF_ARRAY (nested arrays: MX_GGUF_ARRAY) */
+    uint64_t count;     /* number of elements for arrays; 1 otherwise */
+    union {             /* scalar value (type != STRING/ARRAY) */
         uint64_t u;
         int64_t i;
         double f;
         bool b;
     } v;
-    mx_gguf_str str;     /* type == STRING */
-    const void *data;    /* numeric arrays: the raw little-endian elements in the mapping (may be unaligned) */
-    mx_gguf_str *strs;   /* string arrays: count entries */
+    mx_gguf_str str;   /* type == STRING */
+    const void *data;  /* numeric arrays: the raw little-endian elements in the mapping (may be unaligned) */
+    mx_gguf_str *strs; /* string arrays: count entries */
     struct mx_gguf_kv *items; /* arrays of arrays: count entries, each an array (type MX_GGUF_ARRAY) */
 } mx_gguf_kv;
 
 typedef struct {
-    char *name;     /* NUL-terminated copy */
-    int n_dims;     /* 1..4 */
-    int64_t ne[4];  /* ne[0] is the contiguous dimension; unused dims are 1 */
-    uint32_t type;  /* ggml type id (see dtype.h) */
-    uint64_t offset;/* relative to the data section */
+    char *name;      /* NUL-terminated copy */
+    int n_dims;      /* 1..4 */
+    int64_t ne[4];   /* ne[0] is the contiguous dimension; unused dims are 1 */
+    uint32_t type;   /* ggml type id (see dtype.h) */
+    uint64_t offset; /* relative to the data section */
     size_t nbytes;
     const void *data; /* into the mapping */
 } mx_gguf_tensor;

@@ -27,10 +27,16 @@ static void embed(mx_session *s, const int *tokens, int T) {
 
 static void attention(mx_session *s, int l, int T) {
     switch (s->m->cfg.plan[l].kind) {
-    case MX_ATTN_MHA: mx_attention_mha(s, l, T); break;
-    case MX_ATTN_MLA: mx_attention_mla(s, l, T); break;
+    case MX_ATTN_MHA:
+        mx_attention_mha(s, l, T);
+        break;
+    case MX_ATTN_MLA:
+        mx_attention_mla(s, l, T);
+        break;
     case MX_ATTN_MKA:
-    case MX_ATTN_FASTMKA: mx_attention_mka(s, l, T); break;
+    case MX_ATTN_FASTMKA:
+        mx_attention_mka(s, l, T);
+        break;
     }
 }
 

@@ -23,7 +23,8 @@ static int get_int(const mx_gguf *g, const char *arch, const char *key, int *out
     return MX_OK;
 }
 
-static int get_float(const mx_gguf *g, const char *arch, const char *key, float *out, float def, mx_err *err) {
+static int get_float(const mx_gguf *g, const char *arch, const char *key, float *out, float def,
+                     mx_err *err) {
     char full[160];
     snprintf(full, sizeof full, "%s.%s", arch, key);
     double v;
@@ -50,8 +51,8 @@ static int read_arch(const mx_gguf *g, mx_config *c, mx_err *err) {
         c->arch = MX_ARCH_DEEPSEEK2;
     else
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "%s: architecture '%s' is not supported (supported: llama, gpt2, deepseek2)", g->path,
-                          c->arch_name);
+                          "%s: architecture '%s' is not supported (supported: llama, gpt2, deepseek2)",
+                          g->path, c->arch_name);
     char *name = NULL;
     if (mx_gguf_get_str(g, "general.name", &name, NULL) == MX_OK) {
         snprintf(c->name, sizeof c->name, "%s", name);
@@ -85,13 +86,14 @@ static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
     if (rc) return err->code;
     if (c->n_kv_head == 0) c->n_kv_head = c->n_head;
     if (c->n_layer < 1 || c->n_head < 1 || c->n_head % c->n_kv_head)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: inconsistent shape: %d layers, %d heads, %d KV heads", g->path,
-                          c->n_layer, c->n_head, c->n_kv_head);
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: inconsistent shape: %d layers, %d heads, %d KV heads",
+                          g->path, c->n_layer, c->n_head, c->n_kv_head);
     c->head_dim = c->d_model % c->n_head ? 0 : c->d_model / c->n_head;
     if (get_int(g, a, "attention.key_length", &c->head_dim, c->head_dim, err)) return err->code;
     if (c->head_dim <= 0)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: width %d is not a multiple of %d heads and no key_length is given",
-                          g->path, c->d_model, c->n_head);
+        return mx_err_set(err, MX_ERR_FORMAT,
+                          "%s: width %d is not a multiple of %d heads and no key_length is given", g->path,
+                          c->d_model, c->n_head);
     if (get_int(g, a, "rope.dimension_count", &c->rope_dim, c->head_dim, err)) return err->code;
     if (c->expert_scale == 0) c->expert_scale = 1.0f;
     bool norm_topk = c->arch != MX_ARCH_DEEPSEEK2; /* Mixtral renormalizes the top-k; DeepSeek-V2 does not */
@@ -111,10 +113,11 @@ static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
         c->mla_v_dim = v_dim ? v_dim : c->mla_nope_dim;
     }
     /* Llama: llama.cpp's converter permuted Q/K rows for adjacent-pair rotation. DeepSeek-V2 rotates adjacent
-     * pairs natively. Files written by mixatt convert from unpermuted HF weights say so with mixatt.rope_half. */
+     * pairs natively. Files written by mixatt convert from unpermuted HF weights say so with
+     * mixatt.rope_half. */
     int64_t half = 0;
     c->rope_mode = mx_gguf_get_i64(g, "mixatt.rope_half", &half, NULL) == MX_OK && half ? MX_ROPE_HALF
-                                                                                         : MX_ROPE_ADJACENT;
+                                                                                        : MX_ROPE_ADJACENT;
     return MX_OK;
 }
 

@@ -23,17 +23,19 @@ static int bind(binder *b, const char *name, int nd, int64_t d0, int64_t d1, int
     const mx_tensor *src = mx_dict_find(&b->m->dict, name);
     if (!src) {
         memset(t, 0, sizeof *t);
-        return required ? mx_err_set(b->err, MX_ERR_MISSING, "%s: missing tensor '%s'", b->m->path, name) : MX_OK;
+        return required ? mx_err_set(b->err, MX_ERR_MISSING, "%s: missing tensor '%s'", b->m->path, name)
+                        : MX_OK;
     }
     int64_t want[3] = {d0, d1, d2};
     bool ok = src->n_dims == nd || (nd == 1 && src->n_dims == 2 && src->ne[1] == 1);
     for (int i = 0; i < nd && ok; i++) ok = want[i] <= 0 || src->ne[i] == want[i];
     if (!ok)
-        return mx_err_set(b->err, MX_ERR_FORMAT,
-                          "%s: tensor '%s' has shape [%lld, %lld, %lld] (%d dims); the config implies [%lld, %lld, "
-                          "%lld] (%d dims)",
-                          b->m->path, name, (long long)src->ne[0], (long long)src->ne[1], (long long)src->ne[2],
-                          src->n_dims, (long long)d0, (long long)d1, (long long)d2, nd);
+        return mx_err_set(
+            b->err, MX_ERR_FORMAT,
+            "%s: tensor '%s' has shape [%lld, %lld, %lld] (%d dims); the config implies [%lld, %lld, "
+            "%lld] (%d dims)",
+            b->m->path, name, (long long)src->ne[0], (long long)src->ne[1], (long long)src->ne[2],
+            src->n_dims, (long long)d0, (long long)d1, (long long)d2, nd);
     if (!mx_dtype_get(src->type))
         return mx_err_set(b->err, MX_ERR_UNSUPPORTED, "%s: tensor '%s' has unknown type %u", b->m->path, name,
                           src->type);
@@ -66,10 +68,11 @@ static int bind_attention(binder *b, int l, mx_layer_weights *L) {
                 return b->err->code;
         } else if (bind(b, BLK("attn_q.weight"), 2, C, H * qk, 0, true, &L->wq))
             return b->err->code;
-        return bind(b, BLK("attn_kv_a_mqa.weight"), 2, C, c->mla_kv_rank + c->mla_rope_dim, 0, true, &L->wkv_a) ||
+        return bind(b, BLK("attn_kv_a_mqa.weight"), 2, C, c->mla_kv_rank + c->mla_rope_dim, 0, true,
+                    &L->wkv_a) ||
                bind(b, BLK("attn_kv_a_norm.weight"), 1, c->mla_kv_rank, 0, 0, true, &L->kv_a_norm) ||
-               bind(b, BLK("attn_kv_b.weight"), 2, c->mla_kv_rank, H * (c->mla_nope_dim + c->mla_v_dim), 0, true,
-                    &L->wkv_b) ||
+               bind(b, BLK("attn_kv_b.weight"), 2, c->mla_kv_rank, H * (c->mla_nope_dim + c->mla_v_dim), 0,
+                    true, &L->wkv_b) ||
                bind(b, BLK("attn_output.weight"), 2, H * c->mla_v_dim, C, 0, true, &L->wo);
     }
     if (bind(b, BLK("attn_q.weight"), 2, C, HD, 0, true, &L->wq) ||
@@ -164,24 +167,27 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
     if (opts && opts->attn) {
         int k = mx_attn_kind_parse(opts->attn);
         if (k < 0)
-            return mx_err_set(err, MX_ERR_ARG, "unknown attention kind '%s' (mha, mla, mka, fastmka)", opts->attn);
+            return mx_err_set(err, MX_ERR_ARG, "unknown attention kind '%s' (mha, mla, mka, fastmka)",
+                              opts->attn);
         kind = (mx_attn_kind)k;
         if ((kind == MX_ATTN_MLA) != (native == MX_ATTN_MLA))
-            return mx_err_set(err, MX_ERR_ARG, "%s: attention kind %s needs %s weights; this model has %s weights",
-                              m->path, opts->attn, kind == MX_ATTN_MLA ? "MLA" : "MHA-family",
-                              mx_attn_kind_name(native));
+            return mx_err_set(
+                err, MX_ERR_ARG, "%s: attention kind %s needs %s weights; this model has %s weights", m->path,
+                opts->attn, kind == MX_ATTN_MLA ? "MLA" : "MHA-family", mx_attn_kind_name(native));
     }
     int window = opts && opts->window > 0 ? opts->window : c->window;
     mx_plan_uniform(c->plan, c->n_layer, kind, c->window);
     c->plan_is_trained = true;
     if (m->stored_plan) { /* the plan the weights were saved with is the model's own */
-        if (mx_plan_parse(m->stored_plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, native, c->plan, err))
+        if (mx_plan_parse(m->stored_plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, native,
+                          c->plan, err))
             return mx_err_wrap(err, "%s: the stored plan (mixatt.plan)", m->path);
         if (opts && opts->plan) {
             mx_layer_plan *stored = malloc(sizeof *stored * (size_t)c->n_layer);
             if (!stored) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
             memcpy(stored, c->plan, sizeof *stored * (size_t)c->n_layer);
-            int rc = mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan, err);
+            int rc = mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind,
+                                   c->plan, err);
             c->plan_is_trained = !rc && memcmp(stored, c->plan, sizeof *stored * (size_t)c->n_layer) == 0;
             free(stored);
             if (rc) return rc;
@@ -194,7 +200,8 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
         return mx_plan_validate(c->plan, c->n_layer, c->max_ctx, err);
     }
     if (opts && opts->plan) {
-        if (mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan, err))
+        if (mx_plan_parse(opts->plan, c->n_layer, window > 0 ? window : MX_DEFAULT_WINDOW, kind, c->plan,
+                          err))
             return err->code;
         mx_layer_plan *trained = calloc((size_t)c->n_layer, sizeof *trained);
         if (!trained) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
@@ -220,21 +227,25 @@ static bool has_kind(const mx_config *c, mx_attn_kind a, mx_attn_kind b) {
 int mx_model_check_backend(const mx_model *m, const mx_backend *be, mx_err *err) {
     const mx_config *c = &m->cfg;
     const char *missing = NULL;
-    if (c->n_expert > 0 &&
-        !(be->row_views && be->copy3d && be->fill && be->gather_rows && be->moe_route && be->scatter_add_rows))
+    if (c->n_expert > 0 && !(be->row_views && be->copy3d && be->fill && be->gather_rows && be->moe_route &&
+                             be->scatter_add_rows))
         missing = "mixture-of-experts layers";
-    else if (has_kind(c, MX_ATTN_MLA, MX_ATTN_MLA) && !(be->row_views && be->copy3d && be->kv_read && be->matmul_t))
+    else if (has_kind(c, MX_ATTN_MLA, MX_ATTN_MLA) &&
+             !(be->row_views && be->copy3d && be->kv_read && be->matmul_t))
         missing = "MLA attention";
     else if (has_kind(c, MX_ATTN_MKA, MX_ATTN_FASTMKA) &&
-             !(be->copy3d && be->fill && be->prefix_mean && be->scale_add_rows && be->softmax_rows && be->tanh_))
+             !(be->copy3d && be->fill && be->prefix_mean && be->scale_add_rows && be->softmax_rows &&
+               be->tanh_))
         missing = "MKA attention";
     if (missing)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: the %s backend does not run %s yet; use --device cpu", m->path,
-                          be->name, missing);
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: the %s backend does not run %s yet; use --device cpu",
+                          m->path, be->name, missing);
     return MX_OK;
 }
 
-bool mx_layer_is_moe(const mx_config *c, int l) { return c->n_expert > 0 && l >= c->n_dense_lead; }
+bool mx_layer_is_moe(const mx_config *c, int l) {
+    return c->n_expert > 0 && l >= c->n_dense_lead;
+}
 
 int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx_err *err) {
     *out = NULL;
@@ -288,9 +299,9 @@ size_t mx_model_decode_bytes(const mx_model *m) {
     size_t n = m->w.output.nbytes;
     for (int l = 0; l < c->n_layer; l++) {
         const mx_layer_weights *L = &m->w.layers[l];
-        const mx_tensor *ts[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wq_a, &L->wq_b, &L->wkv_a, &L->wkv_b,
-                                 &L->w_gate, &L->w_up, &L->w_down, &L->router, &L->gate_shexp, &L->up_shexp,
-                                 &L->down_shexp};
+        const mx_tensor *ts[] = {&L->wq,     &L->wk,     &L->wv,         &L->wo,       &L->wq_a,
+                                 &L->wq_b,   &L->wkv_a,  &L->wkv_b,      &L->w_gate,   &L->w_up,
+                                 &L->w_down, &L->router, &L->gate_shexp, &L->up_shexp, &L->down_shexp};
         for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) n += ts[i]->nbytes;
         if (c->n_expert > 0 && L->gate_exps.data)
             n += (L->gate_exps.nbytes + L->up_exps.nbytes + L->down_exps.nbytes) / (size_t)c->n_expert *

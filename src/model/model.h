@@ -2,8 +2,9 @@
  * tokenizer and chat template. Built from a GGUF file (load_gguf.c) or a Hugging Face directory with
  * config.json + safetensors (load_hf.c); both fill a tensor dictionary that model.c binds by name.
  *
- * Architectures: MX_ARCH_LLAMA covers Llama, Mistral (sliding window) and Mixtral (MoE); MX_ARCH_GPT2 (LayerNorm,
- * GELU, learned positions, biases); MX_ARCH_DEEPSEEK2 (MLA attention, optional MoE with shared experts). */
+ * Architectures: MX_ARCH_LLAMA covers Llama, Mistral (sliding window) and Mixtral (MoE); MX_ARCH_GPT2
+ * (LayerNorm, GELU, learned positions, biases); MX_ARCH_DEEPSEEK2 (MLA attention, optional MoE with shared
+ * experts). */
 #ifndef MX_MODEL_H
 #define MX_MODEL_H
 
@@ -22,39 +23,40 @@ typedef enum { MX_MLP_SWIGLU, MX_MLP_GELU } mx_mlp_kind;
 typedef struct {
     mx_arch arch;
     char arch_name[32];
-    char name[128];               /* general.name or the HF model type */
+    char name[128]; /* general.name or the HF model type */
     int vocab, d_model, n_layer, n_head, n_kv_head, head_dim, d_ff, max_ctx, rope_dim;
     float rope_theta, norm_eps;
     mx_rope_mode rope_mode;
     mx_norm_kind norm;
     mx_mlp_kind mlp;
-    bool use_rope;                /* false: learned absolute positions (GPT-2) */
+    bool use_rope; /* false: learned absolute positions (GPT-2) */
     bool tied_embeddings;
-    bool attn_bias, mlp_bias;     /* GPT-2 style biases on every linear layer */
+    bool attn_bias, mlp_bias; /* GPT-2 style biases on every linear layer */
     /* mixture of experts (0 experts: dense MLP everywhere) */
-    int n_expert, n_expert_used, d_ff_expert, n_shared_expert, n_dense_lead; /* first n_dense_lead layers dense */
-    bool expert_norm_topk;        /* renormalize the top-k weights (Mixtral: yes) */
-    float expert_scale;           /* routed_scaling_factor (DeepSeek), 1 otherwise */
+    int n_expert, n_expert_used, d_ff_expert, n_shared_expert,
+        n_dense_lead;      /* first n_dense_lead layers dense */
+    bool expert_norm_topk; /* renormalize the top-k weights (Mixtral: yes) */
+    float expert_scale;    /* routed_scaling_factor (DeepSeek), 1 otherwise */
     /* MLA (DeepSeek-V2/V3) */
     int mla_kv_rank, mla_q_rank, mla_rope_dim, mla_nope_dim, mla_v_dim; /* q_rank 0: no query latent */
     /* attention plan */
-    int window;                   /* default window for S layers (Mistral's sliding_window), 0 = none */
-    mx_layer_plan *plan;          /* n_layer entries */
-    bool plan_is_trained;         /* false when the user applied a plan the weights were not trained with */
-    int mla_form;                 /* MLA: 0 auto, 1 explicit, 2 absorbed (attention/kvcache.h mx_mla_form) */
+    int window;           /* default window for S layers (Mistral's sliding_window), 0 = none */
+    mx_layer_plan *plan;  /* n_layer entries */
+    bool plan_is_trained; /* false when the user applied a plan the weights were not trained with */
+    int mla_form;         /* MLA: 0 auto, 1 explicit, 2 absorbed (attention/kvcache.h mx_mla_form) */
 } mx_config;
 
 typedef struct {
-    mx_tensor attn_norm, attn_norm_b;    /* ne {C}; _b LayerNorm bias */
-    mx_tensor wq, wk, wv, wo;            /* wq ne {C, H*D}; wk/wv ne {C, G*D}; wo ne {H*D, C} */
-    mx_tensor bq, bk, bv, bo;            /* biases (GPT-2) */
+    mx_tensor attn_norm, attn_norm_b; /* ne {C}; _b LayerNorm bias */
+    mx_tensor wq, wk, wv, wo;         /* wq ne {C, H*D}; wk/wv ne {C, G*D}; wo ne {H*D, C} */
+    mx_tensor bq, bk, bv, bo;         /* biases (GPT-2) */
     /* MLA: q = wq_b · norm(wq_a · x) (or wq · x when q_rank == 0); [c_kv ; k_rope] = wkv_a · x;
      * [k_nope ; v] per head = wkv_b · norm(c_kv) */
     mx_tensor wq_a, q_a_norm, wq_b, wkv_a, kv_a_norm, wkv_b;
     /* MKA router: r = softmax(W2 · tanh(W1 · x + b1) + b2), 3 memories */
     mx_tensor mka_w1, mka_b1, mka_w2, mka_b2;
     mx_tensor ffn_norm, ffn_norm_b;
-    mx_tensor w_gate, w_up, w_down;      /* gate/up ne {C, F}; down ne {F, C}; GPT-2: up = c_fc, down = c_proj */
+    mx_tensor w_gate, w_up, w_down; /* gate/up ne {C, F}; down ne {F, C}; GPT-2: up = c_fc, down = c_proj */
     mx_tensor b_up, b_down;
     /* MoE: router ne {C, E}; experts 3-D ne {n_in, n_out, E}; shared experts as a dense SwiGLU */
     mx_tensor router, gate_exps, up_exps, down_exps;
@@ -62,19 +64,19 @@ typedef struct {
 } mx_layer_weights;
 
 typedef struct {
-    mx_tensor tok_embd;  /* ne {C, vocab} */
-    mx_tensor pos_embd;  /* ne {C, max_ctx} (GPT-2) */
+    mx_tensor tok_embd; /* ne {C, vocab} */
+    mx_tensor pos_embd; /* ne {C, max_ctx} (GPT-2) */
     mx_tensor out_norm, out_norm_b;
-    mx_tensor output;    /* ne {C, vocab}; == tok_embd when tied */
+    mx_tensor output; /* ne {C, vocab}; == tok_embd when tied */
     mx_layer_weights *layers;
 } mx_weights;
 
 typedef struct {
     char *path;
-    mx_gguf *gguf;          /* when loaded from GGUF (keeps the mapping alive) */
-    struct mx_st_set *hf;   /* when loaded from safetensors (keeps the mappings alive; load_hf.c) */
-    char *stored_plan;      /* the plan string stored with the model (GGUF mixatt.plan), NULL if none */
-    mx_tensor_dict dict;    /* every tensor by name */
+    mx_gguf *gguf;        /* when loaded from GGUF (keeps the mapping alive) */
+    struct mx_st_set *hf; /* when loaded from safetensors (keeps the mappings alive; load_hf.c) */
+    char *stored_plan;    /* the plan string stored with the model (GGUF mixatt.plan), NULL if none */
+    mx_tensor_dict dict;  /* every tensor by name */
     mx_config cfg;
     mx_weights w;
     mx_tokenizer *tok;      /* NULL for a model without a tokenizer (ids only) */
@@ -82,10 +84,10 @@ typedef struct {
 } mx_model;
 
 typedef struct {
-    const char *plan;  /* plan string or preset; NULL = the model's own */
-    int window;        /* window for S layers; 0 = the model's or the preset's default */
-    const char *attn;  /* attention kind for every layer (mha, mla, mka, fastmka); NULL = the model's */
-    int mla_form;      /* 0 auto, 1 explicit, 2 absorbed */
+    const char *plan; /* plan string or preset; NULL = the model's own */
+    int window;       /* window for S layers; 0 = the model's or the preset's default */
+    const char *attn; /* attention kind for every layer (mha, mla, mka, fastmka); NULL = the model's */
+    int mla_form;     /* 0 auto, 1 explicit, 2 absorbed */
 } mx_load_opts;
 
 /* Loads a GGUF file, or a directory holding config.json + *.safetensors. */
@@ -98,7 +100,8 @@ int mx_load_hf(mx_model *m, mx_err *err);
 /* Unmaps the safetensors files behind a model loaded by mx_load_hf (no-op otherwise). */
 void mx_hf_close(mx_model *m);
 
-/* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly. */
+/* Places every weight on the backend (be->upload) / releases them. A CPU backend reads the mapping directly.
+ */
 int mx_model_place(mx_model *m, mx_backend *be, mx_err *err);
 void mx_model_unplace(mx_model *m, mx_backend *be);
 

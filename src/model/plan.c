@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const MX_PLAN_PRESETS[] = {"standard", "ma", "ma-endslide", "ma-offset", "ma-pairs",
-                                       "ma-offset-slideshare", NULL};
+const char *const MX_PLAN_PRESETS[] = {
+    "standard", "ma", "ma-endslide", "ma-offset", "ma-pairs", "ma-offset-slideshare", NULL};
 
 void mx_plan_uniform(mx_layer_plan *plan, int n_layer, mx_attn_kind kind, int window) {
     for (int l = 0; l < n_layer; l++) plan[l] = (mx_layer_plan){.kind = kind, .window = window, .kv_from = l};
@@ -26,30 +26,35 @@ int mx_attn_kind_parse(const char *s) {
 }
 
 /* Window layers in [from, to] share caches in alternating groups of 2 and 3 (or one group when one_group); a
- * group cut short by the end of the run keeps what is left, and a single leftover layer joins the group before
- * it (the paper's 24 layers: L2-3 + L4-6, and L20-21 + L22-23 for a run of four). */
+ * group cut short by the end of the run keeps what is left, and a single leftover layer joins the group
+ * before it (the paper's 24 layers: L2-3 + L4-6, and L20-21 + L22-23 for a run of four). */
 static void group_windows(mx_layer_plan *p, int from, int to, int window, bool one_group) {
     int l = from, size = 2;
     while (l <= to) {
         int end = one_group ? to : l + size - 1;
         if (end > to) end = to;
         if (!one_group && to - end == 1) end = to;
-        for (int i = l; i <= end; i++) p[i] = (mx_layer_plan){.kind = p[i].kind, .window = window, .kv_from = l};
+        for (int i = l; i <= end; i++)
+            p[i] = (mx_layer_plan){.kind = p[i].kind, .window = window, .kv_from = l};
         l = end + 1;
         size = size == 2 ? 3 : 2;
     }
 }
 
 /* Quarter q's first layer of n (0-based), the paper's L1, L7, L13, L19 for n = 24. */
-static int quarter_start(int q, int n) { return (int)((long)q * n / 4); }
+static int quarter_start(int q, int n) {
+    return (int)((long)q * n / 4);
+}
 
 static int preset(const char *name, int n, int window, mx_layer_plan *p, mx_err *err) {
-    bool ma = !strcmp(name, "ma"), endslide = !strcmp(name, "ma-endslide"), offset = !strcmp(name, "ma-offset"),
-         pairs = !strcmp(name, "ma-pairs"), slideshare = !strcmp(name, "ma-offset-slideshare");
+    bool ma = !strcmp(name, "ma"), endslide = !strcmp(name, "ma-endslide"),
+         offset = !strcmp(name, "ma-offset"), pairs = !strcmp(name, "ma-pairs"),
+         slideshare = !strcmp(name, "ma-offset-slideshare");
     if (!strcmp(name, "standard")) return MX_OK;
     if (!(ma || endslide || offset || pairs || slideshare)) return MX_ERR_MISSING;
     if (n < 8)
-        return mx_err_set(err, MX_ERR_ARG, "plan preset '%s' needs at least 8 layers (the model has %d)", name, n);
+        return mx_err_set(err, MX_ERR_ARG, "plan preset '%s' needs at least 8 layers (the model has %d)",
+                          name, n);
     bool full[4096] = {false};
     if (n > 4096) return mx_err_set(err, MX_ERR_ARG, "too many layers (%d) for a preset", n);
     int first_full = -1;
@@ -82,19 +87,23 @@ static int parse_token(const char *tok, int l, int n, int window, mx_layer_plan 
     const char *s = tok;
     char type = *s++;
     if (type != 'G' && type != 'S')
-        return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: '%s' is not G, S, G@N or S@N (nor a preset: standard, "
-                          "ma, ma-endslide, ma-offset, ma-pairs, ma-offset-slideshare)", l, tok);
+        return mx_err_set(err, MX_ERR_ARG,
+                          "plan: layer %d: '%s' is not G, S, G@N or S@N (nor a preset: standard, "
+                          "ma, ma-endslide, ma-offset, ma-pairs, ma-offset-slideshare)",
+                          l, tok);
     int w = type == 'G' ? 0 : window, src = l;
     if (type == 'S' && isdigit((unsigned char)*s)) w = (int)strtol(s, (char **)&s, 10);
     if (*s == '@') {
         char *end;
         s++;
         src = (int)strtol(s, &end, 10);
-        if (end == s) return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: '%s' needs a layer number after @", l, tok);
+        if (end == s)
+            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: '%s' needs a layer number after @", l, tok);
         s = end;
     }
     if (*s) return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: unexpected '%s' in '%s'", l, s, tok);
-    if (type == 'S' && w <= 0) return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: window must be positive", l);
+    if (type == 'S' && w <= 0)
+        return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: window must be positive", l);
     out->window = w;
     out->kv_from = src;
     return MX_OK;
@@ -105,8 +114,10 @@ int mx_plan_parse(const char *s, int n, int window, mx_attn_kind kind, mx_layer_
     int rc = preset(s, n, window, p, err);
     if (rc != MX_ERR_MISSING) return rc;
     if (!strchr(s, ',') && !strchr(s, '*') && strlen(s) > 3 && islower((unsigned char)s[0]))
-        return mx_err_set(err, MX_ERR_ARG, "plan: unknown preset '%s' (presets: standard, ma, ma-endslide, ma-offset, "
-                          "ma-pairs, ma-offset-slideshare)", s);
+        return mx_err_set(err, MX_ERR_ARG,
+                          "plan: unknown preset '%s' (presets: standard, ma, ma-endslide, ma-offset, "
+                          "ma-pairs, ma-offset-slideshare)",
+                          s);
     char *copy = strdup(s), *save = NULL;
     if (!copy) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     int l = 0;
@@ -118,7 +129,8 @@ int mx_plan_parse(const char *s, int n, int window, mx_attn_kind kind, mx_layer_
         if (star) {
             *star = 0;
             reps = atoi(star + 1);
-            if (reps < 1) rc = mx_err_set(err, MX_ERR_ARG, "plan: bad repeat count in '%s*%s'", tok, star + 1);
+            if (reps < 1)
+                rc = mx_err_set(err, MX_ERR_ARG, "plan: bad repeat count in '%s*%s'", tok, star + 1);
         }
         for (int r = 0; r < reps && !rc; r++, l++) {
             if (l >= n) {
@@ -137,23 +149,26 @@ int mx_plan_validate(const mx_layer_plan *plan, int n_layer, int max_ctx, mx_err
     for (int l = 0; l < n_layer; l++) {
         int src = plan[l].kv_from;
         if (src < 0 || src >= n_layer)
-            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d reads layer %d's cache, which does not exist (%d layers)",
-                              l, src, n_layer);
+            return mx_err_set(err, MX_ERR_ARG,
+                              "plan: layer %d reads layer %d's cache, which does not exist (%d layers)", l,
+                              src, n_layer);
         if (src > l)
-            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d reads layer %d's cache, which is written later", l,
-                              src);
+            return mx_err_set(err, MX_ERR_ARG,
+                              "plan: layer %d reads layer %d's cache, which is written later", l, src);
         if (plan[src].kv_from != src)
-            return mx_err_set(err, MX_ERR_ARG,
-                              "plan: layer %d reads layer %d's cache, but layer %d writes none (it reads layer %d's)",
-                              l, src, src, plan[src].kv_from);
+            return mx_err_set(
+                err, MX_ERR_ARG,
+                "plan: layer %d reads layer %d's cache, but layer %d writes none (it reads layer %d's)", l,
+                src, src, plan[src].kv_from);
         if (plan[l].window < 0 || plan[l].window > max_ctx)
-            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d has window %d, larger than the context (%d)", l,
-                              plan[l].window, max_ctx);
+            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d has window %d, larger than the context (%d)",
+                              l, plan[l].window, max_ctx);
         if (plan[src].window > 0 && (plan[l].window == 0 || plan[l].window > plan[src].window))
-            return mx_err_set(err, MX_ERR_ARG,
-                              "plan: layer %d (window %d) cannot read layer %d's cache, which keeps only the last %d "
-                              "keys",
-                              l, plan[l].window, src, plan[src].window);
+            return mx_err_set(
+                err, MX_ERR_ARG,
+                "plan: layer %d (window %d) cannot read layer %d's cache, which keeps only the last %d "
+                "keys",
+                l, plan[l].window, src, plan[src].window);
         if (plan[src].kind != plan[l].kind)
             return mx_err_set(err, MX_ERR_ARG, "plan: layer %d (%s) cannot read layer %d's %s cache", l,
                               mx_attn_kind_name(plan[l].kind), src, mx_attn_kind_name(plan[src].kind));
@@ -166,7 +181,8 @@ void mx_plan_to_string(const mx_layer_plan *plan, int n_layer, char *buf, size_t
     if (size) buf[0] = 0;
     for (int l = 0; l < n_layer && off < size; l++) {
         char tok[32];
-        int k = plan[l].window > 0 ? snprintf(tok, sizeof tok, "S%d", plan[l].window) : snprintf(tok, sizeof tok, "G");
+        int k = plan[l].window > 0 ? snprintf(tok, sizeof tok, "S%d", plan[l].window)
+                                   : snprintf(tok, sizeof tok, "G");
         if (plan[l].kv_from != l) snprintf(tok + k, sizeof tok - (size_t)k, "@%d", plan[l].kv_from);
         off += (size_t)snprintf(buf + off, size - off, "%s%s", l ? "," : "", tok);
     }

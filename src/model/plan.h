@@ -29,7 +29,8 @@ enum { MX_DEFAULT_WINDOW = 1024 }; /* MixAttention's window */
 /* Every layer of `kind`, its own cache, window w (0 = full). */
 void mx_plan_uniform(mx_layer_plan *plan, int n_layer, mx_attn_kind kind, int window);
 /* Parses a plan string or preset for n_layer layers into plan (kind applied to every layer). */
-int mx_plan_parse(const char *s, int n_layer, int window, mx_attn_kind kind, mx_layer_plan *plan, mx_err *err);
+int mx_plan_parse(const char *s, int n_layer, int window, mx_attn_kind kind, mx_layer_plan *plan,
+                  mx_err *err);
 /* Checks a plan before any work: readers read an earlier (or own) writer of the same kind, full layers do not
  * read a window ring, windows fit the context. */
 int mx_plan_validate(const mx_layer_plan *plan, int n_layer, int max_ctx, mx_err *err);

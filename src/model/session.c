@@ -5,7 +5,9 @@
 
 enum { DEFAULT_UBATCH = 512 };
 
-static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+static size_t max_sz(size_t a, size_t b) {
+    return a > b ? a : b;
+}
 
 /* The widest per-token activation any block of this model writes into a scratch buffer. */
 static size_t activation_width(const mx_config *c) {
@@ -34,7 +36,8 @@ static int alloc_scratch(mx_session *s, mx_err *err) {
     s->logits = be->alloc(be, U * c->vocab * F);
     if (c->n_expert > 0) s->moe_counts = calloc((size_t)c->n_layer * c->n_expert, sizeof(int));
     if (!ok || !s->logits || (c->n_expert > 0 && !s->moe_counts))
-        return mx_err_set(err, MX_ERR_NOMEM, "out of memory allocating activation buffers for %d tokens", s->ubatch);
+        return mx_err_set(err, MX_ERR_NOMEM, "out of memory allocating activation buffers for %d tokens",
+                          s->ubatch);
     return MX_OK;
 }
 
@@ -52,17 +55,19 @@ static int check_fits(const mx_model *m, mx_backend *be, int n_ctx, mx_err *err)
     if (!be->mem_info || be->mem_info(be, &free_b, &total_b)) return MX_OK;
     size_t need = mx_session_bytes(m, be, n_ctx);
     if (need <= free_b) return MX_OK;
-    return mx_err_set(err, MX_ERR_NOMEM,
-                      "a context of %d tokens needs %.1f MiB on %s (KV cache and activation buffers) but only %.1f "
-                      "MiB of %.1f MiB are free; lower --ctx",
-                      n_ctx, need / 1048576.0, be->name, free_b / 1048576.0, total_b / 1048576.0);
+    return mx_err_set(
+        err, MX_ERR_NOMEM,
+        "a context of %d tokens needs %.1f MiB on %s (KV cache and activation buffers) but only %.1f "
+        "MiB of %.1f MiB are free; lower --ctx",
+        n_ctx, need / 1048576.0, be->name, free_b / 1048576.0, total_b / 1048576.0);
 }
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err) {
     *out = NULL;
     if (n_ctx <= 0 || n_ctx > m->cfg.max_ctx)
-        return mx_err_set(err, MX_ERR_ARG, "context of %d tokens is outside 1..%d (the model's context length)",
-                          n_ctx, m->cfg.max_ctx);
+        return mx_err_set(err, MX_ERR_ARG,
+                          "context of %d tokens is outside 1..%d (the model's context length)", n_ctx,
+                          m->cfg.max_ctx);
     if (check_fits(m, be, n_ctx, err)) return err->code;
     mx_session *s = calloc(1, sizeof *s);
     if (!s) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
@@ -97,8 +102,8 @@ void mx_session_free(mx_session *s) {
 int mx_session_eval(mx_session *s, const int *tokens, int T, float *logits, bool all_logits, mx_err *err) {
     if (T <= 0) return mx_err_set(err, MX_ERR_ARG, "nothing to evaluate (0 tokens)");
     if (s->pos + T > s->n_ctx)
-        return mx_err_set(err, MX_ERR_ARG, "%d tokens at position %d exceed the context of %d tokens", T, s->pos,
-                          s->n_ctx);
+        return mx_err_set(err, MX_ERR_ARG, "%d tokens at position %d exceed the context of %d tokens", T,
+                          s->pos, s->n_ctx);
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= s->m->cfg.vocab)
             return mx_err_set(err, MX_ERR_ARG, "token id %d at index %d is outside the vocabulary (0..%d)",

@@ -14,16 +14,16 @@ enum { MX_N_SCRATCH = 6 };
 typedef struct {
     const mx_model *m;
     mx_backend *be;
-    int n_ctx;   /* tokens the cache holds */
-    int ubatch;  /* tokens per forward chunk */
-    int pos;     /* tokens already in the cache */
+    int n_ctx;  /* tokens the cache holds */
+    int ubatch; /* tokens per forward chunk */
+    int pos;    /* tokens already in the cache */
     mx_kvcache kv;
-    size_t width;       /* floats per token row of each scratch buffer (the widest activation of the model) */
-    float *x;           /* residual stream [ubatch, C] */
-    float *h;           /* normed input / block output [ubatch, width] */
+    size_t width; /* floats per token row of each scratch buffer (the widest activation of the model) */
+    float *x;     /* residual stream [ubatch, C] */
+    float *h;     /* normed input / block output [ubatch, width] */
     float *buf[MX_N_SCRATCH]; /* scratch for the blocks, each [ubatch, width] */
-    float *logits;      /* [ubatch, vocab] */
-    int *moe_counts;    /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
+    float *logits;            /* [ubatch, vocab] */
+    int *moe_counts; /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
 } mx_session;
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);

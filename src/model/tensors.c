@@ -17,8 +17,8 @@ int mx_dict_own(mx_tensor_dict *d, void *buf, mx_err *err) {
     return MX_OK;
 }
 
-int mx_dict_add(mx_tensor_dict *d, const char *name, uint32_t type, int n_dims, const int64_t *ne, const void *data,
-                size_t nbytes, bool take_ownership, mx_err *err) {
+int mx_dict_add(mx_tensor_dict *d, const char *name, uint32_t type, int n_dims, const int64_t *ne,
+                const void *data, size_t nbytes, bool take_ownership, mx_err *err) {
     if (take_ownership && mx_dict_own(d, (void *)data, err)) return err->code;
     if (d->n == d->cap) {
         int cap = d->cap ? d->cap * 2 : 256;

@@ -72,9 +72,10 @@ int mx_generate(mx_session *s, mx_sampler *smp, const int *prompt, int n_prompt,
     int vocab = m->cfg.vocab, eos = mx_tokenizer_eos(m->tok);
     int budget = s->n_ctx - s->pos - n_prompt;
     if (budget < 0)
-        return mx_err_set(err, MX_ERR_ARG,
-                          "the prompt is %d tokens but only %d fit in the context (%d tokens, --ctx to change)",
-                          n_prompt, s->n_ctx - s->pos, s->n_ctx);
+        return mx_err_set(
+            err, MX_ERR_ARG,
+            "the prompt is %d tokens but only %d fit in the context (%d tokens, --ctx to change)", n_prompt,
+            s->n_ctx - s->pos, s->n_ctx);
     int max_new = o->n_predict >= 0 && o->n_predict < budget ? o->n_predict : budget;
     float *logits = malloc(sizeof(float) * (size_t)vocab);
     int *hist = malloc(sizeof(int) * (size_t)(n_prompt + max_new + 1));
@@ -87,7 +88,8 @@ int mx_generate(mx_session *s, mx_sampler *smp, const int *prompt, int n_prompt,
     memcpy(hist, prompt, sizeof(int) * (size_t)n_prompt);
     text_buf text = {0};
     res->n_prompt = n_prompt;
-    res->stop_reason = max_new == budget && (o->n_predict < 0 || o->n_predict > budget) ? "context full" : "length";
+    res->stop_reason =
+        max_new == budget && (o->n_predict < 0 || o->n_predict > budget) ? "context full" : "length";
 
     double t0 = mx_now();
     int rc = mx_session_eval(s, prompt, n_prompt, logits, false, err);

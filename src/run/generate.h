@@ -9,18 +9,18 @@
 #include "sampler.h"
 
 typedef struct {
-    int n_predict;        /* max new tokens; < 0 = until the context is full */
-    const char **stops;   /* stop strings (not printed) */
+    int n_predict;      /* max new tokens; < 0 = until the context is full */
+    const char **stops; /* stop strings (not printed) */
     int n_stops;
-    int stop_token;       /* an extra token id that ends generation (chat end-of-turn), -1 none */
-    FILE *out;            /* streamed text; NULL = don't stream */
+    int stop_token; /* an extra token id that ends generation (chat end-of-turn), -1 none */
+    FILE *out;      /* streamed text; NULL = don't stream */
 } mx_gen_opts;
 
 typedef struct {
     int n_prompt, n_gen;
     double prefill_s, decode_s;
-    char *text;           /* the generated text (malloc'd), stop string excluded */
-    int *tokens;          /* the generated tokens (malloc'd) */
+    char *text;              /* the generated text (malloc'd), stop string excluded */
+    int *tokens;             /* the generated tokens (malloc'd) */
     const char *stop_reason; /* "eos", "stop string", "length", "context full" */
 } mx_gen_result;
 

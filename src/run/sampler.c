@@ -6,8 +6,13 @@
 #include <stdlib.h>
 
 mx_sampler_params mx_sampler_defaults(void) {
-    return (mx_sampler_params){.temperature = 0.0f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f,
-                               .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 42};
+    return (mx_sampler_params){.temperature = 0.0f,
+                               .top_k = 40,
+                               .top_p = 0.95f,
+                               .min_p = 0.05f,
+                               .repeat_penalty = 1.0f,
+                               .repeat_last_n = 64,
+                               .seed = 42};
 }
 
 int mx_sampler_init(mx_sampler *s, const mx_sampler_params *p, int vocab) {

@@ -10,11 +10,11 @@
 #include "../base/rng.h"
 
 typedef struct {
-    float temperature;   /* 0 = greedy */
-    int top_k;           /* 0 = off */
-    float top_p;         /* 1 = off */
-    float min_p;         /* 0 = off */
-    float repeat_penalty;/* 1 = off */
+    float temperature;    /* 0 = greedy */
+    int top_k;            /* 0 = off */
+    float top_p;          /* 1 = off */
+    float min_p;          /* 0 = off */
+    float repeat_penalty; /* 1 = off */
     int repeat_last_n;
     uint64_t seed;
 } mx_sampler_params;
@@ -23,8 +23,8 @@ typedef struct {
     mx_sampler_params p;
     mx_rng rng;
     int vocab;
-    int *idx;      /* scratch [vocab] */
-    float *prob;   /* scratch [vocab] */
+    int *idx;    /* scratch [vocab] */
+    float *prob; /* scratch [vocab] */
 } mx_sampler;
 
 mx_sampler_params mx_sampler_defaults(void);

@@ -31,8 +31,8 @@ int mx_tokenizer_byte_token(const mx_tokenizer *t, uint8_t byte);
 /* Encodes len bytes of UTF-8 text. Special tokens written literally in the text ("<|im_start|>") become their
  * ids when parse_special is true, as Hugging Face does for added tokens. *ids is malloc'd (caller frees);
  * no BOS is added (callers decide). */
-int mx_tokenize(const mx_tokenizer *t, const char *text, size_t len, bool parse_special, int **ids, int *n_ids,
-                mx_err *err);
+int mx_tokenize(const mx_tokenizer *t, const char *text, size_t len, bool parse_special, int **ids,
+                int *n_ids, mx_err *err);
 /* The bytes of one token (byte-level alphabet mapped back to raw bytes); *len set. Pointer valid until free.
  * Special tokens return their text. */
 const char *mx_token_bytes(const mx_tokenizer *t, int id, size_t *len);
@@ -40,8 +40,8 @@ const char *mx_token_bytes(const mx_tokenizer *t, int id, size_t *len);
 char *mx_detokenize(const mx_tokenizer *t, const int *ids, int n_ids);
 
 /* Chat template rendering for the model's tokenizer.chat_template. Supported: the ChatML family
- * ("<|im_start|>role\ncontent<|im_end|>\n", with SmolLM2's default system prompt when the first message is not
- * a system message). Unknown templates give MX_ERR_UNSUPPORTED with the template's first line. */
+ * ("<|im_start|>role\ncontent<|im_end|>\n", with SmolLM2's default system prompt when the first message is
+ * not a system message). Unknown templates give MX_ERR_UNSUPPORTED with the template's first line. */
 typedef struct {
     const char *role; /* "system", "user", "assistant" */
     const char *content;

@@ -31,20 +31,23 @@ static mx_backend *cpu, *gpu;
 static mx_rng rng;
 static int n_pass, n_fail;
 
-static float frand(void) { return 2.0f * mx_rng_float(&rng) - 1.0f; }
+static float frand(void) {
+    return 2.0f * mx_rng_float(&rng) - 1.0f;
+}
 static float *rand_vec(size_t n, float scale) {
     float *v = malloc(sizeof(float) * (n ? n : 1));
     for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
     return v;
 }
 
-#define CK(call)                                                                                          \
-    do {                                                                                                  \
-        cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
-            exit(2);                                                                                      \
-        }                                                                                                 \
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__,                       \
+                    cudaGetErrorString(e_));                                                                 \
+            exit(2);                                                                                         \
+        }                                                                                                    \
     } while (0)
 
 static void *dev_from(const void *h, size_t bytes) {
@@ -122,11 +125,24 @@ static void *rand_weight(uint32_t type, int n_in, int n_out, size_t *bytes_out) 
         uint8_t *blk = w + b * info->bytes;
         float d = 0.01f + 0.02f * mx_rng_float(&rng), m = 0.1f * frand();
         switch (type) {
-        case MX_Q4_0: case MX_Q5_0: case MX_Q8_0: put_f16(blk, d); break;
-        case MX_Q4_1: case MX_Q5_1: put_f16(blk, d), put_f16(blk + 2, m); break;
-        case MX_Q4_K: case MX_Q5_K: put_f16(blk, d * 0.1f), put_f16(blk + 2, d * 0.05f); break;
-        case MX_Q6_K: put_f16(blk + 208, d * 0.05f); break;
-        default: break;
+        case MX_Q4_0:
+        case MX_Q5_0:
+        case MX_Q8_0:
+            put_f16(blk, d);
+            break;
+        case MX_Q4_1:
+        case MX_Q5_1:
+            put_f16(blk, d), put_f16(blk + 2, m);
+            break;
+        case MX_Q4_K:
+        case MX_Q5_K:
+            put_f16(blk, d * 0.1f), put_f16(blk + 2, d * 0.05f);
+            break;
+        case MX_Q6_K:
+            put_f16(blk + 208, d * 0.05f);
+            break;
+        default:
+            break;
         }
     }
     return w;
@@ -156,7 +172,8 @@ static void free_tensor(mx_tensor *t) {
 /* ---------------------------------------------------------------- ops */
 
 static void test_matmul(void) {
-    uint32_t types[] = {MX_F32, MX_F16, MX_BF16, MX_Q4_0, MX_Q4_1, MX_Q5_0, MX_Q5_1, MX_Q8_0, MX_Q4_K, MX_Q5_K, MX_Q6_K};
+    uint32_t types[] = {MX_F32,  MX_F16,  MX_BF16, MX_Q4_0, MX_Q4_1, MX_Q5_0,
+                        MX_Q5_1, MX_Q8_0, MX_Q4_K, MX_Q5_K, MX_Q6_K};
     int shapes[][2] = {{256, 72}, {1536, 301}, {576, 1536}};
     int Ts[] = {1, 3, 8, 9, 130};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
@@ -169,12 +186,13 @@ static void test_matmul(void) {
                 float *x = rand_vec((size_t)T * n_in, 1.0f), *ref = malloc(sizeof(float) * T * n_out);
                 float *got = malloc(sizeof(float) * T * n_out);
                 cpu->matmul(cpu, &w, x, ref, T);
-                float *dx = dev_from(x, sizeof(float) * T * n_in), *dy = dev_poisoned(sizeof(float) * T * n_out);
+                float *dx = dev_from(x, sizeof(float) * T * n_in),
+                      *dy = dev_poisoned(sizeof(float) * T * n_out);
                 gpu->matmul(gpu, &w, dx, dy, T);
                 to_host(got, dy, (size_t)T * n_out);
                 char name[96];
-                snprintf(name, sizeof name, "matmul %-5s %4dx%-4d T=%-3d (%s)", mx_dtype_name(types[ti]), n_out, n_in,
-                         T, T <= 8 ? "GEMV" : "GEMM");
+                snprintf(name, sizeof name, "matmul %-5s %4dx%-4d T=%-3d (%s)", mx_dtype_name(types[ti]),
+                         n_out, n_in, T, T <= 8 ? "GEMV" : "GEMM");
                 check(name, got, ref, (size_t)T * n_out, T <= 8 ? 1e-4 : 1e-2);
                 gpu->free(gpu, dx), gpu->free(gpu, dy);
                 free(x), free(ref), free(got);
@@ -207,7 +225,8 @@ static void test_norms(void) {
     for (int k = 0; k < 3; k++) {
         int T = cases[k][0], C = cases[k][1];
         mx_tensor w = make_tensor(MX_F32, C, 1, "norm"), b = make_tensor(MX_F32, C, 1, "bias");
-        float *x = rand_vec((size_t)T * C, 3.0f), *ref = malloc(sizeof(float) * T * C), *got = malloc(sizeof(float) * T * C);
+        float *x = rand_vec((size_t)T * C, 3.0f), *ref = malloc(sizeof(float) * T * C),
+              *got = malloc(sizeof(float) * T * C);
         float *dx = dev_from(x, sizeof(float) * T * C), *dy = dev_poisoned(sizeof(float) * T * C);
         char name[64];
         cpu->rmsnorm(cpu, x, &w, ref, T, C, 1e-5f);
@@ -230,7 +249,8 @@ static void test_norms(void) {
 }
 
 static void test_rope(void) {
-    int cases[][5] = {{5, 9, 64, 64, 0}, {3, 4, 128, 128, 4000}, {17, 3, 64, 32, 100000}, {1, 32, 128, 64, 131071}};
+    int cases[][5] = {
+        {5, 9, 64, 64, 0}, {3, 4, 128, 128, 4000}, {17, 3, 64, 32, 100000}, {1, 32, 128, 64, 131071}};
     for (int k = 0; k < 4; k++)
         for (int mode = 0; mode < 2; mode++) {
             int T = cases[k][0], H = cases[k][1], D = cases[k][2], rd = cases[k][3], pos0 = cases[k][4];
@@ -241,8 +261,8 @@ static void test_rope(void) {
             gpu->rope(gpu, dx, T, H, D, rd, pos0, 10000.0f, (mx_rope_mode)mode);
             to_host(got, dx, n);
             char name[80];
-            snprintf(name, sizeof name, "rope %s T=%d H=%d D=%d rope_dim=%d pos0=%d", mode ? "half" : "adjacent", T, H,
-                     D, rd, pos0);
+            snprintf(name, sizeof name, "rope %s T=%d H=%d D=%d rope_dim=%d pos0=%d",
+                     mode ? "half" : "adjacent", T, H, D, rd, pos0);
             check(name, got, x, n, 2e-5);
             gpu->free(gpu, dx), free(x), free(got);
         }
@@ -323,13 +343,25 @@ typedef struct {
 } attn_case;
 
 static void test_attention_case(const attn_case *c) {
-    mx_attn_spec sp = {.n_q = c->n_q, .n_head = c->H, .n_kv_head = c->G, .head_dim = c->D, .v_dim = c->Dv,
-                       .q_pos0 = c->q_pos0, .n_slots = c->n_slots, .window = c->window, .causal = c->causal,
-                       .kv_lo = c->kv_lo, .kv_hi = c->kv_hi, .scale = 1.0f / sqrtf((float)c->D),
-                       .q_stride = (size_t)c->H * c->D, .k_stride = (size_t)c->G * c->D,
-                       .v_stride = (size_t)c->G * c->Dv, .o_stride = (size_t)c->H * c->Dv};
+    mx_attn_spec sp = {.n_q = c->n_q,
+                       .n_head = c->H,
+                       .n_kv_head = c->G,
+                       .head_dim = c->D,
+                       .v_dim = c->Dv,
+                       .q_pos0 = c->q_pos0,
+                       .n_slots = c->n_slots,
+                       .window = c->window,
+                       .causal = c->causal,
+                       .kv_lo = c->kv_lo,
+                       .kv_hi = c->kv_hi,
+                       .scale = 1.0f / sqrtf((float)c->D),
+                       .q_stride = (size_t)c->H * c->D,
+                       .k_stride = (size_t)c->G * c->D,
+                       .v_stride = (size_t)c->G * c->Dv,
+                       .o_stride = (size_t)c->H * c->Dv};
     size_t nq = (size_t)c->n_q * sp.q_stride, nk = (size_t)c->n_slots * sp.k_stride,
-           nv = (size_t)c->n_slots * sp.v_stride, no = (size_t)c->n_q * sp.o_stride, nl = (size_t)c->n_q * c->H;
+           nv = (size_t)c->n_slots * sp.v_stride, no = (size_t)c->n_q * sp.o_stride,
+           nl = (size_t)c->n_q * c->H;
     float *q = rand_vec(nq, 2.0f), *k = rand_vec(nk, 1.0f), *v = rand_vec(nv, 1.0f);
     uint16_t *kb = malloc(nk * 2), *vb = malloc(nv * 2);
     for (size_t i = 0; i < nk; i++) kb[i] = mx_f32_to_bf16(k[i]), k[i] = mx_bf16_to_f32(kb[i]);
@@ -351,8 +383,10 @@ static void test_attention_case(const attn_case *c) {
     int bad = 0;
     for (size_t i = 0; i < nl; i++) {
         if (isinf(ref_lse[i]) && got_lse[i] == ref_lse[i]) continue;
-        if (isnan(got_lse[i]) || isinf(got_lse[i])) bad = 1;
-        else if (fabs(got_lse[i] - ref_lse[i]) > maxd) maxd = fabs(got_lse[i] - ref_lse[i]);
+        if (isnan(got_lse[i]) || isinf(got_lse[i]))
+            bad = 1;
+        else if (fabs(got_lse[i] - ref_lse[i]) > maxd)
+            maxd = fabs(got_lse[i] - ref_lse[i]);
     }
     int ok = !bad && maxd <= 2e-2;
     printf("%s attention %s: lse%*s max|d| %.2e  tol 2e-02\n", ok ? "PASS" : "FAIL", c->name,
@@ -372,29 +406,28 @@ static void test_attention_case(const attn_case *c) {
 static void test_attention(void) {
     const attn_case cases[] = {
         /* name                              T    H   G    D   Dv  pos0  slots  W  causal lo   hi */
-        {"prefill causal D64 GQA 9/3",       300, 9,  3,  64,  64,    0,  300,   0, 1,    0, 299},
-        {"prefill causal D128 GQA 8/2",      257, 8,  2, 128, 128,    0,  257,   0, 1,    0, 256},
-        {"prefill chunk at pos 200 D64",     100, 6,  2,  64,  64,  200,  512,   0, 1,    0, 299},
-        {"prefill window 50 D128 MHA",       300, 4,  4, 128, 128,    0,  300,  50, 1,    0, 299},
-        {"prefill ring W64 slots163 D64",    100, 9,  3,  64,  64,  400,  163,  64, 1,  337, 499},
-        {"prefill non-causal [10,400] D64",  130, 4,  2,  64,  64,   50,  512,   0, 0,   10, 400},
-        {"prefill non-causal D128 1 row",      1, 4,  4, 128, 128,    0,  700,   0, 0,    0, 699},
-        {"prefill empty rows (kv_lo 5)",      40, 2,  1,  64,  64,    0,   64,   0, 1,    5,  39},
-        {"decode T1 KV5001 D128 GQA 32/8",     1, 32, 8, 128, 128, 5000, 6000,   0, 1,    0, 5000},
-        {"decode T1 KV70 D64 GQA 9/3",         1, 9,  3,  64,  64,   69,  100,   0, 1,    0, 69},
-        {"decode T1 ring W100 D64",            1, 9,  3,  64,  64, 1000,  100, 100, 1,  901, 1000},
-        {"decode T3 D64 MQA 4/1",              3, 4,  1,  64,  64,   77,  128,   0, 1,    0, 79},
-        {"decode T2 KV20000 D64 window 3000",  2, 8,  2,  64,  64, 19998, 20000, 3000, 1, 0, 19999},
-        {"decode T1 KV40000 D128 GQA 8/8",     1, 8,  8, 128, 128, 39999, 40000,  0, 1,    0, 39999},
-        {"decode T1 D128 GQA 10/2 (R 5)",      1, 10, 2, 128, 128, 3000, 4096,   0, 1,    0, 3000},
-        {"decode T2 D128 ring W700 GQA 8/2",   2, 8,  2, 128, 128, 5000, 700,  700, 1, 4302, 5001},
-        {"decode T1 D64 kv_lo 1000 GQA 12/3",  1, 12, 3,  64,  64, 9000, 9100,   0, 1, 1000, 9000},
-        {"generic D96",                       20, 4,  2,  96,  96,   10,   64,   0, 1,    0, 29},
-        {"generic MLA-like D576 Dv512",        5, 4,  1, 576, 512,   30,   64,   0, 1,    0, 34},
+        {"prefill causal D64 GQA 9/3", 300, 9, 3, 64, 64, 0, 300, 0, 1, 0, 299},
+        {"prefill causal D128 GQA 8/2", 257, 8, 2, 128, 128, 0, 257, 0, 1, 0, 256},
+        {"prefill chunk at pos 200 D64", 100, 6, 2, 64, 64, 200, 512, 0, 1, 0, 299},
+        {"prefill window 50 D128 MHA", 300, 4, 4, 128, 128, 0, 300, 50, 1, 0, 299},
+        {"prefill ring W64 slots163 D64", 100, 9, 3, 64, 64, 400, 163, 64, 1, 337, 499},
+        {"prefill non-causal [10,400] D64", 130, 4, 2, 64, 64, 50, 512, 0, 0, 10, 400},
+        {"prefill non-causal D128 1 row", 1, 4, 4, 128, 128, 0, 700, 0, 0, 0, 699},
+        {"prefill empty rows (kv_lo 5)", 40, 2, 1, 64, 64, 0, 64, 0, 1, 5, 39},
+        {"decode T1 KV5001 D128 GQA 32/8", 1, 32, 8, 128, 128, 5000, 6000, 0, 1, 0, 5000},
+        {"decode T1 KV70 D64 GQA 9/3", 1, 9, 3, 64, 64, 69, 100, 0, 1, 0, 69},
+        {"decode T1 ring W100 D64", 1, 9, 3, 64, 64, 1000, 100, 100, 1, 901, 1000},
+        {"decode T3 D64 MQA 4/1", 3, 4, 1, 64, 64, 77, 128, 0, 1, 0, 79},
+        {"decode T2 KV20000 D64 window 3000", 2, 8, 2, 64, 64, 19998, 20000, 3000, 1, 0, 19999},
+        {"decode T1 KV40000 D128 GQA 8/8", 1, 8, 8, 128, 128, 39999, 40000, 0, 1, 0, 39999},
+        {"decode T1 D128 GQA 10/2 (R 5)", 1, 10, 2, 128, 128, 3000, 4096, 0, 1, 0, 3000},
+        {"decode T2 D128 ring W700 GQA 8/2", 2, 8, 2, 128, 128, 5000, 700, 700, 1, 4302, 5001},
+        {"decode T1 D64 kv_lo 1000 GQA 12/3", 1, 12, 3, 64, 64, 9000, 9100, 0, 1, 1000, 9000},
+        {"generic D96", 20, 4, 2, 96, 96, 10, 64, 0, 1, 0, 29},
+        {"generic MLA-like D576 Dv512", 5, 4, 1, 576, 512, 30, 64, 0, 1, 0, 34},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention_case(&cases[i]);
 }
-
 
 /* ---------------------------------------------------------------- MoE / MLA / MKA ops */
 
@@ -402,7 +435,8 @@ static void test_blocks(void) {
     char name[96];
     { /* fill */
         size_t n = 10007;
-        float *d = dev_poisoned(sizeof(float) * n), *got = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
+        float *d = dev_poisoned(sizeof(float) * n), *got = malloc(sizeof(float) * n),
+              *ref = malloc(sizeof(float) * n);
         gpu->fill(gpu, d, n, 0.375f);
         cpu->fill(cpu, ref, n, 0.375f);
         to_host(got, d, n);
@@ -433,21 +467,25 @@ static void test_blocks(void) {
                 float *x = rand_vec((size_t)T * n_out, 1.0f), *ref = malloc(sizeof(float) * T * n_in),
                       *got = malloc(sizeof(float) * T * n_in);
                 cpu->matmul_t(cpu, &w, x, ref, T);
-                float *dx = dev_from(x, sizeof(float) * T * n_out), *dy = dev_poisoned(sizeof(float) * T * n_in);
+                float *dx = dev_from(x, sizeof(float) * T * n_out),
+                      *dy = dev_poisoned(sizeof(float) * T * n_in);
                 gpu->matmul_t(gpu, &w, dx, dy, T);
                 to_host(got, dy, (size_t)T * n_in);
-                snprintf(name, sizeof name, "matmul_t %s %dx%d T=%d (bf16 GEMM)", mx_dtype_name(types[ti]), n_out, n_in, T);
+                snprintf(name, sizeof name, "matmul_t %s %dx%d T=%d (bf16 GEMM)", mx_dtype_name(types[ti]),
+                         n_out, n_in, T);
                 check(name, got, ref, (size_t)T * n_in, 1e-2);
                 gpu->free(gpu, dx), gpu->free(gpu, dy), free(x), free(ref), free(got);
             }
             free_tensor(&w);
         }
     }
-    { /* kv_read after kv_write (bf16 store): against the CPU reading its fp32 store of the same bf16 values */
+    { /* kv_read after kv_write (bf16 store): against the CPU reading its fp32 store of the same bf16 values
+       */
         int T = 9, n = 192, S = 20, pos0 = 15;
         float *src = rand_vec((size_t)T * n, 1.0f);
         for (int i = 0; i < T * n; i++) src[i] = mx_bf16_to_f32(mx_f32_to_bf16(src[i]));
-        float *cst = malloc(sizeof(float) * S * n), *ref = malloc(sizeof(float) * T * n), *got = malloc(sizeof(float) * T * n);
+        float *cst = malloc(sizeof(float) * S * n), *ref = malloc(sizeof(float) * T * n),
+              *got = malloc(sizeof(float) * T * n);
         cpu->kv_write(cpu, cst, src, T, n, pos0, S);
         cpu->kv_read(cpu, cst, ref, T, n, pos0, S);
         float *dsrc = dev_from(src, sizeof(float) * T * n), *dd = dev_poisoned(sizeof(float) * T * n);
@@ -456,7 +494,8 @@ static void test_blocks(void) {
         gpu->kv_read(gpu, gst, dd, T, n, pos0, S);
         to_host(got, dd, (size_t)T * n);
         check("kv_read T=9 n=192 ring slots 20 pos0 15", got, ref, (size_t)T * n, 0);
-        gpu->free(gpu, dsrc), gpu->free(gpu, dd), gpu->free(gpu, gst), free(src), free(cst), free(ref), free(got);
+        gpu->free(gpu, dsrc), gpu->free(gpu, dd), gpu->free(gpu, gst), free(src), free(cst), free(ref),
+            free(got);
     }
     { /* moe_route */
         int T = 13, E = 16, k = 3;
@@ -468,7 +507,8 @@ static void test_blocks(void) {
             cpu->moe_route(cpu, lg, T, E, k, norm, 1.5f, ic, wc);
             gpu->moe_route(gpu, dl, T, E, k, norm, 1.5f, ig, wg);
             int same = !memcmp(ic, ig, sizeof ic);
-            snprintf(name, sizeof name, "moe_route T=13 E=16 k=3 norm=%d%s", norm, same ? "" : " (IDS DIFFER)");
+            snprintf(name, sizeof name, "moe_route T=13 E=16 k=3 norm=%d%s", norm,
+                     same ? "" : " (IDS DIFFER)");
             if (!same) wg[0] = NAN;
             check(name, wg, wc, (size_t)T * k, 1e-6);
         }
@@ -480,7 +520,8 @@ static void test_blocks(void) {
         float wts[50];
         for (int i = 0; i < rows; i++) idx[i] = (int)(mx_rng_u64(&rng) % R), wts[i] = frand();
         idx[7] = idx[3];
-        float *src = rand_vec((size_t)R * n, 1.0f), *ref = malloc(sizeof(float) * R * n), *got = malloc(sizeof(float) * R * n);
+        float *src = rand_vec((size_t)R * n, 1.0f), *ref = malloc(sizeof(float) * R * n),
+              *got = malloc(sizeof(float) * R * n);
         float *dsrc = dev_from(src, sizeof(float) * R * n), *dg = dev_poisoned(sizeof(float) * rows * n);
         cpu->gather_rows(cpu, ref, src, idx, rows, n);
         gpu->gather_rows(gpu, dg, dsrc, idx, rows, n);
@@ -521,7 +562,8 @@ static void test_blocks(void) {
         gpu->scale_add_rows(gpu, da, dx, 0, dw, 3, T, n);
         to_host(got, da, N);
         check("scale_add_rows T=7 n=1500 (strided w, broadcast x)", got, ref, N, 1e-6);
-        gpu->free(gpu, da), gpu->free(gpu, dx), gpu->free(gpu, dw), free(a), free(ref), free(got), free(x), free(w);
+        gpu->free(gpu, da), gpu->free(gpu, dx), gpu->free(gpu, dw), free(a), free(ref), free(got), free(x),
+            free(w);
     }
     { /* prefix_mean over two calls (carried sums), ring slots */
         int C = 200, S = 16, T1 = 11, T2 = 9;
@@ -540,10 +582,10 @@ static void test_blocks(void) {
 }
 
 /* ---------------------------------------------------------------- decode fusions
- * One Llama layer at T = 1 through the op sequence forward.c issues (rmsnorm, q/k/v matmuls, ropes, KV writes,
- * attention, o matmul + residual, rmsnorm, gate/up, swiglu, down + residual, final norm + head), three tokens in a
- * row: with graphs on, cuda_graph.cu runs these as fused kernels (eagerly, then captured, then replayed); every
- * buffer the ops write is compared with the CPU's. */
+ * One Llama layer at T = 1 through the op sequence forward.c issues (rmsnorm, q/k/v matmuls, ropes, KV
+ * writes, attention, o matmul + residual, rmsnorm, gate/up, swiglu, down + residual, final norm + head),
+ * three tokens in a row: with graphs on, cuda_graph.cu runs these as fused kernels (eagerly, then captured,
+ * then replayed); every buffer the ops write is compared with the CPU's. */
 static void test_fused_decode(void) {
     uint32_t types[] = {MX_Q4_1, MX_Q8_0, MX_Q6_K};
     for (size_t ti = 0; ti < 3; ti++) {
@@ -551,18 +593,20 @@ static void test_fused_decode(void) {
         uint32_t ty = types[ti];
         mx_tensor wq = make_tensor(ty, C, H * D, "wq"), wk = make_tensor(ty, C, G * D, "wk"),
                   wv = make_tensor(ty, C, G * D, "wv"), wo = make_tensor(ty, H * D, C, "wo"),
-                  wg = make_tensor(ty, C, F, "wg"), wu = make_tensor(ty, C, F, "wu"), wd = make_tensor(ty, F, C, "wd"),
-                  wh = make_tensor(ty, C, V, "head"), n1 = make_tensor(MX_F32, C, 1, "n1"),
-                  n2 = make_tensor(MX_F32, C, 1, "n2");
+                  wg = make_tensor(ty, C, F, "wg"), wu = make_tensor(ty, C, F, "wu"),
+                  wd = make_tensor(ty, F, C, "wd"), wh = make_tensor(ty, C, V, "head"),
+                  n1 = make_tensor(MX_F32, C, 1, "n1"), n2 = make_tensor(MX_F32, C, 1, "n2");
         /* host (CPU) and device buffers */
         float *x = rand_vec(C, 1.0f), *hx = malloc(sizeof(float) * C), *hq = malloc(sizeof(float) * H * D),
-              *hk = malloc(sizeof(float) * G * D), *hv = malloc(sizeof(float) * G * D), *ha = malloc(sizeof(float) * H * D),
-              *hg = malloc(sizeof(float) * F), *hu = malloc(sizeof(float) * F), *hl = malloc(sizeof(float) * V);
+              *hk = malloc(sizeof(float) * G * D), *hv = malloc(sizeof(float) * G * D),
+              *ha = malloc(sizeof(float) * H * D), *hg = malloc(sizeof(float) * F),
+              *hu = malloc(sizeof(float) * F), *hl = malloc(sizeof(float) * V);
         float *kc = malloc(sizeof(float) * S * G * D), *vc = malloc(sizeof(float) * S * G * D);
         float *dx = dev_from(x, sizeof(float) * C), *dh = dev_poisoned(sizeof(float) * F),
               *dq = dev_poisoned(sizeof(float) * H * D), *dk = dev_poisoned(sizeof(float) * G * D),
               *dv = dev_poisoned(sizeof(float) * G * D), *da = dev_poisoned(sizeof(float) * H * D),
-              *dg = dev_poisoned(sizeof(float) * F), *du = dev_poisoned(sizeof(float) * F), *dl = dev_poisoned(sizeof(float) * V);
+              *dg = dev_poisoned(sizeof(float) * F), *du = dev_poisoned(sizeof(float) * F),
+              *dl = dev_poisoned(sizeof(float) * V);
         void *gk = dev_poisoned((size_t)S * G * D * 2), *gv = dev_poisoned((size_t)S * G * D * 2);
         /* fill the KV prefix (positions 0..39) with the same bf16 values on both sides */
         int P = 40;
@@ -574,8 +618,8 @@ static void test_fused_decode(void) {
         float *hh = malloc(sizeof(float) * F), *got = malloc(sizeof(float) * V);
         for (int step = 0; step < 4; step++) { /* eager, eager (new sequence), captured, replayed */
             int pos = P + step;
-            /* each token starts from the CPU's residual stream: the check stays per token (random weights amplify
-             * the bf16-KV difference across tokens otherwise) */
+            /* each token starts from the CPU's residual stream: the check stays per token (random weights
+             * amplify the bf16-KV difference across tokens otherwise) */
             if (step) {
                 gpu->sync(gpu);
                 CK(cudaMemcpy(dx, x, sizeof(float) * C, cudaMemcpyHostToDevice));
@@ -595,17 +639,30 @@ static void test_fused_decode(void) {
                 be->rope(be, K, 1, G, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
                 be->kv_write(be, KS, K, 1, G * D, pos, S);
                 be->kv_write(be, VS, Vb, 1, G * D, pos, S);
-                if (!side) /* the reference stores the new row as the GPU does (bf16), so that attention compares
-                            * like with like; random weights made the fp32-vs-bf16 row differ by up to ~4e-2 */
+                if (!side) /* the reference stores the new row as the GPU does (bf16), so that attention
+                            * compares like with like; random weights made the fp32-vs-bf16 row differ by up
+                            * to ~4e-2 */
                     for (int i = 0; i < G * D; i++) {
                         size_t o = (size_t)(pos % S) * G * D + i;
                         kc[o] = mx_bf16_to_f32(mx_f32_to_bf16(kc[o]));
                         vc[o] = mx_bf16_to_f32(mx_f32_to_bf16(vc[o]));
                     }
-                mx_attn_spec sp = {.n_q = 1, .n_head = H, .n_kv_head = G, .head_dim = D, .v_dim = D, .q_pos0 = pos,
-                                   .n_slots = S, .window = 0, .causal = true, .kv_lo = 0, .kv_hi = pos,
-                                   .scale = 1.0f / sqrtf((float)D), .q_stride = (size_t)H * D,
-                                   .k_stride = (size_t)G * D, .v_stride = (size_t)G * D, .o_stride = (size_t)H * D};
+                mx_attn_spec sp = {.n_q = 1,
+                                   .n_head = H,
+                                   .n_kv_head = G,
+                                   .head_dim = D,
+                                   .v_dim = D,
+                                   .q_pos0 = pos,
+                                   .n_slots = S,
+                                   .window = 0,
+                                   .causal = true,
+                                   .kv_lo = 0,
+                                   .kv_hi = pos,
+                                   .scale = 1.0f / sqrtf((float)D),
+                                   .q_stride = (size_t)H * D,
+                                   .k_stride = (size_t)G * D,
+                                   .v_stride = (size_t)G * D,
+                                   .o_stride = (size_t)H * D};
                 be->attention(be, &sp, Q, KS, VS, A, NULL);
                 be->matmul(be, &wo, A, Hb, 1);
                 be->add(be, X, Hb, C);
@@ -624,10 +681,11 @@ static void test_fused_decode(void) {
             for (int b = 0; b < 8; b++) {
                 to_host(got, ds[b], ns[b]);
                 char name[96];
-                snprintf(name, sizeof name, "fused decode layer %s token %d: %s", mx_dtype_name(ty), step, what[b]);
-                /* token 0's q/k/v come from exact inputs: the fused norm/GEMV/RoPE must match the fp32 reference
-                 * closely; everything after the first attention differs by the GPU's bf16 KV store (the CPU keeps
-                 * fp32), which the attention tolerance (2e-2) covers */
+                snprintf(name, sizeof name, "fused decode layer %s token %d: %s", mx_dtype_name(ty), step,
+                         what[b]);
+                /* token 0's q/k/v come from exact inputs: the fused norm/GEMV/RoPE must match the fp32
+                 * reference closely; everything after the first attention differs by the GPU's bf16 KV store
+                 * (the CPU keeps fp32), which the attention tolerance (2e-2) covers */
                 check(name, got, hs[b], ns[b], step == 0 && b >= 1 && b <= 3 ? 1e-5 : 2e-2);
             }
         }
@@ -648,7 +706,8 @@ static void test_fused_decode(void) {
         float *dd[] = {dx, dh, dq, dk, dv, da, dg, du, dl, dpre};
         for (int i = 0; i < 10; i++) gpu->free(gpu, dd[i]);
         gpu->free(gpu, gk), gpu->free(gpu, gv);
-        free(x), free(hx), free(hq), free(hk), free(hv), free(ha), free(hg), free(hu), free(hl), free(kc), free(vc);
+        free(x), free(hx), free(hq), free(hk), free(hv), free(ha), free(hg), free(hu), free(hl), free(kc),
+            free(vc);
         free(pre), free(hh), free(got);
     }
 }
@@ -676,7 +735,8 @@ static void test_model(const char *path) {
         mx_model_free(m);
         return;
     }
-    const char *prompts[] = {"The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    const char *prompts[] = {"The capital of France is",
+                             "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
                              "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n",
                              "Once upon a time, in a small village by the sea, there lived"};
     int V = m->cfg.vocab, n_gen = 32;
@@ -719,7 +779,10 @@ static void test_model(const char *path) {
         int ok = (diverged < 0 || near_tie) && worst < 6e-2;
         printf("%s model greedy, prompt %zu: %d/%d tokens equal%s; worst decode-logit rel %.2e (tol 6e-2)\n",
                ok ? "PASS" : "FAIL", pi, agree, n_gen,
-               diverged < 0 ? "" : near_tie ? " (then a near tie: accepted)" : " (DIVERGED)", worst);
+               diverged < 0 ? ""
+               : near_tie   ? " (then a near tie: accepted)"
+                            : " (DIVERGED)",
+               worst);
         ok ? n_pass++ : n_fail++;
         mx_session_free(sc);
         mx_session_free(sg);
@@ -741,8 +804,8 @@ int main(int argc, char **argv) {
     struct cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const char *gr = getenv("MX_CUDA_GRAPHS");
-    printf("CUDA backend vs CPU reference on %s (%d SMs), CUDA graphs %s\n", prop.name, prop.multiProcessorCount,
-           gr && !strcmp(gr, "0") ? "off (MX_CUDA_GRAPHS=0)" : "on");
+    printf("CUDA backend vs CPU reference on %s (%d SMs), CUDA graphs %s\n", prop.name,
+           prop.multiProcessorCount, gr && !strcmp(gr, "0") ? "off (MX_CUDA_GRAPHS=0)" : "on");
     uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 10) : 0;
     if (!seed) seed = (uint64_t)time(NULL);
     printf("seed %llu (pass it as the second argument to repeat)\n", (unsigned long long)seed);

@@ -1,5 +1,6 @@
 /* test_plan.c: attention plans: the presets at 24 layers reproduce the MixAttention paper's table
- * (../shared/reference/attention-variants.md), the plan string round-trips, and bad plans get clear errors. */
+ * (../shared/reference/attention-variants.md), the plan string round-trips, and bad plans get clear errors.
+ */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -23,7 +24,8 @@ static int count_caches(int n, int *full, int *window) {
     return *full + *window;
 }
 
-/* Paper (1-based): MA full at L1, L7, L13, L19, L24 all reading L1; window layers share in groups of 2 and 3. */
+/* Paper (1-based): MA full at L1, L7, L13, L19, L24 all reading L1; window layers share in groups of 2 and 3.
+ */
 Test(plan, ma_24_layers) {
     expect_plan("ma", "G,S1024,S1024@1,S1024,S1024@3,S1024@3,G@0,S1024,S1024@7,S1024,S1024@9,S1024@9,G@0,"
                       "S1024,S1024@13,S1024,S1024@15,S1024@15,G@0,S1024,S1024@19,S1024,S1024@21,G@0");
@@ -33,8 +35,9 @@ Test(plan, ma_24_layers) {
 }
 
 Test(plan, ma_offset_24_layers) {
-    expect_plan("ma-offset", "S1024,S1024@0,S1024,S1024@2,S1024@2,G,S1024,S1024@6,S1024,S1024@8,S1024@8,G@5,"
-                             "S1024,S1024@12,S1024,S1024@14,S1024@14,G@5,S1024,S1024@18,S1024,S1024@20,S1024@20,G@5");
+    expect_plan("ma-offset",
+                "S1024,S1024@0,S1024,S1024@2,S1024@2,G,S1024,S1024@6,S1024,S1024@8,S1024@8,G@5,"
+                "S1024,S1024@12,S1024,S1024@14,S1024@14,G@5,S1024,S1024@18,S1024,S1024@20,S1024@20,G@5");
     int f, w;
     count_caches(24, &f, &w);
     cr_assert(f == 1 && w == 8);

@@ -56,7 +56,8 @@ Test(sampler, temperature_one_follows_softmax) {
 Test(sampler, top_p_min_p_top_k_restrict_support) {
     int c[V];
     mx_sampler_params p = plain(1.0f);
-    p.top_p = 0.7f; /* softmax mass: token 6 ≈ 0.61, token 0 ≈ 0.22: the smallest set reaching 0.7 is {6, 0} */
+    p.top_p =
+        0.7f; /* softmax mass: token 6 ≈ 0.61, token 0 ≈ 0.22: the smallest set reaching 0.7 is {6, 0} */
     draw(p, 3000, c);
     cr_assert(c[6] > 0 && c[0] > 0 && c[6] + c[0] == 3000, "top-p kept more than {6, 0}");
     p = plain(1.0f);

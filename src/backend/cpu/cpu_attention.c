@@ -23,8 +23,8 @@ static void key_range(const mx_attn_spec *sp, int t, int *lo, int *hi) {
     if (sp->window > 0 && qpos - sp->window + 1 > *lo) *lo = qpos - sp->window + 1;
 }
 
-void mx_cpu_attention(mx_backend *be, const mx_attn_spec *sp, const float *q, const void *kv_k, const void *kv_v,
-                      float *out, float *lse) {
+void mx_cpu_attention(mx_backend *be, const mx_attn_spec *sp, const float *q, const void *kv_k,
+                      const void *kv_v, float *out, float *lse) {
     const float *k = kv_k, *v = kv_v; /* the CPU stores fp32 */
     int H = sp->n_head, group = sp->n_head / sp->n_kv_head, D = sp->head_dim, Dv = sp->v_dim;
     int span = sp->kv_hi - sp->kv_lo + 1;

@@ -19,7 +19,9 @@ static void cpu_free(mx_backend *be, void *p) {
     free(p);
 }
 
-static int cpu_upload(mx_backend *be, mx_tensor *t, mx_err *err) { return MX_OK; }
+static int cpu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
+    return MX_OK;
+}
 static void cpu_release(mx_backend *be, mx_tensor *t) {}
 static void cpu_sync(mx_backend *be) {}
 
@@ -44,7 +46,8 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     openblas_set_num_threads(1); /* BLAS only serves F32 weights in decode, from the calling thread */
     be->name = "cpu";
     be->n_threads = n_threads;
-    be->act8 = true; /* 8-bit activations in decode by default (fp32 decode ~20% slower); exact turns it off */
+    be->act8 =
+        true; /* 8-bit activations in decode by default (fp32 decode ~20% slower); exact turns it off */
     be->kv_elem_bytes = sizeof(float);
     be->row_views = true;
     be->alloc = cpu_alloc;
@@ -69,4 +72,6 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     return be;
 }
 
-void mx_backend_cpu_destroy(mx_backend *be) { free(be); }
+void mx_backend_cpu_destroy(mx_backend *be) {
+    free(be);
+}

@@ -3,7 +3,8 @@
 
 #include "cpu_ops.h"
 
-void mx_cpu_rmsnorm(mx_backend *be, const float *x, const mx_tensor *wt, float *out, int T, int C, float eps) {
+void mx_cpu_rmsnorm(mx_backend *be, const float *x, const mx_tensor *wt, float *out, int T, int C,
+                    float eps) {
     const float *w = wt->data;
 #pragma omp parallel for if (T > 4)
     for (int t = 0; t < T; t++) {
@@ -16,8 +17,8 @@ void mx_cpu_rmsnorm(mx_backend *be, const float *x, const mx_tensor *wt, float *
     }
 }
 
-void mx_cpu_layernorm(mx_backend *be, const float *x, const mx_tensor *wt, const mx_tensor *bt, float *out, int T,
-                      int C, float eps) {
+void mx_cpu_layernorm(mx_backend *be, const float *x, const mx_tensor *wt, const mx_tensor *bt, float *out,
+                      int T, int C, float eps) {
     const float *w = wt->data, *b = bt ? bt->data : NULL;
 #pragma omp parallel for if (T > 4)
     for (int t = 0; t < T; t++) {

@@ -7,10 +7,10 @@
 void mx_cpu_matmul(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
 void mx_cpu_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
 void mx_cpu_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps);
-void mx_cpu_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
-                      int C, float eps);
-void mx_cpu_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                 mx_rope_mode mode);
+void mx_cpu_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out,
+                      int T, int C, float eps);
+void mx_cpu_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                 float theta, mx_rope_mode mode);
 void mx_cpu_swiglu(mx_backend *be, float *g, const float *u, int n);
 void mx_cpu_gelu(mx_backend *be, float *x, int n);
 void mx_cpu_add(mx_backend *be, float *y, const float *x, int n);

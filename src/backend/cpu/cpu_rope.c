@@ -4,8 +4,8 @@
 
 #include "cpu_ops.h"
 
-void mx_cpu_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                 mx_rope_mode mode) {
+void mx_cpu_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                 float theta, mx_rope_mode mode) {
     int half = rope_dim / 2;
 #pragma omp parallel for if (T > 4)
     for (int t = 0; t < T; t++) {

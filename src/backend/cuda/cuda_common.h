@@ -1,9 +1,9 @@
 /* cuda_common.h: internal to src/backend/cuda. The backend's context, the weight record that upload places in
  * mx_tensor.dev, error checking with file/line context, and the launchers each .cu file exports.
  *
- * Error policy: alloc/upload/create report through their return value (NULL or an mx_err); the op functions of
- * the contract return void, so a failing CUDA call inside an op prints the call, file and line and aborts (a
- * CUDA error there means the device context is unusable anyway). */
+ * Error policy: alloc/upload/create report through their return value (NULL or an mx_err); the op functions
+ * of the contract return void, so a failing CUDA call inside an op prints the call, file and line and aborts
+ * (a CUDA error there means the device context is unusable anyway). */
 #ifndef MX_CUDA_COMMON_H
 #define MX_CUDA_COMMON_H
 
@@ -21,26 +21,27 @@ extern "C" {
 
 void mx_cuda_fatal(const char *what, const char *msg, const char *file, int line);
 
-#define CU_CHECK(call)                                                                    \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) mx_cuda_fatal(#call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+#define CU_CHECK(call)                                                                                       \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) mx_cuda_fatal(#call, cudaGetErrorString(e_), __FILE__, __LINE__);             \
     } while (0)
-#define LT_CHECK(call)                                                                    \
-    do {                                                                                  \
-        cublasStatus_t s_ = (call);                                                       \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                \
-            char b_[64];                                                                  \
-            snprintf(b_, sizeof b_, "cublas status %d", (int)s_);                         \
-            mx_cuda_fatal(#call, b_, __FILE__, __LINE__);                                 \
-        }                                                                                 \
+#define LT_CHECK(call)                                                                                       \
+    do {                                                                                                     \
+        cublasStatus_t s_ = (call);                                                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                   \
+            char b_[64];                                                                                     \
+            snprintf(b_, sizeof b_, "cublas status %d", (int)s_);                                            \
+            mx_cuda_fatal(#call, b_, __FILE__, __LINE__);                                                    \
+        }                                                                                                    \
     } while (0)
 /* After every kernel launch: launch-configuration errors surface here, with the launch's location. */
 #define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
 
-/* Programmatic dependent launch (sm_90): launch_dependents lets the next kernel of the stream (launched with the
- * PDL attribute) start while this one runs; wait blocks until the previous kernel has completed and its writes are
- * visible. Everything before wait may only read data no earlier kernel of this forward writes (the weights). */
+/* Programmatic dependent launch (sm_90): launch_dependents lets the next kernel of the stream (launched with
+ * the PDL attribute) start while this one runs; wait blocks until the previous kernel has completed and its
+ * writes are visible. Everything before wait may only read data no earlier kernel of this forward writes (the
+ * weights). */
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -88,15 +89,19 @@ typedef struct {
     size_t part_cap;    /* floats */
     float *wf;          /* matmul_t on a weight without a bf16 copy: its fp32 rows */
     size_t wf_cap;
-    int *hidx;          /* gather/scatter: host index and weight arrays staged on the device (eager path) */
+    int *hidx; /* gather/scatter: host index and weight arrays staged on the device (eager path) */
     size_t hidx_cap;
-    float *host_stage;  /* to_host: pinned staging for small copies (decode logits) */
+    float *host_stage;     /* to_host: pinned staging for small copies (decode logits) */
     size_t host_stage_cap; /* bytes */
-    int *dec_cnt;       /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
+    int *dec_cnt; /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
 } mx_cuda_ctx;
 
-static inline mx_cuda_ctx *cu_ctx(mx_backend *be) { return (mx_cuda_ctx *)be->ctx; }
-static inline const mx_cuda_weight *cu_w(const mx_tensor *t) { return (const mx_cuda_weight *)t->dev; }
+static inline mx_cuda_ctx *cu_ctx(mx_backend *be) {
+    return (mx_cuda_ctx *)be->ctx;
+}
+static inline const mx_cuda_weight *cu_w(const mx_tensor *t) {
+    return (const mx_cuda_weight *)t->dev;
+}
 
 enum { MX_CUDA_DEC_CNT = 4096 };
 
@@ -104,8 +109,8 @@ enum { MX_CUDA_DEC_CNT = 4096 };
 void *mx_cuda_scratch(mx_cuda_ctx *c, void **buf, size_t *cap, size_t n);
 
 /* The ops, on device pointers. dyn (may be NULL): a device array the kernel reads its position arguments from
- * instead of the by-value ones (rope/kv_write: pos0; attention: q_pos0, kv_lo, kv_hi), so that a captured CUDA
- * graph can be replayed for the next token after one small upload (cuda_graph.cu). */
+ * instead of the by-value ones (rope/kv_write: pos0; attention: q_pos0, kv_lo, kv_hi), so that a captured
+ * CUDA graph can be replayed for the next token after one small upload (cuda_graph.cu). */
 /* cuda_matmul.cu */
 void mx_cuda_dequant_bf16(mx_cuda_ctx *c, const mx_cuda_weight *w, __nv_bfloat16 *dst);
 void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
@@ -113,47 +118,51 @@ void mx_cuda_embed_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *d_ids, 
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c);
 /* fused decode GEMVs (one token), used by cuda_graph.cu's fusion of recorded sequences */
 bool mx_cuda_fused_ok(const mx_cuda_weight *w, int n_in);
-void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *w,
-                        float *y, float *res);
+void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                        const mx_cuda_weight *w, float *y, float *res);
 void mx_cuda_fused_gateup(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
                           const mx_cuda_weight *wg, float *g, const mx_cuda_weight *wu, float *u);
-void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *wq,
-                       float *q, const mx_cuda_weight *wk, float *k, const mx_cuda_weight *wv, float *v, int H, int G,
-                       int D, int rope_dim, int adjacent, float theta, int rope_q, int rope_k, const int *pos_q,
-                       const int *pos_k, void *kst, void *vst, int n_slots, const int *pos_kw, const int *pos_vw);
+void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                       const mx_cuda_weight *wq, float *q, const mx_cuda_weight *wk, float *k,
+                       const mx_cuda_weight *wv, float *v, int H, int G, int D, int rope_dim, int adjacent,
+                       float theta, int rope_q, int rope_k, const int *pos_q, const int *pos_k, void *kst,
+                       void *vst, int n_slots, const int *pos_kw, const int *pos_vw);
 void mx_cuda_matmul_t_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
 /* cuda_blocks.cu */
 void mx_cuda_fill_k(mx_cuda_ctx *c, float *x, size_t n, float v);
-void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
-                      size_t ds2, size_t ss2);
+void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int n1, int n2, size_t ds1,
+                      size_t ss1, size_t ds2, size_t ss2);
 void mx_cuda_kv_read_k(mx_cuda_ctx *c, const void *store, float *dst, int T, int n, int pos0, int n_slots,
                        const int *dyn);
 void mx_cuda_gather_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, int rows, int n);
-void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, const float *d_w,
-                                int rows, int n);
+void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx,
+                                const float *d_w, int rows, int n);
 void mx_cuda_tanh_k(mx_cuda_ctx *c, float *x, int n);
 void mx_cuda_softmax_rows_k(mx_cuda_ctx *c, float *x, int T, int n);
 void mx_cuda_scale_add_rows_k(mx_cuda_ctx *c, float *y, const float *x, size_t x_stride, const float *w,
                               size_t w_stride, int T, int n);
 void mx_cuda_prefix_mean_k(mx_cuda_ctx *c, const float *x, int T, int C, float *sums, int pos0, int n_slots,
                            float *mean, const int *dyn);
-void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out, int T);
-void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids, float *w);
+void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out,
+                            int T);
+void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
+                            float *w);
 /* cuda_elementwise.cu */
 void mx_cuda_rmsnorm_k(mx_cuda_ctx *c, const float *x, const float *w, float *out, int T, int C, float eps);
-void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T, int C,
-                         float eps);
-void mx_cuda_rope_k(mx_cuda_ctx *c, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                    mx_rope_mode mode, const int *dyn);
+void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T,
+                         int C, float eps);
+void mx_cuda_rope_k(mx_cuda_ctx *c, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                    float theta, mx_rope_mode mode, const int *dyn);
 void mx_cuda_swiglu_k(mx_cuda_ctx *c, float *g, const float *u, int n);
 void mx_cuda_gelu_k(mx_cuda_ctx *c, float *x, int n);
 void mx_cuda_add_k(mx_cuda_ctx *c, float *y, const float *x, int n);
 void mx_cuda_add_bias_k(mx_cuda_ctx *c, float *y, const float *b, int T, int n);
 void mx_cuda_kv_write_k(mx_cuda_ctx *c, void *store, const float *src, int T, int n, int pos0, int n_slots,
                         const int *dyn);
-/* cuda_attention.cu; static_split: size the KV split from n_slots (fixed across tokens) instead of the span */
-void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
-                         float *out, float *lse, const int *dyn, bool static_split);
+/* cuda_attention.cu; static_split: size the KV split from n_slots (fixed across tokens) instead of the span
+ */
+void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k,
+                         const void *v, float *out, float *lse, const int *dyn, bool static_split);
 /* cuda_graph.cu: the contract's op table (eager, or recorded and replayed as CUDA graphs) */
 void mx_cuda_graph_init(mx_backend *be);
 void mx_cuda_graph_flush(mx_cuda_ctx *c);
