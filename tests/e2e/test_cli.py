@@ -224,3 +224,25 @@ def test_bad_flag_values(binary, model):
     expect_error(binary, ["run", "-m", model], "give exactly one of -p PROMPT or -f FILE", code=2)
     expect_error(binary, ["run", "-m", model, "-f", "/nonexistent/prompt.txt"], "/nonexistent/prompt.txt")
     expect_error(binary, ["perplexity", "-m", model], "-f FILE is required", code=2)
+
+
+def test_moe_stats_counts_every_routed_token(mixatt):
+    """Mixtral-shaped fixture (4 experts, top-2): info --moe-stats routes the prompt and prints each MoE layer's
+    expert loads, which must sum to tokens x k on every layer."""
+    import re
+    model = os.path.join(ROOT, "tests", "fixtures", "blocks", "mixtral.gguf")
+    r = run(mixatt, "info", "-m", model, "--moe-stats", "-p", "the quick brown fox jumps over the lazy dog")
+    assert r.returncode == 0, r.stderr
+    head = re.search(r"expert load on (\d+) tokens \(top-(\d+) of (\d+) experts", r.stdout)
+    assert head, r.stdout
+    n, k, e = map(int, head.groups())
+    rows = re.findall(r"layer +\d+:((?: +\d+)+)", r.stdout)
+    assert rows and n > 5
+    for row in rows:
+        counts = list(map(int, row.split()))
+        assert len(counts) == e and sum(counts) == n * k
+
+
+def test_moe_stats_on_a_model_without_experts(mixatt, model):
+    r = run(mixatt, "info", "-m", model, "--moe-stats", "-p", "hello")
+    assert r.returncode == 1 and "has no experts" in r.stderr
