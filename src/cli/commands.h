@@ -13,5 +13,7 @@ int mx_cmd_tensor(int argc, char **argv);
 int mx_cmd_logits(int argc, char **argv);
 int mx_cmd_convert(int argc, char **argv);
 int mx_cmd_train(int argc, char **argv);
+int mx_cmd_compare(int argc, char **argv);
+int mx_cmd_plot(int argc, char **argv);
 
 #endif

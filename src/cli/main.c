@@ -17,9 +17,11 @@ static const command COMMANDS[] = {
     {"perplexity", mx_cmd_perplexity, "perplexity of a model on a text file"},
     {"bench", mx_cmd_bench, "prefill (pp) and decode (tg) speed, llama-bench style"},
     {"logits", mx_cmd_logits, "write the logits of every position of a token sequence"},
-    {"tokenize", mx_cmd_tokenize, "print the token ids of a text"},
+    {"tokenize", mx_cmd_tokenize, "print the token ids of a text, or write token shards for training"},
     {"convert", mx_cmd_convert, "write a Hugging Face directory or a GGUF as GGUF v3"},
     {"train", mx_cmd_train, "train a GPT-2- or Llama-shaped model on the CPU (fp32)"},
+    {"compare", mx_cmd_compare, "one table of training runs: losses, speed, KV bytes per token"},
+    {"plot", mx_cmd_plot, "training and validation loss curves of runs as a PNG (gnuplot)"},
     {"tensor", mx_cmd_tensor, "list a GGUF's metadata and tensors, dump tensors as fp32"},
 };
 
