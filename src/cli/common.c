@@ -234,6 +234,26 @@ void mx_close_model(mx_model *m, mx_backend *be) {
     mx_model_free(m);
 }
 
+void mx_print_quoted(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c == '\r')
+            fputs("\\r", f);
+        else if (c < 0x20 || c == 0x7F)
+            fprintf(f, "\\x%02x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
 char *mx_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) {

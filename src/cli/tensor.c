@@ -14,6 +14,7 @@
 #include "../io/gguf.h"
 #include "../io/quant.h"
 #include "commands.h"
+#include "common.h"
 
 #define LIST_MAX_ELEMS 8   /* array elements shown by --list */
 #define LIST_MAX_CHARS 120 /* string bytes shown by --list */
@@ -38,22 +39,7 @@ static void usage(FILE *f) {
 
 /* Prints a gguf string with C-style escapes, at most `max` bytes, then "... (N bytes)". */
 static void print_str(const mx_gguf_str *s, uint64_t max) {
-    putchar('"');
-    uint64_t n = s->len < max ? s->len : max;
-    for (uint64_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s->ptr[i];
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", stdout);
-        else if (c == '\t')
-            fputs("\\t", stdout);
-        else if (c < 0x20 || c == 0x7F)
-            printf("\\x%02x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
+    mx_print_quoted(stdout, s->ptr, (size_t)(s->len < max ? s->len : max));
     if (s->len > max) printf("... (%" PRIu64 " bytes)", s->len);
 }
 

@@ -11,6 +11,7 @@
 
 #include "../io/gguf.h"
 #include "../tok/tokenizer.h"
+#include "common.h"
 #include "tokenize_shards.h"
 
 #define TOKENIZE_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -207,25 +208,9 @@ static const char *model_path(const tokenize_opts *o) {
     return NULL;
 }
 
-/* Writes a token's bytes quoted, with C escapes for quotes, backslashes and non-printable bytes. */
+/* Writes a token's bytes quoted (a piece may hold part of a UTF-8 character). */
 static void print_piece(const char *s, size_t n) {
-    putchar('"');
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", stdout);
-        else if (c == '\t')
-            fputs("\\t", stdout);
-        else if (c == '\r')
-            fputs("\\r", stdout);
-        else if (c < 0x20 || c == 0x7F)
-            printf("\\x%02x", c);
-        else
-            putchar(c); /* UTF-8 bytes as they are (a piece may hold part of a character) */
-    }
-    putchar('"');
+    mx_print_quoted(stdout, s, n);
 }
 
 static void print_tokens(const mx_tokenizer *t, const int *ids, int n, bool pieces) {

@@ -84,8 +84,7 @@ static char *str_dup(const mx_gguf_str *s) {
     return c;
 }
 
-/* Bytes of one scalar value of type t; 0 for strings, arrays and unknown types. */
-static size_t scalar_size(uint32_t t) {
+size_t mx_gguf_scalar_size(uint32_t t) {
     switch (t) {
     case MX_GGUF_U8:
     case MX_GGUF_I8:
@@ -116,7 +115,7 @@ const char *mx_gguf_vtype_name(mx_gguf_vtype t) {
 /* Little-endian load of a scalar of type t at p into kv->v (integers sign- or zero-extended). */
 static void load_scalar(uint32_t t, const uint8_t *p, mx_gguf_kv *kv) {
     uint64_t u = 0;
-    size_t n = scalar_size(t);
+    size_t n = mx_gguf_scalar_size(t);
     for (size_t i = 0; i < n; i++) u |= (uint64_t)p[i] << (8 * i);
     switch (t) {
     case MX_GGUF_I8:
@@ -198,7 +197,7 @@ static int read_array(reader *r, mx_gguf_kv *kv, const char *what, int depth) {
         kv->count = count;
         return 0;
     }
-    size_t es = scalar_size(et);
+    size_t es = mx_gguf_scalar_size(et);
     if (!es)
         return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': unknown array element type %u at offset %zu",
                           r->path, what, et, r->pos - 12);
@@ -220,7 +219,7 @@ static int read_value(reader *r, uint32_t t, mx_gguf_kv *kv, const char *what) {
     kv->count = 1;
     if (t == MX_GGUF_STRING) return read_str(r, &kv->str, what);
     if (t == MX_GGUF_ARRAY) return read_array(r, kv, what, 0);
-    size_t n = scalar_size(t);
+    size_t n = mx_gguf_scalar_size(t);
     if (!n)
         return mx_err_set(r->err, MX_ERR_FORMAT, "%s: key '%s': unknown value type %u at offset %zu", r->path,
                           what, t, r->pos - 4);
@@ -554,7 +553,7 @@ static mx_gguf_kv arr_elem(const mx_gguf_kv *kv, uint64_t i) {
     mx_gguf_kv e = {0};
     e.type = kv->elem;
     if (kv->type == MX_GGUF_ARRAY && kv->data && i < kv->count)
-        load_scalar(kv->elem, (const uint8_t *)kv->data + i * scalar_size(kv->elem), &e);
+        load_scalar(kv->elem, (const uint8_t *)kv->data + i * mx_gguf_scalar_size(kv->elem), &e);
     return e;
 }
 

@@ -94,5 +94,7 @@ int64_t mx_gguf_arr_i64(const mx_gguf_kv *kv, uint64_t i);
 double mx_gguf_arr_f64(const mx_gguf_kv *kv, uint64_t i);
 
 const char *mx_gguf_vtype_name(mx_gguf_vtype t);
+/* Bytes of one scalar value of type t; 0 for strings, arrays and unknown types. */
+size_t mx_gguf_scalar_size(uint32_t t);
 
 #endif

@@ -125,28 +125,6 @@ int mx_gguf_w_str(mx_gguf_writer *w, const char *key, const char *v, mx_err *err
     return end(&w->kv, err);
 }
 
-static int scalar_bytes(uint32_t t) {
-    switch (t) {
-    case MX_GGUF_U8:
-    case MX_GGUF_I8:
-    case MX_GGUF_BOOL:
-        return 1;
-    case MX_GGUF_U16:
-    case MX_GGUF_I16:
-        return 2;
-    case MX_GGUF_U32:
-    case MX_GGUF_I32:
-    case MX_GGUF_F32:
-        return 4;
-    case MX_GGUF_U64:
-    case MX_GGUF_I64:
-    case MX_GGUF_F64:
-        return 8;
-    default:
-        return 0;
-    }
-}
-
 /* The value of kv (without key and type for arrays' items: `typed` writes the type first). */
 static void put_value(bytes *b, const mx_gguf_kv *kv, bool typed) {
     if (typed) put_le(b, kv->type, 4);
@@ -159,7 +137,8 @@ static void put_value(bytes *b, const mx_gguf_kv *kv, bool typed) {
             put_str(b, kv->strs[i].ptr, kv->strs[i].len);
         for (uint64_t i = 0; kv->elem == MX_GGUF_ARRAY && i < kv->count; i++)
             put_value(b, &kv->items[i], false);
-        if (scalar_bytes(kv->elem)) put(b, kv->data, (size_t)kv->count * (size_t)scalar_bytes(kv->elem));
+        if (mx_gguf_scalar_size(kv->elem))
+            put(b, kv->data, (size_t)kv->count * mx_gguf_scalar_size(kv->elem));
     } else if (kv->type == MX_GGUF_F32) {
         float f = (float)kv->v.f;
         uint32_t u;
@@ -172,7 +151,7 @@ static void put_value(bytes *b, const mx_gguf_kv *kv, bool typed) {
     } else if (kv->type == MX_GGUF_BOOL) {
         put_le(b, kv->v.b ? 1 : 0, 1);
     } else {
-        put_le(b, kv->v.u, scalar_bytes(kv->type));
+        put_le(b, kv->v.u, (int)mx_gguf_scalar_size(kv->type));
     }
 }
 
