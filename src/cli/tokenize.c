@@ -48,7 +48,7 @@ static void usage(FILE *f) {
         "to stderr.\n"
         "\n"
         "  -m, --model FILE  GGUF model whose tokenizer to use (default: $MIXATT_MODEL, else\n"
-        "                    " TOKENIZE_DEFAULT_MODEL " under the current directory)\n"
+        "                    " TOKENIZE_DEFAULT_MODEL " here or next to the binary)\n"
         "  -p, --prompt TEXT the text to tokenize\n"
         "  -f, --file FILE   tokenize the contents of FILE ('-' reads standard input)\n"
         "      --ids         print the ids on one line, separated by spaces (the default)\n"
@@ -194,11 +194,15 @@ static char *read_input(const tokenize_opts *o, size_t *len) {
 }
 
 /* The model path; NULL (message printed) when the file does not exist. */
-static const char *model_path(const tokenize_opts *o) {
-    const char *env = getenv("MIXATT_MODEL");
-    const char *path = o->model ? o->model : env && *env ? env : TOKENIZE_DEFAULT_MODEL;
+/* The model path as every command resolves it (-m, $MIXATT_MODEL, the default model here or next to the
+ * binary); NULL with a message when it is missing. buf holds the path when it was built. */
+static const char *model_path(const tokenize_opts *o, char *buf, size_t size) {
+    mx_common_opts c;
+    mx_common_defaults(&c);
+    c.model = o->model;
+    const char *path = mx_resolve_model(&c, buf, size);
     if (access(path, F_OK) == 0) return path;
-    if (o->model || (env && *env))
+    if (o->model)
         fprintf(stderr, "mixatt tokenize: model not found: %s\n", path);
     else
         fprintf(stderr,
@@ -232,7 +236,8 @@ int mx_cmd_tokenize(int argc, char **argv) {
     tokenize_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
-    const char *path = model_path(&o);
+    char buf[4096];
+    const char *path = model_path(&o, buf, sizeof buf);
     if (!path) return 1;
     if (o.shards.out) {
         o.shards.no_special = o.no_special;

@@ -99,8 +99,19 @@ static void path_join(char *buf, size_t size, const char *dir, const char *name)
     snprintf(buf, size, "%s/%s", dir, name);
 }
 
+/* Creates path and any missing parents (mkdir -p). */
 static int make_dir(const char *path, mx_err *err) {
-    if (mkdir(path, 0777) && errno != EEXIST)
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return mx_err_set(err, MX_ERR_ARG, "%s: path too long", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) && errno != EEXIST)
+            return mx_err_set(err, MX_ERR_IO, "%s: cannot create the directory: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) && errno != EEXIST)
         return mx_err_set(err, MX_ERR_IO, "%s: cannot create the directory: %s", path, strerror(errno));
     return MX_OK;
 }
