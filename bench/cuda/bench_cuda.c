@@ -23,15 +23,7 @@
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
 void mx_backend_cuda_destroy(mx_backend *be);
 
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__,                       \
-                    cudaGetErrorString(e_));                                                                 \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "../../tests/cuda/cuda_check.h"
 
 static mx_backend *gpu, *cpu;
 static mx_rng rng;

@@ -40,15 +40,7 @@ static float *rand_vec(size_t n, float scale) {
     return v;
 }
 
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__,                       \
-                    cudaGetErrorString(e_));                                                                 \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "cuda_check.h"
 
 static void *dev_from(const void *h, size_t bytes) {
     void *d = gpu->alloc(gpu, bytes);
