@@ -89,7 +89,7 @@ static int bench_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_bench(int argc, char **argv) {
+int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     bench_opts bo = {.pp = 512, .tg = 128, .reps = 5};

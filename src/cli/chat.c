@@ -140,7 +140,7 @@ static int chat_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_chat(int argc, char **argv) {
+int mx_cmd_chat(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     chat_opts co = {.n_predict = 512};

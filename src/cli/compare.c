@@ -75,7 +75,7 @@ static void print_row(const mx_run *r) {
            params, vf, vb, tf, tok, tps, kvs);
 }
 
-int mx_cmd_compare(int argc, char **argv) {
+int mx_cmd_compare(int argc, char **argv, mx_comm *comm) {
     int n = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return help(stdout), 0;

@@ -12,8 +12,6 @@
 #include "commands.h"
 #include "common.h"
 
-int mx_cmd_convert(int argc, char **argv);
-
 static void help(FILE *f) {
     fprintf(
         f,
@@ -141,7 +139,7 @@ static int out_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_convert(int argc, char **argv) {
+int mx_cmd_convert(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     const char *out = NULL;

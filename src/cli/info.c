@@ -149,7 +149,7 @@ static int info_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_info(int argc, char **argv) {
+int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     info_opts io = {0};

@@ -71,7 +71,7 @@ static int logits_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_logits(int argc, char **argv) {
+int mx_cmd_logits(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     logits_opts lo = {0};

@@ -6,7 +6,7 @@
 
 typedef struct {
     const char *name;
-    int (*fn)(int, char **);
+    int (*fn)(int, char **, mx_comm *);
     const char *what;
 } command;
 
@@ -33,13 +33,32 @@ static void usage(FILE *f) {
     fprintf(f, "\nThe default model (SmolLM2-135M-Instruct, Q4_1 GGUF) is fetched by `make model`.\n");
 }
 
+/* Runs a command on this process's communicator: one rank, or MPI under mpirun. Only rank 0 prints to stdout
+ * (the other ranks' stdout goes to /dev/null; their errors still reach stderr). */
+static int run_command(const command *cmd, int argc, char **argv) {
+    mx_comm *comm = NULL;
+    mx_err err = {0};
+    if (mx_comm_create(NULL, NULL, &comm, &err)) {
+        fprintf(stderr, "mixatt: %s\n", err.msg);
+        return 1;
+    }
+    if (comm->rank != 0 && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "mixatt: rank %d: cannot silence stdout\n", comm->rank);
+        comm->abort(comm, "", 1);
+    }
+    int rc = cmd->fn(argc, argv, comm);
+    fflush(stdout);
+    mx_comm_free(comm);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], COMMANDS[i].name)) return run_command(&COMMANDS[i], argc - 1, argv + 1);
     fprintf(stderr, "mixatt: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

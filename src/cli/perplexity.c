@@ -52,7 +52,7 @@ static int ppl_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
-int mx_cmd_perplexity(int argc, char **argv) {
+int mx_cmd_perplexity(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     ppl_opts po = {0};

@@ -126,7 +126,7 @@ static int draw(const plot_opts *o, const mx_run *runs, int n) {
     return 0;
 }
 
-int mx_cmd_plot(int argc, char **argv) {
+int mx_cmd_plot(int argc, char **argv, mx_comm *comm) {
     plot_opts o = {0};
     int rc = parse(&o, argc, argv);
     if (rc) return rc < 0 ? 0 : rc;

@@ -89,7 +89,7 @@ static char *prompt_text(const run_opts *o, const mx_model *m, const char *promp
     return mx_chat_render(m->chat, msgs, n, true);
 }
 
-int mx_cmd_run(int argc, char **argv) {
+int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     run_opts o = {.n_predict = 128, .parse_special = true};
     mx_common_defaults(&o.c);
     int rc = parse(&o, argc, argv);

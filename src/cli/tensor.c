@@ -212,7 +212,7 @@ static int parse_args(int argc, char **argv, tensor_opts *o) {
     return 0;
 }
 
-int mx_cmd_tensor(int argc, char **argv) {
+int mx_cmd_tensor(int argc, char **argv, mx_comm *comm) {
     tensor_opts o = {0};
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc == 2 ? 0 : 1;

@@ -11,6 +11,7 @@
 
 #include "../io/gguf.h"
 #include "../tok/tokenizer.h"
+#include "commands.h"
 #include "common.h"
 #include "tokenize_shards.h"
 
@@ -232,7 +233,7 @@ static void print_tokens(const mx_tokenizer *t, const int *ids, int n, bool piec
     if (!pieces) putchar('\n');
 }
 
-int mx_cmd_tokenize(int argc, char **argv) {
+int mx_cmd_tokenize(int argc, char **argv, mx_comm *comm) {
     tokenize_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;

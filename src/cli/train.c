@@ -322,7 +322,7 @@ static void describe(const mx_tmodel *m, int start) {
             c->warmup, c->min_lr, omp_get_max_threads());
 }
 
-int mx_cmd_train(int argc, char **argv) {
+int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     train_opts o = {0};
     int rc = parse(&o, argc, argv);
     if (rc) return rc < 0 ? 0 : rc;
