@@ -76,8 +76,13 @@ build/asan/obj/%.o: %.c
 test: unit e2e
 unit: build/asan/test_unit
 	cd tests && ../build/asan/test_unit --jobs 2
-e2e: build/mixatt build/asan/mixatt $(MODEL)
+e2e: build/mixatt build/asan/mixatt build/dist/test_comm $(MODEL)
 	MIXATT=$(CURDIR)/build/mixatt MIXATT_ASAN=$(CURDIR)/build/asan/mixatt $(PYTEST) -q tests/e2e
+
+# The communicator's test driver (tests/dist/test_comm.c), run alone and under mpirun by tests/e2e/test_dist.py.
+build/dist/test_comm: tests/dist/test_comm.c build/libmixatt.a $(EXTRA_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) -o $@ $< $(EXTRA_OBJ) build/libmixatt.a $(LDLIBS) $(EXTRA_LIBS)
 
 deps:
 	bash scripts/install-deps.sh
@@ -107,7 +112,7 @@ fixtures:
 	python3 scripts/fixtures_train.py
 
 format:
-	clang-format -i $(wildcard src/*/*.[ch] src/backend/*/*.[ch] src/backend/*.h tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard src/*/*.[ch] src/backend/*/*.[ch] src/backend/*.h tests/unit/*.c tests/fuzz/*.c tests/dist/*.c)
 
 clean:
 	rm -rf build

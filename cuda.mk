@@ -3,6 +3,7 @@
 # plus compute_80 PTX that the driver compiles for other GPUs of compute capability >= 8.0), registered through
 # CUDA_DEFS=-DMX_HAVE_CUDA and linked into build/mixatt through EXTRA_OBJ/EXTRA_LIBS.
 #   make test-cuda    every CUDA op against its CPU twin + the default model's logits and greedy output (GPU)
+#   make test-nccl    NCCL collectives against MPI and the NCCL timeout, under mpirun on 2 GPUs (NCCL_RANKS=N)
 #   make bench-cuda   decode/prefill tok/s of the default model, attention kernels vs PyTorch SDPA (GPU)
 # On the lent GPU machine (no OpenBLAS there, 64 MiB per transfer): bench/cuda/stage.sh here, then
 # bench/cuda/device_run.sh there (see stage.sh's header for the two calls).
@@ -19,6 +20,15 @@ EXTRA_OBJ  := $(CU_OBJ)
 EXTRA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
 CUDA_INC   := -I$(CUDA_HOME)/include
 
+# NCCL (src/dist/comm_nccl.c: collectives on GPU buffers between ranks) when nccl.h is found and Open MPI is there
+# to bootstrap it; only that file sees -DMX_HAVE_NCCL and the CUDA headers.
+NCCL_H     := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+ifneq ($(and $(NCCL_H),$(strip $(MPI_LIBS))),)
+build/obj/src/dist/comm_nccl.o: CUDA_DEFS += -DMX_HAVE_NCCL $(CUDA_INC)
+build/obj/src/dist/comm_nccl.o: cuda.mk
+EXTRA_LIBS += -lnccl
+endif
+
 build/obj/%.o: %.cu
 	@mkdir -p $(@D)
 	@$(if $(V),,echo "  NVCC    $<")
@@ -33,14 +43,25 @@ build/cuda/bench_cuda: bench/cuda/bench_cuda.c build/libmixatt.a $(CU_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
 
-.PHONY: test-cuda bench-cuda
+# NCCL against MPI on 2 GPUs (tests/cuda/test_nccl.c): every collective, then a rank that skips an allreduce
+# must make the other's time out (MIXATT_COMM_TIMEOUT=3) with a message instead of hanging.
+build/cuda/test_nccl: tests/cuda/test_nccl.c build/libmixatt.a $(CU_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< $(CU_OBJ) build/libmixatt.a $(LDLIBS) $(EXTRA_LIBS)
+NCCL_RANKS ?= 2
+MPIRUN_NCCL = mpirun --allow-run-as-root --bind-to none -np $(NCCL_RANKS)
+test-nccl: build/cuda/test_nccl
+	$(MPIRUN_NCCL) -x MIXATT_COMM_TIMEOUT=60 ./build/cuda/test_nccl all
+	$(MPIRUN_NCCL) -x MIXATT_COMM_TIMEOUT=3 ./build/cuda/test_nccl timeout
+
+.PHONY: test-cuda bench-cuda test-nccl
 test-cuda: build/cuda/test_cuda $(MODEL)
 	./build/cuda/test_cuda $(MODEL)
 bench-cuda: build/cuda/bench_cuda build/mixatt $(MODEL)
 	./build/cuda/bench_cuda $(MODEL)
 	python3 bench/cuda/peer.py
 else
-.PHONY: test-cuda bench-cuda
-test-cuda bench-cuda:
+.PHONY: test-cuda bench-cuda test-nccl
+test-cuda bench-cuda test-nccl:
 	@echo "nvcc was not found: this build has no CUDA backend (install the CUDA toolkit, or set NVCC=...)" >&2; exit 1
 endif

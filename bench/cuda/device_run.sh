@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # device_run.sh: runs on the lent GPU machine, in the repository root, with what bench/cuda/stage.sh staged.
-#   bash bench/cuda/device_run.sh stage         keeps the model's first part in /tmp/mx (call 1)
-#   bash bench/cuda/device_run.sh run ops        the op tests only (graphs on and off), no model: carry .devcarry
-#   bash bench/cuda/device_run.sh run models     every model fixture on the GPU vs its reference: carry .devcarry
-#   bash bench/cuda/device_run.sh run [WHAT]    joins the model (if .devcarry-m2 came along), checks its sha256,
-#                                               unpacks the libraries and runs WHAT: test (test_cuda with CUDA graphs
-#                                               on and off), bench (bench_cuda, peer.py, mixatt bench), all (default)
-# Logs go to $OUT (the device tool brings them back) when OUT is set.
+#   bash bench/cuda/device_run.sh stage          keeps the model's first part in /tmp/mx (call 1)
+#   bash bench/cuda/device_run.sh run WHAT...     runs each WHAT in order (default: all):
+#       ops      the op tests only (test_cuda with CUDA graphs on and off), no model: carry .devcarry
+#       models   every model fixture on the GPU vs its reference (tests/cuda/check_models_gpu.py): .devcarry
+#       moe      the Mixtral-shaped MoE benchmark beside HF transformers (bench/cuda/moe_bench.py): .devcarry
+#       test     test_cuda with the default model (graphs on) and the ops with graphs off
+#       bench    bench_cuda, peer.py, mixatt bench and the decode A/B of the launch options
+#       all      test and bench
+#     test/bench/all need the default model: part 1 staged by call 1 and .devcarry-m2 carried (joined here and
+#     checked against its sha256), or already joined in /tmp/mx by an earlier call on this warm machine.
+# The binaries run with the carried libraries on LD_LIBRARY_PATH (through wrappers in /tmp/mx/bin, which the
+# Python scripts call as MIXATT); python3 itself keeps the machine's own libraries. mixatt links Open MPI but only
+# initializes it under mpirun, so it runs here alone. Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -18,46 +24,61 @@ stage)
     cp .devcarry-m1/part "$M/model.part1" && ls -la "$M" && echo "device_run: part 1 staged"
     exit 0 ;;
 run) ;;
-*) echo "usage: device_run.sh stage | run [test|bench|all]" >&2; exit 2 ;;
+*) echo "usage: device_run.sh stage | run [ops|models|moe|test|bench|all]..." >&2; exit 2 ;;
 esac
-WHAT=${2:-all}
-if [ "$WHAT" = models ]; then # every model fixture on the GPU vs its reference: no big model needed
-    mkdir -p "$M/lib" "$M/bin" && tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/bin" -xzf .devcarry/bin.tar.gz
-    export LD_LIBRARY_PATH="$M/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    MIXATT="$M/bin/mixatt" python3 tests/cuda/check_models_gpu.py 2>&1 | tee "$OUTD/models.log"
-    exit "${PIPESTATUS[0]}"
-fi
-if [ "$WHAT" = ops ]; then # the op tests only, graphs on and off: no model needed (carry .devcarry alone)
-    mkdir -p "$M/lib" "$M/bin" && tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/bin" -xzf .devcarry/bin.tar.gz
-    export LD_LIBRARY_PATH="$M/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    rc=0
-    for g in 1 0; do
-        MX_CUDA_GRAPHS=$g "$M/bin/test_cuda" > "$OUTD/test_ops_graphs$g.log" 2>&1 || rc=1
-        grep -E "^FAIL" "$OUTD/test_ops_graphs$g.log"; tail -1 "$OUTD/test_ops_graphs$g.log" | sed "s/^/graphs $g: /"
-    done
-    exit $rc
-fi
-if [ -f .devcarry-m2/part ]; then
-    test -f "$M/model.part1" || { echo "device_run: part 1 is not in $M (machine restarted?): run 'stage' first" >&2; exit 3; }
-    cat "$M/model.part1" .devcarry-m2/part > "$M/model.gguf"
-fi
-test -f "$M/model.gguf" || { echo "device_run: no model in $M: run 'stage', then 'run' carrying .devcarry-m2" >&2; exit 3; }
-if [ -f .devcarry/model.sha256 ] && [ "$(sha256sum "$M/model.gguf" | awk '{print $1}')" != "$(cat .devcarry/model.sha256)" ]; then
-    echo "device_run: model checksum mismatch" >&2; exit 3
-fi
-mkdir -p "$M/lib" && tar -C "$M/lib" -xzf .devcarry/lib.tar.gz
-export LD_LIBRARY_PATH="$M/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+shift
+WHATS=${*:-all}
+
+# binaries and libraries; wrappers that give the binaries (only) the carried libraries
+mkdir -p "$M/lib" "$M/raw" "$M/bin"
+tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/raw" -xzf .devcarry/bin.tar.gz || exit 3
+# NCCL (mixatt links it when the build found it): CUDA's own, else the one PyTorch's nvidia-nccl wheel brings
+NCCL_DIR=/usr/local/cuda/lib64
+[ -e "$NCCL_DIR/libnccl.so.2" ] || NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+echo "device_run: libnccl from ${NCCL_DIR:-(not found)}"
+for b in mixatt test_cuda bench_cuda; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib:/usr/local/cuda/lib64:%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s/raw/%s "$@"\n' \
+        "$M" "$NCCL_DIR" "$M" "$b" > "$M/bin/$b"
+    chmod +x "$M/bin/$b"
+done
 BIN=$M/bin
-mkdir -p "$BIN" && tar -C "$BIN" -xzf .devcarry/bin.tar.gz
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+echo "device_run: mixatt --help says: $("$BIN/mixatt" --help 2>&1 | head -1)"  # starts without mpirun?
+
+need_model() {
+    if [ -f .devcarry-m2/part ] && [ ! -f "$M/model.gguf" ]; then
+        test -f "$M/model.part1" || { echo "device_run: part 1 is not in $M (machine restarted?): run 'stage' first" >&2; return 3; }
+        cat "$M/model.part1" .devcarry-m2/part > "$M/model.gguf"
+        if [ -f .devcarry/model.sha256 ] && [ "$(sha256sum "$M/model.gguf" | awk '{print $1}')" != "$(cat .devcarry/model.sha256)" ]; then
+            echo "device_run: model checksum mismatch" >&2; rm -f "$M/model.gguf"; return 3
+        fi
+    fi
+    test -f "$M/model.gguf" || { echo "device_run: no model in $M: run 'stage', then 'run' carrying .devcarry-m2" >&2; return 3; }
+}
+
 rc=0
-if [ "$WHAT" = test ] || [ "$WHAT" = all ]; then
+for WHAT in $WHATS; do
+case $WHAT in
+ops)
+    for g in 1 0; do
+        MX_CUDA_GRAPHS=$g "$BIN/test_cuda" > "$OUTD/test_ops_graphs$g.log" 2>&1 || rc=1
+        grep -E "^FAIL" "$OUTD/test_ops_graphs$g.log"; tail -1 "$OUTD/test_ops_graphs$g.log" | sed "s/^/graphs $g: /"
+    done ;;
+models)
+    MIXATT="$BIN/mixatt" python3 tests/cuda/check_models_gpu.py 2>&1 | tee "$OUTD/models.log"
+    [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
+moe)
+    MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" 2>&1 | tee "$OUTD/moe.log"
+    [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
+test|all)
+    need_model || exit 3
     $BIN/test_cuda "$M/model.gguf" > "$OUTD/test_graphs_on.log" 2>&1; r=$?; [ $r -ne 0 ] && rc=$r
     grep -E "^FAIL" "$OUTD/test_graphs_on.log"; tail -1 "$OUTD/test_graphs_on.log" | sed 's/^/graphs on: /'
     MX_CUDA_GRAPHS=0 $BIN/test_cuda > "$OUTD/test_graphs_off.log" 2>&1; r=$?; [ $r -ne 0 ] && rc=$r
     grep -E "^FAIL" "$OUTD/test_graphs_off.log"; tail -1 "$OUTD/test_graphs_off.log" | sed 's/^/graphs off (ops only): /'
-fi
-if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
+    ;;&
+bench|all)
+    need_model || exit 3
     $BIN/bench_cuda "$M/model.gguf" 2>&1 | tee "$OUTD/bench_cuda.log"
     PYTHONUNBUFFERED=1 python3 bench/cuda/peer.py 2>&1 | tee "$OUTD/peer.log"
     $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 2>&1 | tee "$OUTD/mixatt_bench.log"
@@ -68,6 +89,9 @@ if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
              MX_CUDA_SKIP=add MX_CUDA_SKIP=gateup MX_CUDA_SKIP=head; do
         env $v $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 -p 0 -r 3 2>&1 |
             grep -E "tg256|timing: graph of [0-9]{3}" | sed "s/^/$v: /" | tee -a "$OUTD/mixatt_ab.log"
-    done
-fi
+    done ;;
+test) ;;
+*) echo "device_run: unknown WHAT '$WHAT'" >&2; rc=2 ;;
+esac
+done
 exit $rc

@@ -29,9 +29,13 @@ for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do
     strip -o "/tmp/mx-devbin/$(basename "$b")" "$B/$b"
 done
 tar -C /tmp/mx-devbin -czf .devcarry/bin.tar.gz .
-# shared libraries the binaries need besides libc and CUDA's own (found on the device under /usr/local/cuda)
-libs=$(ldd "$B/build/cuda/test_cuda" | awk '$3 ~ /^\// {print $3}' |
-       grep -E 'openblas|cjson|utf8proc|gfortran|quadmath|gomp' || true)
+# every shared library the three binaries need (OpenBLAS, cJSON, utf8proc, Open MPI and theirs) except glibc's,
+# the compiler runtime's and CUDA's own (the device has those, CUDA's under /usr/local/cuda; NCCL, 218 MB, is found
+# there by device_run.sh, in /usr/local/cuda or PyTorch's nvidia-nccl wheel). device_run.sh puts
+# them on LD_LIBRARY_PATH for mixatt's binaries only (wrappers), never for python3 there.
+libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do ldd "$B/$b"; done |
+       awk '$3 ~ /^\// {print $3}' | sort -u |
+       grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcudart|libcublas[A-Za-z]*|libnccl)\.so' || true)
 mkdir -p /tmp/mx-devlibs && rm -f /tmp/mx-devlibs/*
 for l in $libs; do cp -L "$l" "/tmp/mx-devlibs/$(basename "$l")"; done
 tar -C /tmp/mx-devlibs -czf .devcarry/lib.tar.gz .

@@ -43,18 +43,24 @@ void mx_attention_mha(mx_session *s, int l, int T) {
 
     be->matmul(be, &L->wq, s->h, q, T);
     if (L->bq.data) be->add_bias(be, q, &L->bq, T, H * D);
-    if (c->use_rope) be->rope(be, q, T, H, D, c->rope_dim, s->pos, c->rope_theta, c->rope_mode);
+    if (c->use_rope)
+        be->rope(be, q, T, H, D, c->rope_dim, s->pos + s->pos_offset, c->rope_theta, c->rope_mode);
     if (c->plan[l].kv_from == l) {
         be->matmul(be, &L->wk, s->h, k, T);
         be->matmul(be, &L->wv, s->h, v, T);
         if (L->bk.data) be->add_bias(be, k, &L->bk, T, G * D);
         if (L->bv.data) be->add_bias(be, v, &L->bv, T, G * D);
-        if (c->use_rope) be->rope(be, k, T, G, D, c->rope_dim, s->pos, c->rope_theta, c->rope_mode);
+        if (c->use_rope)
+            be->rope(be, k, T, G, D, c->rope_dim, s->pos + s->pos_offset, c->rope_theta, c->rope_mode);
         be->kv_write(be, kv->k, k, T, G * D, s->pos, kv->n_slots);
         be->kv_write(be, kv->v, v, T, G * D, s->pos, kv->n_slots);
     }
-    mx_attn_spec spec = mx_attn_spec_for(s, l, T, D, D, G);
-    be->attention(be, &spec, q, kv->k, kv->v, att, NULL);
+    if (s->star) {
+        mx_attention_star(s, l, T, q, att);
+    } else {
+        mx_attn_spec spec = mx_attn_spec_for(s, l, T, D, D, G);
+        be->attention(be, &spec, q, kv->k, kv->v, att, NULL);
+    }
     be->matmul(be, &L->wo, att, s->h, T);
     if (L->bo.data) be->add_bias(be, s->h, &L->bo, T, c->d_model);
 }

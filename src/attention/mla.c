@@ -32,7 +32,7 @@ static mx_tensor rows_view(const mx_tensor *t, int r0, int nr) {
     w.ne[1] = nr;
     w.data = (const char *)t->data + row * (size_t)r0;
     w.nbytes = row * (size_t)nr;
-    w.dev = NULL; /* a device copy would need the same offset in its own layout */
+    w.dev = t->dev ? (char *)t->dev + row * (size_t)r0 : NULL; /* backend.h: row_views */
     return w;
 }
 

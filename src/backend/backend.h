@@ -58,7 +58,8 @@ struct mx_backend {
     size_t kv_elem_bytes; /* bytes per KV cache element: 4 (fp32) on the CPU, 2 (bf16) on CUDA */
     int ubatch;           /* preferred tokens per forward chunk (prefill); 0 = 512 */
     bool row_views;       /* a weight's rows can be used as a tensor of their own (MoE experts, MLA's per-head
-                             W_uk/W_uv slices): the view shares data and dev with its parent at a row offset */
+                             W_uk/W_uv slices): the view's data and dev are its parent's plus the same byte
+                             offset (dev, where set, is a device address the backend resolves to its parent) */
     void *ctx;
 
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */

@@ -11,6 +11,7 @@
 #include "../base/rng.h"
 #include "../io/dtype.h"
 #include "../run/generate.h"
+#include "../model/tp.h"
 #include "commands.h"
 #include "common.h"
 
@@ -21,6 +22,7 @@ static void help(FILE *f) {
                "  -r REPS       repetitions (default 5), after one warm-up\n"
                "  --json        also print one JSON line per test (for scripts)\n\n");
     mx_common_help(f, false);
+    mx_common_help_tp(f);
 }
 
 /* Copy bandwidth (read + write bytes per second) over 2 x 512 MiB with all threads: the DRAM ceiling. */
@@ -92,6 +94,7 @@ static int bench_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    o.comm = comm;
     bench_opts bo = {.pp = 512, .tg = 128, .reps = 5};
     int prc = mx_parse_args("bench", argc, argv, &o, bench_flag, &bo, help);
     if (prc) return prc < 0 ? 0 : prc;
@@ -141,11 +144,13 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
                     mean, sd, be->n_threads, reps);
     }
     if (tg) {
-        double read = mx_model_decode_bytes(m) * tg_mean;
+        size_t bytes = m->tp ? m->tp->decode_bytes : mx_model_decode_bytes(m); /* --tp: this rank's share */
+        double read = bytes * tg_mean;
         printf(
-            "\ndecode weight reads: %.2f MiB/token x %.1f tok/s = %.1f GB/s; machine copy bandwidth (DRAM, "
+            "\ndecode weight reads%s: %.2f MiB/token x %.1f tok/s = %.1f GB/s; machine copy bandwidth (DRAM, "
             "read+write, %d threads): %.1f GB/s\n",
-            mx_model_decode_bytes(m) / 1048576.0, tg_mean, read / 1e9, be->n_threads, bw / 1e9);
+            m->tp ? " (rank 0's share)" : "", bytes / 1048576.0, tg_mean, read / 1e9, be->n_threads,
+            bw / 1e9);
         printf("note: a model smaller than the last-level cache is read from cache, not DRAM, once warm.\n");
     }
     rc = 0;

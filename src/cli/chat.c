@@ -143,6 +143,7 @@ static int chat_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_chat(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    o.comm = comm;
     chat_opts co = {.n_predict = 512};
     int prc = mx_parse_args("chat", argc, argv, &o, chat_flag, &co, help);
     if (prc) return prc < 0 ? 0 : prc;

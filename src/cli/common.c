@@ -2,6 +2,8 @@
 #include "common.h"
 
 #include "../attention/kvcache.h"
+#include "../dist/agree.h"
+#include "../model/tp.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -70,9 +72,12 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--window")) {
         if (mx_parse_int(a, val, 1, 1 << 24, &o->load.window)) return -1;
         TAKE;
+    } else if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
+        return 0; /* Star Attention: the commands that implement it take it (cli/star_cli.c) */
     } else if (!strcmp(a, "--attn")) {
         if (!val || mx_attn_kind_parse(val) < 0)
-            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka, got '%s'\n",
+            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits), "
+                                   "got '%s'\n",
                            val ? val : ""),
                    -1;
         o->load.attn = val;
@@ -84,6 +89,9 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
                            val ? val : ""),
                    -1;
         o->load.mla_form = f;
+        TAKE;
+    } else if (!strcmp(a, "--tp")) {
+        if (mx_parse_int(a, val, 1, 4096, &o->tp)) return -1;
         TAKE;
     } else if (!strcmp(a, "--exact")) {
         o->exact = true;
@@ -118,6 +126,15 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     return 1;
 }
 
+/* The commands that run tensor parallel (chat reads the terminal on rank 0 only; the others load no model
+ * for inference). */
+static bool takes_tp(const char *cmd) {
+    static const char *const cmds[] = {"run", "logits", "perplexity", "bench", "info"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i])) return true;
+    return false;
+}
+
 int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_flag_fn own, void *ctx,
                   void (*help)(FILE *)) {
     for (int i = 1; i < argc; i++) {
@@ -126,9 +143,18 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
             help(stdout);
             return -1;
         }
+        if (!strcmp(a, "--tp") && !takes_tp(cmd)) {
+            fprintf(stderr, "mixatt %s: --tp is for run, logits, perplexity, bench and info\n", cmd);
+            return 2;
+        }
         int r = mx_common_parse(o, argc, argv, &i);
         if (r == 0 && own) r = own(ctx, a, val, &i);
         if (r < 0) return 2;
+        if (r == 0 && !strcmp(a, "--attn")) { /* star, which this command's own flags did not take */
+            fprintf(stderr, "mixatt %s: --attn star is implemented by mixatt run and mixatt logits only\n",
+                    cmd);
+            return 2;
+        }
         if (r == 0) {
             fprintf(stderr, "mixatt %s: unknown or incomplete option '%s' (see mixatt %s --help)\n", cmd, a,
                     cmd);
@@ -169,6 +195,15 @@ void mx_common_help(FILE *f, bool sampling) {
                 "  --seed N             random seed (default 42)\n");
 }
 
+void mx_common_help_tp(FILE *f) {
+    fprintf(
+        f, "tensor parallelism (CPU, Open MPI):\n"
+           "  --tp N               split the model over the N ranks of `mpirun -np N mixatt ...`: attention\n"
+           "                       heads, MLP rows, experts and vocabulary rows per rank, one allreduce per\n"
+           "                       block; N must equal the job's ranks (docs/ARCHITECTURE.md, \"Tensor\n"
+           "                       parallelism\", says what splits how and what N a model accepts)\n");
+}
+
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
     if (o->model) return o->model;
     const char *env = getenv("MIXATT_MODEL");
@@ -188,36 +223,72 @@ const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
     return MX_DEFAULT_MODEL;
 }
 
-int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
+/* Whether this process prints the messages every rank would print alike (rank 0 of a job). */
+static bool speaks(const mx_common_opts *o) {
+    return !o->comm || o->comm->rank == 0;
+}
+
+/* Checks --tp against the job before anything is loaded: N must be the number of ranks mpirun started. */
+static int check_tp(const mx_common_opts *o, mx_err *err) {
+    int world = o->comm ? o->comm->size : 1;
+    if (o->tp == 0) return MX_OK;
+    if (world == 1 && o->tp > 1)
+        return mx_err_set(err, MX_ERR_ARG,
+                          "--tp %d needs %d ranks, and this process is a single one: launch it with "
+                          "`mpirun -np %d mixatt ... --tp %d`",
+                          o->tp, o->tp, o->tp, o->tp);
+    if (o->tp != world)
+        return mx_err_set(err, MX_ERR_ARG,
+                          "--tp %d, but this job has %d ranks (mpirun -np %d): they must be equal", o->tp,
+                          world, world);
+    if (o->tp > 1 && o->device && strcmp(o->device, "cpu"))
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--tp runs on the CPU backend only (the sharded forward pass gathers the logits "
+                          "in host memory); use --device cpu");
+    return MX_OK;
+}
+
+/* Loads and places the model on this rank; on failure err says why and nothing is left open. */
+static int open_local(const mx_common_opts *o, mx_model **m, mx_backend **be, mx_err *err) {
     char buf[PATH_MAX + 64];
     const char *path = mx_resolve_model(o, buf, sizeof buf);
+    *m = NULL, *be = NULL;
     if (access(path, F_OK) != 0) {
-        if (o->model)
-            fprintf(stderr, "mixatt: model not found: %s\n", path);
-        else
-            fprintf(stderr,
-                    "mixatt: the default model is not downloaded (looked for %s).\n"
-                    "  Get it with:  make model   (or: bash scripts/get-model.sh)\n"
-                    "  or pass another GGUF with -m FILE.\n",
-                    path);
-        return 1;
+        if (o->model) return mx_err_set(err, MX_ERR_IO, "model not found: %s", path);
+        return mx_err_set(err, MX_ERR_IO,
+                          "the default model is not downloaded (looked for %s).\n"
+                          "  Get it with:  make model   (or: bash scripts/get-model.sh)\n"
+                          "  or pass another GGUF with -m FILE.",
+                          path);
     }
-    mx_err err = {0};
-    if (mx_model_load(path, &o->load, m, &err)) {
-        fprintf(stderr, "mixatt: cannot load model: %s\n", err.msg);
-        return 1;
-    }
-    if (mx_backend_create(o->device, o->gpu, o->threads, be, &err) || mx_model_check_backend(*m, *be, &err) ||
-        mx_model_place(*m, *be, &err)) {
-        fprintf(stderr, "mixatt: %s\n", err.msg);
-        mx_backend_destroy(*be);
+    if (check_tp(o, err)) return err->code;
+    if (mx_model_load(path, &o->load, m, err)) return mx_err_wrap(err, "cannot load model");
+    if (o->tp > 1 && mx_tp_shard(*m, o->comm, err)) { /* this rank's slice of the weights (model/tp.h) */
         mx_model_free(*m);
         *m = NULL;
-        *be = NULL;
+        return err->code;
+    }
+    if (mx_backend_create(o->device, o->gpu, o->threads, be, err) || mx_model_check_backend(*m, *be, err) ||
+        mx_model_place(*m, *be, err)) {
+        mx_backend_destroy(*be);
+        mx_model_free(*m);
+        *m = NULL, *be = NULL;
+        return err->code ? err->code : MX_ERR_ARG;
+    }
+    return MX_OK;
+}
+
+int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
+    mx_err err = {0};
+    /* every rank of the job goes on, or every rank stops with the first failing rank's message */
+    if (mx_dist_agree(o->comm, open_local(o, m, be, &err), &err)) {
+        mx_dist_report(o->comm, "mixatt", &err);
+        mx_close_model(*m, *be);
+        *m = NULL, *be = NULL;
         return 1;
     }
     (*be)->exact = o->exact;
-    if (!(*m)->cfg.plan_is_trained) {
+    if (!(*m)->cfg.plan_is_trained && speaks(o)) {
         char plan[512];
         mx_plan_to_string((*m)->cfg.plan, (*m)->cfg.n_layer, plan, sizeof plan);
         fprintf(stderr,

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "../dist/comm.h"
 #include "../model/session.h"
 #include "../run/sampler.h"
 
@@ -20,6 +21,8 @@ typedef struct {
     mx_load_opts load;  /* --plan, --window, --attn */
     int gpu;            /* GPU index for cuda */
     mx_sampler_params sp;
+    mx_comm *comm; /* the job's communicator (main.c); NULL = one rank */
+    int tp;        /* --tp N: tensor parallel over the job's N ranks (0 = off) */
 } mx_common_opts;
 
 void mx_common_defaults(mx_common_opts *o);
@@ -36,6 +39,8 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
                   void (*help)(FILE *));
 /* Help text for the common model flags and, when sampling is true, the sampling flags. */
 void mx_common_help(FILE *f, bool sampling);
+/* Help text for --tp (the commands that accept it: run, logits, perplexity, bench, info). */
+void mx_common_help_tp(FILE *f);
 /* Resolves the model path: -m, else $MIXATT_MODEL, else MX_DEFAULT_MODEL under the current directory or
  * next to the binary (../models/). */
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size);

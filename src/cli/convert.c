@@ -142,6 +142,7 @@ static int out_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_convert(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    o.comm = comm;
     const char *out = NULL;
     int rc = mx_parse_args("convert", argc, argv, &o, out_flag, &out, help);
     if (rc) return rc < 0 ? 0 : rc;

@@ -7,6 +7,7 @@
 #include "../io/dtype.h"
 #include "commands.h"
 #include "../model/session.h"
+#include "../model/tp.h"
 #include "kvtable.h"
 #include "common.h"
 
@@ -25,6 +26,7 @@ static void help(FILE *f) {
         "  --moe-stats -p TEXT  run TEXT through a mixture-of-experts model and print how many tokens\n"
         "                       each layer routed to each expert\n\n");
     mx_common_help(f, false);
+    mx_common_help_tp(f);
 }
 
 static void print_types(const mx_model *m) {
@@ -152,6 +154,7 @@ static int info_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    o.comm = comm;
     info_opts io = {0};
     int prc = mx_parse_args("info", argc, argv, &o, info_flag, &io, help);
     if (prc) return prc < 0 ? 0 : prc;
@@ -174,13 +177,17 @@ int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
     printf("name:           %s\n", c->name);
     printf("architecture:   %s (RMSNorm, RoPE theta %g over %d dims, SwiGLU, %s embeddings)\n", c->arch_name,
            c->rope_theta, c->rope_dim, c->tied_embeddings ? "tied" : "separate");
+    const mx_tp *tp = m->tp; /* sharded: the config holds this rank's counts, tp the model's */
     printf(
         "shape:          %d layers, width %d, %d query heads / %d KV heads (head dim %d), MLP %d, vocab %d\n",
-        c->n_layer, c->d_model, c->n_head, c->n_kv_head, c->head_dim, c->d_ff, c->vocab);
+        c->n_layer, c->d_model, tp ? tp->n_head : c->n_head, tp ? tp->n_kv_head : c->n_kv_head, c->head_dim,
+        tp ? tp->d_ff : c->d_ff, c->vocab);
+    mx_tp_describe(m, stdout);
     printf("context:        %d tokens\n", c->max_ctx);
     printf("parameters:     %.2f M (%lld)\n", mx_model_n_params(m) / 1e6, (long long)mx_model_n_params(m));
     printf("weights:        %.2f MiB in the file; %.2f MiB read per decoded token\n",
-           mx_model_weight_bytes(m) / 1048576.0, mx_model_decode_bytes(m) / 1048576.0);
+           mx_model_weight_bytes(m) / 1048576.0,
+           (tp ? tp->decode_bytes : mx_model_decode_bytes(m)) / 1048576.0);
     if (m->gguf)
         printf("GGUF version:   %u, %llu tensors, %llu metadata keys\n", m->gguf->version,
                (unsigned long long)m->gguf->n_tensors, (unsigned long long)m->gguf->n_kv);

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "star_cli.h"
 
 static void help(FILE *f) {
     fprintf(
@@ -16,8 +17,12 @@ static void help(FILE *f) {
            "  -p, --prompt TEXT    tokenize TEXT (special tokens parsed) instead\n"
            "  -o, --out FILE       output file\n"
            "  --decode             evaluate one token at a time (decode path) instead of one prefill\n"
-           "  --chunk N            evaluate in prefills of N tokens (exercises prefill after a cache)\n\n");
+           "  --chunk N            evaluate in prefills of N tokens (exercises prefill after a cache)\n"
+           "With --attn star the context is encoded in blocks and only the query's logits are written:\n"
+           "[--query N, vocab] for the last N tokens.\n\n");
     mx_common_help(f, false);
+    mx_star_cli_help(f);
+    mx_common_help_tp(f);
 }
 
 static int parse_ids(const char *s, int **ids, int *n) {
@@ -50,10 +55,13 @@ typedef struct {
     const char *ids, *prompt, *out;
     int chunk;
     bool decode;
+    mx_star_opts star;
 } logits_opts;
 
 static int logits_flag(void *ctx, const char *a, const char *val, int *i) {
     logits_opts *lo = ctx;
+    int r = mx_star_cli_flag(&lo->star, a, val, i);
+    if (r) return r;
     if (!strcmp(a, "--ids") && val) {
         lo->ids = val, ++*i;
     } else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
@@ -74,8 +82,14 @@ static int logits_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_logits(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
-    logits_opts lo = {0};
+    o.comm = comm;
+    logits_opts lo = {.star = mx_star_cli_defaults()};
     int prc = mx_parse_args("logits", argc, argv, &o, logits_flag, &lo, help);
+    if (!prc) prc = mx_star_cli_check("logits", &lo.star);
+    if (!prc && lo.star.on && o.tp > 1) {
+        fprintf(stderr, "mixatt logits: --tp and --attn star each need every rank of the job; use one\n");
+        prc = 2;
+    }
     if (prc) return prc < 0 ? 0 : prc;
     const char *ids_arg = lo.ids, *prompt = lo.prompt, *out = lo.out;
     int chunk = lo.chunk;
@@ -101,20 +115,32 @@ int mx_cmd_logits(int argc, char **argv, mx_comm *comm) {
         fprintf(stderr, "mixatt logits: no tokens\n");
         goto done;
     }
-    if (mx_session_create(m, be, o.ctx ? o.ctx : (n < m->cfg.max_ctx ? n : m->cfg.max_ctx), &s, &err) ||
-        !(logits = malloc(sizeof(float) * (size_t)n * vocab))) {
+    int first = 0; /* the first token whose logits are written: the query's with --attn star */
+    if (lo.star.on) {
+        int q = mx_star_cli_query("logits", &lo.star, n);
+        if (q < 0) goto done;
+        first = n - q;
+        rc = mx_star_open(m, be, comm, &lo.star, ids, first, q, &s, &err);
+    } else {
+        rc = mx_session_create(m, be, o.ctx ? o.ctx : (n < m->cfg.max_ctx ? n : m->cfg.max_ctx), &s, &err);
+    }
+    if (rc || !(logits = malloc(sizeof(float) * (size_t)(n - first) * vocab))) {
+        rc = 1;
         fprintf(stderr, "mixatt logits: %s\n", err.msg[0] ? err.msg : "out of memory");
         goto done;
     }
+    rc = 1;
     int step = decode ? 1 : chunk ? chunk : n;
-    for (int t = 0; t < n; t += step) {
+    for (int t = first; t < n; t += step) {
         int k = n - t < step ? n - t : step;
-        if (mx_session_eval(s, ids + t, k, logits + (size_t)t * vocab, true, &err)) {
+        if (mx_session_eval(s, ids + t, k, logits + (size_t)(t - first) * vocab, true, &err)) {
             fprintf(stderr, "mixatt logits: %s\n", err.msg);
             goto done;
         }
     }
-    if (!(f = fopen(out, "wb")) || fwrite(logits, sizeof(float) * vocab, (size_t)n, f) != (size_t)n) {
+    size_t rows = (size_t)(n - first);
+    if (comm->rank == 0 && /* under mpirun every rank holds the same logits; rank 0 writes them */
+        (!(f = fopen(out, "wb")) || fwrite(logits, sizeof(float) * vocab, rows, f) != rows)) {
         fprintf(stderr, "mixatt logits: cannot write %s\n", out);
         goto done;
     }
@@ -123,7 +149,7 @@ done:
     if (f && fclose(f) && !rc) rc = 1, fprintf(stderr, "mixatt logits: cannot write %s\n", out);
     free(logits);
     free(ids);
-    mx_session_free(s);
+    mx_star_session_free(s);
     mx_close_model(m, be);
     return rc;
 }

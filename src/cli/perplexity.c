@@ -18,6 +18,7 @@ static void help(FILE *f) {
             "  -f, --file FILE      the text\n"
             "  --chunks K           evaluate at most K chunks (default: all)\n\n");
     mx_common_help(f, false);
+    mx_common_help_tp(f);
 }
 
 static double chunk_nll(const float *logits, const int *ids, int n, int vocab, double *sq) {
@@ -55,6 +56,7 @@ static int ppl_flag(void *ctx, const char *a, const char *val, int *i) {
 int mx_cmd_perplexity(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
+    o.comm = comm;
     ppl_opts po = {0};
     int prc = mx_parse_args("perplexity", argc, argv, &o, ppl_flag, &po, help);
     if (prc) return prc < 0 ? 0 : prc;

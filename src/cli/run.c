@@ -1,20 +1,27 @@
 /* run.c: `mixatt run`: one prompt in, generated text streamed out; --chat wraps the prompt in the model's
  * chat template. Timings go to stderr so stdout holds only the text. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../run/generate.h"
 #include "commands.h"
 #include "common.h"
+#include "star_cli.h"
 
 enum { DEFAULT_CTX = 4096, MAX_STOPS = 16 };
 
 static void help(FILE *f) {
     fprintf(
-        f, "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE) [-n N] [--chat] [--system TEXT] [options]\n\n"
-           "Generates a continuation of PROMPT and streams it to stdout.\n\n"
+        f, "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE | --ids \"ID ...\") [-n N] [--chat] [options]\n\n"
+           "Generates a continuation of PROMPT and streams it to stdout. MODEL may also be a run directory of\n"
+           "mixatt train (or its checkpoint.safetensors): it has no tokenizer, so give the prompt as --ids and\n"
+           "read ids back (\"ID \" each), or take a tokenizer from a GGUF with --tokenizer.\n\n"
            "  -p, --prompt TEXT    the prompt\n"
            "  -f, --file FILE      read the prompt from FILE\n"
+           "  --ids \"ID ...\"      the prompt as token ids (space-separated)\n"
+           "  --tokenizer GGUF     use this GGUF file's tokenizer (and chat template) instead of the model's;\n"
+           "                       its vocabulary must fit the model's\n"
            "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
            "  --chat               render the prompt as a user turn with the model's chat template\n"
            "  --system TEXT        system message for --chat (default: the template's own)\n"
@@ -23,19 +30,24 @@ static void help(FILE *f) {
            "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
            "  -q, --quiet          no timings on stderr\n");
     mx_common_help(f, true);
+    mx_star_cli_help(f);
+    mx_common_help_tp(f);
 }
 
 typedef struct {
     mx_common_opts c;
-    const char *prompt, *file, *system;
+    const char *prompt, *file, *system, *ids, *tokenizer;
     int n_predict;
     bool chat, quiet, parse_special, print_ids;
     const char *stops[MAX_STOPS];
     int n_stops;
+    mx_star_opts star;
 } run_opts;
 
 static int run_flag(void *ctx, const char *a, const char *val, int *i) {
     run_opts *o = ctx;
+    int r = mx_star_cli_flag(&o->star, a, val, i);
+    if (r) return r;
     if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
         o->prompt = val, ++*i;
     } else if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
@@ -43,6 +55,10 @@ static int run_flag(void *ctx, const char *a, const char *val, int *i) {
     } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
         if (mx_parse_int(a, val, -1, 1 << 24, &o->n_predict)) return -1;
         ++*i;
+    } else if (!strcmp(a, "--ids") && val) {
+        o->ids = val, ++*i;
+    } else if (!strcmp(a, "--tokenizer") && val) {
+        o->tokenizer = val, ++*i;
     } else if (!strcmp(a, "--system") && val) {
         o->system = val, ++*i;
     } else if (!strcmp(a, "--stop") && val) {
@@ -65,9 +81,19 @@ static int run_flag(void *ctx, const char *a, const char *val, int *i) {
 
 static int parse(run_opts *o, int argc, char **argv) {
     int rc = mx_parse_args("run", argc, argv, &o->c, run_flag, o, help);
+    if (!rc) rc = mx_star_cli_check("run", &o->star);
+    if (!rc && o->star.on && o->c.tp > 1) {
+        fprintf(stderr, "mixatt run: --tp and --attn star each need every rank of the job; use one\n");
+        rc = 2;
+    }
     if (rc) return rc;
-    if (!o->prompt == !o->file) {
-        fprintf(stderr, "mixatt run: give exactly one of -p PROMPT or -f FILE (see mixatt run --help)\n");
+    if ((o->prompt != NULL) + (o->file != NULL) + (o->ids != NULL) != 1) {
+        fprintf(stderr,
+                "mixatt run: give exactly one of -p PROMPT, -f FILE or --ids \"ID ...\" (see mixatt run --help)\n");
+        return 2;
+    }
+    if (o->ids && o->chat) {
+        fprintf(stderr, "mixatt run: --chat renders text; it cannot take --ids\n");
         return 2;
     }
     return 0;
@@ -89,9 +115,54 @@ static char *prompt_text(const run_opts *o, const mx_model *m, const char *promp
     return mx_chat_render(m->chat, msgs, n, true);
 }
 
+/* Parses the --ids list into a malloc'd array; every id must be in [0, vocab). */
+static int parse_ids(const char *s, int vocab, int **ids, int *n_ids) {
+    size_t cap = strlen(s) / 2 + 1;
+    int *v = malloc(sizeof(int) * cap), n = 0;
+    if (!v) return fprintf(stderr, "mixatt run: out of memory\n"), 1;
+    for (const char *p = s;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x >= vocab) {
+            fprintf(stderr, "mixatt run: --ids: '%.16s' is not a token id in [0, %d)\n", p, vocab);
+            return free(v), 1;
+        }
+        v[n++] = (int)x;
+        p = end;
+    }
+    *ids = v, *n_ids = n;
+    return 0;
+}
+
+/* --tokenizer: the GGUF file's tokenizer and chat template replace the model's. */
+static int use_tokenizer(mx_model *m, const char *path) {
+    mx_err err = {0};
+    mx_gguf *g = NULL;
+    mx_tokenizer *tok = NULL;
+    if (mx_gguf_open(path, &g, &err) || mx_tokenizer_from_gguf(g, &tok, &err)) {
+        fprintf(stderr, "mixatt run: --tokenizer: %s\n", err.msg);
+        return mx_gguf_close(g), 1;
+    }
+    if (mx_tokenizer_vocab_size(tok) > m->cfg.vocab) {
+        fprintf(stderr, "mixatt run: --tokenizer: %s has %d tokens; the model's vocabulary is %d\n", path,
+                mx_tokenizer_vocab_size(tok), m->cfg.vocab);
+        return mx_tokenizer_free(tok), mx_gguf_close(g), 1;
+    }
+    mx_tokenizer_free(m->tok);
+    mx_chat_template_free(m->chat);
+    m->tok = tok;
+    if (mx_chat_template_from_gguf(g, &m->chat, NULL) != MX_OK) m->chat = NULL;
+    mx_gguf_close(g);
+    return 0;
+}
+
 int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
-    run_opts o = {.n_predict = 128, .parse_special = true};
+    run_opts o = {.n_predict = 128, .parse_special = true, .star = mx_star_cli_defaults()};
     mx_common_defaults(&o.c);
+    o.c.comm = comm;
     int rc = parse(&o, argc, argv);
     if (rc) return rc < 0 ? 0 : rc;
 
@@ -100,6 +171,7 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     mx_model *m = NULL;
     mx_backend *be = NULL;
     if (mx_open_model(&o.c, &m, &be)) return free(file_text), 1;
+    if (o.tokenizer && use_tokenizer(m, o.tokenizer)) return free(file_text), mx_close_model(m, be), 1;
     int n_ctx = o.c.ctx ? o.c.ctx : (m->cfg.max_ctx < DEFAULT_CTX ? m->cfg.max_ctx : DEFAULT_CTX);
 
     mx_err err = {0};
@@ -107,10 +179,17 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     mx_sampler smp = {0};
     mx_gen_result res = {0};
     int *ids = NULL, n_ids = 0;
-    char *text = prompt_text(&o, m, o.file ? file_text : o.prompt);
+    char *text = o.ids ? NULL : prompt_text(&o, m, o.file ? file_text : o.prompt);
     rc = 1;
-    if (!text) goto done;
-    if (mx_tokenize(m->tok, text, strlen(text), o.parse_special, &ids, &n_ids, &err)) {
+    if (o.ids) {
+        if (parse_ids(o.ids, m->cfg.vocab, &ids, &n_ids)) goto done;
+    } else if (!text) {
+        goto done;
+    } else if (!m->tok) {
+        fprintf(stderr, "mixatt run: %s has no tokenizer: give the prompt as --ids, or --tokenizer GGUF\n",
+                m->path);
+        goto done;
+    } else if (mx_tokenize(m->tok, text, strlen(text), o.parse_special, &ids, &n_ids, &err)) {
         fprintf(stderr, "mixatt run: %s\n", err.msg);
         goto done;
     }
@@ -124,14 +203,32 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
                 n_ids, n_ctx, m->cfg.max_ctx);
         goto done;
     }
-    if (mx_session_create(m, be, n_ctx, &s, &err) || mx_sampler_init(&smp, &o.c.sp, m->cfg.vocab)) {
-        fprintf(stderr, "mixatt run: %s\n", err.msg[0] ? err.msg : "out of memory");
+    int first = 0; /* the first prompt token given to mx_generate: the query's with --attn star */
+    if (o.star.on) {
+        int q = mx_star_cli_query("run", &o.star, n_ids);
+        if (q < 0) goto done;
+        first = n_ids - q;
+        int room = n_ctx - first, after = o.n_predict >= 0 && q + o.n_predict < room ? q + o.n_predict : room;
+        double t0 = mx_now();
+        if (mx_star_open(m, be, comm, &o.star, ids, first, after, &s, &err)) {
+            fprintf(stderr, "mixatt run: %s\n", err.msg);
+            goto done;
+        }
+        if (!o.quiet)
+            fprintf(stderr, "[star: %d context tokens encoded in %.3f s by %d rank(s); query %d tokens]\n",
+                    first, mx_now() - t0, comm->size, q);
+    } else if (mx_session_create(m, be, n_ctx, &s, &err)) {
+        fprintf(stderr, "mixatt run: %s\n", err.msg);
+        goto done;
+    }
+    if (mx_sampler_init(&smp, &o.c.sp, m->cfg.vocab)) {
+        fprintf(stderr, "mixatt run: out of memory\n");
         goto done;
     }
     mx_gen_opts go = {
         .n_predict = o.n_predict, .stops = o.stops, .n_stops = o.n_stops, .stop_token = -1, .out = stdout};
     if (o.chat && m->chat) go.stop_token = mx_tokenizer_find(m->tok, mx_chat_end_of_turn(m->chat));
-    if (mx_generate(s, &smp, ids, n_ids, &go, &res, &err)) {
+    if (mx_generate(s, &smp, ids + first, n_ids - first, &go, &res, &err)) {
         fprintf(stderr, "\nmixatt run: %s\n", err.msg);
         goto done;
     }
@@ -152,7 +249,7 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
 done:
     mx_gen_result_free(&res);
     mx_sampler_free(&smp);
-    mx_session_free(s);
+    mx_star_session_free(s);
     free(ids);
     free(text);
     free(file_text);

@@ -9,7 +9,11 @@
  * results, bit for bit, as the run that was never stopped. A non-finite loss or gradient stops the run with a
  * message; the last checkpoint written stays as it was. train_data "synthetic:TASK" writes shards of the task
  * (synthetic.h) into RUN_DIR/data/ first.
- * Hidden (for tests): --dump-grads FILE writes the gradients of the first step taken (before clipping). */
+ * --dp (under mpirun -np N) trains data-parallel: each rank takes batch / N rows of every micro-batch, the
+ * gradients are averaged over ranks before clipping and AdamW, rank 0 writes the log and checkpoints; --zero1
+ * also shards the AdamW moments (train/dp.h). Every failure is agreed: all ranks stop with one message.
+ * Hidden (for tests): --dump-grads FILE writes the gradients of the first step taken (before clipping; under
+ * --dp the ranks' mean, written by rank 0). */
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
@@ -20,8 +24,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../dist/agree.h"
 #include "../train/ckpt.h"
+#include "../train/dp.h"
 #include "../train/model_train.h"
+#include "../train/mup.h"
 #include "../train/optim.h"
 #include "../train/shards.h"
 #include "../train/synthetic.h"
@@ -34,14 +41,21 @@ typedef struct {
     const char *config, *resume, *out, *dump_grads;
     const char *sets[MAX_SETS];
     int n_sets, threads, max_steps;
-    bool quiet;
+    bool quiet, dp, zero1, act_rms;
 } train_opts;
 
 static void help(FILE *f) {
     fprintf(
         f,
         "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] -o RUN_DIR\n\n"
-        "Trains a GPT-2- or Llama-shaped model with an MHA-family attention plan on the CPU (fp32).\n\n"
+        "Trains a GPT-2- or Llama-shaped model on the CPU (fp32). Attention: key attn = mha (MHA/GQA/MQA "
+        "with\n"
+        "the plan's windows and shared K/V), mla (explicit form, llama; mla_* keys), mka or fastmka "
+        "(causal);\n"
+        "n_expert > 0 makes every MLP a top-n_expert_used mixture of experts (llama) with the "
+        "load-balancing\n"
+        "loss weighted by moe_aux_weight; mup = true trains with muP relative to mup_base_width\n"
+        "(docs/training.md has every rule).\n\n"
         "  -c, --config FILE   the run's config: one JSON object (configs/train-tiny-gpt2.json shows every "
         "key)\n"
         "  --set KEY=VALUE     overrides one config key (repeatable)\n"
@@ -50,7 +64,19 @@ static void help(FILE *f) {
         "  --max-steps N       stop after N steps of this run (checkpoint written; the schedule still spans\n"
         "                      `steps`): continue later with --resume\n"
         "  -t, --threads N     threads (default: all cores)\n"
-        "  -q, --quiet         no progress lines\n");
+        "  -q, --quiet         no progress lines\n"
+        "  --log-act-rms       add \"act_rms\" to each step's log line: the RMS of the residual stream "
+        "entering\n"
+        "                      each layer and leaving the last (a coordinate check; scripts/coord_check.py)\n"
+        "  --dp                data parallel over the ranks of `mpirun -np N mixatt train --dp ...`: each "
+        "rank\n"
+        "                      trains on batch / N rows of every micro-batch (batch must divide by N), the\n"
+        "                      gradients are averaged over ranks (fp32) before clipping and AdamW; rank 0\n"
+        "                      writes log.jsonl and checkpoints (RUN_DIR on a file system every rank sees).\n"
+        "                      The result equals one process training the same global batch, up to the\n"
+        "                      order of fp32 sums. --resume works with any N that divides the batch\n"
+        "  --zero1             with --dp: shard the AdamW moments over the ranks (ZeRO stage 1): each rank\n"
+        "                      updates its slice of the parameters, then the slices are allgathered\n");
 }
 
 static int parse(train_opts *o, int argc, char **argv) {
@@ -61,8 +87,16 @@ static int parse(train_opts *o, int argc, char **argv) {
                      !strcmp(a, "--dump-grads") || !strcmp(a, "-t") || !strcmp(a, "--threads") ||
                      !strcmp(a, "--max-steps");
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), -1;
-        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = true;
+        if (!strcmp(a, "--log-act-rms")) {
+            o->act_rms = true;
+            continue;
+        }
+        bool *flag = !strcmp(a, "-q") || !strcmp(a, "--quiet") ? &o->quiet
+                     : !strcmp(a, "--dp")                      ? &o->dp
+                     : !strcmp(a, "--zero1")                   ? &o->zero1
+                                                               : NULL;
+        if (flag) {
+            *flag = true;
             continue;
         }
         if (!takes)
@@ -92,6 +126,8 @@ static int parse(train_opts *o, int argc, char **argv) {
         return fprintf(stderr,
                        "mixatt train: give -c CONFIG.json or --resume DIR (see mixatt train --help)\n"),
                2;
+    if (o->zero1 && !o->dp)
+        return fprintf(stderr, "mixatt train: --zero1 shards the optimizer of --dp training: add --dp\n"), 2;
     return 0;
 }
 
@@ -140,8 +176,10 @@ typedef struct {
 } data_paths;
 
 /* The run's shard patterns: the config's, with synthetic:TASK written as shards under RUN_DIR/data/ (same
- * seed, same tokens, so a resumed run reads the same data). The config itself keeps the task names. */
-static int prepare_data(const mx_train_config *cfg, const char *run_dir, data_paths *dp, mx_err *err) {
+ * seed, same tokens, so a resumed run reads the same data) when write is true (rank 0; the other ranks only
+ * take the paths). The config itself keeps the task names. */
+static int prepare_data(const mx_train_config *cfg, const char *run_dir, bool write, data_paths *dp,
+                        mx_err *err) {
     const char *pre = "synthetic:", *val = cfg->val_data[0] ? cfg->val_data : NULL;
     size_t np = strlen(pre);
     bool train_syn = !strncmp(cfg->train_data, pre, np);
@@ -152,28 +190,31 @@ static int prepare_data(const mx_train_config *cfg, const char *run_dir, data_pa
     if (!train_syn && !val_syn) return MX_OK;
     char dir[2048];
     path_join(dir, sizeof dir, run_dir, "data");
-    if (make_dir(dir, err)) return err->code;
+    if (write && make_dir(dir, err)) return err->code;
     if (train_syn) {
         long per_step = (long)cfg->batch * cfg->seq * cfg->grad_accum;
         long n = per_step * (cfg->steps < SYNTH_MAX_STEPS ? cfg->steps : SYNTH_MAX_STEPS) + 1;
         path_join(dp->train, sizeof dp->train, dir, "train_000.bin");
-        if (mx_synth_write(cfg->train_data + np, dp->train, n, cfg->vocab, cfg->seq, cfg->seed, err))
+        if (write && mx_synth_write(cfg->train_data + np, dp->train, n, cfg->vocab, cfg->seq, cfg->seed, err))
             return err->code;
     }
     if (val_syn) {
         long n = (long)cfg->batch * cfg->seq * (cfg->val_batches > 0 ? cfg->val_batches : 1) + 1;
         path_join(dp->val, sizeof dp->val, dir, "val_000.bin");
-        if (mx_synth_write(val + np, dp->val, n, cfg->vocab, cfg->seq, cfg->seed + 1, err)) return err->code;
+        if (write && mx_synth_write(val + np, dp->val, n, cfg->vocab, cfg->seq, cfg->seed + 1, err))
+            return err->code;
     }
     return MX_OK;
 }
 
 typedef struct {
     mx_tmodel *m;
+    mx_comm *comm;
+    mx_dp *dp; /* NULL without --dp */
     mx_loader train, val;
     bool has_val;
     int *inputs, *targets;
-    FILE *log;
+    FILE *log; /* rank 0's */
     char ckpt_path[2100];
     int last_ckpt; /* step of the last checkpoint written by this process or resumed from, -1 none */
 } trainer;
@@ -181,12 +222,16 @@ typedef struct {
 static double validate(trainer *t, mx_err *err) {
     mx_tmodel *m = t->m;
     double sum = 0;
-    if (mx_loader_seek(&t->val, 0, 0, err)) return NAN;
-    for (int i = 0; i < m->cfg.val_batches; i++) {
-        if (mx_loader_next(&t->val, t->inputs, t->targets, err)) return NAN;
-        sum += mx_tmodel_step(m, t->inputs, t->targets, false, 0.0f);
+    int rc = mx_loader_seek(&t->val, 0, 0, err), T = m->cfg.seq;
+    for (int i = 0; i < m->cfg.val_batches && !rc; i++) {
+        if ((rc = mx_loader_next(&t->val, t->inputs, t->targets, err))) break;
+        sum +=
+            mx_tmodel_step(m, mx_dp_rows(t->dp, t->inputs, T), mx_dp_rows(t->dp, t->targets, T), false, 0.0f);
+        sum -= m->cfg.moe_aux_weight * m->aux_loss; /* the validation loss is the cross-entropy alone */
     }
-    return sum / m->cfg.val_batches;
+    sum /= m->cfg.val_batches;
+    if (mx_dp_agree(t->dp, rc, err) || mx_dp_mean(t->dp, &sum, err)) return NAN;
+    return sum;
 }
 
 static void format_eta(char *buf, size_t size, double s) {
@@ -206,12 +251,13 @@ static double now(void) {
 
 static int save(trainer *t, int step, mx_err *err) {
     mx_ckpt_state st = {.step = step, .shard = t->train.shard, .pos = t->train.pos};
-    if (mx_ckpt_save(t->m, t->ckpt_path, &st, err)) return err->code;
+    if (mx_dp_save(t->dp, t->m, t->ckpt_path, &st, err)) return err->code;
     t->last_ckpt = step;
     return MX_OK;
 }
 
 static int stop_nonfinite(trainer *t, const char *what, double value, int step) {
+    if (!mx_dist_is_root(t->comm)) return 1;
     fprintf(stderr, "mixatt train: %s is %s at step %d; stopping. ", what, isnan(value) ? "NaN" : "infinite",
             step + 1);
     if (t->last_ckpt >= 0)
@@ -221,25 +267,54 @@ static int stop_nonfinite(trainer *t, const char *what, double value, int step) 
     return 1;
 }
 
-/* One optimizer step: grad_accum micro-batches, clipping, AdamW. Returns the mean loss (NaN on error). */
+/* One optimizer step: grad_accum micro-batches (this rank's rows of each under --dp), the gradients averaged
+ * over ranks, clipping, AdamW. Returns the mean loss (NaN on error, on every rank alike). */
 static double train_step(trainer *t, int step, const char *dump, double *norm, float *lr, mx_err *err) {
     mx_tmodel *m = t->m;
     const mx_train_config *c = &m->cfg;
     double loss = 0;
+    int rc = 0;
     mx_zero_grads(m);
-    for (int i = 0; i < c->grad_accum; i++) {
-        if (mx_loader_next(&t->train, t->inputs, t->targets, err)) return NAN;
-        loss += mx_tmodel_step(m, t->inputs, t->targets, true, 1.0f / (float)c->grad_accum);
+    for (int i = 0; i < c->grad_accum && !rc; i++) {
+        if ((rc = mx_loader_next(&t->train, t->inputs, t->targets, err))) break;
+        loss += mx_tmodel_step(m, mx_dp_rows(t->dp, t->inputs, c->seq), mx_dp_rows(t->dp, t->targets, c->seq),
+                               true, 1.0f / (float)c->grad_accum);
     }
     loss /= c->grad_accum;
+    if (mx_dp_reduce(t->dp, m, rc, &loss, err)) return NAN;
     if (!isfinite(loss)) return loss;
-    if (dump && mx_grads_save(m, dump, loss, err)) return NAN;
+    if (dump) {
+        rc = mx_dist_is_root(t->comm) ? mx_grads_save(m, dump, loss, err) : 0;
+        if (mx_dp_agree(t->dp, rc, err)) return NAN;
+    }
     *norm = mx_grad_norm(m);
     if (!isfinite(*norm)) return loss;
     mx_clip_grads(m, *norm, c->grad_clip);
     *lr = mx_lr_at(c, step);
-    mx_adamw_step(m, *lr, step + 1);
+    if (mx_dp_adamw_step(t->dp, m, *lr, step + 1, err)) return NAN;
     return loss;
+}
+
+/* Prints an error once per job (rank 0), after the ranks agreed on it. */
+static int report(const trainer *t, const char *what, const mx_err *err) {
+    char who[64];
+    snprintf(who, sizeof who, "mixatt train%s%s", what ? ": " : "", what ? what : "");
+    mx_dist_report(t->comm, who, err);
+    return 1;
+}
+
+/* The optional fields of a step's log line: "aux" (experts: the unweighted load-balancing loss of the last
+ * micro-batch) and "act_rms" (--log-act-rms). */
+static void log_extras(FILE *f, const mx_tmodel *m, bool act_rms) {
+    if (m->cfg.n_expert > 0) fprintf(f, ", \"aux\": %.9g", m->aux_loss);
+    if (!act_rms) return;
+    double rms[1025];
+    int n = m->cfg.n_layer + 1 < 1025 ? m->cfg.n_layer + 1 : 1025;
+    if (n == 1025) return; /* more layers than the log line holds */
+    mx_act_rms(m, rms);
+    fputs(", \"act_rms\": [", f);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%.6g", i ? ", " : "", rms[i]);
+    fputc(']', f);
 }
 
 static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
@@ -251,15 +326,20 @@ static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
         double ts = now(), norm = 0;
         float lr = 0;
         double loss = train_step(t, step, step == start ? o->dump_grads : NULL, &norm, &lr, err);
-        if (err->code) return fprintf(stderr, "mixatt train: %s\n", err->msg), 1;
+        if (err->code) return report(t, NULL, err);
         if (!isfinite(loss)) return stop_nonfinite(t, "the loss", loss, step);
         if (!isfinite(norm)) return stop_nonfinite(t, "the gradient norm", norm, step);
         double dt = now() - ts, tps = tok_per_step / (dt > 0 ? dt : 1e-9);
-        fprintf(t->log,
-                "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tok_per_s\": %.1f}\n",
-                step + 1, loss, lr, norm, tps);
+        bool root = t->log != NULL;
+        if (root) {
+            fprintf(t->log,
+                    "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tok_per_s\": %.1f",
+                    step + 1, loss, lr, norm, tps);
+            log_extras(t->log, t->m, o->act_rms);
+            fputs("}\n", t->log);
+        }
         bool last = step + 1 == c->steps, stop = step + 1 == end;
-        if (!o->quiet && c->log_every && ((step + 1) % c->log_every == 0 || last)) {
+        if (root && !o->quiet && c->log_every && ((step + 1) % c->log_every == 0 || last)) {
             char eta[32];
             double per = (now() - t0) / (step + 1 - start);
             format_eta(eta, sizeof eta, per * (c->steps - step - 1));
@@ -268,24 +348,31 @@ static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
         }
         if (t->has_val && c->val_every && ((step + 1) % c->val_every == 0 || last)) {
             double vl = validate(t, err);
-            if (err->code) return fprintf(stderr, "mixatt train: validation: %s\n", err->msg), 1;
-            fprintf(t->log, "{\"step\": %d, \"val_loss\": %.9g}\n", step + 1, vl);
-            if (!o->quiet) fprintf(stderr, "step %d/%d | val loss %.4f\n", step + 1, c->steps, vl);
+            if (err->code) return report(t, "validation", err);
+            if (root) fprintf(t->log, "{\"step\": %d, \"val_loss\": %.9g}\n", step + 1, vl);
+            if (root && !o->quiet) fprintf(stderr, "step %d/%d | val loss %.4f\n", step + 1, c->steps, vl);
         }
-        fflush(t->log);
+        if (root) fflush(t->log);
         if ((c->ckpt_every && (step + 1) % c->ckpt_every == 0) || stop)
-            if (save(t, step + 1, err)) return fprintf(stderr, "mixatt train: %s\n", err->msg), 1;
+            if (save(t, step + 1, err)) return report(t, NULL, err);
     }
     return 0;
 }
 
-/* Builds the model and data of the run and restores a checkpoint when resuming; returns the first step. */
-static int setup(trainer *t, const train_opts *o, mx_train_config *cfg, const char *resume_ckpt, int *start,
-                 mx_err *err) {
+/* Rank 0 creates the run directory and writes synthetic data; every rank gets the shard patterns. */
+static int setup_data(trainer *t, const train_opts *o, const mx_train_config *cfg, data_paths *dp,
+                      mx_err *err) {
+    bool root = mx_dist_is_root(t->comm);
+    int rc = (root && make_dir(o->out, err)) || prepare_data(cfg, o->out, root, dp, err) ? err->code : 0;
+    return mx_dp_agree(t->dp, rc, err); /* the others read what rank 0 wrote after this */
+}
+
+/* This rank's part of setup: the model, a checkpoint when resuming, the loaders and (rank 0) the log. */
+static int setup_local(trainer *t, const train_opts *o, mx_train_config *cfg, const char *resume_ckpt,
+                       const data_paths *dpp, int *start, mx_err *err) {
     char path[2100];
-    data_paths dp;
-    if (make_dir(o->out, err) || prepare_data(cfg, o->out, &dp, err)) return err->code;
-    if (mx_tmodel_create(cfg, &t->m, err)) return err->code;
+    data_paths dp = *dpp;
+    if (mx_dp_create_model(t->dp, cfg, &t->m, err)) return err->code;
     mx_ckpt_state st = {0};
     if (o->resume) {
         if (mx_ckpt_load(t->m, resume_ckpt, true, &st, err)) return err->code;
@@ -305,12 +392,22 @@ static int setup(trainer *t, const train_opts *o, mx_train_config *cfg, const ch
         return mx_err_wrap(err, "validation data");
     path_join(t->ckpt_path, sizeof t->ckpt_path, o->out, "checkpoint.safetensors");
     path_join(path, sizeof path, o->out, "log.jsonl");
-    if (!(t->log = fopen(path, "a")))
+    if (mx_dist_is_root(t->comm) && !(t->log = fopen(path, "a")))
         return mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return MX_OK;
 }
 
-static void describe(const mx_tmodel *m, int start) {
+/* Builds the model and data of the run and restores a checkpoint when resuming; returns the first step. Under
+ * --dp every rank goes on, or every rank returns the first failing rank's message. */
+static int setup(trainer *t, const train_opts *o, mx_train_config *cfg, const char *resume_ckpt, int *start,
+                 mx_err *err) {
+    data_paths dp;
+    if (setup_data(t, o, cfg, &dp, err)) return err->code;
+    if (mx_dp_agree(t->dp, setup_local(t, o, cfg, resume_ckpt, &dp, start, err), err)) return err->code;
+    return mx_dp_start(t->dp, t->m, err);
+}
+
+static void describe(const mx_tmodel *m, int start, const mx_dp *dp) {
     const mx_train_config *c = &m->cfg;
     char plan[1024];
     mx_plan_to_string(m->plan, c->n_layer, plan, sizeof plan);
@@ -320,12 +417,35 @@ static void describe(const mx_tmodel *m, int start) {
             c->arch == MX_TARCH_GPT2 ? "gpt2" : "llama", c->n_layer, c->d_model, c->n_head, c->n_kv_head,
             (double)m->n_floats / 1e6, plan, c->batch, c->seq, c->grad_accum, start + 1, c->steps, c->lr,
             c->warmup, c->min_lr, omp_get_max_threads());
+    if (dp)
+        fprintf(stderr, "  data parallel over %d ranks: %d sequences of each micro-batch per rank%s\n",
+                dp->size, dp->batch_local, dp->zero1 ? ", AdamW moments sharded (ZeRO-1)" : "");
+}
+
+/* --dp against the job: several ranks need --dp (else each would train alone into the same files); --dp in a
+ * single process trains on one rank. Returns 0 to go on, else the exit status (message printed once). */
+static int check_dp(const train_opts *o, const mx_comm *comm) {
+    if (comm->size > 1 && !o->dp) {
+        if (comm->rank == 0)
+            fprintf(stderr,
+                    "mixatt train: this job has %d ranks (mpirun -np %d): add --dp to train data-parallel "
+                    "(without "
+                    "it every rank would train the same model alone into the same files)\n",
+                    comm->size, comm->size);
+        return 2;
+    }
+    if (o->dp && comm->size == 1 && !o->quiet)
+        fprintf(stderr,
+                "mixatt train: note: --dp in a single process (not started by mpirun): training on one "
+                "rank; start N ranks with `mpirun -np N mixatt train --dp ...`\n");
+    return 0;
 }
 
 int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     train_opts o = {0};
     int rc = parse(&o, argc, argv);
     if (rc) return rc < 0 ? 0 : rc;
+    if ((rc = check_dp(&o, comm))) return rc;
     if (o.threads > 0) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
@@ -333,17 +453,20 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     mx_err err = {0};
     mx_train_config cfg;
     char ckpt[2100] = "";
-    if (load_config(&o, &cfg, ckpt, sizeof ckpt, &err)) {
-        fprintf(stderr, "mixatt train: %s\n", err.msg);
+    mx_dp dp = {0};
+    rc = load_config(&o, &cfg, ckpt, sizeof ckpt, &err);
+    if (!rc && o.dp) rc = mx_dp_init(&dp, comm, &cfg, o.zero1, &err);
+    if (o.dp) rc = mx_dist_agree(comm, rc, &err); /* a rank may fail to read the config or checkpoint */
+    if (rc) {
+        mx_dist_report(comm, "mixatt train", &err);
         return err.code == MX_ERR_ARG ? 2 : 1;
     }
-    trainer t = {.last_ckpt = -1};
+    trainer t = {.last_ckpt = -1, .comm = comm, .dp = o.dp ? &dp : NULL};
     int start = 0;
     if (setup(&t, &o, &cfg, ckpt, &start, &err)) {
-        fprintf(stderr, "mixatt train: %s\n", err.msg);
-        rc = 1;
+        rc = report(&t, NULL, &err);
     } else {
-        if (!o.quiet) describe(t.m, start);
+        if (!o.quiet && mx_dist_is_root(comm)) describe(t.m, start, t.dp);
         rc = run_loop(&t, start, &o, &err);
     }
     if (t.log) fclose(t.log);
@@ -351,5 +474,6 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     mx_loader_close(&t.val);
     free(t.inputs), free(t.targets);
     mx_tmodel_free(t.m);
+    mx_dp_free(t.dp);
     return rc;
 }

@@ -64,6 +64,10 @@ int mx_comm_create(int *argc, char ***argv, mx_comm **out, mx_err *err);
 mx_comm *mx_comm_one_create(void);
 /* The MPI communicator over MPI_COMM_WORLD (comm_mpi.c); MX_ERR_UNSUPPORTED when built without MPI. */
 int mx_comm_mpi_create(int *argc, char ***argv, mx_comm **out, mx_err *err);
+/* Switches the data collectives of an MPI communicator to NCCL on the CUDA backend be (comm_nccl.c; called by
+ * the MPI communicator's attach). Collective over the ranks: every rank attaches, or every rank fails with
+ * the first failing rank's message. MX_ERR_UNSUPPORTED when built without NCCL. */
+int mx_comm_nccl_attach(mx_comm *c, mx_backend *be, mx_err *err);
 /* Whether this process was started by an MPI launcher (environment variables). */
 bool mx_comm_launched_by_mpi(void);
 void mx_comm_free(mx_comm *c);

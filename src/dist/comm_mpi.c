@@ -124,8 +124,7 @@ static void mpi_destroy(mx_comm *c) {
 #include "../backend/backend.h"
 static int mpi_attach(mx_comm *c, mx_backend *be, mx_err *err) {
     if (!be || !strcmp(be->name, "cpu")) return 0;
-    return mx_err_set(err, MX_ERR_UNSUPPORTED, "rank %d: collectives on the %s backend need NCCL", c->rank,
-                      be->name);
+    return mx_comm_nccl_attach(c, be, err); /* comm_nccl.c; explains itself when built without NCCL */
 }
 
 int mx_comm_mpi_create(int *argc, char ***argv, mx_comm **out, mx_err *err) {

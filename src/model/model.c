@@ -163,7 +163,7 @@ static int apply_plan(mx_model *m, const mx_load_opts *opts, mx_err *err) {
     mx_config *c = &m->cfg;
     c->plan = calloc((size_t)c->n_layer, sizeof *c->plan);
     if (!c->plan) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    mx_attn_kind native = c->arch == MX_ARCH_DEEPSEEK2 ? MX_ATTN_MLA : MX_ATTN_MHA, kind = native;
+    mx_attn_kind native = c->arch == MX_ARCH_DEEPSEEK2 ? MX_ATTN_MLA : c->attn_kind, kind = native;
     if (opts && opts->attn) {
         int k = mx_attn_kind_parse(opts->attn);
         if (k < 0)
@@ -254,7 +254,21 @@ int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx
     m->cfg.expert_scale = 1.0f;
     struct stat st;
     bool dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-    int rc = dir ? mx_load_hf(m, err) : mx_load_gguf(m, err);
+    size_t len = strlen(path);
+    bool ckpt = !dir && len > 12 && !strcmp(path + len - 12, ".safetensors");
+    if (dir) { /* a training run directory: its checkpoint (a Hugging Face directory has config.json) */
+        char cfg[4096], run[4096];
+        snprintf(cfg, sizeof cfg, "%s/config.json", path);
+        snprintf(run, sizeof run, "%s/checkpoint.safetensors", path);
+        if (stat(cfg, &st) != 0 && stat(run, &st) == 0) {
+            char *p = strdup(run);
+            if (!p) return mx_model_free(m), mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+            free(m->path);
+            m->path = p;
+            dir = false, ckpt = true;
+        }
+    }
+    int rc = dir ? mx_load_hf(m, err) : ckpt ? mx_load_ckpt(m, err) : mx_load_gguf(m, err);
     if (!rc) rc = apply_plan(m, opts, err);
     if (!rc) rc = bind_weights(m, err);
     if (rc) {
@@ -268,6 +282,7 @@ int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx
 void mx_model_free(mx_model *m) {
     if (!m) return;
     free(m->w.layers);
+    free(m->tp);
     free(m->cfg.plan);
     mx_tokenizer_free(m->tok);
     mx_chat_template_free(m->chat);

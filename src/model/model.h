@@ -40,6 +40,8 @@ typedef struct {
     /* MLA (DeepSeek-V2/V3) */
     int mla_kv_rank, mla_q_rank, mla_rope_dim, mla_nope_dim, mla_v_dim; /* q_rank 0: no query latent */
     /* attention plan */
+    mx_attn_kind attn_kind; /* the kind the weights were trained with (MHA unless a checkpoint says MKA;
+                               MLA models are MX_ARCH_DEEPSEEK2) */
     int window;           /* default window for S layers (Mistral's sliding_window), 0 = none */
     mx_layer_plan *plan;  /* n_layer entries */
     bool plan_is_trained; /* false when the user applied a plan the weights were not trained with */
@@ -71,6 +73,8 @@ typedef struct {
     mx_layer_weights *layers;
 } mx_weights;
 
+typedef struct mx_tp mx_tp; /* a rank's share under tensor parallelism (tp.h) */
+
 typedef struct {
     char *path;
     mx_gguf *gguf;        /* when loaded from GGUF (keeps the mapping alive) */
@@ -81,6 +85,7 @@ typedef struct {
     mx_weights w;
     mx_tokenizer *tok;      /* NULL for a model without a tokenizer (ids only) */
     mx_chat_template *chat; /* NULL when the file has no template we support */
+    mx_tp *tp;              /* tensor parallelism: this rank's slice (mx_tp_shard); NULL on one rank */
 } mx_model;
 
 typedef struct {
@@ -97,6 +102,8 @@ void mx_model_free(mx_model *m);
 /* Loaders fill m->cfg (without the plan) and m->dict; model.c does the rest. */
 int mx_load_gguf(mx_model *m, mx_err *err);
 int mx_load_hf(mx_model *m, mx_err *err);
+/* A checkpoint of `mixatt train` (load_ckpt.c): the file m->path. */
+int mx_load_ckpt(mx_model *m, mx_err *err);
 /* Unmaps the safetensors files behind a model loaded by mx_load_hf (no-op otherwise). */
 void mx_hf_close(mx_model *m);
 

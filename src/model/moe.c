@@ -11,6 +11,7 @@
 
 #include "../io/dtype.h"
 #include "session.h"
+#include "tp.h"
 
 /* The 2-D view of expert e of a 3-D expert tensor ne {n_in, n_out, E}. */
 static mx_tensor expert_view(const mx_tensor *t, int e) {
@@ -20,7 +21,7 @@ static mx_tensor expert_view(const mx_tensor *t, int e) {
     v.ne[2] = v.ne[3] = 1;
     v.data = (const char *)t->data + bytes * (size_t)e;
     v.nbytes = bytes;
-    v.dev = NULL; /* a device copy would need the same offset in its own layout */
+    v.dev = t->dev ? (char *)t->dev + bytes * (size_t)e : NULL; /* backend.h: row_views */
     return v;
 }
 
@@ -83,7 +84,7 @@ void mx_mlp_moe(mx_session *s, int l, int T) {
     for (int e = 0; e < E; e++) {
         int n = tokens_of(&r, T, k, e, r.tok, r.tok_w);
         if (s->moe_counts) s->moe_counts[(size_t)l * E + e] += n;
-        if (n == 0) continue;
+        if (n == 0 || !mx_tp_has_expert(s, e)) continue; /* tensor parallel: another rank's expert */
         mx_tensor wg = expert_view(&L->gate_exps, e), wu = expert_view(&L->up_exps, e),
                   wd = expert_view(&L->down_exps, e);
         be->gather_rows(be, x, s->h, r.tok, n, C);

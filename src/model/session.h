@@ -24,6 +24,11 @@ typedef struct {
     float *buf[MX_N_SCRATCH]; /* scratch for the blocks, each [ubatch, width] */
     float *logits;            /* [ubatch, vocab] */
     int *moe_counts; /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
+    /* Star Attention (attention/star.h, run/star.c); both 0/NULL otherwise. The token in slot p sits at
+     * position p + pos_offset (RoPE, learned positions): a block after its anchor, or the query after a rank's
+     * compact context. MHA layers only (run/star.c refuses the others). */
+    int pos_offset;
+    struct mx_star *star; /* set: MHA layers attend through mx_attention_star (phase 2) */
 } mx_session;
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);
@@ -46,6 +51,8 @@ void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all
 void mx_attention_mha(mx_session *s, int l, int T);
 void mx_attention_mla(mx_session *s, int l, int T);
 void mx_attention_mka(mx_session *s, int l, int T);
+/* Star Attention's phase-2 attention of layer l for q (T, H*D) into att (T, H*D) (attention/star_attend.c). */
+void mx_attention_star(mx_session *s, int l, int T, const float *q, float *att);
 void mx_mlp_dense(mx_session *s, int l, int T);
 void mx_mlp_moe(mx_session *s, int l, int T);
 /* Norm of the model's kind (RMSNorm or LayerNorm with bias) over T rows of C. */

@@ -69,7 +69,7 @@ int mx_generate(mx_session *s, mx_sampler *smp, const int *prompt, int n_prompt,
                 mx_gen_result *res, mx_err *err) {
     memset(res, 0, sizeof *res);
     const mx_model *m = s->m;
-    int vocab = m->cfg.vocab, eos = mx_tokenizer_eos(m->tok);
+    int vocab = m->cfg.vocab, eos = m->tok ? mx_tokenizer_eos(m->tok) : -1;
     int budget = s->n_ctx - s->pos - n_prompt;
     if (budget < 0)
         return mx_err_set(
@@ -104,7 +104,12 @@ int mx_generate(mx_session *s, mx_sampler *smp, const int *prompt, int n_prompt,
         hist[n_prompt + i] = tok;
         res->tokens[res->n_gen++] = tok;
         size_t len;
-        const char *piece = mx_tokenizer_is_special(m->tok, tok) ? "" : mx_token_bytes(m->tok, tok, &len);
+        char id_text[16]; /* a model without a tokenizer streams its ids, one "ID " each */
+        const char *piece = id_text;
+        if (!m->tok)
+            len = (size_t)snprintf(id_text, sizeof id_text, "%d ", tok);
+        else if (!(piece = mx_tokenizer_is_special(m->tok, tok) ? "" : mx_token_bytes(m->tok, tok, &len)))
+            piece = "";
         if (!*piece) len = 0;
         if (text_append(&text, piece, len)) {
             rc = mx_err_set(err, MX_ERR_NOMEM, "out of memory");

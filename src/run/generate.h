@@ -1,5 +1,6 @@
 /* generate.h: prompt → prefill → token-by-token decode, streaming text as it comes, stopping on EOS, the
- * chat end-of-turn token, a stop string or the token budget. */
+ * chat end-of-turn token, a stop string or the token budget. A model without a tokenizer (a checkpoint of
+ * mixatt train) streams the generated ids as text, "ID " each, and has no EOS. */
 #ifndef MX_GENERATE_H
 #define MX_GENERATE_H
 

@@ -7,7 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mka_train.h"
+#include "mla_train.h"
 #include "model_train.h"
+#include "moe_train.h"
+#include "mup.h"
 #include "train_ops.h"
 
 void mx_tr_embed_bwd(float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T, int C) {
@@ -91,11 +95,11 @@ void mx_tr_matmul_bwd(float *dx, float *dW, float *db, const float *dy, const fl
     }
 }
 
-void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                         const float *v, const float *out, const float *lse, int B, int T, int H, int G,
-                         int D, int window) {
+void mx_tr_attn_bwd(const mx_tr_attn_shape *sh, float *dq, float *dk, float *dv, const float *dout,
+                    const float *q, const float *k, const float *v, const float *out, const float *lse) {
+    int B = sh->B, T = sh->T, H = sh->H, G = sh->G, Dk = sh->Dk, Dv = sh->Dv, window = sh->window;
     int group = H / G;
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = sh->scale;
     /* one (b, g) per iteration: it alone writes the rows of KV head g in batch b, and dq of its query heads
      */
 #pragma omp parallel for collapse(2)
@@ -104,24 +108,33 @@ void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, con
             for (int h = g * group; h < (g + 1) * group; h++)
                 for (int t = 0; t < T; t++) {
                     size_t row = ((size_t)b * T + t) * H + h;
-                    const float *qr = q + row * D, *o = out + row * D, *dor = dout + row * D;
-                    float *dqr = dq + row * D, l = lse[row], di = 0.0f;
-                    for (int i = 0; i < D; i++) di += dor[i] * o[i], dqr[i] = 0.0f;
+                    const float *qr = q + row * Dk, *o = out + row * Dv, *dor = dout + row * Dv;
+                    float *dqr = dq + row * Dk, l = lse[row], di = 0.0f;
+                    for (int i = 0; i < Dv; i++) di += dor[i] * o[i];
+                    for (int i = 0; i < Dk; i++) dqr[i] = 0.0f;
                     int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
                     for (int s = lo; s <= t; s++) {
-                        size_t kr = (((size_t)b * T + s) * G + g) * D;
-                        const float *ks = k + kr, *vs = v + kr;
+                        size_t kr = (((size_t)b * T + s) * G + g) * Dk, vr = (((size_t)b * T + s) * G + g) * Dv;
+                        const float *ks = k + kr, *vs = v + vr;
                         float sc = 0.0f, dp = 0.0f;
-                        for (int i = 0; i < D; i++) sc += qr[i] * ks[i], dp += dor[i] * vs[i];
+                        for (int i = 0; i < Dk; i++) sc += qr[i] * ks[i];
+                        for (int i = 0; i < Dv; i++) dp += dor[i] * vs[i];
                         float p = expf(sc * scale - l), ds = p * (dp - di) * scale;
-                        float *dks = dk + kr, *dvs = dv + kr;
-                        for (int i = 0; i < D; i++) {
+                        float *dks = dk + kr, *dvs = dv + vr;
+                        for (int i = 0; i < Dk; i++) {
                             dqr[i] += ds * ks[i];
                             dks[i] += ds * qr[i];
-                            dvs[i] += p * dor[i];
                         }
+                        for (int i = 0; i < Dv; i++) dvs[i] += p * dor[i];
                     }
                 }
+}
+
+void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                         const float *v, const float *out, const float *lse, int B, int T, int H, int G,
+                         int D, int window) {
+    mx_tr_attn_shape sh = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
+    mx_tr_attn_bwd(&sh, dq, dk, dv, dout, q, k, v, out, lse);
 }
 
 void mx_tr_gelu_bwd(float *dx, const float *dout, const float *x, long n) {
@@ -202,11 +215,14 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nc = (size_t)N * C, nf = (size_t)N * F;
     const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf, *act = a->act + l * nf;
-    mx_tr_matmul_bwd(a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
-    if (c->arch == MX_TARCH_GPT2) {
+    if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
+        mx_moe_tr_bwd(m, l);
+    } else if (c->arch == MX_TARCH_GPT2) {
+        mx_tr_matmul_bwd(a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
         mx_tr_gelu_bwd(a->dpre, a->dact, pre, (long)nf);
         mx_tr_matmul_bwd(a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
+        mx_tr_matmul_bwd(a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
         mx_tr_swiglu_bwd(a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
         mx_tr_matmul_bwd(a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
         mx_tr_matmul_bwd(a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
@@ -221,14 +237,25 @@ static void attention_bwd(mx_tmodel *m, int l) {
     const mx_train_config *c = &m->cfg;
     mx_tacts *a = &m->acts;
     const mx_tlayer *L = &m->layers[l];
+    if (m->plan[l].kind != MX_ATTN_MHA) { /* MLA, MKA, FastMKA: dln = the gradient of the normed input */
+        size_t nc = (size_t)a->B * a->T * c->d_model;
+        if (m->plan[l].kind == MX_ATTN_MLA)
+            mx_mla_tr_bwd(m, l);
+        else
+            mx_mka_tr_bwd(m, l);
+        norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + (size_t)l * a->B * a->T,
+                 a->ln1_rstd + (size_t)l * a->B * a->T, L->attn_norm, L->attn_norm_b);
+        return;
+    }
     int B = a->B, T = a->T, N = B * T, C = c->d_model, H = c->n_head, G = c->n_kv_head, D = m->head_dim;
     int src = m->plan[l].kv_from;
     bool rope = c->arch == MX_TARCH_LLAMA;
     size_t nc = (size_t)N * C, nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
     const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
     mx_tr_matmul_bwd(a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
-    mx_tr_attention_bwd(a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq, a->k + src * nkv,
-                        a->v + src * nkv, att, a->lse + (size_t)l * N * H, B, T, H, G, D, m->plan[l].window);
+    mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
+    mx_tr_attn_bwd(&sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq, a->k + src * nkv,
+                   a->v + src * nkv, att, a->lse + (size_t)l * N * H);
     if (rope) mx_tr_rope(a->dq, B, T, H, D, c->rope_theta, true);
     mx_tr_matmul_bwd(a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */

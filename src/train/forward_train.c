@@ -6,7 +6,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "mka_train.h"
+#include "mla_train.h"
 #include "model_train.h"
+#include "moe_train.h"
+#include "mup.h"
 #include "train_ops.h"
 
 void mx_tr_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int B, int T, int C) {
@@ -83,10 +87,11 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                         int H, int G, int D, int window) {
+void mx_tr_attn_fwd(const mx_tr_attn_shape *sh, float *out, float *lse, const float *q, const float *k,
+                    const float *v) {
+    int B = sh->B, T = sh->T, H = sh->H, G = sh->G, Dk = sh->Dk, Dv = sh->Dv, window = sh->window;
     int group = H / G;
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = sh->scale;
 #pragma omp parallel
     {
         float *p = malloc(sizeof(float) * (size_t)T);
@@ -95,25 +100,31 @@ void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k,
             for (int t = 0; t < T; t++)
                 for (int h = 0; h < H; h++) {
                     int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0, g = h / group;
-                    const float *qr = q + (((size_t)b * T + t) * H + h) * D;
-                    float *o = out + (((size_t)b * T + t) * H + h) * D, mx = -INFINITY;
+                    const float *qr = q + (((size_t)b * T + t) * H + h) * Dk;
+                    float *o = out + (((size_t)b * T + t) * H + h) * Dv, mx = -INFINITY;
                     for (int s = lo; s <= t; s++) {
-                        p[s] = dotf(qr, k + (((size_t)b * T + s) * G + g) * D, D) * scale;
+                        p[s] = dotf(qr, k + (((size_t)b * T + s) * G + g) * Dk, Dk) * scale;
                         if (p[s] > mx) mx = p[s];
                     }
                     double sum = 0;
                     for (int s = lo; s <= t; s++) sum += (p[s] = expf(p[s] - mx));
                     float inv = (float)(1.0 / sum);
-                    for (int i = 0; i < D; i++) o[i] = 0.0f;
+                    for (int i = 0; i < Dv; i++) o[i] = 0.0f;
                     for (int s = lo; s <= t; s++) {
-                        const float *vr = v + (((size_t)b * T + s) * G + g) * D;
+                        const float *vr = v + (((size_t)b * T + s) * G + g) * Dv;
                         float a = p[s] * inv;
-                        for (int i = 0; i < D; i++) o[i] += a * vr[i];
+                        for (int i = 0; i < Dv; i++) o[i] += a * vr[i];
                     }
                     lse[((size_t)b * T + t) * H + h] = mx + (float)log(sum);
                 }
         free(p);
     }
+}
+
+void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                         int H, int G, int D, int window) {
+    mx_tr_attn_shape sh = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
+    mx_tr_attn_fwd(&sh, out, lse, q, k, v);
 }
 
 void mx_tr_gelu_fwd(float *out, const float *x, long n) {
@@ -151,6 +162,8 @@ static const float *bias(const mx_param *p) {
 }
 
 static void attention_fwd(mx_tmodel *m, int l) {
+    if (m->plan[l].kind == MX_ATTN_MLA) return mx_mla_tr_fwd(m, l);
+    if (m->plan[l].kind != MX_ATTN_MHA) return mx_mka_tr_fwd(m, l);
     const mx_train_config *c = &m->cfg;
     mx_tacts *a = &m->acts;
     const mx_tlayer *L = &m->layers[l];
@@ -166,12 +179,13 @@ static void attention_fwd(mx_tmodel *m, int l) {
         mx_tr_matmul_fwd(v, ln, L->wv->w, bias(L->bv), N, C, G * D);
         if (c->arch == MX_TARCH_LLAMA) mx_tr_rope(k, B, T, G, D, c->rope_theta, false);
     }
-    mx_tr_attention_fwd(att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv, B, T, H, G, D,
-                        m->plan[l].window);
+    mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
+    mx_tr_attn_fwd(&sh, att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv);
     mx_tr_matmul_fwd(a->tmp, att, L->wo->w, bias(L->bo), N, H * D, C);
 }
 
 static void mlp_fwd(mx_tmodel *m, int l) {
+    if (m->cfg.n_expert > 0) return mx_moe_tr_fwd(m, l);
     const mx_train_config *c = &m->cfg;
     mx_tacts *a = &m->acts;
     const mx_tlayer *L = &m->layers[l];
@@ -215,12 +229,21 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
 double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool backward, float grad_scale) {
     mx_tacts *a = &m->acts;
     int N = a->B * a->T;
+    int C = m->cfg.d_model;
     mx_tmodel_forward(m, tokens);
+    m->aux_loss = m->cfg.n_expert > 0 ? mx_moe_tr_aux(m, grad_scale) : 0.0;
     if (!targets) return 0.0;
+    /* muP's output multiplier s: logits = (s · lnf) · Wᵀ, so d lnf = s · d(s · lnf) */
+    float s = m->logit_scale, *x = a->lnf;
+    if (s != 1.0f) {
+        x = a->tmp;
+        for (size_t i = 0; i < (size_t)N * C; i++) x[i] = s * a->lnf[i];
+    }
     /* the mean over N rows: the per-row gradient scale is grad_scale / N */
-    double loss =
-        mx_tr_head_xent(a->lnf, m->output->w, targets, N, m->cfg.d_model, m->cfg.vocab, grad_scale / (float)N,
-                        backward ? a->dln : NULL, backward ? m->output->g : NULL);
+    double loss = mx_tr_head_xent(x, m->output->w, targets, N, C, m->cfg.vocab, grad_scale / (float)N,
+                                  backward ? a->dln : NULL, backward ? m->output->g : NULL);
+    if (backward && s != 1.0f)
+        for (size_t i = 0; i < (size_t)N * C; i++) a->dln[i] *= s;
     if (backward) mx_tmodel_backward(m, tokens);
-    return loss / N;
+    return loss / N + m->cfg.moe_aux_weight * m->aux_loss;
 }

@@ -11,10 +11,14 @@
 #include <string.h>
 
 #include "../base/rng.h"
+#include "mla_train.h"
+#include "mka_train.h"
+#include "moe_train.h"
+#include "mup.h"
 
 /* ---- config keys ---- */
 
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_ARCH, K_U64 } key_type;
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_ARCH, K_U64, K_ATTN } key_type;
 
 typedef struct {
     const char *name;
@@ -38,6 +42,18 @@ static const key_def KEYS[] = {
     KEY(tied_embeddings, K_BOOL),
     KEY(plan, K_STR),
     KEY(window, K_INT),
+    KEY(attn, K_ATTN),
+    KEY(mla_kv_rank, K_INT),
+    KEY(mla_q_rank, K_INT),
+    KEY(mla_rope_dim, K_INT),
+    KEY(mla_nope_dim, K_INT),
+    KEY(mla_v_dim, K_INT),
+    KEY(n_expert, K_INT),
+    KEY(n_expert_used, K_INT),
+    KEY(expert_norm_topk, K_BOOL),
+    KEY(moe_aux_weight, K_FLOAT),
+    KEY(mup, K_BOOL),
+    KEY(mup_base_width, K_INT),
     KEY(seed, K_U64),
     KEY(init_std, K_FLOAT),
     KEY(init, K_STR),
@@ -79,6 +95,18 @@ void mx_train_config_defaults(mx_train_config *c) {
         .rope_theta = 10000.0f,
         .tied_embeddings = true,
         .window = 16,
+        .attn = MX_ATTN_MHA,
+        .mla_kv_rank = 32,
+        .mla_q_rank = 0,
+        .mla_rope_dim = 8,
+        .mla_nope_dim = 16,
+        .mla_v_dim = 16,
+        .n_expert = 0,
+        .n_expert_used = 2,
+        .expert_norm_topk = true,
+        .moe_aux_weight = 0.01f,
+        .mup = false,
+        .mup_base_width = 64,
         .seed = 1337,
         .init_std = 0.02f,
         .train_data = "synthetic:copy",
@@ -131,6 +159,14 @@ static int set_value(mx_train_config *c, const key_def *k, const char *s, double
     if (k->type == K_STR) {
         if (!s) return mx_err_set(err, MX_ERR_ARG, "%s: config key '%s' expects a string", where, k->name);
         return set_str(p, s, k, where, err);
+    }
+    if (k->type == K_ATTN) {
+        int kind = s ? mx_attn_kind_parse(s) : -1;
+        if (kind < 0)
+            return mx_err_set(err, MX_ERR_ARG,
+                              "%s: config key 'attn' expects \"mha\", \"mla\", \"mka\" or \"fastmka\"", where);
+        *(mx_attn_kind *)p = (mx_attn_kind)kind;
+        return MX_OK;
     }
     if (k->type == K_ARCH) {
         if (!s || (strcmp(s, "gpt2") && strcmp(s, "llama")))
@@ -187,7 +223,7 @@ int mx_train_config_apply_json(mx_train_config *c, const char *json, const char 
             rc = set_value(c, k, it->valuestring, 0, 0, false, where, err);
         else if (cJSON_IsBool(it))
             rc = set_value(c, k, NULL, 0, 1, cJSON_IsTrue(it), where, err);
-        else if (cJSON_IsNumber(it) && k->type != K_STR && k->type != K_ARCH)
+        else if (cJSON_IsNumber(it) && k->type != K_STR && k->type != K_ARCH && k->type != K_ATTN)
             rc = set_value(c, k, NULL, it->valuedouble, 0, false, where, err);
         else
             rc = mx_err_set(err, MX_ERR_ARG, "%s: config key '%s' has a value of the wrong type", where,
@@ -234,6 +270,9 @@ char *mx_train_config_to_json(const mx_train_config *c) {
             break;
         case K_ARCH:
             cJSON_AddStringToObject(o, k->name, *(const mx_tarch *)p == MX_TARCH_GPT2 ? "gpt2" : "llama");
+            break;
+        case K_ATTN:
+            cJSON_AddStringToObject(o, k->name, mx_attn_kind_name(*(const mx_attn_kind *)p));
         }
     }
     char *s = cJSON_Print(o);
@@ -243,6 +282,37 @@ char *mx_train_config_to_json(const mx_train_config *c) {
 
 static int check_positive(const char *name, long v, mx_err *err) {
     return v > 0 ? MX_OK : mx_err_set(err, MX_ERR_ARG, "config: %s must be positive (got %ld)", name, v);
+}
+
+/* The sizes of MLA, MoE and muP, and the architectures they train with. */
+static int check_blocks(const mx_train_config *c, mx_err *err) {
+    bool llama = c->arch == MX_TARCH_LLAMA;
+    if (c->attn == MX_ATTN_MLA) {
+        if (!llama) return mx_err_set(err, MX_ERR_UNSUPPORTED, "config: attn mla trains with arch llama only");
+        const struct {
+            const char *n;
+            long v;
+        } pos[] = {{"mla_kv_rank", c->mla_kv_rank},
+                   {"mla_rope_dim", c->mla_rope_dim},
+                   {"mla_nope_dim", c->mla_nope_dim},
+                   {"mla_v_dim", c->mla_v_dim}};
+        for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+            if (check_positive(pos[i].n, pos[i].v, err)) return err->code;
+        if (c->mla_q_rank < 0 || c->mla_rope_dim % 2)
+            return mx_err_set(err, MX_ERR_ARG, "config: need mla_q_rank >= 0 and an even mla_rope_dim (got %d)",
+                              c->mla_rope_dim);
+    }
+    if (c->n_expert < 0) return mx_err_set(err, MX_ERR_ARG, "config: n_expert must be >= 0");
+    if (c->n_expert > 0) {
+        if (!llama) return mx_err_set(err, MX_ERR_UNSUPPORTED, "config: experts (n_expert) train with arch llama only");
+        if (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)
+            return mx_err_set(err, MX_ERR_ARG, "config: n_expert_used must be in 1..n_expert (%d), got %d",
+                              c->n_expert, c->n_expert_used);
+        if (c->moe_aux_weight < 0) return mx_err_set(err, MX_ERR_ARG, "config: moe_aux_weight must be >= 0");
+    }
+    if (c->mup && c->mup_base_width <= 0)
+        return mx_err_set(err, MX_ERR_ARG, "config: mup_base_width must be positive (got %d)", c->mup_base_width);
+    return MX_OK;
 }
 
 int mx_train_config_check(const mx_train_config *c, mx_err *err) {
@@ -278,15 +348,18 @@ int mx_train_config_check(const mx_train_config *c, mx_err *err) {
     if (c->val_every < 0 || c->val_batches < 0 || c->ckpt_every < 0 || c->log_every < 0)
         return mx_err_set(err, MX_ERR_ARG,
                           "config: val_every, val_batches, ckpt_every, log_every must be >= 0");
+    if (check_blocks(c, err)) return err->code;
     mx_layer_plan *plan = calloc((size_t)c->n_layer, sizeof *plan);
     if (!plan) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    int rc = c->plan[0] ? mx_plan_parse(c->plan, c->n_layer, c->window, MX_ATTN_MHA, plan, err) : MX_OK;
+    mx_plan_uniform(plan, c->n_layer, c->attn, 0);
+    int rc = c->plan[0] ? mx_plan_parse(c->plan, c->n_layer, c->window, c->attn, plan, err) : MX_OK;
     if (!rc) rc = mx_plan_validate(plan, c->n_layer, c->max_ctx, err);
     for (int l = 0; l < c->n_layer && !rc; l++)
-        if (plan[l].kind != MX_ATTN_MHA)
+        if (plan[l].kind != MX_ATTN_MHA && plan[l].kv_from != l)
             rc = mx_err_set(err, MX_ERR_UNSUPPORTED,
-                            "config: layer %d is %s; training supports mha plans only", l,
-                            mx_attn_kind_name(plan[l].kind));
+                            "layer %d is %s reading layer %d's cache; training shares K/V between "
+                            "mha layers only",
+                            l, mx_attn_kind_name(plan[l].kind), plan[l].kv_from);
     free(plan);
     return rc ? mx_err_wrap(err, "config") : MX_OK;
 }
@@ -312,13 +385,17 @@ static mx_param *add_param(layout *lo, const char *name, int rows, int cols, boo
 static void layout_params(mx_tmodel *m, layout *lo) {
     const mx_train_config *c = &m->cfg;
     int C = c->d_model, HD = c->n_head * m->head_dim, GD = c->n_kv_head * m->head_dim, F = c->d_ff;
+    int H = c->n_head, E = c->n_expert, R = c->mla_kv_rank, QR = c->mla_q_rank, r = c->mla_rope_dim;
+    int QD = H * (c->mla_nope_dim + r), KVB = H * (c->mla_nope_dim + c->mla_v_dim), OD = H * c->mla_v_dim;
     bool gpt2 = c->arch == MX_TARCH_GPT2, de = c->decay_embeddings, dn = c->decay_norms_biases;
+    bool moe = E > 0;
     char n[64];
     m->tok_embd = add_param(lo, "token_embd.weight", c->vocab, C, de);
     m->pos_embd = gpt2 ? add_param(lo, "position_embd.weight", c->max_ctx, C, de) : NULL;
     for (int l = 0; l < c->n_layer; l++) {
         mx_tlayer *L = &m->layers[l];
-        bool w = m->plan[l].kv_from == l;
+        bool w = m->plan[l].kv_from == l, mla = m->plan[l].kind == MX_ATTN_MLA,
+             mka = m->plan[l].kind == MX_ATTN_MKA || m->plan[l].kind == MX_ATTN_FASTMKA;
 #define P(field, suffix, r, cc, decay, when)                                                                 \
     do {                                                                                                     \
         snprintf(n, sizeof n, "blk.%d.%s", l, suffix);                                                       \
@@ -326,20 +403,34 @@ static void layout_params(mx_tmodel *m, layout *lo) {
     } while (0)
         P(attn_norm, "attn_norm.weight", 1, C, dn, true);
         P(attn_norm_b, "attn_norm.bias", 1, C, dn, gpt2);
-        P(wq, "attn_q.weight", HD, C, true, true);
+        P(wq, "attn_q.weight", mla ? QD : HD, C, true, !mla || QR == 0);
         P(bq, "attn_q.bias", 1, HD, dn, gpt2);
-        P(wk, "attn_k.weight", GD, C, true, w);
+        P(wq_a, "attn_q_a.weight", QR, C, true, mla && QR > 0);
+        P(q_a_norm, "attn_q_a_norm.weight", 1, QR, dn, mla && QR > 0);
+        P(wq_b, "attn_q_b.weight", QD, QR, true, mla && QR > 0);
+        P(wkv_a, "attn_kv_a_mqa.weight", R + r, C, true, mla);
+        P(kv_a_norm, "attn_kv_a_norm.weight", 1, R, dn, mla);
+        P(wkv_b, "attn_kv_b.weight", KVB, R, true, mla);
+        P(wk, "attn_k.weight", GD, C, true, w && !mla);
         P(bk, "attn_k.bias", 1, GD, dn, gpt2 && w);
-        P(wv, "attn_v.weight", GD, C, true, w);
+        P(wv, "attn_v.weight", GD, C, true, w && !mla);
         P(bv, "attn_v.bias", 1, GD, dn, gpt2 && w);
-        P(wo, "attn_output.weight", C, HD, true, true);
+        P(wo, "attn_output.weight", C, mla ? OD : HD, true, true);
         P(bo, "attn_output.bias", 1, C, dn, gpt2);
+        P(mka_w1, "mka_router1.weight", C, C, true, mka);
+        P(mka_b1, "mka_router1.bias", 1, C, dn, mka);
+        P(mka_w2, "mka_router2.weight", 3, C, true, mka);
+        P(mka_b2, "mka_router2.bias", 1, 3, dn, mka);
         P(ffn_norm, "ffn_norm.weight", 1, C, dn, true);
         P(ffn_norm_b, "ffn_norm.bias", 1, C, dn, gpt2);
-        P(w_gate, "ffn_gate.weight", F, C, true, !gpt2);
-        P(w_up, "ffn_up.weight", F, C, true, true);
+        P(w_gate, "ffn_gate.weight", F, C, true, !gpt2 && !moe);
+        P(w_up, "ffn_up.weight", F, C, true, !moe);
         P(b_up, "ffn_up.bias", 1, F, dn, gpt2);
-        P(w_down, "ffn_down.weight", C, F, true, true);
+        P(w_down, "ffn_down.weight", C, F, true, !moe);
+        P(router, "ffn_gate_inp.weight", E, C, true, moe);
+        P(gate_exps, "ffn_gate_exps.weight", E * F, C, true, moe);
+        P(up_exps, "ffn_up_exps.weight", E * F, C, true, moe);
+        P(down_exps, "ffn_down_exps.weight", E * C, F, true, moe);
         P(b_down, "ffn_down.bias", 1, C, dn, gpt2);
 #undef P
     }
@@ -354,19 +445,14 @@ mx_param *mx_tmodel_find(mx_tmodel *m, const char *name) {
     return NULL;
 }
 
-static bool is_residual_proj(const char *name) {
-    return strstr(name, "attn_output.weight") || strstr(name, "ffn_down.weight");
-}
-
 void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed) {
     mx_rng rng;
     mx_rng_seed(&rng, seed);
-    float std = m->cfg.init_std, res_std = std / sqrtf(2.0f * (float)m->cfg.n_layer);
     for (int i = 0; i < m->n_params; i++) { /* in layout order, so a seed gives one model */
         mx_param *p = &m->params[i];
         size_t n = (size_t)p->rows * p->cols;
         bool vec = p->rows == 1, norm = strstr(p->name, "norm.weight") != NULL;
-        float s = is_residual_proj(p->name) ? res_std : std;
+        float s = mx_mup_init_std(m, p); /* the standard rules too (mup.c) */
         for (size_t j = 0; j < n; j++) p->w[j] = vec ? (norm ? 1.0f : 0.0f) : s * mx_rng_normal(&rng);
     }
 }
@@ -418,11 +504,11 @@ int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err) {
     m->head_dim = cfg->d_model / cfg->n_head;
     m->plan = calloc((size_t)cfg->n_layer, sizeof *m->plan);
     m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
-    layout lo = {m, 8 + 17 * cfg->n_layer};
+    layout lo = {m, 8 + 40 * cfg->n_layer};
     m->params = calloc((size_t)lo.cap, sizeof *m->params);
     if (!m->plan || !m->layers || !m->params) goto nomem;
-    mx_plan_uniform(m->plan, cfg->n_layer, MX_ATTN_MHA, 0);
-    if (cfg->plan[0] && mx_plan_parse(cfg->plan, cfg->n_layer, cfg->window, MX_ATTN_MHA, m->plan, err))
+    mx_plan_uniform(m->plan, cfg->n_layer, cfg->attn, 0);
+    if (cfg->plan[0] && mx_plan_parse(cfg->plan, cfg->n_layer, cfg->window, cfg->attn, m->plan, err))
         goto fail;
     layout_params(m, &lo);
     float **bufs[] = {&m->w, &m->g, &m->m, &m->v};
@@ -432,7 +518,10 @@ int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err) {
         mx_param *p = &m->params[i];
         p->w = m->w + p->off, p->g = m->g + p->off, p->m = m->m + p->off, p->v = m->v + p->off;
     }
-    if (alloc_acts(m, err)) goto fail;
+    mx_mup_setup(m);
+    if (alloc_acts(m, err) || mx_mla_tacts_alloc(m, err) || mx_mka_tacts_alloc(m, err) ||
+        mx_moe_tacts_alloc(m, err))
+        goto fail;
     mx_tmodel_init_random(m, cfg->seed);
     *out = m;
     return MX_OK;
@@ -446,6 +535,9 @@ fail:
 void mx_tmodel_free(mx_tmodel *m) {
     if (!m) return;
     free_acts(&m->acts);
+    mx_mla_tacts_free(m);
+    mx_mka_tacts_free(m);
+    mx_moe_tacts_free(m);
     free(m->w), free(m->g), free(m->m), free(m->v);
     free(m->params), free(m->layers), free(m->plan);
     free(m);

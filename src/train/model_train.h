@@ -3,9 +3,12 @@
  * (B, T) batch kept for the backward pass.
  *
  * Architectures: gpt2 (LayerNorm with bias, learned positions, GELU MLP, biases on every linear layer) and
- * llama (RMSNorm, RoPE in the rotate-half layout, SwiGLU, no biases). Attention is the MHA family (MHA, GQA,
- * MQA) with the per-layer plan of plan.h: windows, and layers that read an earlier layer's K/V (a reader
- * has no K/V projections; the writer's receive the gradients of every reader).
+ * llama (RMSNorm, RoPE in the rotate-half layout, SwiGLU, no biases). Attention (key `attn`) is the MHA
+ * family (MHA, GQA, MQA) with the per-layer plan of plan.h: windows, and layers that read an earlier layer's
+ * K/V (a reader has no K/V projections; the writer's receive the gradients of every reader); or, on every
+ * layer, MLA (explicit form, llama only; mla_train.c), MKA or FastMKA (causal; mka_train.c), which must
+ * write their own K/V. With n_expert > 0 the MLP of every layer is a mixture of SwiGLU experts (llama only;
+ * moe_train.c) with a load-balancing auxiliary loss. mup = true applies muP (mup.c, docs/training.md).
  *
  * Parameter names follow mixatt's tensor names (model.c): token_embd.weight, position_embd.weight,
  * blk.N.attn_norm.{weight,bias}, blk.N.attn_{q,k,v,output}.{weight,bias}, blk.N.ffn_norm.{weight,bias},
@@ -23,6 +26,10 @@
 
 typedef enum { MX_TARCH_GPT2, MX_TARCH_LLAMA } mx_tarch;
 
+struct mx_mla_tacts;
+struct mx_mka_tacts;
+struct mx_moe_tacts;
+
 typedef struct {
     /* model */
     mx_tarch arch;
@@ -31,6 +38,15 @@ typedef struct {
     bool tied_embeddings;
     char plan[1024]; /* plan string or preset (plan.h); "" = every layer full attention */
     int window;      /* window of S layers */
+    mx_attn_kind attn; /* the attention kind of every layer (plan.h) */
+    int mla_kv_rank, mla_q_rank, mla_rope_dim, mla_nope_dim, mla_v_dim; /* MLA; q_rank 0 = no query latent */
+    /* mixture of experts: n_expert 0 = dense MLP; experts are d_ff wide */
+    int n_expert, n_expert_used;
+    bool expert_norm_topk; /* renormalize the top-k weights to sum to 1 (Mixtral) */
+    float moe_aux_weight;  /* weight of the load-balancing loss added to the cross-entropy */
+    /* muP (mup.c): widths relative to mup_base_width */
+    bool mup;
+    int mup_base_width;
     /* init */
     uint64_t seed;
     float init_std;  /* N(0, init_std); residual projections (attn_output, ffn_down) / sqrt(2 n_layer) */
@@ -64,12 +80,20 @@ typedef struct {
     int rows, cols; /* a vector has rows == 1 */
     size_t off;     /* offset into the flat buffers */
     bool decay;     /* AdamW weight decay applies */
+    float lr_mult;  /* the parameter's learning rate is lr * lr_mult (muP; 1 otherwise) */
     float *w, *g, *m, *v;
 } mx_param;
 
 typedef struct {
     mx_param *attn_norm, *attn_norm_b, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo;
     mx_param *ffn_norm, *ffn_norm_b, *w_gate, *w_up, *w_down, *b_up, *b_down;
+    /* MLA: q = wq_b · norm(wq_a · x) (or wq · x); [c_kv ; k_rope] = wkv_a · x; [k_nope ; v]_h = wkv_b · norm(c_kv)
+     * wq_a (q_rank, C), wq_b (H*(n + r), q_rank), wkv_a (R + r, C), wkv_b (H*(n + v), R), wo (C, H*v) */
+    mx_param *wq_a, *q_a_norm, *wq_b, *wkv_a, *kv_a_norm, *wkv_b;
+    /* MKA router: w1 (C, C), b1 (C), w2 (3, C), b2 (3) */
+    mx_param *mka_w1, *mka_b1, *mka_w2, *mka_b2;
+    /* MoE: router (E, C); experts stacked: gate/up (E*F, C), down (E*C, F) */
+    mx_param *router, *gate_exps, *up_exps, *down_exps;
 } mx_tlayer;
 
 /* Activations of one batch, kept for the backward pass (per layer l, rows N = B*T). */
@@ -94,6 +118,10 @@ typedef struct {
     float *dk, *dv;           /* (L, N, G*D) per writing layer, summed over its readers */
     float *dpre, *dup, *dact; /* (N, F) */
     float *tmp;               /* (N, C) */
+    /* the blocks beyond MHA and the dense MLP (NULL when unused) */
+    struct mx_mla_tacts *mla;
+    struct mx_mka_tacts *mka;
+    struct mx_moe_tacts *moe;
 } mx_tacts;
 
 typedef struct {
@@ -107,6 +135,9 @@ typedef struct {
     mx_param *tok_embd, *pos_embd, *out_norm, *out_norm_b, *output; /* output == tok_embd when tied */
     mx_tlayer *layers;
     mx_tacts acts;
+    float attn_scale_pow; /* attention scores scaled by head_dim^-attn_scale_pow: 0.5, or 1 under muP */
+    float logit_scale;    /* logits = logit_scale · lnf · Wᵀ: 1, or base / width under muP */
+    double aux_loss;      /* the last forward's load-balancing loss (unweighted; 0 without experts) */
 } mx_tmodel;
 
 /* Builds the model of a checked config: parameters laid out, randomly initialized from cfg.seed (or read
@@ -118,7 +149,8 @@ mx_param *mx_tmodel_find(mx_tmodel *m, const char *name);
  * biases 0, norm weights 1. */
 void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed);
 
-/* Forward over a batch tokens (B, T); with targets returns the mean cross-entropy (else 0). With backward,
+/* Forward over a batch tokens (B, T); with targets returns the mean cross-entropy plus moe_aux_weight times
+ * the load-balancing loss (the objective; m->aux_loss keeps the unweighted aux), else 0. With backward,
  * also accumulates every parameter's gradient of loss · grad_scale into m->g (the caller zeroes it). */
 double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool backward, float grad_scale);
 /* The forward pass alone (fills m->acts); forward_train.c. */

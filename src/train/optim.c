@@ -29,24 +29,34 @@ float mx_clip_grads(mx_tmodel *m, double norm, float max_norm) {
     return coef;
 }
 
-void mx_adamw_step(mx_tmodel *m, float lr, int t) {
+void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, float *mom, float *var) {
     const mx_train_config *c = &m->cfg;
     float b1 = c->beta1, b2 = c->beta2, eps = c->adam_eps;
     float bc1 = 1.0f - powf(b1, (float)t), bc2 = 1.0f - powf(b2, (float)t);
     float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
     for (int i = 0; i < m->n_params; i++) {
         const mx_param *p = &m->params[i];
-        size_t n = (size_t)p->rows * p->cols;
-        float decay = p->decay ? 1.0f - lr * c->weight_decay : 1.0f;
+        size_t a = p->off > lo ? p->off : lo, b = p->off + (size_t)p->rows * p->cols;
+        if (b > hi) b = hi;
+        if (a >= b) continue;
+        size_t n = b - a;
+        float *w = m->w + a, *pm = mom + (a - lo), *pv = var + (a - lo);
+        const float *pg = m->g + a;
+        float plr = lr * p->lr_mult, ps = step_size * p->lr_mult; /* muP's per-tensor rates (mup.h) */
+        float decay = p->decay ? 1.0f - plr * c->weight_decay : 1.0f;
 #pragma omp parallel for if (n > 65536)
         for (size_t j = 0; j < n; j++) {
-            float g = p->g[j];
-            p->w[j] *= decay;
-            p->m[j] = p->m[j] * b1 + (1.0f - b1) * g; /* PyTorch: lerp(m, g, 1 - b1) */
-            p->v[j] = p->v[j] * b2 + (1.0f - b2) * g * g;
-            p->w[j] -= step_size * (p->m[j] / (sqrtf(p->v[j]) / bc2_sqrt + eps));
+            float g = pg[j];
+            w[j] *= decay;
+            pm[j] = pm[j] * b1 + (1.0f - b1) * g; /* PyTorch: lerp(m, g, 1 - b1) */
+            pv[j] = pv[j] * b2 + (1.0f - b2) * g * g;
+            w[j] -= ps * (pm[j] / (sqrtf(pv[j]) / bc2_sqrt + eps));
         }
     }
+}
+
+void mx_adamw_step(mx_tmodel *m, float lr, int t) {
+    mx_adamw_step_range(m, lr, t, 0, m->n_floats, m->m, m->v);
 }
 
 void mx_zero_grads(mx_tmodel *m) {

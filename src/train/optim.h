@@ -15,6 +15,10 @@ double mx_grad_norm(const mx_tmodel *m);
 float mx_clip_grads(mx_tmodel *m, double norm, float max_norm);
 /* One AdamW update of every parameter at learning rate lr; t is the 1-based step count (bias correction). */
 void mx_adamw_step(mx_tmodel *m, float lr, int t);
+/* The same update of the flat parameter elements [lo, hi) alone (m->w + off, m->g + off), with their moments
+ * in mom/var (mom[0] is element lo): a ZeRO-1 rank's slice (dp.h). mx_adamw_step is (0, n_floats, m->m,
+ * m->v). */
+void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, float *mom, float *var);
 /* Sets every gradient to zero. */
 void mx_zero_grads(mx_tmodel *m);
 

@@ -34,6 +34,14 @@ void mx_tr_rope(float *x, int B, int T, int nh, int D, float theta, bool inverse
  * log-sum-exp of each row's scaled scores (kept for the backward instead of the probabilities). */
 void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                          int H, int G, int D, int window);
+/* The general form: keys of Dk, values of Dv elements, a given score scale (1/sqrt(Dk) standard, 1/Dk
+ * under muP). q (B, T, H, Dk), k (B, T, G, Dk), v (B, T, G, Dv), out (B, T, H, Dv), lse (B, T, H). */
+typedef struct {
+    int B, T, H, G, Dk, Dv, window;
+    float scale;
+} mx_tr_attn_shape;
+void mx_tr_attn_fwd(const mx_tr_attn_shape *s, float *out, float *lse, const float *q, const float *k,
+                    const float *v);
 /* out = gelu(x), tanh approximation (GPT-2's "gelu_new"), n elements. */
 void mx_tr_gelu_fwd(float *out, const float *x, long n);
 /* out = silu(g) * u, n elements. */
@@ -60,6 +68,9 @@ void mx_tr_matmul_bwd(float *dx, float *dW, float *db, const float *dy, const fl
 void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                          const float *v, const float *out, const float *lse, int B, int T, int H, int G,
                          int D, int window);
+/* The general form of the backward (shapes as mx_tr_attn_fwd; dq overwritten, dk, dv accumulated). */
+void mx_tr_attn_bwd(const mx_tr_attn_shape *s, float *dq, float *dk, float *dv, const float *dout,
+                    const float *q, const float *k, const float *v, const float *out, const float *lse);
 /* dx = gelu'(x) * dout. */
 void mx_tr_gelu_bwd(float *dx, const float *dout, const float *x, long n);
 /* dg = dout * u * silu'(g), du = dout * silu(g). */

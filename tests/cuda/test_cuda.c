@@ -528,6 +528,30 @@ static void test_blocks(void) {
         gpu->free(gpu, dsrc), gpu->free(gpu, dg), gpu->free(gpu, dacc), gpu->free(gpu, dpart);
         free(src), free(ref), free(got), free(acc), free(part);
     }
+    { /* scatter_add_rows with distinct indices (an MoE expert's tokens: every row at once), twice into one
+       * accumulator; 3000 rows go through the eager path even when recording */
+        int R = 4000, n = 160;
+        int rows_of[2] = {700, 3000};
+        int *perm = malloc(sizeof(int) * R);
+        float *acc = rand_vec((size_t)R * n, 1.0f), *got = malloc(sizeof(float) * R * n);
+        float *dacc = dev_from(acc, sizeof(float) * R * n);
+        for (int k = 0; k < 2; k++) {
+            int rows = rows_of[k];
+            for (int i = 0; i < R; i++) perm[i] = i;
+            for (int i = R - 1; i > 0; i--) { /* a random permutation; its first `rows` are the targets */
+                int j = (int)(mx_rng_u64(&rng) % (uint64_t)(i + 1)), t = perm[i];
+                perm[i] = perm[j], perm[j] = t;
+            }
+            float *wts = rand_vec((size_t)rows, 1.0f), *part = rand_vec((size_t)rows * n, 1.0f);
+            float *dpart = dev_from(part, sizeof(float) * rows * n);
+            cpu->scatter_add_rows(cpu, acc, part, perm, wts, rows, n);
+            gpu->scatter_add_rows(gpu, dacc, dpart, perm, wts, rows, n);
+            gpu->free(gpu, dpart), free(wts), free(part);
+        }
+        to_host(got, dacc, (size_t)R * n);
+        check("scatter_add_rows 700 + 3000 distinct into 4000 x 160", got, acc, (size_t)R * n, 1e-6);
+        gpu->free(gpu, dacc), free(perm), free(acc), free(got);
+    }
     { /* tanh_, softmax_rows, scale_add_rows */
         int T = 7, n = 1500;
         size_t N = (size_t)T * n;
@@ -570,6 +594,81 @@ static void test_blocks(void) {
         to_host(got, dm, (size_t)(T1 + T2) * C);
         check("prefix_mean C=200 11+9 tokens, 16 slots", got, ref, (size_t)(T1 + T2) * C, 1e-6);
         gpu->free(gpu, dx), gpu->free(gpu, ds), gpu->free(gpu, dm), free(x), free(sc), free(ref), free(got);
+    }
+}
+
+/* ---------------------------------------------------------------- row views
+ * A view of rows [r0, r0 + n) of a placed weight (backend.h: row_views): data and dev both offset by r0 rows, as
+ * moe.c's expert slices and mla.c's per-head W_uk/W_uv ranges make them. The GPU resolves dev to its parent's
+ * quantized bytes and bf16 copy; the CPU reads data. */
+static mx_tensor rows_of_view(const mx_tensor *t, int64_t r0, int64_t n) {
+    mx_tensor v = *t;
+    size_t off = mx_dtype_row_bytes(t->type, t->ne[0]) * (size_t)r0;
+    v.n_dims = 2;
+    v.ne[1] = n, v.ne[2] = v.ne[3] = 1;
+    v.data = (const char *)t->data + off;
+    v.nbytes = mx_dtype_row_bytes(t->type, t->ne[0]) * (size_t)n;
+    v.dev = (char *)t->dev + off;
+    return v;
+}
+
+static void test_row_views(void) {
+    char name[112];
+    /* expert e of a 3-D expert tensor ne {n_in, F, E}: matmul (GEMV and GEMM) */
+    uint32_t types[] = {MX_BF16, MX_F32, MX_Q4_1, MX_Q4_K};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int n_in = 256, F = 72, E = 4;
+        mx_tensor w = make_tensor(types[ti], n_in, F * E, "ffn_gate_exps");
+        w.n_dims = 3, w.ne[1] = F, w.ne[2] = E;
+        int Ts[] = {1, 2, 40};
+        for (int e = 1; e < E; e += 2)
+            for (int k = 0; k < 3; k++) {
+                int T = Ts[k];
+                mx_tensor v = rows_of_view(&w, (int64_t)e * F, F);
+                float *x = rand_vec((size_t)T * n_in, 1.0f), *ref = malloc(sizeof(float) * T * F),
+                      *got = malloc(sizeof(float) * T * F);
+                cpu->matmul(cpu, &v, x, ref, T);
+                float *dx = dev_from(x, sizeof(float) * T * n_in), *dy = dev_poisoned(sizeof(float) * T * F);
+                gpu->matmul(gpu, &v, dx, dy, T);
+                to_host(got, dy, (size_t)T * F);
+                snprintf(name, sizeof name, "row view: expert %d of %d, %s %dx%d T=%d (%s)", e, E,
+                         mx_dtype_name(types[ti]), F, n_in, T, T <= 8 ? "GEMV" : "GEMM");
+                check(name, got, ref, (size_t)T * F, T <= 8 ? 1e-4 : 1e-2);
+                gpu->free(gpu, dx), gpu->free(gpu, dy), free(x), free(ref), free(got);
+            }
+        w.n_dims = 2, w.ne[1] = F * E, w.ne[2] = 1;
+        free_tensor(&w);
+    }
+    /* MLA-shaped: rows [17, 41) of ne {40, 200} (the bf16 copy's view starts 16-byte aligned only), matmul and
+     * matmul_t, the output written 4 bytes past an aligned address */
+    uint32_t mtypes[] = {MX_F16, MX_F32};
+    for (size_t ti = 0; ti < 2; ti++) {
+        int R = 40, rows = 200, r0 = 17, n = 24;
+        mx_tensor w = make_tensor(mtypes[ti], R, rows, "attn_kv_b");
+        mx_tensor v = rows_of_view(&w, r0, n);
+        int Ts[] = {1, 9, 33};
+        for (int k = 0; k < 3; k++) {
+            int T = Ts[k];
+            for (int tr = 0; tr < 2; tr++) {
+                int ni = tr ? n : R, no = tr ? R : n; /* x (T, ni) -> y (T, no) */
+                float *x = rand_vec((size_t)T * ni, 1.0f), *ref = malloc(sizeof(float) * T * no),
+                      *got = malloc(sizeof(float) * T * no);
+                float *dx = dev_from(x, sizeof(float) * T * ni), *dy = dev_poisoned(sizeof(float) * (T * no + 1));
+                if (tr) {
+                    cpu->matmul_t(cpu, &v, x, ref, T);
+                    gpu->matmul_t(gpu, &v, dx, dy + 1, T);
+                } else {
+                    cpu->matmul(cpu, &v, x, ref, T);
+                    gpu->matmul(gpu, &v, dx, dy + 1, T);
+                }
+                to_host(got, dy + 1, (size_t)T * no);
+                snprintf(name, sizeof name, "row view: rows %d..%d of %dx%d %s, %s T=%d", r0, r0 + n, rows, R,
+                         mx_dtype_name(mtypes[ti]), tr ? "matmul_t" : "matmul", T);
+                check(name, got, ref, (size_t)T * no, tr || T > 8 ? 1e-2 : 1e-4);
+                gpu->free(gpu, dx), gpu->free(gpu, dy), free(x), free(ref), free(got);
+            }
+        }
+        free_tensor(&w);
     }
 }
 
@@ -810,6 +909,7 @@ int main(int argc, char **argv) {
     test_kv_write();
     test_attention();
     test_blocks();
+    test_row_views();
     test_fused_decode();
     if (argc > 1) test_model(argv[1]);
     printf("\n%d passed, %d failed\n", n_pass, n_fail);

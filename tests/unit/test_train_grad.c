@@ -14,6 +14,7 @@
 
 #include "../../src/base/rng.h"
 #include "../../src/train/model_train.h"
+#include "../../src/train/moe_train.h"
 #include "../../src/train/optim.h"
 #include "../../src/train/train_ops.h"
 
@@ -407,8 +408,30 @@ Test(train_grad, head_xent) {
 
 static int TOKENS[64], TARGETS[64];
 
+/* MoE: the experts chosen at the point of the gradient; a difference across a change of routing measures a
+ * jump, not the derivative, and is retried with a smaller step. */
+static int ROUTE[4096];
+static bool ROUTE_CHANGED;
+
+static size_t route_size(const mx_tmodel *m) {
+    return (size_t)m->cfg.n_layer * m->acts.B * m->acts.T * m->cfg.n_expert_used;
+}
+
+static void route_compare(const mx_tmodel *m, bool save) {
+    size_t per = route_size(m) / m->cfg.n_layer;
+    for (int l = 0; l < m->cfg.n_layer && m->cfg.n_expert; l++) {
+        const int *ids = mx_moe_tr_ids(m, l);
+        if (save)
+            memcpy(ROUTE + l * per, ids, sizeof(int) * per);
+        else
+            ROUTE_CHANGED |= memcmp(ROUTE + l * per, ids, sizeof(int) * per) != 0;
+    }
+}
+
 static double model_loss(mx_tmodel *m) {
-    return mx_tmodel_step(m, TOKENS, TARGETS, false, 0.0f);
+    double loss = mx_tmodel_step(m, TOKENS, TARGETS, false, 0.0f);
+    route_compare(m, false);
+    return loss;
 }
 
 /* The central difference (L(w + e·d) - L(w - e·d)) / 2e of the loss along a unit direction d of parameter p.
@@ -426,24 +449,37 @@ static double central(mx_tmodel *m, mx_param *p, const float *keep, const float 
 /* Richardson's extrapolation of two central differences (error O(e^4)) against g·d. */
 static void check_direction(mx_tmodel *m, mx_param *p, const float *dir, const char *what) {
     size_t n = (size_t)p->rows * p->cols;
-    double gd = 0, e = 2e-2;
+    double gd = 0, e = 2e-2, fd = 0;
     for (size_t i = 0; i < n; i++) gd += (double)p->g[i] * dir[i];
     float *keep = malloc(sizeof(float) * n);
     memcpy(keep, p->w, sizeof(float) * n);
-    double fd = (4 * central(m, p, keep, dir, e / 2) - central(m, p, keep, dir, e)) / 3;
-    cr_expect(fabs(fd - gd) <= 1e-3 * fabs(gd) + 2e-5, "%s of %s: directional difference %.6e, gradient %.6e",
-              what, p->name, fd, gd);
+    double noise = 0; /* a smaller step: the fp32 loss's rounding (~1e-6 relative) divided by the step */
+    for (int tries = 0; tries < 4; tries++, e /= 4) {
+        ROUTE_CHANGED = false;
+        fd = (4 * central(m, p, keep, dir, e / 2) - central(m, p, keep, dir, e)) / 3;
+        if (!ROUTE_CHANGED) break;
+        noise = 1e-6 * fabs(model_loss(m)) / (e / 8);
+    }
+    cr_expect(!ROUTE_CHANGED, "%s of %s: the routing changes within a step of %g", what, p->name, e * 4);
+    cr_expect(fabs(fd - gd) <= 1e-3 * fabs(gd) + 2e-5 + noise,
+              "%s of %s: directional difference %.6e, gradient %.6e", what, p->name, fd, gd);
     free(keep);
 }
 
-static void check_model(const char *arch, int n_layer, int n_kv_head, const char *plan, int window,
-                        bool tied) {
+/* A small model's config (2 x 8 tokens, vocab 16, width 16, 4 heads). */
+static mx_train_config small_config(const char *arch, int n_layer, int n_kv_head, const char *plan, int window,
+                                    bool tied) {
     mx_train_config c;
     mx_train_config_defaults(&c);
     c.arch = !strcmp(arch, "gpt2") ? MX_TARCH_GPT2 : MX_TARCH_LLAMA;
     c.vocab = 16, c.d_model = 16, c.n_layer = n_layer, c.n_head = 4, c.n_kv_head = n_kv_head, c.d_ff = 24;
     c.max_ctx = 16, c.batch = 2, c.seq = 8, c.window = window, c.tied_embeddings = tied, c.init_std = 0.3f;
     snprintf(c.plan, sizeof c.plan, "%s", plan);
+    return c;
+}
+
+/* Every parameter's gradient of the model of config c against directional differences of its loss. */
+static void check_model_config(mx_train_config c) {
     mx_tmodel *m;
     mx_err err = {0};
     cr_assert_eq(mx_tmodel_create(&c, &m, &err), MX_OK, "%s", err.msg);
@@ -453,8 +489,17 @@ static void check_model(const char *arch, int n_layer, int n_kv_head, const char
     for (int i = 0; i < m->n_params; i++) /* norms and biases away from 1 and 0 */
         if (m->params[i].rows == 1)
             for (int j = 0; j < m->params[i].cols; j++) m->params[i].w[j] += 0.2f * mx_rng_normal(&RNG);
+    for (int i = 0; i < m->n_params; i++) { /* matrices muP starts at zero: random, so every path carries */
+        mx_param *p = &m->params[i];
+        size_t n = (size_t)p->rows * p->cols, nz = 0;
+        for (size_t j = 0; j < n; j++) nz += p->w[j] != 0.0f;
+        if (p->rows > 1 && nz == 0)
+            for (size_t j = 0; j < n; j++) p->w[j] = 0.3f * mx_rng_normal(&RNG);
+    }
     mx_zero_grads(m);
     mx_tmodel_step(m, TOKENS, TARGETS, true, 1.0f);
+    cr_assert(route_size(m) <= sizeof ROUTE / sizeof ROUTE[0]);
+    route_compare(m, true);
     for (int i = 0; i < m->n_params; i++) {
         mx_param *p = &m->params[i];
         size_t n = (size_t)p->rows * p->cols;
@@ -474,6 +519,11 @@ static void check_model(const char *arch, int n_layer, int n_kv_head, const char
     mx_tmodel_free(m);
 }
 
+static void check_model(const char *arch, int n_layer, int n_kv_head, const char *plan, int window,
+                        bool tied) {
+    check_model_config(small_config(arch, n_layer, n_kv_head, plan, window, tied));
+}
+
 Test(train_grad, model_gpt2) {
     check_model("gpt2", 2, 4, "", 0, true);
 }
@@ -488,4 +538,145 @@ Test(train_grad, model_gpt2_shared_window) {
 }
 Test(train_grad, model_llama_mqa_window) {
     check_model("llama", 2, 1, "S,S", 2, true);
+}
+
+/* ---- MLA, MKA, FastMKA, experts, muP ---- */
+
+static mx_train_config mla_config(int q_rank, const char *plan) {
+    mx_train_config c = small_config("llama", 2, 4, plan, 3, false);
+    c.attn = MX_ATTN_MLA;
+    c.mla_kv_rank = 12, c.mla_q_rank = q_rank, c.mla_rope_dim = 4, c.mla_nope_dim = 4, c.mla_v_dim = 6;
+    return c;
+}
+
+Test(train_grad, model_mla_q_latent) {
+    check_model_config(mla_config(8, ""));
+}
+Test(train_grad, model_mla_window_no_q_latent) {
+    check_model_config(mla_config(0, "S,G"));
+}
+
+static mx_train_config mka_config(const char *arch, mx_attn_kind kind, int n_kv_head, const char *plan) {
+    mx_train_config c = small_config(arch, 2, n_kv_head, plan, 3, true);
+    c.attn = kind;
+    return c;
+}
+
+Test(train_grad, model_mka_llama_gqa) {
+    check_model_config(mka_config("llama", MX_ATTN_MKA, 2, ""));
+}
+Test(train_grad, model_mka_gpt2_window) {
+    check_model_config(mka_config("gpt2", MX_ATTN_MKA, 4, "S,G"));
+}
+Test(train_grad, model_fastmka_llama) {
+    check_model_config(mka_config("llama", MX_ATTN_FASTMKA, 2, "G,S"));
+}
+Test(train_grad, model_fastmka_gpt2) {
+    check_model_config(mka_config("gpt2", MX_ATTN_FASTMKA, 4, ""));
+}
+
+static mx_train_config moe_config(int E, int k, bool norm, float aux) {
+    mx_train_config c = small_config("llama", 2, 2, "", 0, false);
+    c.n_expert = E, c.n_expert_used = k, c.expert_norm_topk = norm, c.moe_aux_weight = aux;
+    c.d_ff = 8;
+    return c;
+}
+
+Test(train_grad, model_moe_top2_norm_aux) {
+    check_model_config(moe_config(4, 2, true, 0.5f));
+}
+Test(train_grad, model_moe_top2_raw) {
+    check_model_config(moe_config(4, 2, false, 0.1f));
+}
+Test(train_grad, model_moe_top1_raw_aux) {
+    check_model_config(moe_config(3, 1, false, 1.0f));
+}
+
+Test(train_grad, model_mup_llama) {
+    mx_train_config c = small_config("llama", 2, 2, "", 0, false);
+    c.mup = true, c.mup_base_width = 8;
+    check_model_config(c);
+}
+
+Test(train_grad, model_mup_mla_moe) {
+    mx_train_config c = mla_config(8, "");
+    c.mup = true, c.mup_base_width = 4, c.n_expert = 3, c.n_expert_used = 2, c.d_ff = 8;
+    check_model_config(c);
+}
+
+/* The load-balancing loss against its definition, in double from the model's own router inputs: over every
+ * layer's rows, f_e = top-k choices of e / rows, P_e = mean probability, aux = E Σ f_e P_e. */
+Test(train_grad, moe_aux_value) {
+    mx_train_config c = moe_config(4, 2, true, 0.25f);
+    mx_tmodel *m;
+    mx_err err = {0};
+    cr_assert_eq(mx_tmodel_create(&c, &m, &err), MX_OK, "%s", err.msg);
+    seed(12);
+    for (int i = 0; i < 16; i++) TOKENS[i] = (int)(mx_rng_u64(&RNG) % 16), TARGETS[i] = TOKENS[i];
+    double loss = mx_tmodel_step(m, TOKENS, TARGETS, false, 0.0f), ce = 0, f[4] = {0}, P[4] = {0};
+    int N = 16, C = c.d_model, E = 4, L = c.n_layer;
+    for (int l = 0; l < L; l++) {
+        const float *x = m->acts.ln2 + (size_t)l * N * C, *W = m->layers[l].router->w;
+        for (int n = 0; n < N; n++) {
+            double z[4], mx = -INFINITY, sum = 0;
+            for (int e = 0; e < E; e++) {
+                z[e] = 0;
+                for (int i = 0; i < C; i++) z[e] += (double)x[n * C + i] * W[e * C + i];
+                mx = z[e] > mx ? z[e] : mx;
+            }
+            for (int e = 0; e < E; e++) sum += exp(z[e] - mx);
+            int first = 0, second = -1;
+            for (int e = 0; e < E; e++) {
+                P[e] += exp(z[e] - mx) / sum / (L * N);
+                if (z[e] > z[first]) first = e;
+            }
+            for (int e = 0; e < E; e++)
+                if (e != first && (second < 0 || z[e] > z[second])) second = e;
+            f[first] += 1.0 / (L * N), f[second] += 1.0 / (L * N);
+        }
+    }
+    double aux = 0;
+    for (int e = 0; e < E; e++) aux += E * f[e] * P[e];
+    cr_expect(fabs(m->aux_loss - aux) < 1e-5, "aux %.8f, reference %.8f", m->aux_loss, aux);
+    cr_expect(aux >= 2.0 - 1e-9 && aux < 8.0, "aux %.6f is at least k = 2 (perfect balance)", aux);
+    ce = mx_tr_head_xent(m->acts.lnf, m->output->w, TARGETS, N, C, c.vocab, 0, NULL, NULL) / N;
+    cr_expect(fabs(loss - (ce + 0.25 * aux)) < 1e-5, "objective %.8f = ce %.8f + 0.25 aux", loss, ce);
+    mx_tmodel_free(m);
+}
+
+/* muP's rules (mup.h): init std and learning-rate multipliers by tensor class, the attention and logit
+ * scales, at width 4x the base. */
+Test(train_grad, mup_rules) {
+    mx_train_config c = small_config("llama", 2, 2, "", 0, false);
+    c.d_model = 32, c.mup = true, c.mup_base_width = 8, c.init_std = 0.02f;
+    mx_tmodel *m;
+    mx_err err = {0};
+    cr_assert_eq(mx_tmodel_create(&c, &m, &err), MX_OK, "%s", err.msg);
+    struct {
+        const char *name;
+        float lr_mult, std; /* std < 0: not checked (a vector) */
+    } want[] = {
+        {"token_embd.weight", 1.0f, 0.02f},
+        {"blk.0.attn_q.weight", 0.25f, 0.0f},
+        {"blk.0.attn_k.weight", 0.25f, 0.01f},
+        {"blk.1.ffn_up.weight", 0.25f, 0.01f},
+        {"blk.1.ffn_down.weight", 0.25f, 0.005f}, /* / sqrt(2 n_layer) */
+        {"blk.0.attn_norm.weight", 1.0f, -1.0f},
+        {"output.weight", 1.0f, 0.0f},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        mx_param *p = mx_tmodel_find(m, want[i].name);
+        cr_assert(p, "%s", want[i].name);
+        cr_expect(fabsf(p->lr_mult - want[i].lr_mult) < 1e-7f, "%s lr_mult %g", p->name, p->lr_mult);
+        if (want[i].std < 0) continue;
+        size_t n = (size_t)p->rows * p->cols;
+        double ss = 0;
+        for (size_t j = 0; j < n; j++) ss += (double)p->w[j] * p->w[j];
+        double std = sqrt(ss / n);
+        cr_expect(fabs(std - want[i].std) <= 0.1 * want[i].std + 1e-12, "%s std %g, want %g", p->name, std,
+                  want[i].std);
+    }
+    cr_expect(fabsf(m->logit_scale - 0.25f) < 1e-7f);
+    cr_expect(m->attn_scale_pow == 1.0f);
+    mx_tmodel_free(m);
 }

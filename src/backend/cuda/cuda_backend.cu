@@ -88,27 +88,102 @@ static void cu_to_host(mx_backend *be, float *dst, const float *src, size_t n) {
     CU_CHECK(cudaStreamSynchronize(c->stream));
 }
 
+/* ---- placed weights: a table sorted by device address (mx_tensor.dev = q) ---- */
+
+/* The index of the last entry whose q <= p, or -1. */
+static int placed_find(const mx_cuda_ctx *c, const void *p) {
+    int lo = 0, hi = c->n_placed;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if ((uintptr_t)c->placed[mid].w.q <= (uintptr_t)p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo - 1;
+}
+
+static int64_t rows_of(const mx_tensor *t) {
+    int64_t n = 1;
+    for (int d = 1; d < t->n_dims; d++) n *= t->ne[d];
+    return n;
+}
+
+mx_cuda_weight mx_cuda_weight_of(mx_cuda_ctx *c, const mx_tensor *t) {
+    int i = t->dev ? placed_find(c, t->dev) : -1;
+    const mx_cuda_placed *e = i >= 0 ? &c->placed[i] : NULL;
+    size_t off = e ? (size_t)((uintptr_t)t->dev - (uintptr_t)e->w.q) : 0;
+    int64_t n_out = rows_of(t);
+    if (!e || off >= (e->bytes ? e->bytes : 1)) {
+        char b[160];
+        snprintf(b, sizeof b, "tensor '%s' is not on the GPU (dev %p: upload it, or make a view's dev its "
+                 "parent's dev + the row offset)", t->name ? t->name : "?", t->dev);
+        mx_cuda_fatal("mx_cuda_weight_of", b, __FILE__, __LINE__);
+    }
+    if (off == 0 && n_out == e->w.n_out && t->ne[0] == e->w.n_in) return e->w; /* the weight itself */
+    int64_t r0 = (int64_t)(off / e->w.row_bytes);
+    if (off % e->w.row_bytes || t->ne[0] != e->w.n_in || t->type != e->w.type || r0 + n_out > e->w.n_out) {
+        char b[200];
+        snprintf(b, sizeof b, "tensor '%s' (ne0 %lld, %lld rows at byte %zu) is not a row range of the placed "
+                 "weight it lies in (ne0 %lld, %lld rows of %zu bytes)", t->name ? t->name : "?",
+                 (long long)t->ne[0], (long long)n_out, off, (long long)e->w.n_in, (long long)e->w.n_out,
+                 e->w.row_bytes);
+        mx_cuda_fatal("mx_cuda_weight_of", b, __FILE__, __LINE__);
+    }
+    mx_cuda_weight w = e->w;
+    w.q = (void *)t->dev;
+    w.n_out = n_out;
+    if (w.bf) w.bf += (size_t)r0 * (size_t)w.n_in;
+    return w;
+}
+
+static int placed_add(mx_cuda_ctx *c, const mx_cuda_weight *w, size_t bytes) {
+    if (c->n_placed == c->placed_cap) {
+        int cap = c->placed_cap ? 2 * c->placed_cap : 256;
+        mx_cuda_placed *p = (mx_cuda_placed *)realloc(c->placed, sizeof *p * (size_t)cap);
+        if (!p) return -1;
+        c->placed = p, c->placed_cap = cap;
+    }
+    int i = placed_find(c, w->q) + 1;
+    memmove(&c->placed[i + 1], &c->placed[i], sizeof *c->placed * (size_t)(c->n_placed - i));
+    c->placed[i].w = *w;
+    c->placed[i].bytes = bytes;
+    c->n_placed++;
+    return 0;
+}
+
+static void free_weight(mx_cuda_weight *w) {
+    if (w->q) CU_CHECK(cudaFree(w->q));
+    if (w->bf) CU_CHECK(cudaFree(w->bf));
+    w->q = NULL, w->bf = NULL;
+}
+
+/* Frees what upload placed for t (t->dev is its q); a dev that is no placed weight's start (a view, a copy of an
+ * already released tensor such as a tied output head) is only cleared. */
+static void cu_release(mx_backend *be, mx_tensor *t) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!t->dev) return;
+    int i = placed_find(c, t->dev);
+    bool placed = i >= 0 && c->placed[i].w.q == t->dev;
+    t->dev = NULL;
+    if (!placed) return;
+    mx_cuda_graph_flush(c);
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    free_weight(&c->placed[i].w);
+    memmove(&c->placed[i], &c->placed[i + 1], sizeof *c->placed * (size_t)(c->n_placed - i - 1));
+    c->n_placed--;
+}
+
 #define UP_CHECK(call, what)                                                                               \
     do {                                                                                                   \
         cudaError_t e_ = (call);                                                                           \
         if (e_ != cudaSuccess) {                                                                           \
             cudaGetLastError();                                                                            \
-            cu_release(be, t);                                                                             \
+            free_weight(&w);                                                                               \
             return mx_err_set(err, MX_ERR_NOMEM, "placing tensor '%s' on the GPU: %s: %s (%s:%d)",        \
                               t->name ? t->name : "?", what, cudaGetErrorString(e_), __FILE__, __LINE__); \
         }                                                                                                  \
     } while (0)
-
-static void cu_release(mx_backend *be, mx_tensor *t) {
-    mx_cuda_weight *w = (mx_cuda_weight *)t->dev;
-    if (!w) return;
-    mx_cuda_graph_flush(cu_ctx(be));
-    CU_CHECK(cudaStreamSynchronize(cu_ctx(be)->stream));
-    if (w->q) CU_CHECK(cudaFree(w->q));
-    if (w->bf) CU_CHECK(cudaFree(w->bf));
-    free(w);
-    t->dev = NULL;
-}
 
 static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
     mx_cuda_ctx *c = cu_ctx(be);
@@ -117,23 +192,26 @@ static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
     if (!mx_dtype_get(t->type))
         return mx_err_set(err, MX_ERR_UNSUPPORTED, "tensor '%s' has type %s, which the CUDA backend cannot read",
                           t->name ? t->name : "?", mx_dtype_name(t->type));
-    mx_cuda_weight *w = (mx_cuda_weight *)calloc(1, sizeof *w);
-    if (!w) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
-    t->dev = w;
-    w->type = t->type;
-    w->n_in = t->ne[0];
-    w->n_out = 1;
-    for (int d = 1; d < t->n_dims; d++) w->n_out *= t->ne[d];
-    w->row_bytes = mx_dtype_row_bytes(t->type, w->n_in);
-    size_t bytes = w->row_bytes * (size_t)w->n_out;
+    mx_cuda_weight w;
+    memset(&w, 0, sizeof w);
+    w.type = t->type;
+    w.n_in = t->ne[0];
+    w.n_out = rows_of(t);
+    w.row_bytes = mx_dtype_row_bytes(t->type, w.n_in);
+    size_t bytes = w.row_bytes * (size_t)w.n_out;
     if (t->nbytes && t->nbytes < bytes) bytes = t->nbytes;
-    UP_CHECK(cudaMalloc(&w->q, bytes ? bytes : 64), "cudaMalloc");
-    UP_CHECK(cudaMemcpy(w->q, t->data, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
-    if (t->n_dims >= 2 && w->n_out > 1) {
-        UP_CHECK(cudaMalloc(&w->bf, sizeof(__nv_bfloat16) * (size_t)w->n_in * w->n_out), "cudaMalloc (bf16 copy)");
-        mx_cuda_dequant_bf16(c, w, w->bf);
+    UP_CHECK(cudaMalloc(&w.q, bytes ? bytes : 64), "cudaMalloc");
+    UP_CHECK(cudaMemcpy(w.q, t->data, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+    if (t->n_dims >= 2 && w.n_out > 1) {
+        UP_CHECK(cudaMalloc(&w.bf, sizeof(__nv_bfloat16) * (size_t)w.n_in * w.n_out), "cudaMalloc (bf16 copy)");
+        mx_cuda_dequant_bf16(c, &w, w.bf);
         UP_CHECK(cudaStreamSynchronize(c->stream), "dequantizing to bf16");
     }
+    if (placed_add(c, &w, bytes)) {
+        free_weight(&w);
+        return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+    }
+    t->dev = w.q;
     return MX_OK;
 }
 
@@ -203,6 +281,7 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     be->name = "cuda";
     be->n_threads = 1;
     be->kv_elem_bytes = 2;
+    be->row_views = true; /* mx_tensor.dev is the weight's device address: a view's dev is offset like its data */
     be->ubatch = 4096; /* prefill in chunks of 4096 tokens: 8x fewer launches than 512 (bigger GEMMs) */
     be->ctx = c;
     be->alloc = cu_alloc;
@@ -230,6 +309,8 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         cudaFree(c->dec_cnt);
         cudaFree(c->wf);
         cudaFree(c->hidx);
+        for (int i = 0; i < c->n_placed; i++) free_weight(&c->placed[i].w);
+        free(c->placed);
         cudaFreeHost(c->ids_host);
         if (c->host_stage) cudaFreeHost(c->host_stage);
         mx_cuda_matmul_cache_free(c);

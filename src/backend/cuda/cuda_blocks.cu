@@ -67,17 +67,29 @@ void mx_cuda_gather_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const i
     CU_LAUNCHED();
 }
 
-/* One thread per column; rows in order (an index may repeat). w: floats stored in the int array's bits. */
+/* distinct (no index repeats, the MoE case): one thread per element, every row at once. Otherwise one thread per
+ * column, rows in order (so that a repeated index adds in the CPU's order). w: floats stored in the int array's
+ * bits. */
 __global__ void k_scatter_add_rows(float *__restrict__ dst, const float *__restrict__ src, const int *__restrict__ idx,
                                    const float *__restrict__ w, int rows, int n) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     for (int r = 0; r < rows; r++) dst[(size_t)idx[r] * n + j] += w[r] * src[(size_t)r * n + j];
 }
+__global__ void k_scatter_add_distinct(float *__restrict__ dst, const float *__restrict__ src,
+                                       const int *__restrict__ idx, const float *__restrict__ w, int rows, int n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * n) return;
+    int r = (int)(i / n), j = (int)(i % n);
+    dst[(size_t)idx[r] * n + j] += w[r] * src[i];
+}
 void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, const float *d_w,
-                                int rows, int n) {
+                                int rows, int n, bool distinct) {
     if (rows <= 0 || n <= 0) return;
-    k_scatter_add_rows<<<nblk((size_t)n, 128), 128, 0, c->stream>>>(dst, src, d_idx, d_w, rows, n);
+    if (distinct)
+        k_scatter_add_distinct<<<nblk((size_t)rows * n, 256), 256, 0, c->stream>>>(dst, src, d_idx, d_w, rows, n);
+    else
+        k_scatter_add_rows<<<nblk((size_t)n, 128), 128, 0, c->stream>>>(dst, src, d_idx, d_w, rows, n);
     CU_LAUNCHED();
 }
 

@@ -58,9 +58,11 @@ bool mx_cuda_pdl_enabled(void);
 /* MX_CUDA_SKIP contains what (profiling only: launches of that kind are left out) */
 bool mx_cuda_skip(const char *what);
 
-/* What upload places in mx_tensor.dev. q: the tensor's bytes as stored in the file (the decode GEMV and
- * embedding read these); bf: a bf16 copy of a matrix (n_out x n_in, row-major) made once at upload for the
- * cuBLASLt prefill GEMM (NULL for vectors). */
+/* A placed weight. q: the tensor's bytes as stored in the file (the decode GEMV and embedding read these);
+ * upload sets mx_tensor.dev = q, a plain device address, so that a row view (backend.h: row_views) is
+ * dev + the row offset in bytes, like its data. bf: a bf16 copy of a matrix (n_out x n_in, row-major) made once
+ * at upload for the cuBLASLt prefill GEMM (NULL for vectors). Placed weights are kept in a table sorted by q
+ * (cuda_backend.cu); mx_cuda_weight_of finds the one a tensor's dev lies in and narrows it to the tensor's rows. */
 typedef struct {
     void *q;
     __nv_bfloat16 *bf;
@@ -68,6 +70,11 @@ typedef struct {
     int64_t n_in, n_out;
     size_t row_bytes;
 } mx_cuda_weight;
+
+typedef struct {
+    mx_cuda_weight w;
+    size_t bytes; /* of q */
+} mx_cuda_placed;
 
 typedef struct {
     int device, n_sm;
@@ -94,14 +101,17 @@ typedef struct {
     float *host_stage;     /* to_host: pinned staging for small copies (decode logits) */
     size_t host_stage_cap; /* bytes */
     int *dec_cnt; /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
+    mx_cuda_placed *placed; /* every placed weight, sorted by q */
+    int n_placed, placed_cap;
 } mx_cuda_ctx;
 
 static inline mx_cuda_ctx *cu_ctx(mx_backend *be) {
     return (mx_cuda_ctx *)be->ctx;
 }
-static inline const mx_cuda_weight *cu_w(const mx_tensor *t) {
-    return (const mx_cuda_weight *)t->dev;
-}
+/* The placed weight that t is, or rows [r0, r0 + n) of (a row view: t->dev = parent's q + r0 * row_bytes, t->ne
+ * {n_in, n, ...}): q and bf moved to row r0, n_out = n. Aborts with t's name when t->dev is in no placed weight
+ * or is not a whole-row range of one. */
+mx_cuda_weight mx_cuda_weight_of(mx_cuda_ctx *c, const mx_tensor *t);
 
 enum { MX_CUDA_DEC_CNT = 4096 };
 
@@ -135,8 +145,9 @@ void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int 
 void mx_cuda_kv_read_k(mx_cuda_ctx *c, const void *store, float *dst, int T, int n, int pos0, int n_slots,
                        const int *dyn);
 void mx_cuda_gather_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, int rows, int n);
+/* distinct: no index repeats in d_idx (the rows then run in parallel; else in order) */
 void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx,
-                                const float *d_w, int rows, int n);
+                                const float *d_w, int rows, int n, bool distinct);
 void mx_cuda_tanh_k(mx_cuda_ctx *c, float *x, int n);
 void mx_cuda_softmax_rows_k(mx_cuda_ctx *c, float *x, int T, int n);
 void mx_cuda_scale_add_rows_k(mx_cuda_ctx *c, float *y, const float *x, size_t x_stride, const float *w,

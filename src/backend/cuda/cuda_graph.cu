@@ -34,6 +34,7 @@ typedef struct {
 typedef struct {
     rec *recs;
     int n_recs, n_dyn;
+    uint64_t hash; /* of recs, n_recs and n_dyn: the lookup's first test */
     unsigned gen;
     cudaGraphExec_t exec; /* NULL: seen once, not captured yet */
     unsigned long long last_use;
@@ -43,7 +44,10 @@ typedef struct {
     double gpu_s, launch_s, period_s, last_flush;
 } gentry;
 
-enum { MAX_RECS = 4096, MAX_DYN = 16384, N_GRAPHS = 8 };
+/* N_GRAPHS: a dense model's decode step is 1-2 sequences; an MoE model's is one per layer and routed expert set
+ * (the expert weights are part of a sequence), a few hundred for Mixtral's 8-choose-2 over its layers. */
+enum { MAX_RECS = 4096, MAX_DYN = 16384, N_GRAPHS = 512 };
+#define REC_BYTES_MAX ((size_t)64 << 20)
 
 typedef struct {
     rec recs[MAX_RECS];
@@ -53,6 +57,7 @@ typedef struct {
     cudaEvent_t dyn_done; /* the last upload of dyn_h has been read */
     bool dyn_pending;
     gentry g[N_GRAPHS];
+    size_t rec_bytes; /* the entries' records together (at most REC_BYTES_MAX) */
     unsigned long long clock;
     bool enabled;
     int timing;
@@ -119,7 +124,8 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
     case R_KV_READ: mx_cuda_kv_read_k(c, r->a, (float *)r->b, r->i0, r->i1, 0, r->i2, d); break;
     case R_GATHER: mx_cuda_gather_rows_k(c, (float *)r->a, (const float *)r->b, d, r->i0, r->i1); break;
     case R_SCATTER:
-        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0), r->i0, r->i1);
+        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0), r->i0, r->i1,
+                                   r->i2);
         break;
     case R_TANH: mx_cuda_tanh_k(c, (float *)r->a, r->i0); break;
     case R_SOFTMAX: mx_cuda_softmax_rows_k(c, (float *)r->a, r->i0, r->i1); break;
@@ -220,6 +226,41 @@ static void drop(gentry *e) {
     memset(e, 0, sizeof *e);
 }
 
+/* The least recently used entry holding a sequence (NULL: none), or with any = true an empty one first. */
+static gentry *lru(gstate *g, bool any) {
+    gentry *e = NULL;
+    for (int i = 0; i < N_GRAPHS; i++) {
+        gentry *f = &g->g[i];
+        if (!f->recs) {
+            if (any) return f;
+        } else if (!e || f->last_use < e->last_use) {
+            e = f;
+        }
+    }
+    return e;
+}
+/* Drops an entry's records and graph. */
+static void forget(gstate *g, gentry *e) {
+    if (g->timed == e) timing_collect(g);
+    if (g->last_replay == e) g->last_replay = NULL;
+    if (e->recs) g->rec_bytes -= sizeof(rec) * (size_t)e->n_recs;
+    drop(e);
+}
+
+/* A hash of a sequence's length, its first 16 records and its last (MoE sequences differ in the expert weights of
+ * their first records); cheap enough for every decode step. Equal hashes are confirmed with memcmp. */
+static uint64_t recs_hash(const rec *r, int n_recs, int n_dyn) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n_recs << 32) ^ (uint64_t)n_dyn;
+    int n_head = n_recs < 16 ? n_recs : 16;
+    for (int k = 0; k <= n_head; k++) {
+        const rec *x = k < n_head ? &r[k] : &r[n_recs - 1];
+        uint64_t w[sizeof(rec) / 8];
+        memcpy(w, x, sizeof w);
+        for (size_t i = 0; i < sizeof w / 8; i++) h = (h ^ w[i]) * 0x100000001B3ull + (h >> 29);
+    }
+    return h;
+}
+
 void mx_cuda_graph_flush(mx_cuda_ctx *c) {
     gstate *g = gs(c);
     if (!g || !g->n_recs) return;
@@ -229,9 +270,10 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
     g->dyn_pending = true;
     g->clock++;
     gentry *hit = NULL;
+    uint64_t hash = recs_hash(g->recs, g->n_recs, g->n_dyn);
     for (int i = 0; i < N_GRAPHS; i++) {
         gentry *e = &g->g[i];
-        if (e->recs && e->n_recs == g->n_recs && e->n_dyn == g->n_dyn &&
+        if (e->recs && e->hash == hash && e->n_recs == g->n_recs && e->n_dyn == g->n_dyn &&
             !memcmp(e->recs, g->recs, sizeof(rec) * (size_t)g->n_recs)) {
             hit = e;
             break;
@@ -276,18 +318,17 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
             run_all(c, g); /* grows what it needs; the next sighting captures */
         }
         CU_CHECK(cudaGraphDestroy(graph));
-    } else { /* first sighting: run eagerly, remember the sequence */
+    } else { /* first sighting: run eagerly, remember the sequence (least recently used out first) */
         run_all(c, g);
-        gentry *e = &g->g[0];
-        for (int i = 1; i < N_GRAPHS; i++)
-            if (!g->g[i].recs || g->g[i].last_use < e->last_use) e = &g->g[i];
-        if (g->timed == e) timing_collect(g);
-        if (g->last_replay == e) g->last_replay = NULL;
-        if (e->recs) drop(e);
-        e->recs = (rec *)malloc(sizeof(rec) * (size_t)g->n_recs);
+        size_t need = sizeof(rec) * (size_t)g->n_recs;
+        for (gentry *o; g->rec_bytes + need > REC_BYTES_MAX && (o = lru(g, false));) forget(g, o);
+        gentry *e = lru(g, true);
+        if (e->recs) forget(g, e);
+        e->recs = (rec *)malloc(need);
         if (e->recs) {
-            memcpy(e->recs, g->recs, sizeof(rec) * (size_t)g->n_recs);
-            e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock;
+            memcpy(e->recs, g->recs, need);
+            e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock, e->hash = hash;
+            g->rec_bytes += need;
         }
     }
     g->n_recs = 0;
@@ -312,21 +353,27 @@ static rec *new_rec(mx_cuda_ctx *c, int kind, int n_dyn, int **dyn) {
 }
 
 static bool recording(mx_backend *be) { return gs(cu_ctx(be))->enabled; }
-static mx_cuda_weight wcopy(const mx_tensor *t) {
-    mx_cuda_weight w;
-    memset(&w, 0, sizeof w);
-    w = *cu_w(t);
+/* The weight (or row view) t, by value: records compare with memcmp, so the padding is zeroed. */
+static mx_cuda_weight wcopy(mx_cuda_ctx *c, const mx_tensor *t) {
+    mx_cuda_weight v = mx_cuda_weight_of(c, t), w;
+    memset(&w, 0, sizeof w); /* member by member, so that the padding stays zero */
+    w.q = v.q, w.bf = v.bf, w.type = v.type, w.n_in = v.n_in, w.n_out = v.n_out, w.row_bytes = v.row_bytes;
     return w;
 }
+/* A vector weight (norm, bias): its fp32 values are at dev. */
+static const float *vec(const mx_tensor *t) { return (const float *)t->dev; }
 
 /* ---- the contract's ops ---- */
 
 static void op_matmul(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
     mx_cuda_ctx *c = cu_ctx(be);
-    if (!recording(be)) return mx_cuda_matmul_k(c, cu_w(w), x, y, T);
+    if (!recording(be)) {
+        mx_cuda_weight mw = mx_cuda_weight_of(c, w);
+        return mx_cuda_matmul_k(c, &mw, x, y, T);
+    }
     int *d;
     rec *r = new_rec(c, R_MATMUL, 0, &d);
-    r->w = wcopy(w), r->a = x, r->b = y, r->i0 = T;
+    r->w = wcopy(c, w), r->a = x, r->b = y, r->i0 = T;
 }
 
 static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out) {
@@ -337,30 +384,31 @@ static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, 
         int *d_ids = (int *)mx_cuda_scratch(c, (void **)&c->ids, &c->ids_cap, sizeof(int) * (size_t)T);
         /* pageable source: returns once the ids are staged, so the caller may reuse its array at once */
         CU_CHECK(cudaMemcpyAsync(d_ids, ids, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->stream));
-        return mx_cuda_embed_k(c, cu_w(w), d_ids, T, out);
+        mx_cuda_weight mw = mx_cuda_weight_of(c, w);
+        return mx_cuda_embed_k(c, &mw, d_ids, T, out);
     }
     int *d;
     rec *r = new_rec(c, R_EMBED, T, &d);
     memcpy(d, ids, sizeof(int) * (size_t)T);
-    r->w = wcopy(w), r->b = out, r->i0 = T;
+    r->w = wcopy(c, w), r->b = out, r->i0 = T;
 }
 
 static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps) {
     mx_cuda_ctx *c = cu_ctx(be);
-    if (!recording(be)) return mx_cuda_rmsnorm_k(c, x, (const float *)cu_w(w)->q, out, T, C, eps);
+    if (!recording(be)) return mx_cuda_rmsnorm_k(c, x, vec(w), out, T, C, eps);
     int *d;
     rec *r = new_rec(c, R_RMSNORM, 0, &d);
-    r->a = x, r->b = out, r->c = cu_w(w)->q, r->i0 = T, r->i1 = C, r->f0 = eps;
+    r->a = x, r->b = out, r->c = vec(w), r->i0 = T, r->i1 = C, r->f0 = eps;
 }
 
 static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
                          int C, float eps) {
     mx_cuda_ctx *c = cu_ctx(be);
-    const float *bp = b ? (const float *)cu_w(b)->q : NULL;
-    if (!recording(be)) return mx_cuda_layernorm_k(c, x, (const float *)cu_w(w)->q, bp, out, T, C, eps);
+    const float *bp = b ? vec(b) : NULL;
+    if (!recording(be)) return mx_cuda_layernorm_k(c, x, vec(w), bp, out, T, C, eps);
     int *d;
     rec *r = new_rec(c, R_LAYERNORM, 0, &d);
-    r->a = x, r->b = out, r->c = cu_w(w)->q, r->d = bp, r->i0 = T, r->i1 = C, r->f0 = eps;
+    r->a = x, r->b = out, r->c = vec(w), r->d = bp, r->i0 = T, r->i1 = C, r->f0 = eps;
 }
 
 static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
@@ -399,10 +447,10 @@ static void op_add(mx_backend *be, float *y, const float *x, int n) {
 
 static void op_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int n) {
     mx_cuda_ctx *c = cu_ctx(be);
-    if (!recording(be)) return mx_cuda_add_bias_k(c, y, (const float *)cu_w(b)->q, T, n);
+    if (!recording(be)) return mx_cuda_add_bias_k(c, y, vec(b), T, n);
     int *d;
     rec *r = new_rec(c, R_ADD_BIAS, 0, &d);
-    r->a = y, r->c = cu_w(b)->q, r->i0 = T, r->i1 = n;
+    r->a = y, r->c = vec(b), r->i0 = T, r->i1 = n;
 }
 
 static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
@@ -447,10 +495,13 @@ static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int 
 
 static void op_matmul_t(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
     mx_cuda_ctx *c = cu_ctx(be);
-    if (!recording(be)) return mx_cuda_matmul_t_k(c, cu_w(w), x, y, T);
+    if (!recording(be)) {
+        mx_cuda_weight mw = mx_cuda_weight_of(c, w);
+        return mx_cuda_matmul_t_k(c, &mw, x, y, T);
+    }
     int *d;
     rec *r = new_rec(c, R_MATMUL_T, 0, &d);
-    r->w = wcopy(w), r->a = x, r->b = y, r->i0 = T;
+    r->w = wcopy(c, w), r->a = x, r->b = y, r->i0 = T;
 }
 
 static void op_kv_read(mx_backend *be, const void *store, float *dst, int T, int n, int pos0, int n_slots) {
@@ -497,20 +548,37 @@ static void op_gather_rows(mx_backend *be, float *dst, const float *src, const i
     r->a = dst, r->b = src, r->i0 = rows, r->i1 = n;
 }
 
+/* Whether no index repeats (then scatter_add_rows runs every row at once). */
+static bool all_distinct(const int *idx, int rows) {
+    int mx = 0;
+    for (int i = 0; i < rows; i++) {
+        if (idx[i] < 0) return false;
+        if (idx[i] > mx) mx = idx[i];
+    }
+    if (rows > 1 && mx >= (1 << 26)) return false;
+    unsigned char *seen = (unsigned char *)calloc((size_t)mx + 1, 1);
+    if (!seen) return false;
+    bool ok = true;
+    for (int i = 0; i < rows && ok; i++) ok = !seen[idx[i]]++;
+    free(seen);
+    return ok;
+}
+
 static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, const int *idx, const float *w, int rows,
                                 int n) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (rows <= 0) return;
+    bool distinct = all_distinct(idx, rows);
     if (!recording(be) || rows > MAX_DYN / 8) {
         mx_cuda_graph_flush(c);
         const int *dd = stage_host(c, idx, w, rows);
-        return mx_cuda_scatter_add_rows_k(c, dst, src, dd, (const float *)(dd + rows), rows, n);
+        return mx_cuda_scatter_add_rows_k(c, dst, src, dd, (const float *)(dd + rows), rows, n, distinct);
     }
     int *d;
     rec *r = new_rec(c, R_SCATTER, 2 * rows, &d);
     memcpy(d, idx, sizeof(int) * (size_t)rows);
     memcpy(d + rows, w, sizeof(float) * (size_t)rows);
-    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n;
+    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n, r->i2 = distinct;
 }
 
 static void op_tanh(mx_backend *be, float *x, int n) {

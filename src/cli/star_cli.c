@@ -1,0 +1,66 @@
+/* star_cli.c: the Star Attention flags of mixatt run and mixatt logits (see star_cli.h). */
+#include "star_cli.h"
+
+#include <string.h>
+
+#include "common.h"
+
+mx_star_opts mx_star_cli_defaults(void) {
+    return (mx_star_opts){.on = false, .block = 0, .anchor = -1, .query = 0};
+}
+
+int mx_star_cli_flag(mx_star_opts *o, const char *a, const char *val, int *i) {
+    if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
+        o->on = true;
+    } else if (!strcmp(a, "--block")) {
+        if (mx_parse_int(a, val, 1, 1 << 24, &o->block)) return -1;
+    } else if (!strcmp(a, "--anchor")) {
+        if (mx_parse_int(a, val, 0, 1 << 24, &o->anchor)) return -1;
+    } else if (!strcmp(a, "--query")) {
+        if (mx_parse_int(a, val, 1, 1 << 24, &o->query)) return -1;
+    } else {
+        return 0;
+    }
+    ++*i;
+    return 1;
+}
+
+int mx_star_cli_check(const char *cmd, const mx_star_opts *o) {
+    if (!o->on && (o->block || o->anchor >= 0 || o->query)) {
+        fprintf(stderr,
+                "mixatt %s: --block, --anchor and --query are Star Attention options: add --attn star\n",
+                cmd);
+        return 2;
+    }
+    return 0;
+}
+
+int mx_star_cli_query(const char *cmd, const mx_star_opts *o, int n) {
+    int q = o->query ? o->query : 1;
+    if (q >= n) {
+        fprintf(
+            stderr,
+            "mixatt %s: --attn star needs context before the query: the prompt is %d tokens and the query "
+            "%d (--query)\n",
+            cmd, n, q);
+        return -1;
+    }
+    return q;
+}
+
+void mx_star_cli_help(FILE *f) {
+    fprintf(
+        f,
+        "Star Attention (arXiv 2411.17116; one process, or N ranks with mpirun -np N; CPU; full MHA/GQA\n"
+        "layers only; docs/attention.md says what is exact and what is approximate):\n"
+        "  --attn star          split the prompt into a context (all but the last --query tokens) and a\n"
+        "                       query. Phase 1 encodes the context in blocks without communication:\n"
+        "                       each block sees the anchor (the first A context tokens) and its own\n"
+        "                       earlier tokens only, so it is approximate unless the context is one\n"
+        "                       block (or two with A = B). Phase 2: the query and generated tokens attend\n"
+        "                       exactly to every block (log-sum-exp merge across ranks). Consecutive\n"
+        "                       blocks go to consecutive ranks; the last rank holds the query.\n"
+        "  --block B            tokens per context block (default: the context / ranks, rounded up)\n"
+        "  --anchor A           anchor tokens before each block but the first, 0..B (default B)\n"
+        "  --query N            the last N prompt tokens are the query (default 1)\n");
+}
