@@ -1,7 +1,8 @@
 /* forward.c: the transformer forward pass, written once against the op contract (backend.h).
  * Pre-norm residual blocks: x += attn(norm1(x)); x += mlp(norm2(x)); logits = head(norm(x)).
  * Embedding: token rows (+ learned position rows for GPT-2). Attention is the plan's kind for the layer
- * (attention/mha.c, mla.c, mka.c); the MLP is dense (mlp.c) or mixture-of-experts (moe.c). */
+ * (attention/mha.c, mla.c, mka.c); the MLP is dense (mlp.c) or mixture-of-experts (moe.c). Under tensor
+ * parallelism (tp.h) each block output is summed over ranks and the head's vocabulary slices gathered. */
 #include "session.h"
 #include "tp.h"
 

@@ -75,13 +75,12 @@ def train(binary, tmp_path, kind, **over):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_kind_trains(mixatt, tmp_path, kind):
-    out = train(mixatt, tmp_path, kind)
+    out = train(mixatt, tmp_path, kind, steps=100)
     lines = losses(out)
-    first, last = np.mean([x["loss"] for x in lines[:3]]), np.mean([x["loss"] for x in lines[-3:]])
-    assert last < first - 0.2, f"loss {first:.3f} → {last:.3f}"
-    if "n_expert" in KINDS[kind]:
-        k = KINDS[kind]["n_expert_used"]
-        assert all(k - 1e-6 <= x["aux"] <= KINDS[kind]["n_expert"] for x in lines), "aux in [k, E]"
+    first, last = np.mean([x["loss"] for x in lines[:5]]), np.mean([x["loss"] for x in lines[-5:]])
+    assert last < first - 0.15, f"loss {first:.3f} → {last:.3f}"
+    if "n_expert" in KINDS[kind]:  # E Σ f_e P_e with Σ f_e = k, f_e <= 1, Σ P_e = 1: in (0, E]
+        assert all(0 < x["aux"] <= KINDS[kind]["n_expert"] for x in lines), [x["aux"] for x in lines]
 
 
 @pytest.mark.parametrize("kind", ["mla", "mka_gpt2", "fastmka", "moe", "mup_tied_mla_moe"])
