@@ -5,6 +5,7 @@
 #       ops      the op tests only (test_cuda with CUDA graphs on and off), no model: carry .devcarry
 #       models   every model fixture on the GPU vs its reference (tests/cuda/check_models_gpu.py): .devcarry
 #       moe      the Mixtral-shaped MoE benchmark beside HF transformers (bench/cuda/moe_bench.py): .devcarry
+#       moecheck only that model's logits check, under several launch settings (A/B of a wrong result)
 #       test     test_cuda with the default model (graphs on) and the ops with graphs off
 #       bench    bench_cuda, peer.py, mixatt bench and the decode A/B of the launch options
 #       all      test and bench
@@ -70,6 +71,9 @@ models)
 moe)
     MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" 2>&1 | tee "$OUTD/moe.log"
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
+moecheck)
+    MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" --check-only 2>&1 |
+        tee "$OUTD/moecheck.log" ;;
 test|all)
     need_model || exit 3
     $BIN/test_cuda "$M/model.gguf" > "$OUTD/test_graphs_on.log" 2>&1; r=$?; [ $r -ne 0 ] && rc=$r

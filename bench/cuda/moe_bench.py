@@ -10,10 +10,10 @@ The model (random weights, seed 0, bf16), the shape of ../shared/reference/perfo
 It is built on the GPU with transformers and saved as a safetensors directory, which mixatt reads directly.
 
 Measured (CUDA events / synchronized clocks, after warm-up):
-  HF:     prefill = one forward of P random tokens (use_cache False), median of 3; decode = generate of N greedy
+  HF:     prefill = one forward of P random tokens (use_cache False), median of 10; decode = generate of N greedy
           tokens from a 16-token prompt (min_new_tokens = N), tokens / wall time.
-  mixatt: `mixatt bench --device cuda -p P -n N -r 3 --json` (pp P: one prefill from an empty cache; tg N: N
-          decode steps), mean over 3 repetitions after one warm-up.
+  mixatt: `mixatt bench --device cuda -p P -n N -r 10 --json` (pp P: one prefill from an empty cache; tg N: N
+          decode steps), mean ± sd over 10 repetitions after one warm-up (the first of them captures CUDA graphs).
 Then a check that the two compute the same function: mixatt's logits of 24 random ids (prefill, --device cuda and
 --device cpu) against HF's in fp32 (the bf16 weights upcast): relative L2 per position. The CPU (fp32) should agree
 to ~1e-5; the GPU's bf16 activations put most positions near 1e-2, and where a token's top-2 router scores are
@@ -54,6 +54,40 @@ def event_time(fn, reps=3, warm=1):
     return sorted(ts)[len(ts) // 2]
 
 
+def check_variants(a, model, ids, mixatt):
+    """The GPU logits check under launch settings (A/B of a wrong result)."""
+    chk = ids[0, :24].tolist()
+    model = model.float()
+    with torch.no_grad():
+        ref = model(torch.tensor([chk], device=dev_of(model)), use_cache=False).logits[0].double().cpu().numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "l.f32")
+        for env in ("", "", "MX_CUDA_GRAPHS=0", "MX_CUDA_SCATTER=serial", "MX_CUDA_FUSE=0", "MX_CUDA_PDL=0",
+                    "--decode", "--device cpu"):
+            e2 = dict(os.environ)
+            extra = []
+            if env.startswith("--"):
+                extra = env.split()
+            elif env:
+                k, v = env.split("=")
+                e2[k] = v
+            dv = [] if "--device" in extra else ["--device", "cuda"]
+            r = subprocess.run([mixatt, "logits", *dv, "-m", a.dir, "--ids", " ".join(map(str, chk)), "-o", f,
+                                *extra], capture_output=True, text=True, env=e2)
+            if r.returncode:
+                print(f"moe check [{env}]: failed: {r.stderr[-300:]}")
+                continue
+            ours = np.fromfile(f, dtype="<f4").reshape(len(chk), -1).astype(np.float64)
+            e = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            print(f"moe check [{env or 'default'}]: rel L2 max {e.max():.2e} median {np.median(e):.2e} "
+                  f"top-1 {(ours.argmax(1) == ref.argmax(1)).mean():.3f}", flush=True)
+    return 0
+
+
+def dev_of(model):
+    return next(model.parameters()).device
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/mx/moe")
@@ -68,6 +102,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=4096)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--hf-decode", type=int, default=48)
+    ap.add_argument("--check-only", action="store_true", help="only the logits check, under several settings")
     a = ap.parse_args()
     mixatt = os.environ.get("MIXATT") or os.path.join(os.path.dirname(__file__), "..", "..", "build", "mixatt")
     from transformers import MixtralForCausalLM
@@ -89,8 +124,10 @@ def main():
 
     g = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(3, a.vocab, (1, a.prefill), generator=g).to(dev)
+    if a.check_only:
+        return check_variants(a, model, ids, mixatt)
     with torch.no_grad():
-        t = event_time(lambda: model(ids, use_cache=False))
+        t = event_time(lambda: model(ids, use_cache=False), reps=10)
     hf_pp = a.prefill / t
     prompt = ids[:, :16]
     with torch.no_grad():
@@ -112,7 +149,7 @@ def main():
     torch.cuda.empty_cache()
 
     r = subprocess.run([mixatt, "bench", "-m", a.dir, "--device", "cuda", "-p", str(a.prefill), "-n",
-                        str(a.decode), "-r", "3", "--json"], capture_output=True, text=True)
+                        str(a.decode), "-r", "10", "--json"], capture_output=True, text=True)
     print(r.stdout + r.stderr, flush=True)
     mx = {}
     for line in (r.stdout + r.stderr).splitlines():  # the JSON lines go to stderr

@@ -46,6 +46,8 @@ static void *dev_from(const void *h, size_t bytes) {
     void *d = gpu->alloc(gpu, bytes);
     if (!d) exit(2);
     CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize()); /* a pageable copy may return before its DMA lands; the backend's stream does not
+                                    wait for the legacy stream */
     return d;
 }
 static void *dev_poisoned(size_t bytes) {
@@ -563,6 +565,7 @@ static void test_blocks(void) {
         to_host(got, da, N);
         check("tanh_ n=10500", got, ref, N, 1e-6);
         CK(cudaMemcpy(da, a, sizeof(float) * N, cudaMemcpyHostToDevice));
+        CK(cudaDeviceSynchronize());
         memcpy(ref, a, sizeof(float) * N);
         cpu->softmax_rows(cpu, ref, T, n);
         gpu->softmax_rows(gpu, da, T, n);
@@ -571,6 +574,7 @@ static void test_blocks(void) {
         float *x = rand_vec(N, 1.0f), *w = rand_vec((size_t)T * 3, 1.0f);
         float *dx = dev_from(x, sizeof(float) * N), *dw = dev_from(w, sizeof(float) * T * 3);
         CK(cudaMemcpy(da, a, sizeof(float) * N, cudaMemcpyHostToDevice));
+        CK(cudaDeviceSynchronize());
         memcpy(ref, a, sizeof(float) * N);
         cpu->scale_add_rows(cpu, ref, x, n, w + 1, 3, T, n);
         gpu->scale_add_rows(gpu, da, dx, n, dw + 1, 3, T, n);
@@ -714,6 +718,7 @@ static void test_fused_decode(void) {
             if (step) {
                 gpu->sync(gpu);
                 CK(cudaMemcpy(dx, x, sizeof(float) * C, cudaMemcpyHostToDevice));
+                CK(cudaDeviceSynchronize());
             }
             /* CPU, then the same calls on the GPU */
             for (int side = 0; side < 2; side++) {

@@ -43,9 +43,9 @@ KINDS = {
     "moe": {"n_expert": 4, "n_expert_used": 2, "moe_aux_weight": 0.01},
     "moe_top1_raw": {"n_expert": 3, "n_expert_used": 1, "expert_norm_topk": False},
     "mup": {"mup": True, "mup_base_width": 16},
-    "mup_tied_mla_moe": {"mup": True, "mup_base_width": 8, "tied_embeddings": True, "attn": "mla",
-                         "mla_kv_rank": 12, "mla_q_rank": 0, "mla_rope_dim": 4, "mla_nope_dim": 4,
-                         "mla_v_dim": 6, "n_expert": 3, "n_expert_used": 2},
+    "mup_gpt2_tied": {"arch": "gpt2", "n_kv_head": 4, "tied_embeddings": True, "mup": True, "mup_base_width": 16},
+    "mup_mla_moe": {"mup": True, "mup_base_width": 8, "attn": "mla", "mla_kv_rank": 12, "mla_q_rank": 0,
+                    "mla_rope_dim": 4, "mla_nope_dim": 4, "mla_v_dim": 6, "n_expert": 3, "n_expert_used": 2},
 }
 
 
@@ -83,7 +83,7 @@ def test_kind_trains(mixatt, tmp_path, kind):
         assert all(0 < x["aux"] <= KINDS[kind]["n_expert"] for x in lines), [x["aux"] for x in lines]
 
 
-@pytest.mark.parametrize("kind", ["mla", "mka_gpt2", "fastmka", "moe", "mup_tied_mla_moe"])
+@pytest.mark.parametrize("kind", ["mla", "mka_gpt2", "fastmka", "moe", "mup_mla_moe"])
 def test_kind_under_asan(mixatt_asan, tmp_path, kind):
     out = train(mixatt_asan, tmp_path, kind, steps=2, seq=16, batch=2, val_every=1, val_batches=1)
     assert len(losses(out)) == 2

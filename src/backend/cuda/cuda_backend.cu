@@ -3,7 +3,9 @@
  * Weights (upload): every tensor's bytes go to the GPU as stored in the file (quantized blocks stay quantized:
  * the decode GEMV and the embedding read them directly). Matrices also get a bf16 copy, dequantized once on the
  * GPU at upload, that the prefill GEMM (cuBLASLt, bf16 in, fp32 accumulate) reads: ~2 bytes per weight more
- * device memory, no per-call dequantization. Activations are fp32 device buffers (the contract); K/V stores are
+ * device memory, no per-call dequantization. mx_tensor.dev is the device address of the stored bytes; a table of
+ * placed weights sorted by that address (mx_cuda_weight_of) finds a tensor's bf16 copy and shape, also for row
+ * views (MoE experts, MLA head ranges) whose dev is their parent's plus a row offset. Activations are fp32 device buffers (the contract); K/V stores are
  * bf16 (kv_elem_bytes = 2). All work runs on one stream in order. */
 #include <string.h>
 
@@ -201,12 +203,15 @@ static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
     size_t bytes = w.row_bytes * (size_t)w.n_out;
     if (t->nbytes && t->nbytes < bytes) bytes = t->nbytes;
     UP_CHECK(cudaMalloc(&w.q, bytes ? bytes : 64), "cudaMalloc");
-    UP_CHECK(cudaMemcpy(w.q, t->data, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+    /* on the backend's stream, which does not wait for the legacy stream: a plain cudaMemcpy from pageable memory
+     * may return before its DMA lands, and the dequantization below then read stale bytes (the bf16 copies of a
+     * 1.5 B MoE model came out partly wrong, differently from run to run) */
+    UP_CHECK(cudaMemcpyAsync(w.q, t->data, bytes, cudaMemcpyHostToDevice, c->stream), "cudaMemcpyAsync");
     if (t->n_dims >= 2 && w.n_out > 1) {
         UP_CHECK(cudaMalloc(&w.bf, sizeof(__nv_bfloat16) * (size_t)w.n_in * w.n_out), "cudaMalloc (bf16 copy)");
         mx_cuda_dequant_bf16(c, &w, w.bf);
-        UP_CHECK(cudaStreamSynchronize(c->stream), "dequantizing to bf16");
     }
+    UP_CHECK(cudaStreamSynchronize(c->stream), "copying and dequantizing to bf16");
     if (placed_add(c, &w, bytes)) {
         free_weight(&w);
         return mx_err_set(err, MX_ERR_NOMEM, "out of memory");

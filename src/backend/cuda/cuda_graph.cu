@@ -568,7 +568,9 @@ static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, co
                                 int n) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (rows <= 0) return;
-    bool distinct = all_distinct(idx, rows);
+    static int serial = -1; /* MX_CUDA_SCATTER=serial: always the in-order kernel (A/B checks) */
+    if (serial < 0) serial = getenv("MX_CUDA_SCATTER") && !strcmp(getenv("MX_CUDA_SCATTER"), "serial");
+    bool distinct = !serial && all_distinct(idx, rows);
     if (!recording(be) || rows > MAX_DYN / 8) {
         mx_cuda_graph_flush(c);
         const int *dd = stage_host(c, idx, w, rows);

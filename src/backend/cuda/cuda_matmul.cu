@@ -5,7 +5,7 @@
  *   activations; fp32 accumulation. Bound by reading the weights once.
  * - Prefill (larger T): x is rounded to bf16 and multiplied with the bf16 copy of W made at upload through
  *   cuBLASLt (bf16 inputs, fp32 accumulation and output). Descriptors and the chosen algorithm are cached per
- *   shape and token bucket (lt_plan).
+ *   shape, token count and alignment (lt_plan).
  * Block layouts are ggml's (src/io/quant_impl.h); each unit function below mirrors the CPU dequantizer. */
 #include <string.h>
 
@@ -269,20 +269,19 @@ __global__ void k_to_bf16(const float *__restrict__ x, __nv_bfloat16 *__restrict
     }
 }
 
-/* cuBLASLt plans. The algorithm is chosen once per (shape, alignments, token bucket): MoE experts see a different
- * token count at every call, and a heuristic query per count cost more than the GEMMs. The bucket is T itself up to
- * 16, else T rounded up to a power of two; the chosen algorithm runs at the exact T (the B/D layouts are remade
- * when T changes, a host-only step). Should cuBLASLt refuse it at some T, that call asks for an exact algorithm. */
+/* cuBLASLt plans: descriptors and the heuristic's algorithm per (shape, exact T, alignments). MoE experts see a
+ * different token count at nearly every call, so the cache holds LT_CACHE plans (a Mixtral-shaped prefill has a
+ * few hundred shapes). An algorithm is not reused at another T: the heuristic's choice is known valid only for the
+ * problem it was asked about. */
 typedef struct {
-    int n_in, n_out, Tb, trans; /* trans: matmul_t, y[T, n_in] = x[T, n_out] · W; Tb: the token bucket */
+    int n_in, n_out, T, trans;  /* trans: matmul_t, y[T, n_in] = x[T, n_out] · W */
     uint32_t align_a, align_cd; /* the bytes W's bf16 copy and y are aligned to (row views of W start anywhere) */
-    int T;                      /* the token count that b and cd describe */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, cd;
     cublasLtMatmulAlgo_t algo;
 } lt_plan;
 
-enum { LT_CACHE = 256 };
+enum { LT_CACHE = 1024 };
 typedef struct {
     lt_plan p[LT_CACHE];
     int n, next;
@@ -301,25 +300,15 @@ static uint32_t align_of(const void *p) {
     return a ? (uint32_t)(a & (~a + 1)) : 256u;
 }
 
-static int token_bucket(int T) {
-    if (T <= 16) return T;
-    int b = 32;
-    while (b < T) b <<= 1;
-    return b;
-}
-
-/* Points b and cd at T tokens. */
+/* Creates b and cd for T tokens. */
 static void lt_set_T(lt_plan *p, int T) {
-    if (p->T == T) return;
-    if (p->b) cublasLtMatrixLayoutDestroy(p->b), p->b = NULL;
-    if (p->cd) cublasLtMatrixLayoutDestroy(p->cd), p->cd = NULL;
     int kb = p->trans ? p->n_out : p->n_in, md = p->trans ? p->n_in : p->n_out;
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, kb, T, kb));
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->cd, CUDA_R_32F, md, T, md));
     p->T = T;
 }
 
-/* The best algorithm cuBLASLt's heuristic gives for p's shape at its current T. */
+/* The best algorithm cuBLASLt's heuristic gives for p's shape. */
 static cublasLtMatmulAlgo_t lt_heuristic(mx_cuda_ctx *c, const lt_plan *p) {
     cublasLtMatmulPreference_t pref;
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -346,14 +335,11 @@ static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, ui
         if (!lc) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
         c->lt_cache = lc;
     }
-    int Tb = token_bucket(T);
     for (int i = 0; i < lc->n; i++) {
         lt_plan *q = &lc->p[i];
-        if (q->n_in == n_in && q->n_out == n_out && q->Tb == Tb && q->trans == trans && q->align_a == align_a &&
-            q->align_cd == align_cd) {
-            lt_set_T(q, T);
+        if (q->n_in == n_in && q->n_out == n_out && q->T == T && q->trans == trans && q->align_a == align_a &&
+            q->align_cd == align_cd)
             return q;
-        }
     }
     lt_plan *p;
     if (lc->n < LT_CACHE) {
@@ -364,7 +350,7 @@ static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, ui
         lt_plan_destroy(p);
     }
     memset(p, 0, sizeof *p);
-    p->n_in = n_in, p->n_out = n_out, p->Tb = Tb, p->trans = trans, p->align_a = align_a, p->align_cd = align_cd;
+    p->n_in = n_in, p->n_out = n_out, p->trans = trans, p->align_a = align_a, p->align_cd = align_cd;
     LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t ta = trans ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
@@ -372,9 +358,8 @@ static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, ui
     /* column-major view: D (n_out x T) = op(A) · B with A = W stored (n_in x n_out), B = x stored (n_in x T) */
     /* trans: D (n_in x T) = A · B with A = W (n_in x n_out), B = x stored (n_out x T) */
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, n_in, n_out, n_in));
-    lt_set_T(p, Tb);
-    p->algo = lt_heuristic(c, p);
     lt_set_T(p, T);
+    p->algo = lt_heuristic(c, p);
     return p;
 }
 
@@ -383,15 +368,10 @@ static void gemm(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float 
     __nv_bfloat16 *xb = (__nv_bfloat16 *)mx_cuda_scratch(c, (void **)&c->xbf, &c->xbf_cap, nx * 2);
     k_to_bf16<<<(unsigned)((nx / 4 + 256) / 256), 256, 0, c->stream>>>(x, xb, nx);
     CU_LAUNCHED();
-    lt_plan *p = lt_get(c, (int)w->n_in, (int)w->n_out, T, trans, align_of(w->bf), align_of(y));
+    const lt_plan *p = lt_get(c, (int)w->n_in, (int)w->n_out, T, trans, align_of(w->bf), align_of(y));
     float alpha = 1.0f, beta = 0.0f;
-    cublasStatus_t st = cublasLtMatmul(c->lt, p->op, &alpha, w->bf, p->a, xb, p->b, &beta, y, p->cd, y, p->cd,
-                                       &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream);
-    if (st == CUBLAS_STATUS_SUCCESS) return;
-    /* the bucket's algorithm does not run at this T: the exact one (not kept) */
-    cublasLtMatmulAlgo_t exact = lt_heuristic(c, p);
-    LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, w->bf, p->a, xb, p->b, &beta, y, p->cd, y, p->cd, &exact, c->lt_ws,
-                            c->lt_ws_bytes, c->stream));
+    LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, w->bf, p->a, xb, p->b, &beta, y, p->cd, y, p->cd, &p->algo,
+                            c->lt_ws, c->lt_ws_bytes, c->stream));
 }
 
 void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T) {
