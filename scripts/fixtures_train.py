@@ -6,6 +6,11 @@ batch 2 x 16 tokens), one directory per case:
   - gpt2:    GPT2LMHeadModel (LayerNorm with biases, learned positions, gelu_new, tied embeddings).
   - llama:   LlamaForCausalLM with GQA (2 KV heads), RoPE (rotate-half), SwiGLU, untied output head.
   - mistral: MistralForCausalLM with MQA (1 KV head) and a sliding window of 6 keys on every layer (plan S,S).
+  - mixtral: MixtralForCausalLM with GQA and 4 SwiGLU experts, top-2 with renormalized weights, and the
+             router's load-balancing loss: the objective is cross-entropy + 0.1 x transformers'
+             load_balancing_loss_func (E x sum_e f_e P_e over every layer's rows pooled, f_e counting top-k
+             choices), which mixatt's moe_aux_weight reproduces. Router weights are scaled up (std 0.2) so
+             that no top-2 choice is a near tie that fp32 and fp64 could break differently.
 Each directory holds:
   config.json       the mixatt train config (the test sets init and train_data to the files below)
   init.safetensors  the fp32 weights in mixatt's names and [out, in] layout
@@ -17,6 +22,7 @@ The references run in float64 on the fp32 weights. The 10 steps use torch.optim.
 hyper-parameters: decay on matrices (not embeddings, norms or biases), the linear-warmup + cosine schedule of
 src/train/optim.c, and torch.nn.utils.clip_grad_norm_. Norm weights and biases are perturbed away from 1 and 0
 so their gradients are exercised. Needs torch, transformers, safetensors; run: python3 scripts/fixtures_train.py
+[CASE ...] (default: every case).
 """
 import json
 import math
@@ -27,6 +33,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "train")
 VOCAB, C, LAYERS, HEADS, FF, B, T, CTX = 128, 64, 2, 4, 128, 2, 16, 32
+EXPERTS, TOP_K, AUX = 4, 2, 0.1
+CASES = ("gpt2", "llama", "mistral", "mixtral")
 TRAIN = dict(steps=10, warmup=2, lr=1e-2, min_lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.95, adam_eps=1e-8,
              grad_clip=0.5)
 
@@ -46,11 +54,17 @@ def hf_model(case):
     elif case == "llama":
         cfg = tf.LlamaConfig(num_key_value_heads=2, **common)
         cls = tf.LlamaForCausalLM
+    elif case == "mixtral":
+        cfg = tf.MixtralConfig(num_key_value_heads=2, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K,
+                               router_aux_loss_coef=AUX, router_jitter_noise=0.0, **common)
+        cls = tf.MixtralForCausalLM
     else:
         cfg = tf.MistralConfig(num_key_value_heads=1, sliding_window=6, **common)
         cls = tf.MistralForCausalLM
     cfg._attn_implementation = "eager"
-    torch.manual_seed({"gpt2": 1, "llama": 2, "mistral": 3}[case])
+    if case == "mixtral":
+        cfg._experts_implementation = "eager"  # the per-expert loop (grouped_mm has no float64)
+    torch.manual_seed({"gpt2": 1, "llama": 2, "mistral": 3, "mixtral": 4}[case])
     model = cls(cfg).float().eval()
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -58,15 +72,20 @@ def hf_model(case):
             if p.dim() == 1:  # norms around 1, biases around 0
                 base = 1.0 if ("ln" in name or "norm" in name) and name.endswith("weight") else 0.0
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("mlp.gate.weight"):  # the router: clear top-2 margins
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
     return model
 
 
 def mixatt_config(case):
     llama = case != "gpt2"
     cfg = dict(arch="llama" if llama else "gpt2", vocab=VOCAB, d_model=C, n_layer=LAYERS, n_head=HEADS,
-               n_kv_head={"gpt2": HEADS, "llama": 2, "mistral": 1}[case], d_ff=FF, max_ctx=CTX, norm_eps=1e-5,
+               n_kv_head={"gpt2": HEADS, "llama": 2, "mistral": 1, "mixtral": 2}[case], d_ff=FF, max_ctx=CTX,
+               norm_eps=1e-5,
                rope_theta=10000.0, tied_embeddings=not llama, plan="S,S" if case == "mistral" else "",
                window=6, batch=B, seq=T, grad_accum=1, val_batches=0, ckpt_every=0, log_every=1, **TRAIN)
+    if case == "mixtral":
+        cfg.update(n_expert=EXPERTS, n_expert_used=TOP_K, expert_norm_topk=True, moe_aux_weight=AUX)
     return cfg
 
 
@@ -105,10 +124,18 @@ def mixatt_tensors(model, case, grads=False):
         for i in range(LAYERS):
             h = f"model.layers.{i}."
             blk = f"blk.{i}."
-            for src, dst in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
-                             ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-                             ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
-                             ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm")):
+            names = [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+                     ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                     ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm")]
+            if case == "mixtral":  # experts stacked: gate/up (E*F, C), down (E*C, F)
+                names.append(("mlp.gate", "ffn_gate_inp"))
+                gate_up = get(h + "mlp.experts.gate_up_proj")  # (E, 2F, C): gate rows, then up rows
+                out[blk + "ffn_gate_exps.weight"] = gate_up[:, :FF].reshape(EXPERTS * FF, C)
+                out[blk + "ffn_up_exps.weight"] = gate_up[:, FF:].reshape(EXPERTS * FF, C)
+                out[blk + "ffn_down_exps.weight"] = get(h + "mlp.experts.down_proj").reshape(EXPERTS * C, FF)
+            else:
+                names += [("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]
+            for src, dst in names:
                 out[blk + dst + ".weight"] = get(h + src + ".weight")
         out["output_norm.weight"] = get("model.norm.weight")
         out["output.weight"] = get("lm_head.weight")
@@ -125,8 +152,12 @@ def lr_at(step):
 
 def loss_of(model, x, y):
     import torch.nn.functional as F
-    logits = model(x).logits
-    return F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+    if not hasattr(model.config, "num_local_experts"):
+        return F.cross_entropy(model(x).logits.reshape(-1, VOCAB), y.reshape(-1))
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+    out = model(x, output_router_logits=True)
+    aux = load_balancing_loss_func(out.router_logits, EXPERTS, TOP_K)
+    return F.cross_entropy(out.logits.reshape(-1, VOCAB), y.reshape(-1)) + AUX * aux
 
 
 def write_shard(path, tokens):
@@ -145,7 +176,7 @@ def make_case(case):
     model = hf_model(case)
     save_file({k: v.astype(np.float32) for k, v in mixatt_tensors(model, case).items()},
               os.path.join(d, "init.safetensors"))
-    rng = np.random.default_rng({"gpt2": 11, "llama": 12, "mistral": 13}[case])
+    rng = np.random.default_rng({"gpt2": 11, "llama": 12, "mistral": 13, "mixtral": 14}[case])
     tokens = rng.integers(0, VOCAB, B * T + 1)
     write_shard(os.path.join(d, "batch.bin"), tokens)
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -159,7 +190,7 @@ def make_case(case):
     grads = mixatt_tensors(model, case, grads=True)
     first = loss.item()
 
-    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n
              and "embed_tokens" not in n]
     other = [p for n, p in model.named_parameters() if not any(p is q for q in decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
@@ -182,7 +213,8 @@ def make_case(case):
 
 
 def main():
-    for case in ("gpt2", "llama", "mistral"):
+    import sys
+    for case in sys.argv[1:] or CASES:
         make_case(case)
 
 

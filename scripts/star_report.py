@@ -20,6 +20,7 @@ import argparse
 import glob
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,8 @@ def main():
     p.add_argument("--ranks", type=int, default=0)
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
+    tmp = tempfile.mkdtemp()  # a private copy: a rebuild of build/mixatt during the run cannot break it
+    a.binary = shutil.copy(a.binary, os.path.join(tmp, "mixatt"))
     configs = [tuple(map(int, c.split(":"))) for c in a.configs.split(",")]
     rows = {c: {"prose": [], "niah": []} for c in configs}
     rng = random.Random(a.seed)

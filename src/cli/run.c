@@ -13,22 +13,23 @@ enum { DEFAULT_CTX = 4096, MAX_STOPS = 16 };
 
 static void help(FILE *f) {
     fprintf(
-        f, "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE | --ids \"ID ...\") [-n N] [--chat] [options]\n\n"
-           "Generates a continuation of PROMPT and streams it to stdout. MODEL may also be a run directory of\n"
-           "mixatt train (or its checkpoint.safetensors): it has no tokenizer, so give the prompt as --ids and\n"
-           "read ids back (\"ID \" each), or take a tokenizer from a GGUF with --tokenizer.\n\n"
-           "  -p, --prompt TEXT    the prompt\n"
-           "  -f, --file FILE      read the prompt from FILE\n"
-           "  --ids \"ID ...\"      the prompt as token ids (space-separated)\n"
-           "  --tokenizer GGUF     use this GGUF file's tokenizer (and chat template) instead of the model's;\n"
-           "                       its vocabulary must fit the model's\n"
-           "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
-           "  --chat               render the prompt as a user turn with the model's chat template\n"
-           "  --system TEXT        system message for --chat (default: the template's own)\n"
-           "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
-           "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"
-           "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
-           "  -q, --quiet          no timings on stderr\n");
+        f,
+        "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE | --ids \"ID ...\") [-n N] [--chat] [options]\n\n"
+        "Generates a continuation of PROMPT and streams it to stdout. MODEL may also be a run directory of\n"
+        "mixatt train (or its checkpoint.safetensors): it has no tokenizer, so give the prompt as --ids and\n"
+        "read ids back (\"ID \" each), or take a tokenizer from a GGUF with --tokenizer.\n\n"
+        "  -p, --prompt TEXT    the prompt\n"
+        "  -f, --file FILE      read the prompt from FILE\n"
+        "  --ids \"ID ...\"      the prompt as token ids (space-separated)\n"
+        "  --tokenizer GGUF     use this GGUF file's tokenizer (and chat template) instead of the model's;\n"
+        "                       its vocabulary must fit the model's\n"
+        "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
+        "  --chat               render the prompt as a user turn with the model's chat template\n"
+        "  --system TEXT        system message for --chat (default: the template's own)\n"
+        "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
+        "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"
+        "  --print-ids          after the text, print the prompt and generated token ids on stderr\n"
+        "  -q, --quiet          no timings on stderr\n");
     mx_common_help(f, true);
     mx_star_cli_help(f);
     mx_common_help_tp(f);
@@ -88,8 +89,8 @@ static int parse(run_opts *o, int argc, char **argv) {
     }
     if (rc) return rc;
     if ((o->prompt != NULL) + (o->file != NULL) + (o->ids != NULL) != 1) {
-        fprintf(stderr,
-                "mixatt run: give exactly one of -p PROMPT, -f FILE or --ids \"ID ...\" (see mixatt run --help)\n");
+        fprintf(stderr, "mixatt run: give exactly one of -p PROMPT, -f FILE or --ids \"ID ...\" (see mixatt "
+                        "run --help)\n");
         return 2;
     }
     if (o->ids && o->chat) {

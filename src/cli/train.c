@@ -2,9 +2,10 @@
  *   mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] -o RUN_DIR
  * Each step: grad_accum micro-batches (B, T) forward and backward, global-norm clipping, one AdamW update at
  * the schedule's learning rate. A progress line per log_every steps on stderr; one JSON line per step in
- * RUN_DIR/log.jsonl ({"step", "loss", "lr", "grad_norm", "tok_per_s"}; validation lines {"step",
- * "val_loss"}); RUN_DIR/checkpoint.safetensors every ckpt_every steps and at the end (ckpt.h), written
- * atomically.
+ * RUN_DIR/log.jsonl ({"step", "loss", "lr", "grad_norm", "tok_per_s"}, plus "aux" with experts and
+ * "act_rms" with --log-act-rms; validation lines {"step", "val_loss"}); RUN_DIR/checkpoint.safetensors every
+ * ckpt_every steps and at the end (ckpt.h), written atomically. "loss" is the objective (cross-entropy +
+ * moe_aux_weight x aux), "val_loss" the cross-entropy.
  * --resume DIR continues from DIR/checkpoint.safetensors with its config (plus --set) and gives the same
  * results, bit for bit, as the run that was never stopped. A non-finite loss or gradient stops the run with a
  * message; the last checkpoint written stays as it was. train_data "synthetic:TASK" writes shards of the task
@@ -417,6 +418,16 @@ static void describe(const mx_tmodel *m, int start, const mx_dp *dp) {
             c->arch == MX_TARCH_GPT2 ? "gpt2" : "llama", c->n_layer, c->d_model, c->n_head, c->n_kv_head,
             (double)m->n_floats / 1e6, plan, c->batch, c->seq, c->grad_accum, start + 1, c->steps, c->lr,
             c->warmup, c->min_lr, omp_get_max_threads());
+    if (c->attn != MX_ATTN_MHA || c->n_expert > 0 || c->mup) { /* the blocks beyond the defaults */
+        char moe[96] = "dense MLP", mup[96] = "standard parameterization";
+        if (c->n_expert > 0)
+            snprintf(moe, sizeof moe, "experts top-%d of %d (aux weight %g)", c->n_expert_used, c->n_expert,
+                     c->moe_aux_weight);
+        if (c->mup)
+            snprintf(mup, sizeof mup, "muP, base width %d (x%g)", c->mup_base_width,
+                     (double)c->d_model / c->mup_base_width);
+        fprintf(stderr, "  attention %s, %s, %s\n", mx_attn_kind_name(c->attn), moe, mup);
+    }
     if (dp)
         fprintf(stderr, "  data parallel over %d ranks: %d sequences of each micro-batch per rank%s\n",
                 dp->size, dp->batch_local, dp->zero1 ? ", AdamW moments sharded (ZeRO-1)" : "");

@@ -1,6 +1,7 @@
 /* load_ckpt.c: a checkpoint written by `mixatt train` (src/train/ckpt.h: format "mixatt-train-1", F32 tensors
- * under mixatt's names, the training config as JSON and the expanded plan in __metadata__) → mx_config and the
- * tensor dictionary, so that `mixatt run -m RUN_DIR` (or RUN_DIR/checkpoint.safetensors) runs what was trained.
+ * under mixatt's names, the training config as JSON and the expanded plan in __metadata__) → mx_config and
+ * the tensor dictionary, so that `mixatt run -m RUN_DIR` (or RUN_DIR/checkpoint.safetensors) runs what was
+ * trained.
  *
  * Config: arch gpt2 → MX_ARCH_GPT2 (LayerNorm, GELU, learned positions, biases); llama → MX_ARCH_LLAMA
  * (RMSNorm, SwiGLU, RoPE in the rotate-half layout); attn mla → MX_ARCH_DEEPSEEK2 with the mla_* sizes (its
@@ -78,9 +79,11 @@ static int read_config(ckpt_loader *h) {
     const char *arch = cfg_str(h, "arch", ""), *attn = cfg_str(h, "attn", "mha");
     int kind = mx_attn_kind_parse(attn);
     if (strcmp(arch, "gpt2") && strcmp(arch, "llama"))
-        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: unknown arch '%s' in the stored config", h->m->path, arch);
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: unknown arch '%s' in the stored config", h->m->path,
+                          arch);
     if (kind < 0)
-        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: unknown attn '%s' in the stored config", h->m->path, attn);
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: unknown attn '%s' in the stored config", h->m->path,
+                          attn);
     bool gpt2 = !strcmp(arch, "gpt2");
     snprintf(c->name, sizeof c->name, "mixatt-train");
     c->norm_eps = cfg_float(h, "norm_eps", 1e-5f);
@@ -121,7 +124,8 @@ static bool ends_with(const char *s, const char *suffix) {
 static float mup_factor(const ckpt_loader *h, const char *name) {
     const mx_config *c = &h->m->cfg;
     if (!h->mup) return 1.0f;
-    if (ends_with(name, "attn_q.weight") || ends_with(name, "attn_q.bias") || ends_with(name, "attn_q_b.weight"))
+    if (ends_with(name, "attn_q.weight") || ends_with(name, "attn_q.bias") ||
+        ends_with(name, "attn_q_b.weight"))
         return 1.0f / sqrtf((float)c->head_dim); /* MLA: head_dim = nope + rope, the score width */
     if (!strcmp(name, "output.weight")) return (float)h->base_width / (float)c->d_model;
     return 1.0f;
@@ -141,8 +145,10 @@ static int add_copy(ckpt_loader *h, const mx_st_tensor *t, const char *name, int
 static int add_tensor(ckpt_loader *h, const mx_st_tensor *t) {
     const mx_config *c = &h->m->cfg;
     if (t->type != MX_F32 || t->n_dims < 1 || t->n_dims > 2)
-        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: tensor '%s' is %s with %d dims; a checkpoint holds F32 "
-                          "vectors and matrices", h->m->path, t->name, t->dtype, t->n_dims);
+        return mx_err_set(h->err, MX_ERR_FORMAT,
+                          "%s: tensor '%s' is %s with %d dims; a checkpoint holds F32 "
+                          "vectors and matrices",
+                          h->m->path, t->name, t->dtype, t->n_dims);
     int64_t ne[3] = {t->shape[t->n_dims - 1], t->n_dims == 2 ? t->shape[0] : 1, 1};
     int nd = t->n_dims;
     bool gate_up = ends_with(t->name, "ffn_gate_exps.weight") || ends_with(t->name, "ffn_up_exps.weight");
@@ -169,10 +175,11 @@ int mx_load_ckpt(mx_model *m, mx_err *err) {
     cJSON *cfg = NULL;
     int rc = MX_OK;
     if (!fmt || strcmp(fmt, "mixatt-train-1") || !json || !plan)
-        rc = mx_err_set(err, MX_ERR_FORMAT,
-                        "%s: not a mixatt training checkpoint (format '%s'); give a GGUF file, a Hugging Face "
-                        "directory or a checkpoint of mixatt train",
-                        m->path, fmt ? fmt : "none");
+        rc =
+            mx_err_set(err, MX_ERR_FORMAT,
+                       "%s: not a mixatt training checkpoint (format '%s'); give a GGUF file, a Hugging Face "
+                       "directory or a checkpoint of mixatt train",
+                       m->path, fmt ? fmt : "none");
     else if (!(cfg = cJSON_Parse(json)) || !cJSON_IsObject(cfg))
         rc = mx_err_set(err, MX_ERR_FORMAT, "%s: the stored config is not a JSON object", m->path);
     h.cfg = cfg;

@@ -42,10 +42,10 @@ typedef struct {
     /* attention plan */
     mx_attn_kind attn_kind; /* the kind the weights were trained with (MHA unless a checkpoint says MKA;
                                MLA models are MX_ARCH_DEEPSEEK2) */
-    int window;           /* default window for S layers (Mistral's sliding_window), 0 = none */
-    mx_layer_plan *plan;  /* n_layer entries */
-    bool plan_is_trained; /* false when the user applied a plan the weights were not trained with */
-    int mla_form;         /* MLA: 0 auto, 1 explicit, 2 absorbed (attention/kvcache.h mx_mla_form) */
+    int window;             /* default window for S layers (Mistral's sliding_window), 0 = none */
+    mx_layer_plan *plan;    /* n_layer entries */
+    bool plan_is_trained;   /* false when the user applied a plan the weights were not trained with */
+    int mla_form;           /* MLA: 0 auto, 1 explicit, 2 absorbed (attention/kvcache.h mx_mla_form) */
 } mx_config;
 
 typedef struct {

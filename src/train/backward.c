@@ -114,7 +114,8 @@ void mx_tr_attn_bwd(const mx_tr_attn_shape *sh, float *dq, float *dk, float *dv,
                     for (int i = 0; i < Dk; i++) dqr[i] = 0.0f;
                     int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
                     for (int s = lo; s <= t; s++) {
-                        size_t kr = (((size_t)b * T + s) * G + g) * Dk, vr = (((size_t)b * T + s) * G + g) * Dv;
+                        size_t kr = (((size_t)b * T + s) * G + g) * Dk,
+                               vr = (((size_t)b * T + s) * G + g) * Dv;
                         const float *ks = k + kr, *vs = v + vr;
                         float sc = 0.0f, dp = 0.0f;
                         for (int i = 0; i < Dk; i++) sc += qr[i] * ks[i];

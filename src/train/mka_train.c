@@ -15,7 +15,7 @@ typedef struct {
 } mka_layer;
 
 typedef struct mx_mka_tacts {
-    mka_layer *l; /* n_layer */
+    mka_layer *l;                                                                /* n_layer */
     float *dmix, *do1, *dq, *dq2, *dk1, *dv1, *dk2, *dv2, *dm, *dmem, *dr, *dhr; /* scratch */
 } mx_mka_tacts;
 
@@ -27,9 +27,15 @@ typedef struct {
 static mka_dims dims_of(const mx_tmodel *m, int l) {
     const mx_train_config *c = &m->cfg;
     int B = m->acts.B, T = m->acts.T;
-    return (mka_dims){B,          T,           B * T,
-                      c->d_model, c->n_head,   c->n_kv_head,
-                      m->head_dim, m->plan[l].kind == MX_ATTN_FASTMKA, c->arch == MX_TARCH_LLAMA};
+    return (mka_dims){B,
+                      T,
+                      B * T,
+                      c->d_model,
+                      c->n_head,
+                      c->n_kv_head,
+                      m->head_dim,
+                      m->plan[l].kind == MX_ATTN_FASTMKA,
+                      c->arch == MX_TARCH_LLAMA};
 }
 
 static bool is_mka(const mx_tmodel *m, int l) {
@@ -52,17 +58,27 @@ int mx_mka_tacts_alloc(mx_tmodel *m, mx_err *err) {
         struct {
             float **p;
             size_t n;
-        } b[] = {{&y->hr, N * C},        {&y->r, N * 3},          {&y->l2, N * C},       {&y->mem, two ? 0 : N * C},
-                 {&y->q, N * HD},        {&y->k1, N * GD},        {&y->v1, N * GD},      {&y->k2, two ? N * GD : 0},
-                 {&y->v2, two ? N * GD : 0}, {&y->o1, N * HD},    {&y->o2, two ? N * HD : 0},
-                 {&y->lse1, N * H},      {&y->lse2, two ? N * H : 0}, {&y->mix, N * HD}};
+        } b[] = {{&y->hr, N * C},
+                 {&y->r, N * 3},
+                 {&y->l2, N * C},
+                 {&y->mem, two ? 0 : N * C},
+                 {&y->q, N * HD},
+                 {&y->k1, N * GD},
+                 {&y->v1, N * GD},
+                 {&y->k2, two ? N * GD : 0},
+                 {&y->v2, two ? N * GD : 0},
+                 {&y->o1, N * HD},
+                 {&y->o2, two ? N * HD : 0},
+                 {&y->lse1, N * H},
+                 {&y->lse2, two ? N * H : 0},
+                 {&y->mix, N * HD}};
         for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
             if (b[i].n && !(*b[i].p = calloc(b[i].n, sizeof(float)))) goto nomem;
     }
     struct {
         float **p;
         size_t n;
-    } s[] = {{&a->dmix, N * HD}, {&a->do1, N * HD}, {&a->dq, N * HD}, {&a->dq2, N * HD},
+    } s[] = {{&a->dmix, N * HD}, {&a->do1, N * HD}, {&a->dq, N * HD},  {&a->dq2, N * HD},
              {&a->dk1, N * GD},  {&a->dv1, N * GD}, {&a->dk2, N * GD}, {&a->dv2, N * GD},
              {&a->dm, N * C},    {&a->dmem, N * C}, {&a->dr, N * 3},   {&a->dhr, N * C}};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
@@ -81,7 +97,8 @@ void mx_mka_tacts_free(mx_tmodel *m) {
                       y->k2, y->v2, y->o1, y->o2,  y->lse1, y->lse2, y->mix};
         for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) free(b[i]);
     }
-    float *s[] = {a->dmix, a->do1, a->dq, a->dq2, a->dk1, a->dv1, a->dk2, a->dv2, a->dm, a->dmem, a->dr, a->dhr};
+    float *s[] = {a->dmix, a->do1, a->dq, a->dq2,  a->dk1, a->dv1,
+                  a->dk2,  a->dv2, a->dm, a->dmem, a->dr,  a->dhr};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) free(s[i]);
     free(a->l);
     free(a);

@@ -26,11 +26,16 @@ typedef struct {
 static mla_dims dims_of(const mx_tmodel *m) {
     const mx_train_config *c = &m->cfg;
     int B = m->acts.B, T = m->acts.T;
-    return (mla_dims){B,           T,
-                      B * T,       c->d_model,
-                      c->n_head,   c->mla_kv_rank,
-                      c->mla_rope_dim, c->mla_nope_dim,
-                      c->mla_v_dim,    c->mla_q_rank};
+    return (mla_dims){B,
+                      T,
+                      B * T,
+                      c->d_model,
+                      c->n_head,
+                      c->mla_kv_rank,
+                      c->mla_rope_dim,
+                      c->mla_nope_dim,
+                      c->mla_v_dim,
+                      c->mla_q_rank};
 }
 
 static bool any_mla(const mx_tmodel *m) {
@@ -59,14 +64,15 @@ int mx_mla_tacts_alloc(mx_tmodel *m, mx_err *err) {
     if (!(m->acts.mla = a) || !(a->l = calloc(L, sizeof *a->l))) goto nomem;
     for (size_t l = 0; l < L; l++) {
         mla_layer *y = &a->l[l];
-        buf_req b[] = {{&y->qa, N * Qn},      {&y->qn, N * Qn},  {&y->q_rstd, Qn ? N : 0}, {&y->q, N * H * kq},
-                       {&y->c, N * R},        {&y->cn, N * R},   {&y->c_rstd, N},          {&y->K, N * H * kq},
-                       {&y->V, N * H * d.v},  {&y->att, N * H * d.v}, {&y->lse, N * H}};
+        buf_req b[] = {{&y->qa, N * Qn},       {&y->qn, N * Qn},    {&y->q_rstd, Qn ? N : 0},
+                       {&y->q, N * H * kq},    {&y->c, N * R},      {&y->cn, N * R},
+                       {&y->c_rstd, N},        {&y->K, N * H * kq}, {&y->V, N * H * d.v},
+                       {&y->att, N * H * d.v}, {&y->lse, N * H}};
         if (!alloc_all(b, sizeof b / sizeof b[0])) goto nomem;
     }
-    buf_req s[] = {{&a->lat, N * (R + d.r)}, {&a->kvb, N * kvb},     {&a->rot, N * H * d.r},
-                   {&a->dq, N * H * kq},     {&a->dK, N * H * kq},   {&a->dV, N * H * d.v},
-                   {&a->datt, N * H * d.v},  {&a->dkvb, N * kvb},    {&a->dcn, N * R},
+    buf_req s[] = {{&a->lat, N * (R + d.r)}, {&a->kvb, N * kvb},        {&a->rot, N * H * d.r},
+                   {&a->dq, N * H * kq},     {&a->dK, N * H * kq},      {&a->dV, N * H * d.v},
+                   {&a->datt, N * H * d.v},  {&a->dkvb, N * kvb},       {&a->dcn, N * R},
                    {&a->dc, N * R},          {&a->dlat, N * (R + d.r)}, {&a->dqn, N * Qn},
                    {&a->dqa, N * Qn}};
     if (!alloc_all(s, sizeof s / sizeof s[0])) goto nomem;
@@ -83,15 +89,15 @@ void mx_mla_tacts_free(mx_tmodel *m) {
         float *b[] = {y->qa, y->qn, y->q_rstd, y->q, y->c, y->cn, y->c_rstd, y->K, y->V, y->att, y->lse};
         for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) free(b[i]);
     }
-    float *s[] = {a->lat, a->kvb, a->rot, a->dq, a->dK, a->dV, a->datt, a->dkvb, a->dcn, a->dc, a->dlat,
-                  a->dqn, a->dqa};
+    float *s[] = {a->lat,  a->kvb, a->rot, a->dq,   a->dK,  a->dV, a->datt,
+                  a->dkvb, a->dcn, a->dc,  a->dlat, a->dqn, a->dqa};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) free(s[i]);
     free(a->l);
     free(a);
     m->acts.mla = NULL;
 }
 
-/* dst (rows, w) ← columns [c0, c0 + w) of src (rows, ss), for rows*groups rows laid as (rows, groups). */
+/* Copies w elements of each of `rows` rows: dst (row stride ds) ← src (row stride ss). */
 static void cols(float *dst, size_t ds, const float *src, size_t ss, int w, long rows) {
 #pragma omp parallel for
     for (long i = 0; i < rows; i++) memcpy(dst + (size_t)i * ds, src + (size_t)i * ss, sizeof(float) * w);
@@ -133,7 +139,8 @@ void mx_mla_tr_fwd(mx_tmodel *m, int l) {
     cols(y->V, (size_t)d.v, a->kvb + d.n, (size_t)kvw, d.v, NH);
 #pragma omp parallel for
     for (long i = 0; i < NH; i++) /* the shared k_r into every head */
-        memcpy(y->K + (size_t)i * kq + d.n, a->lat + (size_t)(i / d.H) * (d.R + d.r) + d.R, sizeof(float) * d.r);
+        memcpy(y->K + (size_t)i * kq + d.n, a->lat + (size_t)(i / d.H) * (d.R + d.r) + d.R,
+               sizeof(float) * d.r);
     mx_tr_attn_shape sh = {d.B, d.T, d.H, d.H, kq, d.v, m->plan[l].window, mx_attn_scale(m, kq)};
     mx_tr_attn_fwd(&sh, y->att, y->lse, y->q, y->K, y->V);
     mx_tr_matmul_fwd(A->tmp, y->att, L->wo->w, NULL, d.N, d.H * d.v, d.C);

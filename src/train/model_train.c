@@ -164,7 +164,8 @@ static int set_value(mx_train_config *c, const key_def *k, const char *s, double
         int kind = s ? mx_attn_kind_parse(s) : -1;
         if (kind < 0)
             return mx_err_set(err, MX_ERR_ARG,
-                              "%s: config key 'attn' expects \"mha\", \"mla\", \"mka\" or \"fastmka\"", where);
+                              "%s: config key 'attn' expects \"mha\", \"mla\", \"mka\" or \"fastmka\"",
+                              where);
         *(mx_attn_kind *)p = (mx_attn_kind)kind;
         return MX_OK;
     }
@@ -288,7 +289,8 @@ static int check_positive(const char *name, long v, mx_err *err) {
 static int check_blocks(const mx_train_config *c, mx_err *err) {
     bool llama = c->arch == MX_TARCH_LLAMA;
     if (c->attn == MX_ATTN_MLA) {
-        if (!llama) return mx_err_set(err, MX_ERR_UNSUPPORTED, "config: attn mla trains with arch llama only");
+        if (!llama)
+            return mx_err_set(err, MX_ERR_UNSUPPORTED, "config: attn mla trains with arch llama only");
         const struct {
             const char *n;
             long v;
@@ -299,19 +301,24 @@ static int check_blocks(const mx_train_config *c, mx_err *err) {
         for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
             if (check_positive(pos[i].n, pos[i].v, err)) return err->code;
         if (c->mla_q_rank < 0 || c->mla_rope_dim % 2)
-            return mx_err_set(err, MX_ERR_ARG, "config: need mla_q_rank >= 0 and an even mla_rope_dim (got %d)",
+            return mx_err_set(err, MX_ERR_ARG,
+                              "config: need mla_q_rank >= 0 and an even mla_rope_dim (got %d)",
                               c->mla_rope_dim);
     }
     if (c->n_expert < 0) return mx_err_set(err, MX_ERR_ARG, "config: n_expert must be >= 0");
     if (c->n_expert > 0) {
-        if (!llama) return mx_err_set(err, MX_ERR_UNSUPPORTED, "config: experts (n_expert) train with arch llama only");
+        if (!llama)
+            return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                              "config: experts (n_expert) train with arch llama only");
+        if (c->n_expert < 2) return mx_err_set(err, MX_ERR_ARG, "config: n_expert must be 0 or at least 2");
         if (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)
             return mx_err_set(err, MX_ERR_ARG, "config: n_expert_used must be in 1..n_expert (%d), got %d",
                               c->n_expert, c->n_expert_used);
         if (c->moe_aux_weight < 0) return mx_err_set(err, MX_ERR_ARG, "config: moe_aux_weight must be >= 0");
     }
     if (c->mup && c->mup_base_width <= 0)
-        return mx_err_set(err, MX_ERR_ARG, "config: mup_base_width must be positive (got %d)", c->mup_base_width);
+        return mx_err_set(err, MX_ERR_ARG, "config: mup_base_width must be positive (got %d)",
+                          c->mup_base_width);
     return MX_OK;
 }
 

@@ -36,8 +36,8 @@ typedef struct {
     int vocab, d_model, n_layer, n_head, n_kv_head, d_ff, max_ctx;
     float norm_eps, rope_theta;
     bool tied_embeddings;
-    char plan[1024]; /* plan string or preset (plan.h); "" = every layer full attention */
-    int window;      /* window of S layers */
+    char plan[1024];   /* plan string or preset (plan.h); "" = every layer full attention */
+    int window;        /* window of S layers */
     mx_attn_kind attn; /* the attention kind of every layer (plan.h) */
     int mla_kv_rank, mla_q_rank, mla_rope_dim, mla_nope_dim, mla_v_dim; /* MLA; q_rank 0 = no query latent */
     /* mixture of experts: n_expert 0 = dense MLP; experts are d_ff wide */
@@ -87,8 +87,8 @@ typedef struct {
 typedef struct {
     mx_param *attn_norm, *attn_norm_b, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo;
     mx_param *ffn_norm, *ffn_norm_b, *w_gate, *w_up, *w_down, *b_up, *b_down;
-    /* MLA: q = wq_b · norm(wq_a · x) (or wq · x); [c_kv ; k_rope] = wkv_a · x; [k_nope ; v]_h = wkv_b · norm(c_kv)
-     * wq_a (q_rank, C), wq_b (H*(n + r), q_rank), wkv_a (R + r, C), wkv_b (H*(n + v), R), wo (C, H*v) */
+    /* MLA (mla_train.h): wq_a (q_rank, C), q_a_norm (q_rank), wq_b (H*(n + r), q_rank) or wq (H*(n + r), C),
+     * wkv_a (R + r, C), kv_a_norm (R), wkv_b (H*(n + v), R), wo (C, H*v) */
     mx_param *wq_a, *q_a_norm, *wq_b, *wkv_a, *kv_a_norm, *wkv_b;
     /* MKA router: w1 (C, C), b1 (C), w2 (3, C), b2 (3) */
     mx_param *mka_w1, *mka_b1, *mka_w2, *mka_b2;

@@ -20,7 +20,7 @@ typedef struct mx_moe_tacts {
     double *f;        /* (E) pooled top-k fractions of the last forward */
     float aux_scale;  /* gradient scale of the auxiliary loss */
     /* scratch */
-    float *xg, *dxg, *dy; /* (N*k, C) */
+    float *xg, *dxg, *dy;      /* (N*k, C) */
     float *act, *da, *dg, *du; /* (N*k, F) */
     float *dp, *dw;            /* (N, E), (N, k) */
 } mx_moe_tacts;
@@ -52,7 +52,7 @@ int mx_moe_tacts_alloc(mx_tmodel *m, mx_err *err) {
 void mx_moe_tacts_free(mx_tmodel *m) {
     mx_moe_tacts *a = m->acts.moe;
     if (!a) return;
-    void *bufs[] = {a->prob, a->ids, a->wsel, a->order, a->pos, a->start, a->g,  a->u,  a->y,  a->f,
+    void *bufs[] = {a->prob, a->ids, a->wsel, a->order, a->pos, a->start, a->g,  a->u,  a->y, a->f,
                     a->xg,   a->dxg, a->dy,   a->act,   a->da,  a->dg,    a->du, a->dp, a->dw};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(a);
@@ -99,13 +99,10 @@ static void group(const int *ids, int NK, int E, int *order, int *pos, int *star
     memset(start, 0, sizeof(int) * (size_t)(E + 1));
     for (int a = 0; a < NK; a++) start[ids[a] + 1]++;
     for (int e = 0; e < E; e++) start[e + 1] += start[e];
-    int *fill = pos; /* borrowed as cursors per expert, then overwritten */
-    int *cur = malloc(sizeof(int) * (size_t)E);
-    if (!cur) abort(); /* E ints */
-    memcpy(cur, start, sizeof(int) * (size_t)E);
-    for (int a = 0; a < NK; a++) order[cur[ids[a]]++] = a;
-    for (int i = 0; i < NK; i++) fill[order[i]] = i;
-    free(cur);
+    for (int a = 0; a < NK; a++) pos[a] = start[ids[a]]++; /* start[e] becomes the end of e's group */
+    for (int e = E; e > 0; e--) start[e] = start[e - 1];   /* back to the starts */
+    start[0] = 0;
+    for (int a = 0; a < NK; a++) order[pos[a]] = a;
 }
 
 typedef struct {
@@ -120,7 +117,8 @@ static moe_dims dims_of(const mx_tmodel *m) {
 /* xg[i] = x[order[i] / k]: the rows of every assignment, grouped by expert. */
 static void gather(float *xg, const float *x, const int *order, int NK, int K, int C) {
 #pragma omp parallel for
-    for (int i = 0; i < NK; i++) memcpy(xg + (size_t)i * C, x + (size_t)(order[i] / K) * C, sizeof(float) * C);
+    for (int i = 0; i < NK; i++)
+        memcpy(xg + (size_t)i * C, x + (size_t)(order[i] / K) * C, sizeof(float) * C);
 }
 
 void mx_moe_tr_fwd(mx_tmodel *m, int l) {
@@ -210,8 +208,7 @@ static void router_prob_grad(const mx_tmodel *m, int l, const float *dw, float *
         for (int e = 0; e < d.E; e++) dr[e] = (float)(a->aux_scale * d.E * a->f[e] / R);
         double sum = 0, dot = 0; /* w_j = p_j / S: dp_i = (dw_i - Σ_j dw_j w_j) / S */
         for (int j = 0; j < d.K; j++) sum += p[(size_t)n * d.E + id[j]], dot += (double)dwn[j] * wn[j];
-        for (int j = 0; j < d.K; j++)
-            dr[id[j]] += norm ? (float)((dwn[j] - dot) / sum) : dwn[j];
+        for (int j = 0; j < d.K; j++) dr[id[j]] += norm ? (float)((dwn[j] - dot) / sum) : dwn[j];
     }
 }
 
@@ -245,8 +242,8 @@ void mx_moe_tr_bwd(mx_tmodel *m, int l) {
         mx_tr_swiglu_bwd(a->dg + rf, a->du + rf, a->da + rf, g + rf, u + rf, (long)n * d.F);
         mx_tr_matmul_bwd(a->dxg + rc, L->gate_exps->g + wf, NULL, a->dg + rf, a->xg + rc,
                          L->gate_exps->w + wf, n, d.C, d.F, false);
-        mx_tr_matmul_bwd(a->dxg + rc, L->up_exps->g + wf, NULL, a->du + rf, a->xg + rc, L->up_exps->w + wf,
-                         n, d.C, d.F, true);
+        mx_tr_matmul_bwd(a->dxg + rc, L->up_exps->g + wf, NULL, a->du + rf, a->xg + rc, L->up_exps->w + wf, n,
+                         d.C, d.F, true);
     }
 #pragma omp parallel for
     for (int t = 0; t < d.N; t++) { /* dln[t] = Σ_j dxg[pos(t, j)] */

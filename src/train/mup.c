@@ -37,7 +37,8 @@ void mx_mup_setup(mx_tmodel *m) {
     m->logit_scale = 1.0f / w;
     for (int i = 0; i < m->n_params; i++) {
         pclass c = classify(&m->params[i]);
-        m->params[i].lr_mult = mup && (c == PC_HIDDEN || c == PC_QUERY || c == PC_FIXED_OUT) ? 1.0f / w : 1.0f;
+        m->params[i].lr_mult =
+            mup && (c == PC_HIDDEN || c == PC_QUERY || c == PC_FIXED_OUT) ? 1.0f / w : 1.0f;
     }
 }
 

@@ -13,7 +13,8 @@ float mx_lr_at(const mx_train_config *cfg, int step);
 double mx_grad_norm(const mx_tmodel *m);
 /* Scales every gradient by min(1, max_norm / (norm + 1e-6)) when max_norm > 0; returns the factor. */
 float mx_clip_grads(mx_tmodel *m, double norm, float max_norm);
-/* One AdamW update of every parameter at learning rate lr; t is the 1-based step count (bias correction). */
+/* One AdamW update of every parameter at learning rate lr (times the parameter's lr_mult: muP's per-tensor
+ * rates, mup.h); t is the 1-based step count (bias correction). */
 void mx_adamw_step(mx_tmodel *m, float lr, int t);
 /* The same update of the flat parameter elements [lo, hi) alone (m->w + off, m->g + off), with their moments
  * in mom/var (mom[0] is element lo): a ZeRO-1 rank's slice (dp.h). mx_adamw_step is (0, n_floats, m->m,

@@ -221,7 +221,7 @@ def test_prompt_longer_than_context(binary, model):
 def test_bad_flag_values(binary, model):
     expect_error(binary, ["run", "-m", model, "-p", "hi", "--temp", "hot"], "--temp expects a number", code=2)
     expect_error(binary, ["run", "-m", model, "-p", "hi", "-t", "0"], "-t expects an integer", code=2)
-    expect_error(binary, ["run", "-m", model], "give exactly one of -p PROMPT or -f FILE", code=2)
+    expect_error(binary, ["run", "-m", model], "give exactly one of -p PROMPT, -f FILE or --ids", code=2)
     expect_error(binary, ["run", "-m", model, "-f", "/nonexistent/prompt.txt"], "/nonexistent/prompt.txt")
     expect_error(binary, ["perplexity", "-m", model], "-f FILE is required", code=2)
 

@@ -1,7 +1,8 @@
 """`mixatt train` end to end: gradients and AdamW steps against PyTorch, resume, and bad input.
 
 The references are tests/fixtures/train/ (scripts/fixtures_train.py): tiny GPT-2 (tied embeddings, learned
-positions), Llama (GQA) and Mistral (MQA, sliding window) models from Hugging Face transformers, a fixed batch
+positions), Llama (GQA), Mistral (MQA, sliding window) and Mixtral (top-2 of 4 experts, with the router's
+load-balancing loss as transformers computes it) models from Hugging Face transformers, a fixed batch
 as a token shard and PyTorch's gradients and 10 AdamW losses in float64. mixatt runs with the fixture's
 weights (init) and shard (train_data); the hidden --dump-grads FILE writes the first step's gradients.
 Gradients: ||mixatt - torch|| <= 1e-4 ||torch|| per tensor, plus 1e-8 of the whole gradient's norm for
@@ -18,7 +19,7 @@ from safetensors.numpy import load_file
 from conftest import FIXTURES, ROOT, run
 
 TRAIN = os.path.join(FIXTURES, "train")
-CASES = ["gpt2", "llama", "mistral"]
+CASES = ["gpt2", "llama", "mistral", "mixtral"]
 
 
 def fixture_args(case):

@@ -128,6 +128,20 @@ def test_run_directory_with_ids(mixatt, model, tmp_path):
     assert r.returncode != 0 and "not a token id" in r.stderr
     r = run(mixatt, "run", "-m", out, "--tokenizer", model, "-p", "hello", "-n", "2")
     assert r.returncode != 0 and "49152 tokens" in r.stderr
+    from safetensors.numpy import save_file
+    save_file({"w": np.zeros(4, np.float32)}, str(tmp_path / "other.safetensors"))
+    r = run(mixatt, "run", "-m", tmp_path / "other.safetensors", "--ids", "1", "-n", "1")
+    assert r.returncode != 0 and "not a mixatt training checkpoint" in r.stderr
+
+
+def test_run_with_a_gguf_tokenizer(mixatt, model, tmp_path):
+    """A model trained on SmolLM2-tokenized ids (vocab 49152) runs from text with --tokenizer."""
+    out = train(mixatt, tmp_path, "llama_shared_kv", vocab=49152, steps=1)
+    r = run(mixatt, "run", "-m", out, "--tokenizer", model, "-p", "The capital of France is", "-n", "4",
+            "--print-ids")
+    assert r.returncode == 0, r.stderr
+    ids = r.stderr.split("ids:")[1].split("\n")[0].split()
+    assert len(ids) == 5 + 4, r.stderr  # 5 prompt tokens (SmolLM2's tokenizer), 4 generated
 
 
 def test_bad_block_configs(mixatt, tmp_path):

@@ -270,13 +270,14 @@ Test(train_grad, rope) {
 /* ---- attention ---- */
 
 typedef struct {
-    int B, T, H, G, D, W;
+    int B, T, H, G, Dk, Dv, W;
+    double scale; /* of the scores */
     double *q, *k, *v, *r, *out, *lse;
 } att_ctx;
 
 static double att_loss(void *p) {
     att_ctx *c = p;
-    int group = c->H / c->G;
+    int group = c->H / c->G, Dk = c->Dk, Dv = c->Dv;
     double s = 0, sc[64];
     for (int b = 0; b < c->B; b++)
         for (int t = 0; t < c->T; t++)
@@ -285,54 +286,77 @@ static double att_loss(void *p) {
                 size_t row = ((size_t)b * c->T + t) * c->H + h;
                 double mx = -INFINITY, sum = 0;
                 for (int j = lo; j <= t; j++) {
-                    const double *kr = c->k + (((size_t)b * c->T + j) * c->G + g) * c->D;
-                    sc[j] = dot_r(c->q + row * c->D, kr, c->D) / sqrt((double)c->D);
+                    const double *kr = c->k + (((size_t)b * c->T + j) * c->G + g) * Dk;
+                    sc[j] = dot_r(c->q + row * Dk, kr, Dk) * c->scale;
                     mx = sc[j] > mx ? sc[j] : mx;
                 }
                 for (int j = lo; j <= t; j++) sum += exp(sc[j] - mx);
                 c->lse[row] = mx + log(sum);
-                for (int i = 0; i < c->D; i++) {
+                for (int i = 0; i < Dv; i++) {
                     double o = 0;
                     for (int j = lo; j <= t; j++)
-                        o += exp(sc[j] - mx) / sum * c->v[(((size_t)b * c->T + j) * c->G + g) * c->D + i];
-                    c->out[row * c->D + i] = o;
-                    s += c->r[row * c->D + i] * o;
+                        o += exp(sc[j] - mx) / sum * c->v[(((size_t)b * c->T + j) * c->G + g) * Dv + i];
+                    c->out[row * Dv + i] = o;
+                    s += c->r[row * Dv + i] * o;
                 }
             }
     return s;
 }
 
-static void check_attention(int H, int G, int W) {
-    seed(7 + H * 10 + G + W * 100);
-    int B = 2, T = 9, D = 8;
-    long nq = (long)B * T * H * D, nkv = (long)B * T * G * D;
-    float *q = randn(nq, 1), *k = randn(nkv, 1), *v = randn(nkv, 1), *r = randn(nq, 1);
-    float *out = malloc(4 * nq), *lse = malloc(4 * B * T * H), *dq = malloc(4 * nq);
-    float *dk = calloc(nkv, 4), *dv = calloc(nkv, 4);
-    mx_tr_attention_fwd(out, lse, q, k, v, B, T, H, G, D, W);
-    mx_tr_attention_bwd(dq, dk, dv, r, q, k, v, out, lse, B, T, H, G, D, W);
+/* Dk == Dv == 8 with scale 0 runs the standard entry points (scale 1/sqrt(8)); otherwise the general form
+ * (MLA's key and value widths, muP's 1/Dk). */
+static void check_attention_shape(int H, int G, int W, int Dk, int Dv, double scale) {
+    seed(7 + H * 10 + G + W * 100 + Dk * 1000);
+    int B = 2, T = 9;
+    long nq = (long)B * T * H * Dk, nk = (long)B * T * G * Dk, nv = (long)B * T * G * Dv,
+         no = (long)B * T * H * Dv;
+    float *q = randn(nq, 1), *k = randn(nk, 1), *v = randn(nv, 1), *r = randn(no, 1);
+    float *out = malloc(4 * no), *lse = malloc(4 * B * T * H), *dq = malloc(4 * nq);
+    float *dk = calloc(nk, 4), *dv = calloc(nv, 4);
+    if (scale == 0) {
+        mx_tr_attention_fwd(out, lse, q, k, v, B, T, H, G, Dk, W);
+        mx_tr_attention_bwd(dq, dk, dv, r, q, k, v, out, lse, B, T, H, G, Dk, W);
+        scale = 1 / sqrt((double)Dk);
+    } else {
+        mx_tr_attn_shape sh = {B, T, H, G, Dk, Dv, W, (float)scale};
+        mx_tr_attn_fwd(&sh, out, lse, q, k, v);
+        mx_tr_attn_bwd(&sh, dq, dk, dv, r, q, k, v, out, lse);
+    }
     att_ctx c = {B,
                  T,
                  H,
                  G,
-                 D,
+                 Dk,
+                 Dv,
                  W,
+                 scale,
                  widen(q, nq),
-                 widen(k, nkv),
-                 widen(v, nkv),
-                 widen(r, nq),
-                 malloc(8 * nq),
+                 widen(k, nk),
+                 widen(v, nv),
+                 widen(r, no),
+                 malloc(8 * no),
                  malloc(8 * B * T * H)};
+    c.scale = (float)c.scale; /* the kernel's fp32 scale */
     att_loss(&c);
-    cr_expect(rel_err(out, c.out, nq) < 1e-6, "forward output");
+    cr_expect(rel_err(out, c.out, no) < 1e-6, "forward output");
     cr_expect(rel_err(lse, c.lse, (long)B * T * H) < 1e-6, "forward lse");
     CHECK("dq", dq, fd_grad(att_loss, &c, c.q, nq), nq);
-    CHECK("dk", dk, fd_grad(att_loss, &c, c.k, nkv), nkv);
-    CHECK("dv", dv, fd_grad(att_loss, &c, c.v, nkv), nkv);
+    CHECK("dk", dk, fd_grad(att_loss, &c, c.k, nk), nk);
+    CHECK("dv", dv, fd_grad(att_loss, &c, c.v, nv), nv);
     free(q), free(k), free(v), free(r), free(out), free(lse), free(dq), free(dk), free(dv);
     free(c.q), free(c.k), free(c.v), free(c.r), free(c.out), free(c.lse);
 }
 
+static void check_attention(int H, int G, int W) {
+    check_attention_shape(H, G, W, 8, 8, 0);
+}
+
+Test(train_grad, attention_keys_wider_than_values) {
+    check_attention_shape(3, 3, 0, 10, 6, 1 / sqrt(10.0));
+}
+Test(train_grad, attention_mup_scale_gqa_window) {
+    check_attention_shape(4, 2, 4, 8, 8, 1 / 8.0);
+}
 Test(train_grad, attention_mha) {
     check_attention(4, 4, 0);
 }
@@ -467,8 +491,8 @@ static void check_direction(mx_tmodel *m, mx_param *p, const float *dir, const c
 }
 
 /* A small model's config (2 x 8 tokens, vocab 16, width 16, 4 heads). */
-static mx_train_config small_config(const char *arch, int n_layer, int n_kv_head, const char *plan, int window,
-                                    bool tied) {
+static mx_train_config small_config(const char *arch, int n_layer, int n_kv_head, const char *plan,
+                                    int window, bool tied) {
     mx_train_config c;
     mx_train_config_defaults(&c);
     c.arch = !strcmp(arch, "gpt2") ? MX_TARCH_GPT2 : MX_TARCH_LLAMA;
@@ -656,13 +680,10 @@ Test(train_grad, mup_rules) {
         const char *name;
         float lr_mult, std; /* std < 0: not checked (a vector) */
     } want[] = {
-        {"token_embd.weight", 1.0f, 0.02f},
-        {"blk.0.attn_q.weight", 0.25f, 0.0f},
-        {"blk.0.attn_k.weight", 0.25f, 0.01f},
-        {"blk.1.ffn_up.weight", 0.25f, 0.01f},
+        {"token_embd.weight", 1.0f, 0.02f},       {"blk.0.attn_q.weight", 0.25f, 0.0f},
+        {"blk.0.attn_k.weight", 0.25f, 0.01f},    {"blk.1.ffn_up.weight", 0.25f, 0.01f},
         {"blk.1.ffn_down.weight", 0.25f, 0.005f}, /* / sqrt(2 n_layer) */
-        {"blk.0.attn_norm.weight", 1.0f, -1.0f},
-        {"output.weight", 1.0f, 0.0f},
+        {"blk.0.attn_norm.weight", 1.0f, -1.0f},  {"output.weight", 1.0f, 0.0f},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         mx_param *p = mx_tmodel_find(m, want[i].name);

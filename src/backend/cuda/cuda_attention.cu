@@ -28,6 +28,7 @@ struct AttnP {
     float scale, scale_log2;
     long long q_stride, k_stride, v_stride, o_stride;
     int chunk, n_split; /* decode */
+    int pf;             /* k_decode2: L2 prefetch distance in loop iterations (0: none; MX_CUDA_DEC_PF) */
 };
 
 __device__ __forceinline__ void row_range(const AttnP &p, int qpos, int &lo, int &hi) {
@@ -448,14 +449,43 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
               float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, int *__restrict__ cnt,
               const int *__restrict__ dyn) {
     pdl_trigger();
-    pdl_wait(); /* q and the KV row just written come from the previous kernel */
+    /* the positions come from the dynamic table, uploaded before the graph starts: read before the wait */
     if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
-    constexpr int LPK = D / 8, KPL = 32 / LPK, KPI = KPL * U;
+    constexpr int LPK = D / 8, KPL = 32 / LPK, KPI = KPL * U, STEP = KPI * DEC2_WARPS;
     __shared__ float m_s[DEC2_WARPS][RM], l_s[DEC2_WARPS][RM];
     __shared__ __align__(16) float o_s[DEC2_WARPS][RM][D];
+    __shared__ __align__(16) float4 red4[DEC2_THREADS];
+    __shared__ float mr_s[RM], lr_s[RM];
     __shared__ int last_s;
     const int kvh = blockIdx.y, split = blockIdx.x, group = p.H / p.G, R = group * p.n_q;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / LPK, ch = lane % LPK;
+    int lo_all, hi_all, tmp;
+    row_range(p, p.q_pos0, lo_all, tmp);
+    row_range(p, p.q_pos0 + p.n_q - 1, tmp, hi_all);
+    /* splits past the span (static split sized by n_slots, short contexts) have no keys: they leave at once and
+     * the merge counts only the n_act others; with one, it writes the output itself (no partials, no merge).
+     * Split 0 always has keys and waits on the previous kernel, so this kernel never completes before it. */
+    const int n_act = max(1, min(p.n_split, (hi_all - lo_all + 1 + p.chunk - 1) / p.chunk));
+    if (split >= n_act) return;
+    const int beg = lo_all + split * p.chunk, end = min(hi_all, beg + p.chunk - 1);
+    const size_t head_off = (size_t)kvh * D + ch * 8;
+    /* L2 prefetch of this warp's key/value rows (one lane per 128-byte line) for iteration `t0` */
+    auto prefetch_iter = [&](int t0) {
+        if ((ch & 7) != 0) return;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int pos = t0 + u * KPL + sub;
+            if (pos > end) break;
+            size_t slot = (size_t)(pos % p.n_slots);
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(K + slot * p.k_stride + head_off));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(V + slot * p.v_stride + head_off));
+        }
+    };
+    /* before the wait: the first two iterations' rows (older keys do not depend on the previous kernel; the row it
+     * writes is the point of coherence's anyway, L2) */
+    prefetch_iter(beg + warp * KPI);
+    prefetch_iter(beg + warp * KPI + STEP);
+    pdl_wait(); /* q and the KV row just written come from the previous kernel */
 
     float qr[RM][8];
 #pragma unroll
@@ -469,14 +499,6 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             for (int i = 0; i < 8; i++) qr[r][i] = src[i] * p.scale_log2;
         }
     }
-    int lo_all, hi_all, tmp;
-    row_range(p, p.q_pos0, lo_all, tmp);
-    row_range(p, p.q_pos0 + p.n_q - 1, tmp, hi_all);
-    /* splits past the span (static split sized by n_slots, short contexts) have no keys: they leave at once and
-     * the merge counts only the n_act others; with one, it writes the output itself (no partials, no merge) */
-    const int n_act = max(1, min(p.n_split, (hi_all - lo_all + 1 + p.chunk - 1) / p.chunk));
-    if (split >= n_act) return;
-    const int beg = lo_all + split * p.chunk, end = min(hi_all, beg + p.chunk - 1);
 
     float m_r[RM], l_r[RM], acc[RM][8];
 #pragma unroll
@@ -485,8 +507,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[r][i] = 0.0f;
     }
-    const size_t head_off = (size_t)kvh * D + ch * 8;
-    for (int t0 = beg + warp * KPI; t0 <= end; t0 += KPI * DEC2_WARPS) {
+    for (int t0 = beg + warp * KPI; t0 <= end; t0 += STEP) {
+        if (p.pf) prefetch_iter(t0 + p.pf * STEP); /* p.pf iterations ahead */
         uint4 kq[U], vq[U];
         int pos_u[U];
 #pragma unroll
@@ -572,7 +594,9 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
         }
     }
     __syncthreads();
+    /* partials of split s (n_act > 1): o at part[(s * rows + row) * D + d], (m, l) at ml[(s * rows + row) * 2] */
     const size_t rows = (size_t)p.n_q * p.H;
+    float *ml = part + (size_t)p.n_split * rows * D;
     for (int i = threadIdx.x; i < R * D; i += DEC2_THREADS) {
         int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
         float M = -INFINITY;
@@ -590,9 +614,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
             if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
         } else {
-            float *po = part + ((size_t)split * rows + row) * (D + 2);
-            po[2 + d] = O;
-            if (d == 0) po[0] = M, po[1] = L;
+            part[((size_t)split * rows + row) * D + d] = O;
+            if (d == 0) ml[((size_t)split * rows + row) * 2] = M, ml[((size_t)split * rows + row) * 2 + 1] = L;
         }
     }
     if (n_act == 1) return;
@@ -606,20 +629,61 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
     __syncthreads();
     if (!last_s) return;
     __threadfence();
-    for (int i = threadIdx.x; i < R * D; i += DEC2_THREADS) {
-        int r = i / D, d = i % D, t = r / group, hh = kvh * group + r % group;
-        size_t row = (size_t)t * p.H + hh;
+    /* the merge of the n_act splits, in parallel: (1) every split's (m, l) of the R rows into shared memory (o_s,
+     * free now: launch_decode2 keeps 2 * n_split * R <= DEC2_WARPS * RM * D); (2) warp r: the row's max M and sum L,
+     * each split's weight exp2(m - M) / L in place of its m; (3) R * D / 4 float4 columns x KG groups of splits,
+     * the splits' loads independent; (4) the groups' sums -> out */
+    float *mw = &o_s[0][0][0], *lw = mw + n_act * R;
+    for (int i = threadIdx.x; i < n_act * R; i += DEC2_THREADS) {
+        int sp = i / R, r = i % R;
+        size_t row = (size_t)(r / group) * p.H + kvh * group + r % group;
+        const float2 v = __ldcg((const float2 *)(ml + ((size_t)sp * rows + row) * 2));
+        mw[i] = v.x, lw[i] = v.y;
+    }
+    __syncthreads();
+    if (warp < R) {
+        const int r = warp;
         float M = -INFINITY;
-        for (int sp = 0; sp < n_act; sp++) M = fmaxf(M, __ldcg(part + ((size_t)sp * rows + row) * (D + 2)));
-        float mu = M == -INFINITY ? 0.0f : M, L = 0.0f, O = 0.0f;
-        for (int sp = 0; sp < n_act; sp++) {
-            const float *ps = part + ((size_t)sp * rows + row) * (D + 2);
-            float f = exp2f(__ldcg(ps) - mu);
-            L += f * __ldcg(ps + 1);
-            O += f * __ldcg(ps + 2 + d);
+        for (int sp = lane; sp < n_act; sp += 32) M = fmaxf(M, mw[sp * R + r]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float mu = M == -INFINITY ? 0.0f : M;
+        float L = 0.0f;
+        for (int sp = lane; sp < n_act; sp += 32) L += exp2f(mw[sp * R + r] - mu) * lw[sp * R + r];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        __syncwarp();
+        for (int sp = lane; sp < n_act; sp += 32) mw[sp * R + r] = exp2f(mw[sp * R + r] - mu) * inv;
+        if (lane == 0) mr_s[r] = M, lr_s[r] = L;
+    }
+    __syncthreads();
+    const int n_col = R * D / 4, KG = max(1, DEC2_THREADS / n_col);
+    const int col = threadIdx.x % n_col, kg = threadIdx.x / n_col;
+    if (kg < KG) {
+        const int r = col / (D / 4), d4 = col % (D / 4);
+        const size_t row = (size_t)(r / group) * p.H + kvh * group + r % group;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int sp = kg; sp < n_act; sp += KG) {
+            const float4 o = __ldcg((const float4 *)(part + ((size_t)sp * rows + row) * D) + d4);
+            const float f = mw[sp * R + r];
+            a.x = fmaf(f, o.x, a.x), a.y = fmaf(f, o.y, a.y), a.z = fmaf(f, o.z, a.z), a.w = fmaf(f, o.w, a.w);
         }
-        out[(size_t)t * p.o_stride + (size_t)hh * D + d] = L > 0.0f ? O / L : 0.0f;
-        if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
+        red4[threadIdx.x] = a;
+    }
+    __syncthreads();
+    if (threadIdx.x < n_col) {
+        const int r = col / (D / 4), d4 = col % (D / 4), t = r / group, hh = kvh * group + r % group;
+        float4 a = red4[threadIdx.x];
+        for (int g = 1; g < KG; g++) {
+            const float4 b = red4[threadIdx.x + g * n_col];
+            a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+        }
+        float *o = out + (size_t)t * p.o_stride + (size_t)hh * D + 4 * d4; /* out: 4-byte alignment only */
+        o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
+        const float M = mr_s[r], L = lr_s[r];
+        if (lse && d4 == 0) lse[(size_t)t * p.H + hh] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
     }
 }
 
@@ -629,6 +693,7 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
     constexpr int U = 4, KPI = (32 / (D / 8)) * U * DEC2_WARPS; /* keys per block iteration */
     int per_sm = RM <= 4 ? 2 : 1;
     int max_split = (per_sm * c->n_sm + p.G - 1) / p.G;
+    if (max_split > 4 * D) max_split = 4 * D; /* the merge's (m, l) of n_split x R rows fit in o_s */
     int n_split = (span + 255) / 256;
     if (n_split > max_split) n_split = max_split;
     if (n_split < 1) n_split = 1;
@@ -637,6 +702,13 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
     n_split = (span + chunk - 1) / chunk;
     if (n_split < 1) n_split = 1;
     p.chunk = chunk, p.n_split = n_split;
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("MX_CUDA_DEC_PF");
+        pf = e && *e ? atoi(e) : 2;
+        if (pf < 0 || pf > 8) pf = 0;
+    }
+    p.pf = pf;
     float *part = NULL;
     if (n_split > 1) {
         size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
@@ -773,7 +845,7 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
     p.scale = sp->scale, p.scale_log2 = sp->scale * LOG2E;
     p.q_stride = (long long)sp->q_stride, p.k_stride = (long long)sp->k_stride;
     p.v_stride = (long long)sp->v_stride, p.o_stride = (long long)sp->o_stride;
-    p.chunk = 0, p.n_split = 1;
+    p.chunk = 0, p.n_split = 1, p.pf = 0;
     const bf16 *k = (const bf16 *)kv_k, *v = (const bf16 *)kv_v;
     const int D = p.D, group = p.H / p.G;
     bool fast_shape = (D == 64 || D == 128) && p.Dv == D && p.k_stride % 8 == 0 && p.v_stride % 8 == 0 &&

@@ -442,6 +442,7 @@ struct FusedP {
     int n_pairs;
     int xs_floats; /* the input row's floats in shared memory (n_in rounded up to 4) */
     int stage;     /* bytes of shared memory per warp for its two weight rows (0: read them from global) */
+    int dbuf;      /* FM_PLAIN/FM_ADD with a capped grid: each warp has two such buffers (the next pair's rows) */
     int nw_stage;  /* the norm weights are copied to shared memory (after xs) before the wait */
 };
 
@@ -544,7 +545,7 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
             ba = bb = s.row_bytes, ta = tb = s.type;
         }
         if (p.stage) {
-            uint8_t *ws = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage;
+            uint8_t *ws = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
             ra = stage_row(ws, ra, ba, lane);
             if (rb) rb = stage_row(ws + p.stage / 2, rb, bb, lane);
             asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -610,22 +611,59 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     __syncthreads();
     if (!active) return;
     if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
+        /* pairs pr, pr + stride, ...: one pass unless the launch capped the grid (large n_out, the LM head); then
+         * the next pair's rows are staged in the warp's other buffer (dbuf) or prefetched into L2 while this pair
+         * is computed */
         const FusedSeg &s = p.s[0];
-        int r0 = 2 * pr, r1 = r0 + 1;
-        float a, b;
-        dot2(ta, ra, rb, xs, n, lane, a, b);
-        if (lane == 0) {
-            s.y[r0] = a;
-            if (p.mode == FM_ADD) p.res[r0] = res_a + a;
-        } else if (lane == 1 && rb) {
-            s.y[r1] = b;
-            if (p.mode == FM_ADD) p.res[r1] = res_b + b;
+        const int stride = gridDim.x * FUSED_WARPS;
+        uint8_t *wbase = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
+        int buf = 0;
+        for (int cur = pr; cur < p.n_pairs; cur += stride) {
+            const int nx = cur + stride;
+            const uint8_t *na = NULL, *nb = NULL;
+            if (nx < p.n_pairs) {
+                na = s.W + (size_t)(2 * nx) * s.row_bytes;
+                nb = 2 * nx + 1 < s.n_out ? na + s.row_bytes : NULL;
+                if (p.stage && p.dbuf) {
+                    uint8_t *ws = wbase + (size_t)(buf ^ 1) * p.stage;
+                    na = stage_row(ws, na, s.row_bytes, lane);
+                    if (nb) nb = stage_row(ws + p.stage / 2, nb, s.row_bytes, lane);
+                    asm volatile("cp.async.commit_group;\n" ::: "memory");
+                    asm volatile("cp.async.wait_group 1;\n" ::: "memory"); /* this pair's rows have landed */
+                } else {
+                    prefetch_row(na, s.row_bytes, lane);
+                    if (nb) prefetch_row(nb, s.row_bytes, lane);
+                }
+            } else if (p.stage && p.dbuf) {
+                asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+            }
+            __syncwarp(); /* every lane's copies into this pair's buffer are visible to the warp */
+            const int r0 = 2 * cur, r1 = r0 + 1;
+            if (cur != pr && p.mode == FM_ADD) {
+                if (lane == 0) res_a = p.res[r0];
+                if (lane == 1 && rb) res_b = p.res[r1];
+            }
+            float a, b;
+            dot2(ta, ra, rb, xs, n, lane, a, b);
+            if (lane == 0) {
+                s.y[r0] = a;
+                if (p.mode == FM_ADD) p.res[r0] = res_a + a;
+            } else if (lane == 1 && rb) {
+                s.y[r1] = b;
+                if (p.mode == FM_ADD) p.res[r1] = res_b + b;
+            }
+            __syncwarp(); /* the warp is done with this buffer before the next pass stages into it */
+            ra = na, rb = nb, buf ^= 1;
         }
     } else if (p.mode == FM_SWIGLU) {
         const FusedSeg &g = p.s[0], &u = p.s[1];
         float a, b, tmp;
-        dot2(ta, ra, NULL, xs, n, lane, a, tmp);
-        dot2(tb, rb, NULL, xs, n, lane, b, tmp);
+        if (ta == tb) { /* one pass over the input for both rows (the usual case) */
+            dot2(ta, ra, rb, xs, n, lane, a, b);
+        } else {
+            dot2(ta, ra, NULL, xs, n, lane, a, tmp);
+            dot2(tb, rb, NULL, xs, n, lane, b, tmp);
+        }
         if (lane == 0) {
             u.y[pr] = b;
             g.y[pr] = a / (1.0f + expf(-a)) * b;
@@ -703,6 +741,7 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
     if (skip[kind]) return;
     unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
     p.xs_floats = (p.n_in + 3) & ~3;
+    p.dbuf = 0;
     size_t rb = 0;
     for (int i = 0; i < 3; i++)
         if (p.s[i].W && p.s[i].row_bytes > rb) rb = p.s[i].row_bytes;
@@ -715,6 +754,27 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
     if (stage_on && smem + FUSED_WARPS * 2 * per_row <= 48 * 1024) {
         p.stage = (int)(2 * per_row);
         smem += FUSED_WARPS * 2 * per_row;
+    }
+    /* FM_PLAIN/FM_ADD with more blocks than fit on the GPU at once (the LM head: 3072 blocks of 8 warps): one
+     * resident wave that loops over the pairs, the next pair's rows in flight while one is computed, instead of
+     * waves of short blocks each waiting on its own rows */
+    if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
+        size_t smem2 = smem + (p.stage ? (size_t)FUSED_WARPS * p.stage : 0);
+        if (p.stage && smem2 <= 48 * 1024) p.dbuf = 1;
+        size_t sm = p.dbuf ? smem2 : smem;
+        static size_t occ_smem = (size_t)-1;
+        static int occ = 0;
+        if (sm != occ_smem) {
+            CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_fused, FUSED_WARPS * 32, sm));
+            occ_smem = sm;
+        }
+        unsigned cap = (unsigned)(occ > 0 ? occ : 1) * (unsigned)c->n_sm;
+        if (grid > cap) {
+            grid = cap;
+            smem = sm;
+        } else {
+            p.dbuf = 0;
+        }
     }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
