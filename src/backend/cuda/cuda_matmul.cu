@@ -418,7 +418,10 @@ void mx_cuda_matmul_cache_free(mx_cuda_ctx *c) {
  *              their bf16 KV stores at slot pos % n_slots (as k_kv_write).
  * Launched with programmatic dependent launch (PDL, MX_CUDA_PDL=0 turns it off): before waiting on the previous
  * kernel, each warp copies its two weight rows into shared memory with cp.async (MX_CUDA_WSTAGE=0: only prefetches
- * them into L2), so the weight reads overlap the previous kernel and the launch instead of following them. */
+ * them into L2), so the weight reads overlap the previous kernel and the launch instead of following them.
+ * k_fused<true> (FM_PLAIN/FM_ADD whose grid would exceed one resident wave, the LM head): the grid is capped at
+ * occupancy x SMs and each warp loops over pairs pr, pr + stride, ..., staging the next pair's rows into its second
+ * buffer (dbuf) while computing one; k_fused<false> is the one-pass kernel of every other decode GEMV. */
 enum { FM_PLAIN, FM_ADD, FM_SWIGLU, FM_QKV };
 enum { FUSED_WARPS = 8 };
 
@@ -506,6 +509,7 @@ __device__ __forceinline__ void prefetch_row(const uint8_t *src, size_t n, int l
         asm volatile("prefetch.global.L2 [%0];" ::"l"(l));
 }
 
+template <bool LOOP>
 __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[32];
@@ -615,13 +619,13 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
          * the next pair's rows are staged in the warp's other buffer (dbuf) or prefetched into L2 while this pair
          * is computed */
         const FusedSeg &s = p.s[0];
-        const int stride = gridDim.x * FUSED_WARPS;
+        const int stride = LOOP ? gridDim.x * FUSED_WARPS : p.n_pairs;
         uint8_t *wbase = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
         int buf = 0;
         for (int cur = pr; cur < p.n_pairs; cur += stride) {
             const int nx = cur + stride;
             const uint8_t *na = NULL, *nb = NULL;
-            if (nx < p.n_pairs) {
+            if (LOOP && nx < p.n_pairs) {
                 na = s.W + (size_t)(2 * nx) * s.row_bytes;
                 nb = 2 * nx + 1 < s.n_out ? na + s.row_bytes : NULL;
                 if (p.stage && p.dbuf) {
@@ -634,7 +638,7 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
                     prefetch_row(na, s.row_bytes, lane);
                     if (nb) prefetch_row(nb, s.row_bytes, lane);
                 }
-            } else if (p.stage && p.dbuf) {
+            } else if (LOOP && p.stage && p.dbuf) {
                 asm volatile("cp.async.wait_group 0;\n" ::: "memory");
             }
             __syncwarp(); /* every lane's copies into this pair's buffer are visible to the warp */
@@ -658,12 +662,8 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     } else if (p.mode == FM_SWIGLU) {
         const FusedSeg &g = p.s[0], &u = p.s[1];
         float a, b, tmp;
-        if (ta == tb) { /* one pass over the input for both rows (the usual case) */
-            dot2(ta, ra, rb, xs, n, lane, a, b);
-        } else {
-            dot2(ta, ra, NULL, xs, n, lane, a, tmp);
-            dot2(tb, rb, NULL, xs, n, lane, b, tmp);
-        }
+        dot2(ta, ra, NULL, xs, n, lane, a, tmp);
+        dot2(tb, rb, NULL, xs, n, lane, b, tmp);
         if (lane == 0) {
             u.y[pr] = b;
             g.y[pr] = a / (1.0f + expf(-a)) * b;
@@ -742,6 +742,7 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
     unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
     p.xs_floats = (p.n_in + 3) & ~3;
     p.dbuf = 0;
+    bool loop = false; /* k_fused<true>: the grid is capped, warps loop over the pairs */
     size_t rb = 0;
     for (int i = 0; i < 3; i++)
         if (p.s[i].W && p.s[i].row_bytes > rb) rb = p.s[i].row_bytes;
@@ -765,13 +766,14 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         static size_t occ_smem = (size_t)-1;
         static int occ = 0;
         if (sm != occ_smem) {
-            CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_fused, FUSED_WARPS * 32, sm));
+            CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_fused<true>, FUSED_WARPS * 32, sm));
             occ_smem = sm;
         }
         unsigned cap = (unsigned)(occ > 0 ? occ : 1) * (unsigned)c->n_sm;
         if (grid > cap) {
             grid = cap;
             smem = sm;
+            loop = true;
         } else {
             p.dbuf = 0;
         }
@@ -786,7 +788,10 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
-    CU_CHECK(cudaLaunchKernelEx(&cfg, k_fused, p));
+    if (p.dbuf || loop)
+        CU_CHECK(cudaLaunchKernelEx(&cfg, k_fused<true>, p));
+    else
+        CU_CHECK(cudaLaunchKernelEx(&cfg, k_fused<false>, p));
 }
 
 /* norm (nw != NULL): input rmsnorm(x) (written to h too); y = W · input (+ res += y when res) */
