@@ -64,6 +64,7 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--gpu")) {
         if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return -1;
         o->device = "cuda";
+        o->gpu_given = true;
         TAKE;
     } else if (!strcmp(a, "--plan")) {
         if (!val) return fprintf(stderr, "mixatt: --plan expects a plan string or preset\n"), -1;
@@ -197,11 +198,12 @@ void mx_common_help(FILE *f, bool sampling) {
 
 void mx_common_help_tp(FILE *f) {
     fprintf(
-        f, "tensor parallelism (CPU, Open MPI):\n"
+        f, "tensor parallelism (Open MPI; NCCL with --device cuda, one GPU per rank):\n"
            "  --tp N               split the model over the N ranks of `mpirun -np N mixatt ...`: attention\n"
            "                       heads, MLP rows, experts and vocabulary rows per rank, one allreduce per\n"
            "                       block; N must equal the job's ranks (docs/ARCHITECTURE.md, \"Tensor\n"
-           "                       parallelism\", says what splits how and what N a model accepts)\n");
+           "                       parallelism\", says what splits how and what N a model accepts). With\n"
+           "                       --device cuda each rank takes its host-local rank's GPU unless --gpu N\n");
 }
 
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
@@ -241,11 +243,27 @@ static int check_tp(const mx_common_opts *o, mx_err *err) {
         return mx_err_set(err, MX_ERR_ARG,
                           "--tp %d, but this job has %d ranks (mpirun -np %d): they must be equal", o->tp,
                           world, world);
-    if (o->tp > 1 && o->device && strcmp(o->device, "cpu"))
-        return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "--tp runs on the CPU backend only (the sharded forward pass gathers the logits "
-                          "in host memory); use --device cpu");
     return MX_OK;
+}
+
+static bool on_gpu(const mx_common_opts *o) {
+    return o->device && !strcmp(o->device, "cuda");
+}
+
+/* The GPU of this rank: --gpu when given; otherwise, in a job of several ranks, the rank's index among the
+ * ranks of its host (OMPI_COMM_WORLD_LOCAL_RANK, set by mpirun; the world rank when it is missing), so that
+ * `mpirun -np N mixatt ... --device cuda` puts one rank on each GPU of a host. */
+static int rank_gpu(const mx_common_opts *o, mx_err *err) {
+    if (o->gpu_given || !o->comm || o->comm->size == 1) return o->gpu;
+    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (!s || !*s) return o->comm->rank;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < 0 || v > 1023) {
+        mx_err_set(err, MX_ERR_ARG, "OMPI_COMM_WORLD_LOCAL_RANK is '%s', not a rank; pass --gpu N", s);
+        return -1;
+    }
+    return (int)v;
 }
 
 /* Loads and places the model on this rank; on failure err says why and nothing is left open. */
@@ -268,7 +286,13 @@ static int open_local(const mx_common_opts *o, mx_model **m, mx_backend **be, mx
         *m = NULL;
         return err->code;
     }
-    if (mx_backend_create(o->device, o->gpu, o->threads, be, err) || mx_model_check_backend(*m, *be, err) ||
+    int gpu = on_gpu(o) ? rank_gpu(o, err) : o->gpu;
+    if (gpu < 0) {
+        mx_model_free(*m);
+        *m = NULL;
+        return err->code;
+    }
+    if (mx_backend_create(o->device, gpu, o->threads, be, err) || mx_model_check_backend(*m, *be, err) ||
         mx_model_place(*m, *be, err)) {
         mx_backend_destroy(*be);
         mx_model_free(*m);
@@ -281,7 +305,12 @@ static int open_local(const mx_common_opts *o, mx_model **m, mx_backend **be, mx
 int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
     mx_err err = {0};
     /* every rank of the job goes on, or every rank stops with the first failing rank's message */
-    if (mx_dist_agree(o->comm, open_local(o, m, be, &err), &err)) {
+    int rc = mx_dist_agree(o->comm, open_local(o, m, be, &err), &err);
+    /* tensor parallel on the GPU: the collectives go to NCCL on the backend's stream (collective itself: every
+     * rank attaches or every rank fails with the first failing rank's message) */
+    if (!rc && o->tp > 1 && strcmp((*be)->name, "cpu") && o->comm->attach(o->comm, *be, &err))
+        rc = mx_err_wrap(&err, "--tp %d: attaching the ranks' collectives to %s", o->tp, (*be)->name);
+    if (rc) {
         mx_dist_report(o->comm, "mixatt", &err);
         mx_close_model(*m, *be);
         *m = NULL, *be = NULL;

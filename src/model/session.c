@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 
+#include "tp.h"
+
 enum { DEFAULT_UBATCH = 512 };
 
 static size_t max_sz(size_t a, size_t b) {
@@ -79,6 +81,7 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
     int rc = mx_kvcache_init(&s->kv, &m->cfg, be, n_ctx, s->ubatch, err);
     s->kv.mla_form = (mx_mla_form)m->cfg.mla_form;
     if (!rc) rc = alloc_scratch(s, err);
+    if (!rc) rc = mx_tp_session_init(s, err);
     if (rc) {
         mx_session_free(s);
         return rc;
@@ -90,7 +93,7 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
 void mx_session_free(mx_session *s) {
     if (!s) return;
     mx_kvcache_free(&s->kv);
-    float *bufs[] = {s->x, s->h, s->logits};
+    float *bufs[] = {s->x, s->h, s->logits, s->tp_send, s->tp_recv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) s->be->free(s->be, bufs[i]);
     for (int i = 0; i < MX_N_SCRATCH; i++)

@@ -29,6 +29,9 @@ typedef struct {
      * compact context. MHA layers only (run/star.c refuses the others). */
     int pos_offset;
     struct mx_star *star; /* set: MHA layers attend through mx_attention_star (phase 2) */
+    /* Tensor parallelism (tp.h): the output head's allgather buffers in backend memory, [ubatch, vocab_max]
+     * and [ranks, ubatch, vocab_max]; NULL without --tp. */
+    float *tp_send, *tp_recv;
 } mx_session;
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);

@@ -266,27 +266,55 @@ static void fail(const mx_tp *tp, const char *what) {
     tp->comm->abort(tp->comm, msg, 1);
 }
 
+int mx_tp_session_init(mx_session *s, mx_err *err) {
+    const mx_tp *tp = s->m->tp;
+    mx_backend *be = s->be;
+    if (!tp) return MX_OK;
+    if (s->m->w.output.dev && !be->row_views)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--tp: the %s backend cannot multiply by a row range of the output head", be->name);
+    size_t per = (size_t)s->ubatch * (size_t)tp->vocab_max;
+    s->tp_send = be->alloc(be, sizeof(float) * per);
+    s->tp_recv = be->alloc(be, sizeof(float) * per * (size_t)tp->size);
+    if (!s->tp_send || !s->tp_recv)
+        return mx_err_set(err, MX_ERR_NOMEM,
+                          "out of memory on %s for the tensor-parallel head's buffers (%d ranks x %d tokens x "
+                          "%d vocabulary rows)",
+                          be->name, tp->size, s->ubatch, tp->vocab_max);
+    be->fill(be, s->tp_send, per, 0.0f); /* the padding columns of a narrower rank travel as zeros */
+    return MX_OK;
+}
+
+/* This rank's vocabulary rows of the placed output head: a view (tied: of the embedding), its device copy
+ * offset like its data (backend.h: row_views). */
+static mx_tensor head_rows(const mx_session *s) {
+    const mx_tp *tp = s->m->tp;
+    mx_tensor head = s->m->w.output;
+    size_t off = mx_dtype_row_bytes(head.type, head.ne[0]) * (size_t)tp->vocab0;
+    head.data = (const char *)head.data + off;
+    head.dev = head.dev ? (char *)head.dev + off : NULL;
+    head.ne[1] = tp->n_vocab;
+    head.nbytes = mx_dtype_row_bytes(head.type, head.ne[0]) * (size_t)tp->n_vocab;
+    return head;
+}
+
 void mx_tp_logits(mx_session *s, const float *hn, int rows, float *logits) {
     const mx_tp *tp = s->m->tp;
     mx_backend *be = s->be;
-    mx_tensor head = s->m->w.output; /* this rank's vocabulary rows (a view; tied: of the embedding) */
-    row_slice(&head, tp->vocab0, tp->n_vocab);
-    be->matmul(be, &head, hn, s->logits, rows); /* (rows, n_vocab) */
+    mx_tensor head = head_rows(s);
     size_t V = (size_t)tp->vocab, W = (size_t)tp->vocab_max, per = (size_t)rows * W;
-    float *send = calloc(per, sizeof(float)), *recv = malloc(sizeof(float) * per * (size_t)tp->size);
-    if (!send || !recv) fail(tp, "out of memory gathering the logits");
-    for (int t = 0; t < rows; t++) /* (rows, W): the local rows padded to the widest rank's */
-        be->to_host(be, send + (size_t)t * W, s->logits + (size_t)t * tp->n_vocab, (size_t)tp->n_vocab);
+    if (!s->tp_send || rows > s->ubatch) fail(tp, "the session has no gather buffers for this many rows");
+    be->matmul(be, &head, hn, s->logits, rows); /* (rows, n_vocab) */
+    /* (rows, W): the local rows padded to the widest rank's */
+    be->copy3d(be, s->tp_send, s->logits, tp->n_vocab, rows, 1, W, (size_t)tp->n_vocab, 0, 0);
     mx_err err = {0};
-    if (tp->comm->allgather(tp->comm, send, recv, per, &err)) fail(tp, err.msg);
-    for (int r = 0; r < tp->size; r++) { /* rank r's block (rows, W) → columns [v0, v0 + nv) of logits */
+    if (tp->comm->allgather(tp->comm, s->tp_send, s->tp_recv, per, &err)) fail(tp, err.msg);
+    for (int r = 0; r < tp->size; r++) { /* rank r's block (rows, W) → columns [v0, v0 + nv) of (rows, V) */
         int v0, nv;
         split_range(tp->vocab, tp->size, r, 1, &v0, &nv);
-        for (int t = 0; t < rows; t++)
-            memcpy(logits + (size_t)t * V + v0, recv + per * (size_t)r + (size_t)t * W, sizeof(float) * nv);
+        be->copy3d(be, s->logits + v0, s->tp_recv + per * (size_t)r, nv, rows, 1, V, W, 0, 0);
     }
-    free(send);
-    free(recv);
+    be->to_host(be, logits, s->logits, (size_t)rows * V);
 }
 
 bool mx_tp_has_expert(const mx_session *s, int e) {

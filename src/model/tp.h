@@ -1,4 +1,5 @@
-/* tp.h: tensor parallelism for inference (`--tp N`, one rank per process under mpirun, CPU backend).
+/* tp.h: tensor parallelism for inference (`--tp N`, one rank per process under mpirun; CPU backend with Open
+ * MPI on host buffers, or CUDA backend with NCCL on device buffers, one GPU per rank).
  *
  * mx_tp_shard turns a loaded model into this rank's slice of it, after which the unchanged forward code runs
  * on local sizes (the config's n_head, n_kv_head and d_ff become this rank's counts):
@@ -53,10 +54,15 @@ int mx_tp_shard(mx_model *m, mx_comm *comm, mx_err *err);
 /* Hooks for the forward code (no-ops when m->tp is NULL). A failed collective ends the job through
  * comm->abort with the collective's message: the forward pass has no error path and the ranks cannot go on
  * apart. */
-/* x[0..n) (host memory) = Σ over ranks: after each row-parallel block output. */
+/* Allocates the session's buffers for the head's allgather (s->tp_send, s->tp_recv) in backend memory; does
+ * nothing without tensor parallelism. Called by mx_session_create. */
+int mx_tp_session_init(mx_session *s, mx_err *err);
+/* x[0..n) (backend memory: the communicator is attached to the backend) = Σ over ranks: after each
+ * row-parallel block output. */
 void mx_tp_reduce(mx_session *s, float *x, size_t n);
-/* logits (host, rows × vocab) = the output head applied to hn (rows, C), each rank computing its vocabulary
- * rows and allgathering. */
+/* logits (host, rows × vocab) = the output head applied to hn (rows, C, backend memory), each rank computing
+ * its vocabulary rows into s->logits, padding them to vocab_max columns and allgathering them in backend memory;
+ * the blocks are put back in vocabulary order on the backend and copied to the host once. */
 void mx_tp_logits(mx_session *s, const float *hn, int rows, float *logits);
 /* Whether expert e runs on this rank (always true without tensor parallelism). */
 bool mx_tp_has_expert(const mx_session *s, int e);

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# ranks_run.sh: tensor parallelism on 2 GPUs (issue #6), run on the lent machine (kind nvidia-h200-x2) in the
+# repository root with what bench/cuda/stage_ranks.sh staged in .devcarry-ranks/ (carry it):
+#   bash bench/cuda/ranks_run.sh WHAT...   each WHAT in order (default: all = check bench star)
+#     check   ranks_check.py: `mpirun -np 2 mixatt logits --tp 2 --device cuda` vs one GPU, the CPU in fp32 and
+#             transformers on the Llama, Mixtral and DeepSeek-V2 fixtures, prefill and decode
+#     bench   a random-weight Llama (ranks_model.py, shapes $SHAPES, default "3b 8b"; a shape starts only while
+#             less than $BENCH_BUDGET s, default 330, have passed) and `mixatt bench -p 4096 -n 128` on 1 GPU
+#             and under `mpirun -np 2 ... --tp 2` on 2 GPUs
+#     star    whether `--attn star` runs with --device cuda (Star prefill on 2 GPUs vs dense on 1 would follow)
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0, exported to every rank). Everything goes to $OUT/ranks.log
+# (plus ranks_check.json and bench.jsonl), which the device tool brings back.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+C=.devcarry-ranks
+M=/tmp/mxr
+OUTD=${OUT:-$M/out}
+mkdir -p "$M/lib" "$M/raw" "$M/bin" "$OUTD"
+export OUTD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 MIXATT_COMM_TIMEOUT=120
+exec > >(tee -a "$OUTD/ranks.log") 2>&1
+test -f "$C/bin.tar.gz" || { echo "ranks_run: no $C (run bench/cuda/stage_ranks.sh here and carry it)"; exit 3; }
+tar -C / -xzf "$C/ompi.tar.gz" && tar -C "$M" -xzf "$C/libs.tar.gz" && cp "$M"/libs/* "$M/lib/" &&
+    tar -C "$M/raw" -xzf "$C/bin.tar.gz" || exit 3
+# NCCL: CUDA's own, else the one PyTorch's nvidia-nccl wheel brings
+NL=/usr/local/cuda/lib64
+[ -e "$NL/libnccl.so.2" ] || NL=$(dirname "$(find /opt /usr/local /usr/lib -name 'libnccl.so.2*' 2>/dev/null | head -1)")
+LIBS=$M/lib:$NL:/usr/local/cuda/lib64
+printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/raw/mixatt "$@"\n' "$LIBS" "$M" > "$M/bin/mixatt"
+chmod +x "$M/bin/mixatt"
+MX=$M/bin/mixatt
+# mpirun with the carried libraries (python3 keeps the machine's own)
+MPIRUN="env LD_LIBRARY_PATH=$LIBS mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x MIXATT_COMM_TIMEOUT"
+export MIXATT=$MX MPIRUN
+echo "ranks_run: $(date -u +%FT%TZ) libnccl from $NL"
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+nvidia-smi topo -m 2>&1 | head -4
+
+bench_pair() { # $1 = model dir, $2 = label: 1 GPU, then 2 GPUs (--tp 2)
+    local args=(bench -m "$1" --device cuda -p 4096 -n 128 -r 3 --json)
+    echo "== $2: 1 GPU"
+    "$MX" "${args[@]}" 2> >(grep '^{' | sed "s/^/{\"model\":\"$2\",\"gpus\":1,\"r\":/; s/}\$/}}/" >> "$OUTD/bench.jsonl")
+    echo "== $2: 2 GPUs, --tp 2"
+    $MPIRUN "$MX" "${args[@]}" --tp 2 \
+        2> >(grep '^{' | sed "s/^/{\"model\":\"$2\",\"gpus\":2,\"r\":/; s/}\$/}}/" >> "$OUTD/bench.jsonl")
+    echo "== $2: 2 GPUs, --tp 2, CUDA graphs off"
+    MX_CUDA_GRAPHS=0 $MPIRUN -x MX_CUDA_GRAPHS "$MX" bench -m "$1" --device cuda -p 0 -n 128 -r 3 --tp 2 2>&1 |
+        grep -E "tg128|error|mixatt"
+}
+
+rc=0
+for WHAT in ${*:-all}; do
+case $WHAT in
+check|all)
+    echo "== check: 2 GPUs vs 1 GPU, CPU fp32, transformers"
+    PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_check.py || rc=1
+    ;;&
+bench|all)
+    for shape in ${SHAPES:-3b 8b}; do
+        if [ "$SECONDS" -gt "${BENCH_BUDGET:-330}" ]; then echo "== bench $shape: skipped (${SECONDS}s passed)"; continue; fi
+        echo "== bench $shape: generating the random-weight model (${SECONDS}s passed)"
+        PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_model.py "$M/llama-$shape" --shape "$shape" || { rc=1; continue; }
+        bench_pair "$M/llama-$shape" "llama-$shape" || rc=1
+        rm -rf "$M/llama-$shape"
+    done ;;&
+star|all)
+    echo "== star: does --attn star run on the GPU?"
+    $MPIRUN "$MX" logits -m tests/fixtures/hf/llama --ids "1 2 3 4 5 6 7 8" --attn star --device cuda \
+        -o "$M/star.f32" 2>&1 | tail -3
+    ;;
+check|bench) ;;
+*) echo "ranks_run: unknown WHAT '$WHAT'"; rc=2 ;;
+esac
+done
+echo "ranks_run: done in ${SECONDS}s, status $rc"
+exit $rc
