@@ -7,6 +7,7 @@
 #   make demo         build, fetch the model, generate an answer
 #   make bench        llama-bench-style table for the default model on this machine
 #   make fuzz         fuzz the GGUF reader with libFuzzer for FUZZ_SECONDS (default 60)
+#   make study        the attention-variant training study (scripts/study.py; about an hour on 2 cores)
 #   make fixtures     regenerate tests/fixtures from Hugging Face references (needs torch + transformers)
 
 CC       ?= gcc
@@ -47,7 +48,7 @@ CUDA_DEFS  :=
 -include cuda.mk
 PYTEST   ?= python3 -m pytest
 
-.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format
+.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format study
 all: build/mixatt
 
 build/mixatt: $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ)
@@ -103,6 +104,9 @@ fuzz:
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -o build/fuzz/fuzz_gguf \
 	    tests/fuzz/fuzz_gguf.c src/io/gguf.c src/io/dtype.c src/base/status.c
 	./build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=65536 tests/fuzz/corpus-run tests/fuzz/corpus
+
+study: build/mixatt $(MODEL)
+	python3 scripts/study.py --out study
 
 fixtures:
 	python3 scripts/make_fixtures.py

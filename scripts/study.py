@@ -31,7 +31,7 @@ BASE = {
     "arch": "llama", "d_model": 128, "n_layer": 8, "n_head": 8, "n_kv_head": 8, "d_ff": 384,
     "norm_eps": 1e-5, "rope_theta": 10000, "tied_embeddings": True, "seed": 1234, "init_std": 0.02,
     "batch": 8, "warmup": 30, "lr": 2e-3, "min_lr": 2e-4, "weight_decay": 0.1, "grad_clip": 1.0,
-    "val_batches": 8, "ckpt_every": 0, "log_every": 10,
+    "val_batches": 4, "ckpt_every": 0, "log_every": 10,
 }
 
 # Each variant: config overrides (attention kind, KV heads, plan). MA plans keep GQA's 2 KV heads.
@@ -39,7 +39,8 @@ VARIANTS = {
     "MHA": {"n_kv_head": 8},
     "GQA": {"n_kv_head": 2},
     "MQA": {"n_kv_head": 1},
-    "MLA": {"attn": "mla", "mla_kv_rank": 32, "mla_q_rank": 0, "mla_rope_dim": 8},
+    "MLA": {"attn": "mla", "mla_kv_rank": 32, "mla_q_rank": 0, "mla_rope_dim": 8, "mla_nope_dim": 16,
+            "mla_v_dim": 16},
     "MKA": {"attn": "mka"},
     "FastMKA": {"attn": "fastmka"},
     "MA": {"n_kv_head": 2, "plan": "ma"},
@@ -48,10 +49,10 @@ VARIANTS = {
 }
 
 DATASETS = {
-    # vocab 64 synthetic tokens; 256-token documents with a 32-key window so windows cannot see the pairs
-    "recall": {"vocab": 64, "seq": 256, "max_ctx": 256, "window": 32, "train_data": "synthetic:recall"},
+    # vocab 64 synthetic tokens; 128-token documents with a 16-key window, so window layers cannot see the pairs
+    "recall": {"vocab": 64, "seq": 128, "max_ctx": 128, "window": 16, "train_data": "synthetic:recall"},
     # SmolLM2's vocabulary; the window is a quarter of the sequence
-    "pydoc": {"vocab": 49152, "seq": 256, "max_ctx": 256, "window": 64},
+    "pydoc": {"vocab": 49152, "seq": 128, "max_ctx": 128, "window": 32},
 }
 
 
@@ -79,7 +80,7 @@ def pydoc_shards(out):
 
 def train(out, name, cfg, steps):
     run = os.path.join(out, name)
-    cfg = dict(cfg, steps=steps, val_every=max(steps // 10, 1))
+    cfg = dict(cfg, steps=steps, val_every=max(steps // 5, 1))
     os.makedirs(run, exist_ok=True)
     path = os.path.join(run, "config.json")
     json.dump(cfg, open(path, "w"), indent=1)
@@ -113,7 +114,7 @@ def recall_accuracy(run, cfg):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "study"))
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--only", choices=list(DATASETS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, 2 variants")
