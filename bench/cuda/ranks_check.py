@@ -38,6 +38,7 @@ def compare(ours, ref):
 
 def main():
     binary = os.environ["MIXATT"]
+    dev = os.environ.get("DEVICE", "cuda")  # cpu: a dry run of the script's logic without GPUs
     mpirun = shlex.split(os.environ["MPIRUN"])
     failed, rows = 0, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,8 +52,8 @@ def main():
                 o = {k: os.path.join(tmp, k + ".f32") for k in ("cpu", "gpu1", "gpu2", "cpu2")}
                 try:
                     cpu = logits([binary, *base, "--exact", "-o", o["cpu"], *mode], o["cpu"], len(ids))
-                    gpu1 = logits([binary, *base, "--device", "cuda", "-o", o["gpu1"], *mode], o["gpu1"], len(ids))
-                    gpu2 = logits([*mpirun, binary, *base, "--tp", "2", "--device", "cuda", "-o", o["gpu2"], *mode],
+                    gpu1 = logits([binary, *base, "--device", dev, "-o", o["gpu1"], *mode], o["gpu1"], len(ids))
+                    gpu2 = logits([*mpirun, binary, *base, "--tp", "2", "--device", dev, "-o", o["gpu2"], *mode],
                                   o["gpu2"], len(ids))
                 except RuntimeError as e:
                     print(f"FAIL {label} {e}", flush=True)

@@ -21,6 +21,8 @@ SHAPES = {
                intermediate_size=8192),
     "3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
                intermediate_size=8192),
+    "tiny": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                 intermediate_size=512),  # a dry run of bench/cuda/ranks_run.sh on the CPU
     "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                intermediate_size=14336),
 }
@@ -32,11 +34,11 @@ def main():
     ap.add_argument("--shape", choices=sorted(SHAPES), default="3b")
     a = ap.parse_args()
     t0 = time.time()
-    cfg = LlamaConfig(vocab_size=128256, max_position_embeddings=16384, rms_norm_eps=1e-5, rope_theta=500000.0,
-                      tie_word_embeddings=False, **SHAPES[a.shape])
+    cfg = LlamaConfig(vocab_size=128256 if a.shape != "tiny" else 4096, max_position_embeddings=16384,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, **SHAPES[a.shape])
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(cfg)
     model = model.to(torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())

@@ -5,7 +5,7 @@
 #     check   ranks_check.py: `mpirun -np 2 mixatt logits --tp 2 --device cuda` vs one GPU, the CPU in fp32 and
 #             transformers on the Llama, Mixtral and DeepSeek-V2 fixtures, prefill and decode
 #     bench   a random-weight Llama (ranks_model.py, shapes $SHAPES, default "3b 8b"; a shape starts only while
-#             less than $BENCH_BUDGET s, default 330, have passed) and `mixatt bench -p 4096 -n 128` on 1 GPU
+#             less than $BENCH_BUDGET s, default 250, have passed) and `mixatt bench -p 4096 -n 128` on 1 GPU
 #             and under `mpirun -np 2 ... --tp 2` on 2 GPUs
 #     star    whether `--attn star` runs with --device cuda (Star prefill on 2 GPUs vs dense on 1 would follow)
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0, exported to every rank). Everything goes to $OUT/ranks.log
@@ -17,10 +17,12 @@ C=.devcarry-ranks
 M=/tmp/mxr
 OUTD=${OUT:-$M/out}
 mkdir -p "$M/lib" "$M/raw" "$M/bin" "$OUTD"
-export OUTD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 MIXATT_COMM_TIMEOUT=120
+DEVICE=${DEVICE:-cuda} # cpu: a dry run of this script's logic on a machine without GPUs
+PP=${PP:-4096}
+export OUTD DEVICE NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 MIXATT_COMM_TIMEOUT=30
 exec > >(tee -a "$OUTD/ranks.log") 2>&1
 test -f "$C/bin.tar.gz" || { echo "ranks_run: no $C (run bench/cuda/stage_ranks.sh here and carry it)"; exit 3; }
-tar -C / -xzf "$C/ompi.tar.gz" && tar -C "$M" -xzf "$C/libs.tar.gz" && cp "$M"/libs/* "$M/lib/" &&
+{ command -v mpirun >/dev/null || tar -C / -xzf "$C/ompi.tar.gz"; } && tar -C "$M" -xzf "$C/libs.tar.gz" && cp "$M"/libs/* "$M/lib/" &&
     tar -C "$M/raw" -xzf "$C/bin.tar.gz" || exit 3
 # NCCL: CUDA's own, else the one PyTorch's nvidia-nccl wheel brings
 NL=/usr/local/cuda/lib64
@@ -30,22 +32,30 @@ printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/raw/mixatt "$@"\n' "$LIBS" "$M" > 
 chmod +x "$M/bin/mixatt"
 MX=$M/bin/mixatt
 # mpirun with the carried libraries (python3 keeps the machine's own)
-MPIRUN="env LD_LIBRARY_PATH=$LIBS mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x MIXATT_COMM_TIMEOUT"
+MPIRUN="timeout 240 env LD_LIBRARY_PATH=$LIBS mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x MIXATT_COMM_TIMEOUT"
 export MIXATT=$MX MPIRUN
 echo "ranks_run: $(date -u +%FT%TZ) libnccl from $NL"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 nvidia-smi topo -m 2>&1 | head -4
 
-bench_pair() { # $1 = model dir, $2 = label: 1 GPU, then 2 GPUs (--tp 2)
-    local args=(bench -m "$1" --device cuda -p 4096 -n 128 -r 3 --json)
+# bench's --json lines (stderr; under mpirun every rank prints them) → bench.jsonl, labelled; the rest to the log
+json_to() { # $1 = stderr file, $2 = label, $3 = GPUs
+    grep -v '^{' "$1"
+    grep '^{' "$1" | sed "s/^/{\"model\":\"$2\",\"gpus\":$3,\"r\":/; s/\$/}/" >> "$OUTD/bench.jsonl"
+}
+
+bench_pair() { # $1 = model dir, $2 = label: 1 GPU, then 2 GPUs (--tp 2), then 2 GPUs without CUDA graphs
+    local args=(bench -m "$1" --device "$DEVICE" -p "$PP" -n 128 -r 3 --json) r=0
     echo "== $2: 1 GPU"
-    "$MX" "${args[@]}" 2> >(grep '^{' | sed "s/^/{\"model\":\"$2\",\"gpus\":1,\"r\":/; s/}\$/}}/" >> "$OUTD/bench.jsonl")
+    timeout 240 "$MX" "${args[@]}" 2> "$M/err" || r=1
+    json_to "$M/err" "$2" 1
     echo "== $2: 2 GPUs, --tp 2"
-    $MPIRUN "$MX" "${args[@]}" --tp 2 \
-        2> >(grep '^{' | sed "s/^/{\"model\":\"$2\",\"gpus\":2,\"r\":/; s/}\$/}}/" >> "$OUTD/bench.jsonl")
-    echo "== $2: 2 GPUs, --tp 2, CUDA graphs off"
-    MX_CUDA_GRAPHS=0 $MPIRUN -x MX_CUDA_GRAPHS "$MX" bench -m "$1" --device cuda -p 0 -n 128 -r 3 --tp 2 2>&1 |
-        grep -E "tg128|error|mixatt"
+    $MPIRUN "$MX" "${args[@]}" --tp 2 2> "$M/err" || r=1
+    json_to "$M/err" "$2" 2
+    echo "== $2: 2 GPUs, --tp 2, decode with CUDA graphs off (MX_CUDA_GRAPHS=0)"
+    MX_CUDA_GRAPHS=0 $MPIRUN -x MX_CUDA_GRAPHS "$MX" bench -m "$1" --device "$DEVICE" -p 0 -n 128 -r 3 --tp 2 2>&1 |
+        grep -E "tg128|rror|mixatt"
+    return $r
 }
 
 rc=0
@@ -57,7 +67,7 @@ check|all)
     ;;&
 bench|all)
     for shape in ${SHAPES:-3b 8b}; do
-        if [ "$SECONDS" -gt "${BENCH_BUDGET:-330}" ]; then echo "== bench $shape: skipped (${SECONDS}s passed)"; continue; fi
+        if [ "$SECONDS" -gt "${BENCH_BUDGET:-250}" ]; then echo "== bench $shape: skipped (${SECONDS}s passed)"; continue; fi
         echo "== bench $shape: generating the random-weight model (${SECONDS}s passed)"
         PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_model.py "$M/llama-$shape" --shape "$shape" || { rc=1; continue; }
         bench_pair "$M/llama-$shape" "llama-$shape" || rc=1
@@ -65,8 +75,9 @@ bench|all)
     done ;;&
 star|all)
     echo "== star: does --attn star run on the GPU?"
-    $MPIRUN "$MX" logits -m tests/fixtures/hf/llama --ids "1 2 3 4 5 6 7 8" --attn star --device cuda \
+    $MPIRUN "$MX" logits -m tests/fixtures/hf/llama --ids "1 2 3 4 5 6 7 8" --attn star --device "$DEVICE" \
         -o "$M/star.f32" 2>&1 | tail -3
+    echo "star probe: exit status ${PIPESTATUS[0]}"
     ;;
 check|bench) ;;
 *) echo "ranks_run: unknown WHAT '$WHAT'"; rc=2 ;;
