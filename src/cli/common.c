@@ -77,8 +77,9 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
         return 0; /* Star Attention: the commands that implement it take it (cli/star_cli.c) */
     } else if (!strcmp(a, "--attn")) {
         if (!val || mx_attn_kind_parse(val) < 0)
-            return fprintf(stderr, "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits), "
-                                   "got '%s'\n",
+            return fprintf(stderr,
+                           "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits), "
+                           "got '%s'\n",
                            val ? val : ""),
                    -1;
         o->load.attn = val;
@@ -306,8 +307,8 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
     mx_err err = {0};
     /* every rank of the job goes on, or every rank stops with the first failing rank's message */
     int rc = mx_dist_agree(o->comm, open_local(o, m, be, &err), &err);
-    /* tensor parallel on the GPU: the collectives go to NCCL on the backend's stream (collective itself: every
-     * rank attaches or every rank fails with the first failing rank's message) */
+    /* tensor parallel on the GPU: the collectives go to NCCL on the backend's stream (collective itself:
+     * every rank attaches or every rank fails with the first failing rank's message) */
     if (!rc && o->tp > 1 && strcmp((*be)->name, "cpu") && o->comm->attach(o->comm, *be, &err))
         rc = mx_err_wrap(&err, "--tp %d: attaching the ranks' collectives to %s", o->tp, (*be)->name);
     if (rc) {

@@ -34,6 +34,10 @@ struct mx_comm {
     /* ---- data collectives on backend buffers (host memory until mx_comm_attach) ---- */
     /* x[0..n) = Σ over ranks of x (in place, fp32). */
     int (*allreduce_sum)(mx_comm *c, float *x, size_t n, mx_err *err);
+    /* As allreduce_sum, but may return once the sum is enqueued (NCCL: on the backend's stream, so that the
+     * backend's later ops read the sum) instead of done; an error or a hang then surfaces at the next
+     * collective that waits (every other one). Host-memory communicators complete it before returning. */
+    int (*allreduce_sum_enqueue)(mx_comm *c, float *x, size_t n, mx_err *err);
     /* x[0..n) at root = Σ over ranks; other ranks' x unchanged. */
     int (*reduce_sum)(mx_comm *c, float *x, size_t n, int root, mx_err *err);
     /* recv[r * n + i] = send of rank r, element i (floats; recv holds size * n). */

@@ -140,6 +140,7 @@ int mx_comm_mpi_create(int *argc, char ***argv, mx_comm **out, mx_err *err) {
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
     c->allreduce_sum = mpi_allreduce;
+    c->allreduce_sum_enqueue = mpi_allreduce;
     c->reduce_sum = mpi_reduce;
     c->allgather = mpi_allgather;
     c->broadcast = mpi_broadcast;

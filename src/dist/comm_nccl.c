@@ -124,6 +124,21 @@ static int nccl_allreduce(mx_comm *c, float *x, size_t n, mx_err *err) {
     return finish(c, ncclAllReduce(x, x, n, ncclFloat, ncclSum, st->nc, st->stream), "allreduce", err);
 }
 
+/* Enqueued, not waited for: the communicator is non-blocking, so only the enqueue itself is waited for (NCCL
+ * accepts no further call while it is in progress); the stream is not. The next waiting collective (the
+ * output head's allgather, once per forward pass) covers this one's completion, errors and timeout. */
+static int nccl_allreduce_enqueue(mx_comm *c, float *x, size_t n, mx_err *err) {
+    if (start(c, "allreduce", err)) return err->code;
+    nccl_state *st = st_of(c);
+    ncclResult_t r = ncclAllReduce(x, x, n, ncclFloat, ncclSum, st->nc, st->stream);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        const char *last = ncclGetLastError(st->nc);
+        return mx_err_set(err, MX_ERR_IO, "rank %d: NCCL allreduce: %s%s%s", c->rank, ncclGetErrorString(r),
+                          last && *last ? ": " : "", last ? last : "");
+    }
+    return r == ncclInProgress ? wait_done(c, "allreduce (enqueue)", 0, err) : MX_OK;
+}
+
 static int nccl_reduce(mx_comm *c, float *x, size_t n, int root, mx_err *err) {
     if (start(c, "reduce", err)) return err->code;
     nccl_state *st = st_of(c);
@@ -237,6 +252,7 @@ int mx_comm_nccl_attach(mx_comm *c, mx_backend *be, mx_err *err) {
     st->mpi_abort = c->abort;
     c->name = "nccl";
     c->allreduce_sum = nccl_allreduce;
+    c->allreduce_sum_enqueue = nccl_allreduce_enqueue;
     c->reduce_sum = nccl_reduce;
     c->allgather = nccl_allgather;
     c->broadcast = nccl_broadcast;

@@ -39,6 +39,7 @@ mx_comm *mx_comm_one_create(void) {
     c->rank = 0;
     c->size = 1;
     c->allreduce_sum = one_reduce;
+    c->allreduce_sum_enqueue = one_reduce;
     c->reduce_sum = one_reduce_root;
     c->allgather = one_allgather;
     c->broadcast = one_reduce_root;

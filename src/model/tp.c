@@ -256,7 +256,8 @@ void mx_tp_reduce(mx_session *s, float *x, size_t n) {
     const mx_tp *tp = s->m->tp;
     if (!tp) return;
     mx_err err = {0};
-    if (tp->comm->allreduce_sum(tp->comm, x, n, &err)) tp->comm->abort(tp->comm, err.msg, 1);
+    /* enqueued only (NCCL): the head's allgather at the end of the pass waits for every sum before it */
+    if (tp->comm->allreduce_sum_enqueue(tp->comm, x, n, &err)) tp->comm->abort(tp->comm, err.msg, 1);
 }
 
 /* Ends the job: a collective or an allocation of the head failed mid-pass. */
@@ -277,10 +278,11 @@ int mx_tp_session_init(mx_session *s, mx_err *err) {
     s->tp_send = be->alloc(be, sizeof(float) * per);
     s->tp_recv = be->alloc(be, sizeof(float) * per * (size_t)tp->size);
     if (!s->tp_send || !s->tp_recv)
-        return mx_err_set(err, MX_ERR_NOMEM,
-                          "out of memory on %s for the tensor-parallel head's buffers (%d ranks x %d tokens x "
-                          "%d vocabulary rows)",
-                          be->name, tp->size, s->ubatch, tp->vocab_max);
+        return mx_err_set(
+            err, MX_ERR_NOMEM,
+            "out of memory on %s for the tensor-parallel head's buffers (%d ranks x %d tokens x "
+            "%d vocabulary rows)",
+            be->name, tp->size, s->ubatch, tp->vocab_max);
     be->fill(be, s->tp_send, per, 0.0f); /* the padding columns of a narrower rank travel as zeros */
     return MX_OK;
 }

@@ -61,8 +61,8 @@ int mx_tp_session_init(mx_session *s, mx_err *err);
  * row-parallel block output. */
 void mx_tp_reduce(mx_session *s, float *x, size_t n);
 /* logits (host, rows × vocab) = the output head applied to hn (rows, C, backend memory), each rank computing
- * its vocabulary rows into s->logits, padding them to vocab_max columns and allgathering them in backend memory;
- * the blocks are put back in vocabulary order on the backend and copied to the host once. */
+ * its vocabulary rows into s->logits, padding them to vocab_max columns and allgathering them in backend
+ * memory; the blocks are put back in vocabulary order on the backend and copied to the host once. */
 void mx_tp_logits(mx_session *s, const float *hn, int rows, float *logits);
 /* Whether expert e runs on this rank (always true without tensor parallelism). */
 bool mx_tp_has_expert(const mx_session *s, int e);

@@ -2,7 +2,6 @@
  * pass, model_train.h). Layers run last to first; the residual gradient dx (N, C) flows through every block.
  * A layer that reads an earlier layer's K/V adds its dk, dv (N, G*D) into the writer's buffers; the writer,
  * reached later in the backward order, un-ropes the sum and back-propagates it through its Wk, Wv. */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +11,9 @@
 #include "model_train.h"
 #include "moe_train.h"
 #include "mup.h"
+#include "sgemm.h"
 #include "train_ops.h"
+#include "vmath.h"
 
 void mx_tr_embed_bwd(float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T, int C) {
     /* parallel over columns: every thread owns its slice of each row, so rows repeat safely and in order */
@@ -80,72 +81,28 @@ void mx_tr_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, 
     }
 }
 
-void mx_tr_matmul_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
-                      int in, int out, bool accumulate) {
-    if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in,
-                    accumulate ? 1.0f : 0.0f, dx, in);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
-    if (!db) return;
-#pragma omp parallel for
-    for (int o = 0; o < out; o++) {
-        float s = 0.0f;
-        for (int n = 0; n < N; n++) s += dy[(size_t)n * out + o];
-        db[o] += s;
+/* db (out) += Σ_rows dy: each thread sums a band of columns, rows in order (vectorizes along the row). */
+static void bias_grad(float *db, const float *dy, int N, int out) {
+    enum { BAND = 64 };
+#pragma omp parallel for schedule(static)
+    for (int o0 = 0; o0 < out; o0 += BAND) {
+        int o1 = o0 + BAND < out ? o0 + BAND : out;
+        float s[BAND] = {0};
+        for (int n = 0; n < N; n++)
+            for (int o = o0; o < o1; o++) s[o - o0] += dy[(size_t)n * out + o];
+        for (int o = o0; o < o1; o++) db[o] += s[o - o0];
     }
 }
 
-void mx_tr_attn_bwd(const mx_tr_attn_shape *sh, float *dq, float *dk, float *dv, const float *dout,
-                    const float *q, const float *k, const float *v, const float *out, const float *lse) {
-    int B = sh->B, T = sh->T, H = sh->H, G = sh->G, Dk = sh->Dk, Dv = sh->Dv, window = sh->window;
-    int group = H / G;
-    float scale = sh->scale;
-    /* one (b, g) per iteration: it alone writes the rows of KV head g in batch b, and dq of its query heads
-     */
-#pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int g = 0; g < G; g++)
-            for (int h = g * group; h < (g + 1) * group; h++)
-                for (int t = 0; t < T; t++) {
-                    size_t row = ((size_t)b * T + t) * H + h;
-                    const float *qr = q + row * Dk, *o = out + row * Dv, *dor = dout + row * Dv;
-                    float *dqr = dq + row * Dk, l = lse[row], di = 0.0f;
-                    for (int i = 0; i < Dv; i++) di += dor[i] * o[i];
-                    for (int i = 0; i < Dk; i++) dqr[i] = 0.0f;
-                    int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
-                    for (int s = lo; s <= t; s++) {
-                        size_t kr = (((size_t)b * T + s) * G + g) * Dk,
-                               vr = (((size_t)b * T + s) * G + g) * Dv;
-                        const float *ks = k + kr, *vs = v + vr;
-                        float sc = 0.0f, dp = 0.0f;
-                        for (int i = 0; i < Dk; i++) sc += qr[i] * ks[i];
-                        for (int i = 0; i < Dv; i++) dp += dor[i] * vs[i];
-                        float p = expf(sc * scale - l), ds = p * (dp - di) * scale;
-                        float *dks = dk + kr, *dvs = dv + vr;
-                        for (int i = 0; i < Dk; i++) {
-                            dqr[i] += ds * ks[i];
-                            dks[i] += ds * qr[i];
-                        }
-                        for (int i = 0; i < Dv; i++) dvs[i] += p * dor[i];
-                    }
-                }
-}
-
-void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                         const float *v, const float *out, const float *lse, int B, int T, int H, int G,
-                         int D, int window) {
-    mx_tr_attn_shape sh = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
-    mx_tr_attn_bwd(&sh, dq, dk, dv, dout, q, k, v, out, lse);
+void mx_tr_matmul_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
+                      int in, int out, bool accumulate) {
+    if (dx) mx_tr_sgemm(false, false, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    mx_tr_sgemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (db) bias_grad(db, dy, N, out);
 }
 
 void mx_tr_gelu_bwd(float *dx, const float *dout, const float *x, long n) {
-    const float k = 0.7978845608028654f;
-#pragma omp parallel for
-    for (long i = 0; i < n; i++) {
-        float u = x[i], th = tanhf(k * (u + 0.044715f * u * u * u));
-        float dudx = k * (1.0f + 3.0f * 0.044715f * u * u);
-        dx[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dudx);
-    }
+    mx_vgelu_bwd(dx, dout, x, n);
 }
 
 void mx_tr_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
@@ -157,7 +114,18 @@ void mx_tr_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, c
     }
 }
 
-enum { XENT_CHUNK = 64 }; /* rows of logits formed at once */
+enum { XENT_CHUNK = 128 }; /* rows of logits formed at once (4 MB at V = 8192) */
+
+/* Row r of a chunk: softmax cross-entropy of logits lr (V) against target y, returned; with grad, lr becomes
+ * scale · (softmax - onehot(y)), the gradient of the logits. */
+static double xent_row(float *lr, int V, int y, bool grad, float scale) {
+    float mx = mx_vmax(lr, V), ly = lr[y];
+    double sum = mx_vexp_sum(lr, lr, mx, V), loss = log(sum) + mx - ly;
+    if (!grad) return loss;
+    mx_vscale(lr, (float)(scale / sum), V);
+    lr[y] -= scale;
+    return loss;
+}
 
 double mx_tr_head_xent(const float *x, const float *W, const int *targets, int N, int C, int V, float scale,
                        float *dx, float *dW) {
@@ -167,25 +135,15 @@ double mx_tr_head_xent(const float *x, const float *W, const int *targets, int N
     for (int r0 = 0; r0 < N; r0 += XENT_CHUNK) {
         int rows = N - r0 < XENT_CHUNK ? N - r0 : XENT_CHUNK;
         const float *xr = x + (size_t)r0 * C;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, xr, C, W, C, 0.0f, logits, V);
+        mx_tr_sgemm(false, true, rows, V, C, 1.0f, xr, C, W, C, 0.0f, logits, V);
         double part = 0.0;
 #pragma omp parallel for reduction(+ : part)
-        for (int r = 0; r < rows; r++) {
-            float *lr = logits + (size_t)r * V, mx = -INFINITY;
-            for (int i = 0; i < V; i++) mx = lr[i] > mx ? lr[i] : mx;
-            double sum = 0;
-            for (int i = 0; i < V; i++) sum += exp((double)lr[i] - mx);
-            int y = targets[r0 + r];
-            part += log(sum) + mx - lr[y];
-            if (!dx) continue;
-            for (int i = 0; i < V; i++) lr[i] = (float)(exp((double)lr[i] - mx) / sum) * scale;
-            lr[y] -= scale;
-        }
+        for (int r = 0; r < rows; r++)
+            part += xent_row(logits + (size_t)r * V, V, targets[r0 + r], dx != NULL, scale);
         loss += part;
         if (!dx) continue;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, W, C, 0.0f,
-                    dx + (size_t)r0 * C, C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, logits, V, xr, C, 1.0f, dW, C);
+        mx_tr_sgemm(false, false, rows, C, V, 1.0f, logits, V, W, C, 0.0f, dx + (size_t)r0 * C, C);
+        mx_tr_sgemm(true, false, V, C, rows, 1.0f, logits, V, xr, C, 1.0f, dW, C);
     }
     free(logits);
     return loss;

@@ -2,7 +2,6 @@
  * (model_train.h, mx_tacts), and its kernels (train_ops.h).
  * Pre-norm blocks: x_m = x + Wo·attn(rope(Wq·n1(x)), rope(Wk·n1(x)), Wv·n1(x)); x' = x_m + mlp(n2(x_m)).
  * Shapes: tokens (B, T) → x (N, C) → q (N, H*D), k/v (N, G*D) → att (N, H*D) → (N, C) → (N, F) → (N, C). */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -11,7 +10,9 @@
 #include "model_train.h"
 #include "moe_train.h"
 #include "mup.h"
+#include "sgemm.h"
 #include "train_ops.h"
+#include "vmath.h"
 
 void mx_tr_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int B, int T, int C) {
 #pragma omp parallel for collapse(2)
@@ -55,7 +56,7 @@ void mx_tr_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, 
 }
 
 void mx_tr_matmul_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    mx_tr_sgemm(false, true, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (!b) return;
 #pragma omp parallel for
     for (int n = 0; n < N; n++)
@@ -81,59 +82,8 @@ void mx_tr_rope(float *x, int B, int T, int nh, int D, float theta, bool inverse
         }
 }
 
-static inline float dotf(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-void mx_tr_attn_fwd(const mx_tr_attn_shape *sh, float *out, float *lse, const float *q, const float *k,
-                    const float *v) {
-    int B = sh->B, T = sh->T, H = sh->H, G = sh->G, Dk = sh->Dk, Dv = sh->Dv, window = sh->window;
-    int group = H / G;
-    float scale = sh->scale;
-#pragma omp parallel
-    {
-        float *p = malloc(sizeof(float) * (size_t)T);
-#pragma omp for collapse(3)
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++)
-                for (int h = 0; h < H; h++) {
-                    int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0, g = h / group;
-                    const float *qr = q + (((size_t)b * T + t) * H + h) * Dk;
-                    float *o = out + (((size_t)b * T + t) * H + h) * Dv, mx = -INFINITY;
-                    for (int s = lo; s <= t; s++) {
-                        p[s] = dotf(qr, k + (((size_t)b * T + s) * G + g) * Dk, Dk) * scale;
-                        if (p[s] > mx) mx = p[s];
-                    }
-                    double sum = 0;
-                    for (int s = lo; s <= t; s++) sum += (p[s] = expf(p[s] - mx));
-                    float inv = (float)(1.0 / sum);
-                    for (int i = 0; i < Dv; i++) o[i] = 0.0f;
-                    for (int s = lo; s <= t; s++) {
-                        const float *vr = v + (((size_t)b * T + s) * G + g) * Dv;
-                        float a = p[s] * inv;
-                        for (int i = 0; i < Dv; i++) o[i] += a * vr[i];
-                    }
-                    lse[((size_t)b * T + t) * H + h] = mx + (float)log(sum);
-                }
-        free(p);
-    }
-}
-
-void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                         int H, int G, int D, int window) {
-    mx_tr_attn_shape sh = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
-    mx_tr_attn_fwd(&sh, out, lse, q, k, v);
-}
-
 void mx_tr_gelu_fwd(float *out, const float *x, long n) {
-    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for
-    for (long i = 0; i < n; i++) {
-        float u = x[i];
-        out[i] = 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
-    }
+    mx_vgelu_fwd(out, x, n);
 }
 
 void mx_tr_swiglu_fwd(float *out, const float *g, const float *u, long n) {

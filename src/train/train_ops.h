@@ -1,7 +1,8 @@
 /* train_ops.h: the fp32 CPU kernels of training, forward and backward, on plain row-major buffers.
- * Forward kernels live in forward_train.c, backward kernels in backward.c. They are kept here, in src/train/,
- * with OpenMP + OpenBLAS (cblas_sgemm) rather than in the backend contract for now; every kernel is
- * deterministic for a given thread count (no atomics; reductions in a fixed order), which --resume relies on.
+ * Forward kernels live in forward_train.c, backward kernels in backward.c, attention's in attn_train.c. They
+ * are kept here, in src/train/, with OpenMP, the own fp32 GEMM (sgemm.h) and vectorized row helpers (vmath.h)
+ * rather than in the backend contract for now; every kernel is deterministic for a given thread count (no
+ * atomics; reductions in a fixed order), which --resume relies on.
  *
  * Shapes (llm.c style): B batch, T sequence, N = B*T rows, C model width, H query heads, G KV heads,
  * D head dim, F MLP width, V vocabulary. A weight of `out` rows and `in` columns is stored [out, in]
@@ -29,7 +30,7 @@ void mx_tr_matmul_fwd(float *y, const float *x, const float *W, const float *b, 
 /* Rotary embedding in place on x (B, T, nh, D), rotate-half layout (pairs i, i + D/2, as Hugging Face),
  * position of row (b, t) = t. inverse = true rotates by the negative angle (the backward of the rotation). */
 void mx_tr_rope(float *x, int B, int T, int nh, int D, float theta, bool inverse);
-/* Causal attention: q (B, T, H, D), k and v (B, T, G, D) (query head h reads KV head h / (H/G)),
+/* Causal attention (attn_train.c): q (B, T, H, D), k and v (B, T, G, D) (query head h reads KV head h / (H/G)),
  * window W > 0: query t sees keys t-W+1 .. t; 0: keys 0 .. t. out (B, T, H, D), lse (B, T, H) the natural
  * log-sum-exp of each row's scaled scores (kept for the backward instead of the probabilities). */
 void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
