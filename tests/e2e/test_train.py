@@ -179,3 +179,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mixatt, tmp_path):
     steps = [line["step"] for line in log_lines(out) if "loss" in line]
     assert good >= 1 and steps[-1] == good  # nothing logged or saved past the last finite step
     assert f"(step {good})" in r.stderr
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(mixatt, tmp_path):
+    """The file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG as on a full disk) lets
+    the log grow but not a new checkpoint: the run stops with a message, the previous checkpoint is untouched and
+    no temporary file is left behind."""
+    import resource
+    import signal
+    import subprocess
+    cfg = os.path.join(ROOT, "configs", "train-tiny-llama.json")
+    out = tmp_path / "run"
+    r = run(mixatt, "train", "-c", cfg, *TINY, "-o", out, "--max-steps", "3", "-q")
+    assert r.returncode == 0, r.stderr
+    ckpt = out / "checkpoint.safetensors"
+    before = ckpt.read_bytes()
+    limit = len(before) // 2
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run([mixatt, "train", "--resume", str(out), "-o", str(out), "-q"], capture_output=True,
+                       text=True, timeout=600, env=env, preexec_fn=small_disk)
+    assert r.returncode != 0, "the checkpoint write should have failed"
+    assert f"{ckpt}: write failed" in r.stderr, r.stderr
+    assert ckpt.read_bytes() == before, "the previous checkpoint changed"
+    assert sorted(p.name for p in out.iterdir() if "tmp" in p.name) == [], list(out.iterdir())
+    assert metadata(ckpt)["step"] == "3"
