@@ -4,9 +4,11 @@
 Both train the same GPT-2-shaped model (learned positions, pre-LayerNorm with biases, tanh GELU MLP, tied
 embeddings, full causal attention) in fp32 with AdamW on the same random token shard, with the same thread
 count, for --steps steps; prints the median tokens/s of each (the first --skip steps, warm-up, left out)
-and mixatt's speed over PyTorch's.
+and mixatt's speed over PyTorch's, with the date, the CPU and the machine's load average (1 min) before each
+run and at the end: figures are only comparable on a quiet machine (load < 1.5 before the runs); --wait-load
+waits for that first.
 
-    python3 scripts/bench_train_vs_torch.py [--mixatt build/mixatt] [--steps 20] [--threads 2]
+    python3 scripts/bench_train_vs_torch.py [--mixatt build/mixatt] [--steps 20] [--threads 2] [--wait-load 1.5]
 """
 import argparse
 import json
@@ -82,6 +84,25 @@ def bench_mixatt(a, shard, work):
     return statistics.median(rates[a.skip:])
 
 
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def load1():
+    return os.getloadavg()[0]
+
+
+def wait_for_load(limit):
+    """Sleeps until the 1-minute load average is below limit (0: does not wait)."""
+    while limit > 0 and load1() >= limit:
+        print(f"load average {load1():.2f} >= {limit}: waiting", file=sys.stderr)
+        time.sleep(30)
+
+
 def bench_torch(a, tokens):
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
@@ -113,13 +134,20 @@ def main():
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--wait-load", type=float, default=0.0, help="wait until the 1-min load average is below this")
     a = p.parse_args()
     tokens = np.random.default_rng(0).integers(0, a.vocab, a.batch * a.seq * (a.steps + 1) + 1)
+    wait_for_load(a.wait_load)
+    loads = [load1()]
     with tempfile.TemporaryDirectory() as work:
         shard = os.path.join(work, "train.bin")
         write_shard(shard, tokens)
         mx = bench_mixatt(a, shard, work)
+    loads.append(load1())
     pt = bench_torch(a, tokens)
+    loads.append(load1())
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, {os.cpu_count()} CPUs; load average (1 min) "
+          f"before mixatt {loads[0]:.2f}, before PyTorch {loads[1]:.2f}, at the end {loads[2]:.2f}")
     print(f"GPT-2 shape: width {a.width}, {a.layers} layers, {a.heads} heads, T {a.seq}, batch {a.batch}, "
           f"vocab {a.vocab}, fp32, AdamW, {a.threads} threads, median of steps {a.skip + 1}..{a.steps}")
     print(f"mixatt train: {mx:.0f} tok/s")

@@ -7,7 +7,9 @@ where a CPU initialization of billions of parameters takes minutes), then save_p
     python3 ranks_model.py DIR --shape 3b      (Llama-3.2-3B's shape: d 3072, 28 layers, 24/8 heads, ff 8192)
     python3 ranks_model.py DIR --shape 1b      (Llama-3.2-1B's: d 2048, 16 layers, 32/8 heads, ff 8192)
     python3 ranks_model.py DIR --shape 8b      (Llama-3-8B's: d 4096, 32 layers, 32/8 heads, ff 14336)
-The vocabulary is Llama 3's 128256 rows, untied. Throughput does not depend on the values, only the shapes."""
+The vocabulary is Llama 3's 128256 rows, untied. Throughput does not depend on the values, only the shapes.
+    --max-pos N   the context the config allows (default 16384; the Star benchmark asks for 128K + 1)
+    --layers N    fewer (or more) layers than the shape's"""
 import argparse
 import json
 import os
@@ -32,10 +34,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="3b")
+    ap.add_argument("--max-pos", type=int, default=16384)
+    ap.add_argument("--layers", type=int, default=0)
     a = ap.parse_args()
+    shape = dict(SHAPES[a.shape])
+    if a.layers:
+        shape["num_hidden_layers"] = a.layers
     t0 = time.time()
-    cfg = LlamaConfig(vocab_size=128256 if a.shape != "tiny" else 4096, max_position_embeddings=16384,
-                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, **SHAPES[a.shape])
+    cfg = LlamaConfig(vocab_size=128256 if a.shape != "tiny" else 4096, max_position_embeddings=a.max_pos,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, **shape)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -45,7 +52,7 @@ def main():
     model.save_pretrained(a.dir, max_shard_size="100GB", safe_serialization=True)
     size = sum(os.path.getsize(os.path.join(a.dir, f)) for f in os.listdir(a.dir))
     print(json.dumps({"shape": a.shape, "params": n, "bytes": size, "seconds": round(time.time() - t0, 1),
-                      **SHAPES[a.shape]}))
+                      **shape}))
 
 
 if __name__ == "__main__":

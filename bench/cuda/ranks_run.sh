@@ -7,7 +7,11 @@
 #     bench   a random-weight Llama (ranks_model.py, shapes $SHAPES, default "3b 8b"; a shape starts only while
 #             less than $BENCH_BUDGET s, default 250, have passed) and `mixatt bench -p 4096 -n 128` on 1 GPU
 #             and under `mpirun -np 2 ... --tp 2` on 2 GPUs
-#     star    whether `--attn star` runs with --device cuda (Star prefill on 2 GPUs vs dense on 1 would follow)
+#     star    Star Attention (ranks_star.py): correctness first (Star on 2 GPUs and on 1 vs dense on 1 GPU and the
+#             CPU's Star, tiny Llama fixture), then a random-weight Llama ($STAR_SHAPE, default 3b, $STAR_LAYERS
+#             layers, default the shape's) and phase-1 prefill of $STAR_CTX (default "32768 65536 131072") on
+#             2 GPUs (block = n/2, anchor = block and block/4) against dense prefill on 1 GPU, beside the ideal
+#             speedups; contexts start while less than $STAR_BUDGET s (default 300) of the benchmark passed
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0, exported to every rank). Everything goes to $OUT/ranks.log
 # (plus ranks_check.json and bench.jsonl), which the device tool brings back.
 set -uo pipefail
@@ -75,12 +79,16 @@ bench|all)
         rm -rf "$M/llama-$shape"
     done ;;&
 star|all)
-    echo "== star: does --attn star run on the GPU?"
-    $MPIRUN "$MX" logits -m tests/fixtures/hf/llama --ids "1 2 3 4 5 6 7 8" --attn star --device "$DEVICE" \
-        -o "$M/star.f32" 2>&1 | grep -m2 "mixatt"
-    echo "star probe: exit status ${PIPESTATUS[0]}"
+    echo "== star: correctness, Star on 2 GPUs and 1 GPU vs dense on 1 GPU and the CPU's Star (${SECONDS}s passed)"
+    PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_star.py check || rc=1
+    echo "== star bench: generating the random-weight model (${SECONDS}s passed)"
+    SM=$M/llama-star
+    PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_model.py "$SM" --shape "${STAR_SHAPE:-3b}" --max-pos 131080 \
+        ${STAR_LAYERS:+--layers "$STAR_LAYERS"} || rc=1
+    [ -d "$SM" ] && { PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_star.py bench "$SM" ${STAR_CTX:-32768 65536 131072} || rc=1; }
+    rm -rf "$SM"
     ;;
-check|bench) ;;
+check|bench|star) ;;
 *) echo "ranks_run: unknown WHAT '$WHAT'"; rc=2 ;;
 esac
 done

@@ -3,7 +3,6 @@
 #include "star.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* Merges the n parts of one query row and head: out[0..Dv) and the merged lse. */
@@ -36,37 +35,32 @@ void mx_star_merge(int n, const float *const *outs, const float *const *lses, in
         }
 }
 
-int mx_star_init(mx_star *st, mx_comm *comm, int n_local, bool query_host, int rows, int n_head, int v_dim,
-                 mx_err *err) {
+int mx_star_init(mx_star *st, mx_comm *comm, mx_backend *be, int n_local, bool query_host, int rows, int n_head,
+                 int v_dim, mx_err *err) {
     memset(st, 0, sizeof *st);
     st->comm = comm;
+    st->be = be;
     st->n_local = n_local;
     st->query_host = query_host;
     st->rows = rows;
     st->n_head = n_head;
     st->v_dim = v_dim;
-    size_t R = (size_t)rows, HD = (size_t)n_head * v_dim, F = sizeof(float);
-    st->out1 = malloc(R * HD * F);
-    st->lse1 = malloc(R * n_head * F);
-    st->out2 = malloc(R * HD * F);
-    st->lse2 = malloc(R * n_head * F);
-    st->send = malloc(R * (HD + n_head) * F);
-    st->recv = malloc((size_t)comm->size * R * (HD + n_head) * F);
-    st->part_out = calloc((size_t)comm->size, sizeof *st->part_out);
-    st->part_lse = calloc((size_t)comm->size, sizeof *st->part_lse);
-    if (!st->out1 || !st->lse1 || !st->out2 || !st->lse2 || !st->send || !st->recv || !st->part_out ||
-        !st->part_lse) {
+    size_t msg = (size_t)rows * ((size_t)n_head * v_dim + n_head) * sizeof(float);
+    st->local = query_host ? be->alloc(be, 2 * msg) : NULL;
+    st->send = be->alloc(be, msg);
+    st->recv = comm->size > 1 ? be->alloc(be, (size_t)comm->size * msg) : NULL;
+    if ((query_host && !st->local) || !st->send || (comm->size > 1 && !st->recv)) {
         mx_star_free(st);
-        return mx_err_set(err, MX_ERR_NOMEM, "out of memory allocating Star Attention buffers for %d rows",
-                          rows);
+        return mx_err_set(err, MX_ERR_NOMEM,
+                          "out of %s memory allocating Star Attention buffers for %d rows of %d heads x %d",
+                          be->name, rows, n_head, v_dim);
     }
     return MX_OK;
 }
 
 void mx_star_free(mx_star *st) {
-    float *bufs[] = {st->out1, st->lse1, st->out2, st->lse2, st->send, st->recv};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
-    free(st->part_out);
-    free(st->part_lse);
+    float *bufs[] = {st->local, st->send, st->recv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) st->be->free(st->be, bufs[i]);
     memset(st, 0, sizeof *st);
 }

@@ -2,7 +2,10 @@
  * tg N = N single-token decode steps from an empty cache. Random token ids (seeded), mean ± sd over
  * repetitions after one warm-up. Decode is bound by reading the weights, so the achieved weight-read
  * bandwidth is printed beside this machine's copy bandwidth, measured here on a buffer larger than the
- * last-level cache, and the model's size against that cache. */
+ * last-level cache, and the model's size against that cache.
+ * With --attn star (cli/star_cli.h) pp N times Star Attention's phase 1 instead: mx_star_open of N context
+ * tokens over the job's ranks (blocks of --block with --anchor), from a barrier until every rank's GPU work and
+ * the closing barrier are done, so a repetition's time is the slowest rank's. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -11,16 +14,20 @@
 #include "../base/rng.h"
 #include "../io/dtype.h"
 #include "../run/generate.h"
+#include "../run/star.h"
 #include "../model/tp.h"
 #include "commands.h"
 #include "common.h"
+#include "star_cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt bench [-m MODEL] [-p N] [-n N] [-r REPS] [--json]\n\n"
+    fprintf(f, "usage: mixatt bench [-m MODEL] [-p N] [-n N] [-r REPS] [--json] [--attn star ...]\n\n"
                "  -p N          prompt tokens for the prefill test pp N (default 512; 0 = skip)\n"
                "  -n N          tokens for the decode test tg N (default 128; 0 = skip)\n"
                "  -r REPS       repetitions (default 5), after one warm-up\n"
-               "  --json        also print one JSON line per test (for scripts)\n\n");
+               "  --json        also print one JSON line per test (for scripts)\n"
+               "  --attn star   pp N times Star Attention's phase 1 over N context tokens on the job's ranks\n"
+               "                (mpirun -np R; with --block B, --anchor A as for mixatt run; needs -n 0)\n\n");
     mx_common_help(f, false);
     mx_common_help_tp(f);
 }
@@ -72,13 +79,30 @@ static int run_once(mx_session *s, const int *toks, int n, bool decode, float *l
     return 0;
 }
 
+/* One repetition of Star's phase 1 over toks[0..n): tokens/s of the slowest rank. */
+static int star_once(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star_opts *so, const int *toks,
+                     int n, double *tps, mx_err *err) {
+    mx_session *s = NULL;
+    comm->barrier(comm);
+    double t0 = mx_now();
+    if (mx_star_open(m, be, comm, so, toks, n, 1, &s, err)) return err->code;
+    be->sync(be);
+    comm->barrier(comm);
+    *tps = n / (mx_now() - t0);
+    mx_star_session_free(s);
+    return 0;
+}
+
 typedef struct {
     int pp, tg, reps;
     bool json;
+    mx_star_opts star;
 } bench_opts;
 
 static int bench_flag(void *ctx, const char *a, const char *val, int *i) {
     bench_opts *b = ctx;
+    int r = mx_star_cli_flag(&b->star, a, val, i);
+    if (r) return r;
     if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-r")) {
         int *dst = a[1] == 'p' ? &b->pp : a[1] == 'n' ? &b->tg : &b->reps;
         if (mx_parse_int(a, val, a[1] == 'r' ? 1 : 0, 1 << 20, dst)) return -1;
@@ -95,9 +119,14 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
     o.comm = comm;
-    bench_opts bo = {.pp = 512, .tg = 128, .reps = 5};
+    bench_opts bo = {.pp = 512, .tg = 128, .reps = 5, .star = mx_star_cli_defaults()};
     int prc = mx_parse_args("bench", argc, argv, &o, bench_flag, &bo, help);
     if (prc) return prc < 0 ? 0 : prc;
+    if (mx_star_cli_check("bench", &bo.star)) return 2;
+    if (bo.star.on && (bo.tg || !bo.pp || o.tp > 1)) {
+        fprintf(stderr, "mixatt bench: --attn star times the prefill only: give -p N (N > 0) and -n 0, no --tp\n");
+        return 2;
+    }
     int pp = bo.pp, tg = bo.tg, reps = bo.reps;
     bool json = bo.json;
     mx_model *m;
@@ -108,7 +137,7 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
     mx_session *s = NULL;
     int *toks = malloc(sizeof(int) * (size_t)ctx);
     float *logits = malloc(sizeof(float) * (size_t)m->cfg.vocab);
-    if (!toks || !logits || mx_session_create(m, be, ctx, &s, &err)) {
+    if (!toks || !logits || (!bo.star.on && mx_session_create(m, be, ctx, &s, &err))) {
         fprintf(stderr, "mixatt bench: %s\n", err.msg[0] ? err.msg : "out of memory");
         goto done;
     }
@@ -128,14 +157,17 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
         if (!tests[k]) continue;
         double tps[64], mean, sd, warm;
         if (reps > 64) reps = 64;
-        if (run_once(s, toks, tests[k], k == 1, logits, &warm, &err)) goto fail;
-        for (int r = 0; r < reps; r++)
-            if (run_once(s, toks, tests[k], k == 1, logits, &tps[r], &err)) goto fail;
+        for (int r = -1; r < reps; r++) { /* r = -1: the warm-up */
+            double *t = r < 0 ? &warm : &tps[r];
+            if (bo.star.on ? star_once(m, be, comm, &bo.star, toks, tests[k], t, &err)
+                           : run_once(s, toks, tests[k], k == 1, logits, t, &err))
+                goto fail;
+        }
         stats(tps, reps, &mean, &sd);
         if (k == 1) tg_mean = mean;
         char name[64], test[16];
         snprintf(name, sizeof name, "%.20s %s", m->cfg.name, type);
-        snprintf(test, sizeof test, "%s%d", k ? "tg" : "pp", tests[k]);
+        snprintf(test, sizeof test, "%s%d", k ? "tg" : bo.star.on ? "star" : "pp", tests[k]);
         printf("| %-30s | %6.2f MiB | %8.2f M | %-7s | %7d | %5s | %8.2f ± %5.2f |\n", name,
                mx_model_weight_bytes(m) / 1048576.0, mx_model_n_params(m) / 1e6, be->name, be->n_threads,
                test, mean, sd);

@@ -78,7 +78,7 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--attn")) {
         if (!val || mx_attn_kind_parse(val) < 0)
             return fprintf(stderr,
-                           "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits), "
+                           "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits, bench), "
                            "got '%s'\n",
                            val ? val : ""),
                    -1;
@@ -153,7 +153,7 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
         if (r == 0 && own) r = own(ctx, a, val, &i);
         if (r < 0) return 2;
         if (r == 0 && !strcmp(a, "--attn")) { /* star, which this command's own flags did not take */
-            fprintf(stderr, "mixatt %s: --attn star is implemented by mixatt run and mixatt logits only\n",
+            fprintf(stderr, "mixatt %s: --attn star is implemented by mixatt run, logits and bench only\n",
                     cmd);
             return 2;
         }

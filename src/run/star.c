@@ -1,5 +1,6 @@
 /* star.c: the Star Attention pipeline: phase 1 (blocks with the anchor, one scratch session per rank), then
- * the phase-2 session holding this rank's context KV (see star.h). */
+ * the phase-2 session holding this rank's context KV (see star.h). Backend-neutral: the KV moves between
+ * sessions with be->kv_read/kv_write through a backend buffer, so it runs on the CPU and on CUDA alike. */
 #include "star.h"
 
 #include <stdlib.h>
@@ -9,9 +10,9 @@
 
 int mx_star_check(const mx_model *m, const mx_backend *be, mx_err *err) {
     const mx_config *c = &m->cfg;
-    if (strcmp(be->name, "cpu") != 0)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "--attn star runs on the CPU backend only for now (got --device %s)", be->name);
+    if (!be->lse_merge)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--attn star needs the lse_merge op, which --device %s lacks",
+                          be->name);
     if (m->tp)
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
                           "--attn star and --tp cannot be combined (each rank must hold the whole model)");
@@ -134,7 +135,7 @@ static mx_session *open_local(const mx_model *m, mx_backend *be, mx_comm *comm, 
     mx_star *st = calloc(1, sizeof *st);
     int rc = st ? MX_OK : mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     if (!rc)
-        rc = mx_star_init(st, comm, L->n_local, comm->rank == comm->size - 1, s->ubatch, m->cfg.n_head,
+        rc = mx_star_init(st, comm, be, L->n_local, comm->rank == comm->size - 1, s->ubatch, m->cfg.n_head,
                           m->cfg.head_dim, err);
     if (rc) free(st);
     s->star = rc ? NULL : st;
@@ -160,6 +161,9 @@ int mx_star_open(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star
                           n_after, m->cfg.max_ctx);
     layout L = {0};
     if (mx_star_check(m, be, err) || make_layout(o, n, comm->rank, comm->size, &L, err)) return err->code;
+    /* phase 2 gathers (out, lse) in the backend's memory: on a GPU through NCCL (collective; idempotent, and a
+     * no-op for one rank or the CPU) */
+    if (comm->attach(comm, be, err)) return mx_err_wrap(err, "--attn star: attaching the ranks to %s", be->name);
     mx_err mine = {0};
     mx_session *s = open_local(m, be, comm, &L, ctx, n_after, &mine);
     if (comm->agree(comm, s != NULL, &mine, err)) {

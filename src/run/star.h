@@ -15,7 +15,8 @@
  * rank computes the same logits. The last rank (the query host) keeps the query and generated tokens' KV.
  *
  * Supported: models whose every layer is full MHA/GQA/MQA attention writing its own cache (Llama, GPT-2,
- * Mixtral ...), on the CPU backend. */
+ * Mixtral ...), on the CPU and CUDA backends (with --device cuda under mpirun, phase 2's gathers go through
+ * NCCL on device buffers: mx_star_open attaches the communicator). */
 #ifndef MX_RUN_STAR_H
 #define MX_RUN_STAR_H
 

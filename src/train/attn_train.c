@@ -97,7 +97,7 @@ void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k,
 /* The gradients of one tile; S, dP (rows, span) scratch. */
 static void attn_bwd_tile(const mx_tr_attn_shape *sh, const attn_tile *a, float *S, float *dP, float *dq,
                           float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
-                          const float *out, const float *lse) {
+                          const float *lse) {
     int H = sh->H, G = sh->G, T = sh->T, Dk = sh->Dk, Dv = sh->Dv, rows = a->t1 - a->t0, span = a->t1 - a->lo;
     size_t qrow = ((size_t)a->b * T + a->t0) * H + a->h, krow = ((size_t)a->b * T + a->lo) * G + a->g;
     attn_scores(sh, a, S, q, k);
@@ -124,6 +124,7 @@ static void attn_bwd_tile(const mx_tr_attn_shape *sh, const attn_tile *a, float 
                 G * Dv);
 }
 
+/* out is not read: rowsum(dO ∘ O) is formed as rowsum(P ∘ dP) (equal; see attn_bwd_tile). */
 void mx_tr_attn_bwd(const mx_tr_attn_shape *sh, float *dq, float *dk, float *dv, const float *dout,
                     const float *q, const float *k, const float *v, const float *out, const float *lse) {
     int group = sh->H / sh->G, n_qt = (sh->T + ATT_QT - 1) / ATT_QT;
@@ -136,7 +137,7 @@ void mx_tr_attn_bwd(const mx_tr_attn_shape *sh, float *dq, float *dk, float *dv,
                 for (int h = g * group; h < (g + 1) * group; h++)
                     for (int qt = 0; qt < n_qt; qt++) {
                         attn_tile a = tile_at(sh, b, h, qt);
-                        attn_bwd_tile(sh, &a, S, dP, dq, dk, dv, dout, q, k, v, out, lse);
+                        attn_bwd_tile(sh, &a, S, dP, dq, dk, dv, dout, q, k, v, lse);
                     }
         free(S);
         free(dP);

@@ -1,11 +1,13 @@
 /* sgemm.c: the fp32 matrix product of CPU training (sgemm.h), blocked in the usual way (Goto, BLIS):
- *   for each slab of KC rows of op(B) × NC columns: op(B) is packed into panels of NR columns (k-major,
- *   kc × NR), op(A) into panels of MR rows (k-major, kc × MR); then tasks of (MC rows × NB columns) run the
- *   MR × NR register kernel over the panels. Packing absorbs the transposes, so one kernel serves every
- *   case (NN, NT, TN). With AVX-512 the kernel keeps its 12 × 32 tile in 24 zmm accumulators: per k, two
- *   loads of B and 12 broadcasts of A feed 24 FMAs; a scalar twin serves builds without AVX-512.
- * Threads: packing is split over panels, the tasks are scheduled dynamically; a tile of C is always summed by
- * one thread over k in ascending KC blocks, so the result does not depend on the thread count or schedule. */
+ *   for each slab of KC rows × NC columns of op(B), packed into panels of NR columns (k-major, kc × NR), and
+ *   each block of MC rows of op(A), packed into panels of MR rows (k-major, kc × MR), the MR × NR register
+ *   kernel runs over every (A panel, B panel) pair. Packing absorbs the transposes, so one kernel serves
+ *   every case (NN, NT, TN). With AVX-512 the kernel keeps its 12 × 32 tile in 24 zmm accumulators: per k,
+ *   two loads of B and 12 broadcasts of A feed 24 FMAs; a scalar twin serves builds without AVX-512.
+ * Threads: C is cut into one band of rows (or of columns, when C is wider than tall) per thread; each thread
+ * packs what its band reads into its own buffers and runs the loops alone, so the only synchronization is
+ * the end of the parallel region. A tile of C is always summed in the same order (k ascending in KC slabs):
+ * the result does not depend on the thread count. */
 #include "sgemm.h"
 
 #include <omp.h>

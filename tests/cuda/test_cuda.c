@@ -585,6 +585,40 @@ static void test_blocks(void) {
         gpu->free(gpu, da), gpu->free(gpu, dx), gpu->free(gpu, dw), free(a), free(ref), free(got), free(x),
             free(w);
     }
+    { /* lse_merge: R = 1..4 parts (one lse of part 1 at -inf: ignored; row 0 head 1 -inf in every part: 0 and
+       * -inf), strided parts as Star's messages are, with and without the merged lse */
+        int T = 5, H = 6, Dv = 72;
+        size_t n_out = (size_t)T * H * Dv, ps = n_out + (size_t)T * H + 13;
+        for (int R = 1; R <= 4; R++) {
+            float *parts = rand_vec(ps * R, 2.0f), *ref = malloc(sizeof(float) * n_out),
+                  *got = malloc(sizeof(float) * n_out), *rl = malloc(sizeof(float) * T * H),
+                  *gl = malloc(sizeof(float) * T * H);
+            for (int r = 0; r < R; r++) {
+                float *l = parts + (size_t)r * ps + n_out;
+                for (int i = 0; i < T * H; i++) l[i] = 8.0f * frand(); /* spread: weights far from equal */
+                l[1] = -INFINITY;
+                if (r == 1) l[7] = -INFINITY;
+            }
+            float *dp = dev_from(parts, sizeof(float) * ps * R), *dout = dev_poisoned(sizeof(float) * n_out),
+                  *dl = dev_poisoned(sizeof(float) * T * H);
+            cpu->lse_merge(cpu, parts, parts + n_out, ps, R, T, H, Dv, ref, rl);
+            gpu->lse_merge(gpu, dp, dp + n_out, ps, R, T, H, Dv, dout, dl);
+            to_host(got, dout, n_out);
+            to_host(gl, dl, (size_t)T * H);
+            char what[64];
+            snprintf(what, sizeof what, "lse_merge R=%d T=5 H=6 Dv=72 out", R);
+            check(what, got, ref, n_out, 1e-6);
+            snprintf(what, sizeof what, "lse_merge R=%d lse", R);
+            check(what, gl, rl, (size_t)T * H, 1e-6);
+            CK(cudaMemset(dout, 0xFF, sizeof(float) * n_out));
+            gpu->lse_merge(gpu, dp, dp + n_out, ps, R, T, H, Dv, dout, NULL);
+            to_host(got, dout, n_out);
+            snprintf(what, sizeof what, "lse_merge R=%d out, lse NULL", R);
+            check(what, got, ref, n_out, 1e-6);
+            gpu->free(gpu, dp), gpu->free(gpu, dout), gpu->free(gpu, dl);
+            free(parts), free(ref), free(got), free(rl), free(gl);
+        }
+    }
     { /* prefix_mean over two calls (carried sums), ring slots */
         int C = 200, S = 16, T1 = 11, T2 = 9;
         float *x = rand_vec((size_t)(T1 + T2) * C, 1.0f), *sc = malloc(sizeof(float) * S * C);

@@ -251,4 +251,4 @@ def test_flags_need_star_and_a_command_that_has_it(mixatt, model, tmp_path):
     r = run(mixatt, "logits", "-m", LLAMA, "--ids", "1 2", "-o", tmp_path / "x.f32", "--block", 4)
     assert r.returncode == 2 and "add --attn star" in r.stderr
     r = run(mixatt, "perplexity", "-m", model, "-f", __file__, "--attn", "star")
-    assert r.returncode == 2 and "--attn star is implemented by mixatt run and mixatt logits only" in r.stderr
+    assert r.returncode == 2 and "--attn star is implemented by mixatt run, logits and bench only" in r.stderr

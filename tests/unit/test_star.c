@@ -3,11 +3,13 @@
  * own, the parts are merged, and the result must equal dense attention of the queries over the union of the
  * keys, computed in double from the definition. The parts come either from that naive reference (the merge
  * alone) or from the CPU attention op with key ranges (the phase-2 layout: context keys non-causal, the
- * query's own keys causal), GQA included. Tolerance 1e-5 relative. */
+ * query's own keys causal), GQA included; the CPU backend's lse_merge op (parts packed as phase 2's messages)
+ * must give the same. Tolerance 1e-5 relative. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../../src/attention/star.h"
 #include "../../src/backend/backend.h"
@@ -108,9 +110,22 @@ static void merge_naive_parts(problem p, int n, uint64_t seed) {
     }
     mx_star_merge(n, (const float *const *)outs, (const float *const *)lses, p.T, p.H, p.D, (size_t)p.H * p.D,
                   out, lse);
-    char what[64];
+    char what[96];
     snprintf(what, sizeof what, "%d parts of %d keys (q scale %g)", n, p.S, p.q_scale);
     expect_dense(&d, out, lse, what);
+    /* the CPU backend's lse_merge op on the parts packed as phase 2's messages: (T, H*D) outputs, (T, H) lse */
+    size_t ps = no + nl;
+    float *msgs = malloc(ps * n * 4);
+    for (int r = 0; r < n; r++) {
+        memcpy(msgs + (size_t)r * ps, outs[r], no * 4);
+        memcpy(msgs + (size_t)r * ps + no, lses[r], nl * 4);
+    }
+    mx_backend *be = mx_backend_cpu_create(2);
+    be->lse_merge(be, msgs, msgs + no, ps, n, p.T, p.H, p.D, out, lse);
+    snprintf(what, sizeof what, "lse_merge op, %d parts of %d keys (q scale %g)", n, p.S, p.q_scale);
+    expect_dense(&d, out, lse, what);
+    mx_backend_destroy(be);
+    free(msgs);
     for (int r = 0; r < n; r++) free(outs[r]), free(lses[r]);
     free(out), free(lse), free(to), free(tl);
     drop(&d);

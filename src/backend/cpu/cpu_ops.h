@@ -18,6 +18,8 @@ void mx_cpu_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int n)
 void mx_cpu_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
                       float *out, float *lse);
 void mx_cpu_kv_write(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots);
+void mx_cpu_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
+                      int H, int Dv, float *out, float *lse);
 /* Fills the slots of the MoE/MLA/MKA ops (cpu_blocks.c). */
 void mx_cpu_blocks_register(mx_backend *be);
 

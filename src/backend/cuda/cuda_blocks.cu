@@ -1,6 +1,6 @@
 /* cuda_blocks.cu: the ops the MoE, MLA and MKA blocks add to the contract (backend.h; CPU twins in
  * src/backend/cpu/cpu_blocks.c): fill, copy3d, matmul_t, kv_read, moe_route (host side: its outputs are host
- * memory), gather_rows, scatter_add_rows, tanh_, softmax_rows, scale_add_rows, prefix_mean. fp32 throughout; the
+ * memory), gather_rows, scatter_add_rows, tanh_, softmax_rows, scale_add_rows, prefix_mean, lse_merge. fp32 throughout; the
  * KV store is bf16. Index and weight arrays that the contract passes in host memory reach these kernels as device
  * arrays (cuda_graph.cu stages them). */
 #include <math.h>
@@ -217,4 +217,39 @@ void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm,
         for (int j = 0; j < k; j++) w[(size_t)t * k + j] *= f;
     }
     free(p);
+}
+
+/* lse_merge (Star Attention): one block per (row t, head h); every thread computes the weights of the R parts
+ * (R is the number of ranks or 2: a few), then strides over the Dv outputs. Sums of exponentials in double, as
+ * the CPU's. Part r: outputs at outs + r * ps, lse at lses + r * ps. */
+__global__ void k_lse_merge(const float *__restrict__ outs, const float *__restrict__ lses, size_t ps, int R, int H,
+                            int Dv, float *__restrict__ out, float *__restrict__ lse) {
+    size_t th = blockIdx.x; /* t * H + h */
+    float mx = -INFINITY;
+    for (int r = 0; r < R; r++) mx = fmaxf(mx, lses[r * ps + th]);
+    float *o = out + th * Dv;
+    if (mx == -INFINITY) {
+        for (int i = threadIdx.x; i < Dv; i += blockDim.x) o[i] = 0.0f;
+        if (lse && threadIdx.x == 0) lse[th] = -INFINITY;
+        return;
+    }
+    double sum = 0;
+    for (int r = 0; r < R; r++) sum += exp((double)lses[r * ps + th] - mx);
+    double l = mx + log(sum);
+    for (int i = threadIdx.x; i < Dv; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int r = 0; r < R; r++) {
+            float lr = lses[r * ps + th];
+            if (lr != -INFINITY) acc += (float)exp((double)lr - l) * outs[r * ps + th * Dv + i];
+        }
+        o[i] = acc;
+    }
+    if (lse && threadIdx.x == 0) lse[th] = (float)l;
+}
+void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R, int T, int H,
+                         int Dv, float *out, float *lse) {
+    if (T <= 0 || H <= 0) return;
+    int th = Dv < 128 ? (Dv + 31) / 32 * 32 : 128;
+    k_lse_merge<<<(unsigned)((size_t)T * H), th, 0, c->stream>>>(outs, lses, part_stride, R, H, Dv, out, lse);
+    CU_LAUNCHED();
 }

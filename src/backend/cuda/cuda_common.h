@@ -154,6 +154,8 @@ void mx_cuda_scale_add_rows_k(mx_cuda_ctx *c, float *y, const float *x, size_t x
                               size_t w_stride, int T, int n);
 void mx_cuda_prefix_mean_k(mx_cuda_ctx *c, const float *x, int T, int C, float *sums, int pos0, int n_slots,
                            float *mean, const int *dyn);
+void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R, int T,
+                         int H, int Dv, float *out, float *lse);
 void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out,
                             int T);
 void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids,

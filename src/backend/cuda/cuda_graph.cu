@@ -17,7 +17,8 @@
 
 typedef enum {
     R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV,
-    R_FILL, R_COPY3D, R_MATMUL_T, R_KV_READ, R_GATHER, R_SCATTER, R_TANH, R_SOFTMAX, R_SCALE_ADD, R_PREFIX_MEAN
+    R_FILL, R_COPY3D, R_MATMUL_T, R_KV_READ, R_GATHER, R_SCATTER, R_TANH, R_SOFTMAX, R_SCALE_ADD, R_PREFIX_MEAN,
+    R_LSE_MERGE
 } rkind;
 
 typedef struct {
@@ -135,6 +136,10 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
         break;
     case R_PREFIX_MEAN:
         mx_cuda_prefix_mean_k(c, (const float *)r->a, r->i0, r->i1, (float *)r->c, 0, r->i2, (float *)r->b, d);
+        break;
+    case R_LSE_MERGE:
+        mx_cuda_lse_merge_k(c, (const float *)r->a, (const float *)r->c, r->z0, r->i0, r->i1, r->i2, r->i3,
+                            (float *)r->b, (float *)r->d);
         break;
     }
 }
@@ -618,6 +623,15 @@ static void op_prefix_mean(mx_backend *be, const float *x, int T, int C, float *
     r->a = x, r->b = mean, r->c = sums, r->i0 = T, r->i1 = C, r->i2 = n_slots;
 }
 
+static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
+                         int H, int Dv, float *out, float *lse) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) return mx_cuda_lse_merge_k(c, outs, lses, part_stride, R, T, H, Dv, out, lse);
+    int *d;
+    rec *r = new_rec(c, R_LSE_MERGE, 0, &d);
+    r->a = outs, r->c = lses, r->b = out, r->d = lse, r->z0 = part_stride, r->i0 = R, r->i1 = T, r->i2 = H, r->i3 = Dv;
+}
+
 void mx_cuda_graph_init(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
     gstate *g = (gstate *)calloc(1, sizeof *g);
@@ -655,6 +669,7 @@ void mx_cuda_graph_init(mx_backend *be) {
     be->softmax_rows = op_softmax_rows;
     be->scale_add_rows = op_scale_add_rows;
     be->prefix_mean = op_prefix_mean;
+    be->lse_merge = op_lse_merge;
 }
 
 void mx_cuda_graph_free(mx_cuda_ctx *c) {
