@@ -57,6 +57,8 @@ DATASETS = {
 
 
 def sh(*args, **kw):
+    # passive OpenMP waiting: spinning threads cost several-fold when anything else shares the cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
     if r.returncode != 0:
         sys.exit(f"study: {' '.join(map(str, args))[:300]} failed:\n{r.stderr[-2000:]}")
