@@ -87,6 +87,11 @@ star|all)
         ${STAR_LAYERS:+--layers "$STAR_LAYERS"} || rc=1
     [ -d "$SM" ] && { PYTHONUNBUFFERED=1 python3 bench/cuda/ranks_star.py bench "$SM" ${STAR_CTX:-32768 65536 131072} || rc=1; }
     rm -rf "$SM"
+    if [ -x "$C/test_cuda" ] && [ "$DEVICE" != cpu ]; then
+        echo "== star: tests/cuda/test_cuda (lse_merge and every op against the CPU)"
+        LD_LIBRARY_PATH=$LIBS timeout 90 "$C/test_cuda" > "$OUTD/test_cuda.log" 2>&1 || rc=1
+        grep -E "lse_merge|FAIL|passed" "$OUTD/test_cuda.log"
+    fi
     ;;
 check|bench|star) ;;
 *) echo "ranks_run: unknown WHAT '$WHAT'"; rc=2 ;;

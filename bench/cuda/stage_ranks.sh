@@ -9,6 +9,7 @@
 #       libs.tar.gz  the shared libraries of mixatt, mpirun, orted and Open MPI's plugins, except glibc's, the
 #                    compiler runtime's, CUDA's and NCCL's (the machine has those)
 #       ompi.tar.gz  Debian's Open MPI (mpirun, orted, plugins, help files, config), unpacked at / there
+#       test_cuda    tests/cuda/test_cuda (the CUDA ops against the CPU), run by ranks_run.sh star
 # No model travels: the fixtures are in the tree, and the benchmark's random-weight Llama is generated there
 # (bench/cuda/ranks_model.py). Then one device call (about 25 MiB carried):
 #   kind nvidia-h200-x2, carry [".devcarry-ranks"], command: bash bench/cuda/ranks_run.sh all
@@ -24,6 +25,9 @@ make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt
 ldd "$B/build/mixatt" | grep -q libnccl || { echo "stage_ranks.sh: mixatt was built without NCCL" >&2; exit 1; }
 rm -rf "$D" /tmp/mx-ranks-stage && mkdir -p "$D" /tmp/mx-ranks-stage/bin /tmp/mx-ranks-stage/libs
 strip -o /tmp/mx-ranks-stage/bin/mixatt "$B/build/mixatt"
+# the op tests (tests/cuda/test_cuda.c, lse_merge included); ranks_run.sh's star mode runs them when present
+make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/cuda/test_cuda
+strip -o "$D/test_cuda" "$B/build/cuda/test_cuda"
 tar -C /tmp/mx-ranks-stage/bin -czf "$D/bin.tar.gz" .
 ldd "$B/build/mixatt" "$(readlink -f /usr/bin/mpirun)" "$(readlink -f /usr/bin/orted)" \
     /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/*.so 2>/dev/null | awk '$3 ~ /^\// {print $3}' | sort -u |

@@ -35,8 +35,8 @@ void mx_star_merge(int n, const float *const *outs, const float *const *lses, in
         }
 }
 
-int mx_star_init(mx_star *st, mx_comm *comm, mx_backend *be, int n_local, bool query_host, int rows, int n_head,
-                 int v_dim, mx_err *err) {
+int mx_star_init(mx_star *st, mx_comm *comm, mx_backend *be, int n_local, bool query_host, int rows,
+                 int n_head, int v_dim, mx_err *err) {
     memset(st, 0, sizeof *st);
     st->comm = comm;
     st->be = be;

@@ -4,10 +4,10 @@
  *           key is in the past of every query;
  *   part 2 (query host only): against the query and generated tokens' keys (slots n_local..pos+T-1), causal;
  * the two are merged locally, then (out, lse) of every rank is all-gathered and merged in rank order, so
- * every rank holds the same exact attention output and runs the rest of the model identically. Every buffer is
- * the backend's and every step a backend op (attention, lse_merge) or a collective on backend memory (NCCL on
- * CUDA), so the same code runs on the CPU and the GPU. Shapes: q (T, H*D); att (T, H*D); the per-rank message
- * is (T, H*D) outputs followed by (T, H) lse. */
+ * every rank holds the same exact attention output and runs the rest of the model identically. Every buffer
+ * is the backend's and every step a backend op (attention, lse_merge) or a collective on backend memory (NCCL
+ * on CUDA), so the same code runs on the CPU and the GPU. Shapes: q (T, H*D); att (T, H*D); the per-rank
+ * message is (T, H*D) outputs followed by (T, H) lse. */
 #include "../model/session.h"
 #include "star.h"
 

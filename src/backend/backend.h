@@ -140,11 +140,10 @@ struct mx_backend {
     void (*prefix_mean)(mx_backend *be, const float *x, int T, int C, float *sums, int pos0, int n_slots,
                         float *mean);
     /* Star Attention's exact merge of R partial attentions of the same T queries over disjoint key sets: part
-     * r has outputs outs + r * part_stride (T, H, Dv) and lse lses + r * part_stride (T, H) (natural log, −inf:
-     * part r saw no key, its output is ignored). lse = log Σ_r exp(lse_r) and
-     * out[T, H*Dv] = Σ_r exp(lse_r − lse) · out_r; lse (T, H) is written when not NULL. A row and head no part
-     * saw gets out = 0 and lse = −inf. fp32 (the CPU sums the exponentials in double); out and lse do not alias
-     * the parts. */
+     * r has outputs outs + r * part_stride (T, H, Dv) and lse lses + r * part_stride (T, H) (natural log,
+     * −inf: part r saw no key, its output is ignored). lse = log Σ_r exp(lse_r) and out[T, H*Dv] = Σ_r
+     * exp(lse_r − lse) · out_r; lse (T, H) is written when not NULL. A row and head no part saw gets out = 0
+     * and lse = −inf. fp32 (the CPU sums the exponentials in double); out and lse do not alias the parts. */
     void (*lse_merge)(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
                       int H, int Dv, float *out, float *lse);
 };

@@ -4,8 +4,8 @@
  * bandwidth is printed beside this machine's copy bandwidth, measured here on a buffer larger than the
  * last-level cache, and the model's size against that cache.
  * With --attn star (cli/star_cli.h) pp N times Star Attention's phase 1 instead: mx_star_open of N context
- * tokens over the job's ranks (blocks of --block with --anchor), from a barrier until every rank's GPU work and
- * the closing barrier are done, so a repetition's time is the slowest rank's. */
+ * tokens over the job's ranks (blocks of --block with --anchor), from a barrier until every rank's GPU work
+ * and the closing barrier are done, so a repetition's time is the slowest rank's. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -21,13 +21,14 @@
 #include "star_cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: mixatt bench [-m MODEL] [-p N] [-n N] [-r REPS] [--json] [--attn star ...]\n\n"
-               "  -p N          prompt tokens for the prefill test pp N (default 512; 0 = skip)\n"
-               "  -n N          tokens for the decode test tg N (default 128; 0 = skip)\n"
-               "  -r REPS       repetitions (default 5), after one warm-up\n"
-               "  --json        also print one JSON line per test (for scripts)\n"
-               "  --attn star   pp N times Star Attention's phase 1 over N context tokens on the job's ranks\n"
-               "                (mpirun -np R; with --block B, --anchor A as for mixatt run; needs -n 0)\n\n");
+    fprintf(f,
+            "usage: mixatt bench [-m MODEL] [-p N] [-n N] [-r REPS] [--json] [--attn star ...]\n\n"
+            "  -p N          prompt tokens for the prefill test pp N (default 512; 0 = skip)\n"
+            "  -n N          tokens for the decode test tg N (default 128; 0 = skip)\n"
+            "  -r REPS       repetitions (default 5), after one warm-up\n"
+            "  --json        also print one JSON line per test (for scripts)\n"
+            "  --attn star   pp N times Star Attention's phase 1 over N context tokens on the job's ranks\n"
+            "                (mpirun -np R; with --block B, --anchor A as for mixatt run; needs -n 0)\n\n");
     mx_common_help(f, false);
     mx_common_help_tp(f);
 }
@@ -80,8 +81,8 @@ static int run_once(mx_session *s, const int *toks, int n, bool decode, float *l
 }
 
 /* One repetition of Star's phase 1 over toks[0..n): tokens/s of the slowest rank. */
-static int star_once(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star_opts *so, const int *toks,
-                     int n, double *tps, mx_err *err) {
+static int star_once(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star_opts *so,
+                     const int *toks, int n, double *tps, mx_err *err) {
     mx_session *s = NULL;
     comm->barrier(comm);
     double t0 = mx_now();
@@ -124,7 +125,8 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
     if (prc) return prc < 0 ? 0 : prc;
     if (mx_star_cli_check("bench", &bo.star)) return 2;
     if (bo.star.on && (bo.tg || !bo.pp || o.tp > 1)) {
-        fprintf(stderr, "mixatt bench: --attn star times the prefill only: give -p N (N > 0) and -n 0, no --tp\n");
+        fprintf(stderr,
+                "mixatt bench: --attn star times the prefill only: give -p N (N > 0) and -n 0, no --tp\n");
         return 2;
     }
     int pp = bo.pp, tg = bo.tg, reps = bo.reps;

@@ -51,8 +51,9 @@ int mx_star_cli_query(const char *cmd, const mx_star_opts *o, int n) {
 void mx_star_cli_help(FILE *f) {
     fprintf(
         f,
-        "Star Attention (arXiv 2411.17116; one process, or N ranks with mpirun -np N; CPU; full MHA/GQA\n"
-        "layers only; docs/attention.md says what is exact and what is approximate):\n"
+        "Star Attention (arXiv 2411.17116; one process, or N ranks with mpirun -np N; CPU or --device\n"
+        "cuda, one GPU per rank; full MHA/GQA layers only; docs/attention.md says what is exact and what\n"
+        "is approximate):\n"
         "  --attn star          split the prompt into a context (all but the last --query tokens) and a\n"
         "                       query. Phase 1 encodes the context in blocks without communication:\n"
         "                       each block sees the anchor (the first A context tokens) and its own\n"

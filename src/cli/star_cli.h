@@ -1,4 +1,4 @@
-/* star_cli.h: Star Attention on the command line (mixatt run, mixatt logits): the flags --attn star, --block,
+/* star_cli.h: Star Attention on the command line (mixatt run, mixatt logits, mixatt bench): the flags --attn star, --block,
  * --anchor, --query, their help, and opening the phase-2 session for a tokenized prompt whose last --query
  * tokens are the query. */
 #ifndef MX_STAR_CLI_H

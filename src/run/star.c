@@ -11,8 +11,8 @@
 int mx_star_check(const mx_model *m, const mx_backend *be, mx_err *err) {
     const mx_config *c = &m->cfg;
     if (!be->lse_merge)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--attn star needs the lse_merge op, which --device %s lacks",
-                          be->name);
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--attn star needs the lse_merge op, which --device %s lacks", be->name);
     if (m->tp)
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
                           "--attn star and --tp cannot be combined (each rank must hold the whole model)");
@@ -161,9 +161,10 @@ int mx_star_open(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star
                           n_after, m->cfg.max_ctx);
     layout L = {0};
     if (mx_star_check(m, be, err) || make_layout(o, n, comm->rank, comm->size, &L, err)) return err->code;
-    /* phase 2 gathers (out, lse) in the backend's memory: on a GPU through NCCL (collective; idempotent, and a
-     * no-op for one rank or the CPU) */
-    if (comm->attach(comm, be, err)) return mx_err_wrap(err, "--attn star: attaching the ranks to %s", be->name);
+    /* phase 2 gathers (out, lse) in the backend's memory: on a GPU through NCCL (collective; idempotent, and
+     * a no-op for one rank or the CPU) */
+    if (comm->attach(comm, be, err))
+        return mx_err_wrap(err, "--attn star: attaching the ranks to %s", be->name);
     mx_err mine = {0};
     mx_session *s = open_local(m, be, comm, &L, ctx, n_after, &mine);
     if (comm->agree(comm, s != NULL, &mine, err)) {

@@ -113,7 +113,8 @@ static void merge_naive_parts(problem p, int n, uint64_t seed) {
     char what[96];
     snprintf(what, sizeof what, "%d parts of %d keys (q scale %g)", n, p.S, p.q_scale);
     expect_dense(&d, out, lse, what);
-    /* the CPU backend's lse_merge op on the parts packed as phase 2's messages: (T, H*D) outputs, (T, H) lse */
+    /* the CPU backend's lse_merge op on the parts packed as phase 2's messages: (T, H*D) outputs, (T, H) lse
+     */
     size_t ps = no + nl;
     float *msgs = malloc(ps * n * 4);
     for (int r = 0; r < n; r++) {
