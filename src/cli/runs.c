@@ -40,7 +40,10 @@ static int read_checkpoint(const char *path, mx_run *r) {
     if (mx_ckpt_read_config(path, &r->cfg, &err) || mx_st_open(path, &f, &err))
         return fprintf(stderr, "%s\n", err.msg), 1;
     const char *plan = mx_st_meta(f, "plan");
-    snprintf(r->plan, sizeof r->plan, "%s", plan ? plan : r->cfg.plan);
+    if (r->cfg.attn == MX_ATTN_MHA) /* other kinds prefix the plan: "mla: G,G,..." */
+        snprintf(r->plan, sizeof r->plan, "%.1000s", plan ? plan : r->cfg.plan);
+    else
+        snprintf(r->plan, sizeof r->plan, "%s: %.1000s", mx_attn_kind_name(r->cfg.attn), plan ? plan : r->cfg.plan);
     for (int i = 0; i < f->n_tensors; i++) {
         if (!strncmp(f->tensors[i].name, "optim.", 6)) continue;
         long n = 1;
@@ -109,12 +112,13 @@ double mx_run_kv_bytes_per_token(const mx_run *r) {
     memset(&c, 0, sizeof c);
     c.n_layer = t->n_layer, c.n_head = t->n_head, c.n_kv_head = t->n_kv_head, c.d_model = t->d_model;
     c.head_dim = t->d_model / t->n_head, c.max_ctx = t->max_ctx, c.window = t->window;
+    c.mla_kv_rank = t->mla_kv_rank, c.mla_rope_dim = t->mla_rope_dim; /* MLA caches the latent + rope key */
     mx_layer_plan *plan = calloc((size_t)c.n_layer, sizeof *plan);
     if (!plan) return -1;
     c.plan = plan;
     mx_err err = {0};
-    mx_plan_uniform(plan, c.n_layer, MX_ATTN_MHA, 0);
-    int rc = t->plan[0] ? mx_plan_parse(t->plan, c.n_layer, t->window, MX_ATTN_MHA, plan, &err) : 0;
+    mx_plan_uniform(plan, c.n_layer, t->attn, 0);
+    int rc = t->plan[0] ? mx_plan_parse(t->plan, c.n_layer, t->window, t->attn, plan, &err) : 0;
     double b = rc ? -1 : (double)mx_kv_bytes_at(&c, c.max_ctx, 1, sizeof(float)) / c.max_ctx;
     free(plan);
     return b;
