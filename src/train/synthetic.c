@@ -1,4 +1,4 @@
-/* synthetic.c: the copy, reverse and associative-recall tasks (synthetic.h). */
+/* synthetic.c: the copy, reverse, copy-at-a-distance and associative-recall tasks (synthetic.h). */
 #include "synthetic.h"
 
 #include <stdlib.h>
@@ -10,7 +10,8 @@
 enum { TOK_BOS = 0, TOK_SEP = 1, TOK_QUERY = 2, TOK_FILL = 3, TOK_FIRST = 4 };
 
 int mx_synth_known(const char *task) {
-    return !strcmp(task, "copy") || !strcmp(task, "reverse") || !strcmp(task, "recall");
+    return !strcmp(task, "copy") || !strcmp(task, "reverse") || !strcmp(task, "farcopy") ||
+           !strcmp(task, "recall");
 }
 
 static int content(mx_rng *r, int vocab) {
@@ -24,6 +25,17 @@ static int copy_doc(mx_rng *r, int *doc, int vocab, int seq, int reverse) {
     for (int i = 0; i < n; i++) doc[len++] = content(r, vocab);
     doc[len++] = TOK_SEP;
     for (int i = 0; i < n; i++) doc[len++] = doc[1 + (reverse ? n - 1 - i : i)];
+    return len;
+}
+
+/* A short span, filler, then the span again: the copy must reach back about seq - 2n tokens. */
+static int farcopy_doc(mx_rng *r, int *doc, int vocab, int seq) {
+    int n = (seq - 2) / 8 > 0 ? (seq - 2) / 8 : 1, len = 0;
+    doc[len++] = TOK_BOS;
+    for (int i = 0; i < n; i++) doc[len++] = content(r, vocab);
+    while (len < seq - 1 - n) doc[len++] = TOK_FILL;
+    doc[len++] = TOK_SEP;
+    for (int i = 0; i < n; i++) doc[len++] = doc[1 + i];
     return len;
 }
 
@@ -54,7 +66,7 @@ static int recall_doc(mx_rng *r, int *doc, int vocab, int seq) {
 
 int mx_synth_generate(const char *task, int *tokens, long n, int vocab, int seq, uint64_t seed, mx_err *err) {
     if (!mx_synth_known(task))
-        return mx_err_set(err, MX_ERR_ARG, "unknown synthetic task '%s' (copy, reverse, recall)", task);
+        return mx_err_set(err, MX_ERR_ARG, "unknown synthetic task '%s' (copy, reverse, farcopy, recall)", task);
     if (vocab < 16 || seq < 8)
         return mx_err_set(err, MX_ERR_ARG, "synthetic task '%s' needs vocab >= 16 and seq >= 8 (got %d, %d)",
                           task, vocab, seq);
@@ -63,8 +75,9 @@ int mx_synth_generate(const char *task, int *tokens, long n, int vocab, int seq,
     mx_rng r;
     mx_rng_seed(&r, seed);
     for (long off = 0; off < n;) {
-        int len = !strcmp(task, "recall") ? recall_doc(&r, doc, vocab, seq)
-                                          : copy_doc(&r, doc, vocab, seq, !strcmp(task, "reverse"));
+        int len = !strcmp(task, "recall")    ? recall_doc(&r, doc, vocab, seq)
+                  : !strcmp(task, "farcopy") ? farcopy_doc(&r, doc, vocab, seq)
+                                             : copy_doc(&r, doc, vocab, seq, !strcmp(task, "reverse"));
         for (int i = 0; i < len && off < n; i++) tokens[off++] = doc[i];
     }
     free(doc);

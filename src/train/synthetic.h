@@ -3,6 +3,7 @@
  * content tokens are 4 .. vocab-1. Each document fits `seq` tokens:
  *   copy     0 a1 .. an 1 a1 .. an              (n = (seq - 2) / 2 random content tokens)
  *   reverse  0 a1 .. an 1 an .. a1
+ *   farcopy  0 a1 .. an 3 3 .. 3 1 a1 .. an    (n = (seq - 2) / 8: copy at a distance of about seq - 2n)
  *   recall   0 k1 v1 .. kp vp 3 3 .. 3 2 ki vi  (p distinct keys with values; filler pushes the pairs far
  * back; one key is asked at the end: its value must be recalled) */
 #ifndef MX_SYNTHETIC_H
@@ -12,7 +13,7 @@
 
 #include "../base/status.h"
 
-/* True when name is a task ("copy", "reverse", "recall"). */
+/* True when name is a task ("copy", "reverse", "farcopy", "recall"). */
 int mx_synth_known(const char *task);
 /* Fills tokens[0..n) with documents of the task. vocab >= 16, seq >= 8. */
 int mx_synth_generate(const char *task, int *tokens, long n, int vocab, int seq, uint64_t seed, mx_err *err);
