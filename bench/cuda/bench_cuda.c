@@ -204,7 +204,7 @@ int main(int argc, char **argv) {
     free(logits);
     free(toks);
 
-kernels:; /* ---- attention kernels ---- */
+kernels:; /* ---- attention kernels (MX_CUDA_FA_VAR picks the prefill variant: cuda_attention.cu) ---- */
     struct {
         int H, D;
     } pf[2] = {{16, 128}, {32, 64}};

@@ -4,6 +4,7 @@
 #   bash bench/cuda/device_run.sh run WHAT...     runs each WHAT in order (default: all):
 #       ops      the op tests only (test_cuda with CUDA graphs on and off), no model: carry .devcarry
 #       models   every model fixture on the GPU vs its reference (tests/cuda/check_models_gpu.py): .devcarry
+#       attn     prefill-attention variants (MX_CUDA_FA_VAR): test_cuda ops + bench_cuda kernels + peer.py: .devcarry
 #       moe      the Mixtral-shaped MoE benchmark beside HF transformers (bench/cuda/moe_bench.py): .devcarry
 #       moecheck only that model's logits check, under several launch settings (A/B of a wrong result)
 #       test     test_cuda with the default model (graphs on) and the ops with graphs off
@@ -68,6 +69,21 @@ ops)
 models)
     MIXATT="$BIN/mixatt" python3 tests/cuda/check_models_gpu.py 2>&1 | tee "$OUTD/models.log"
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
+attn)
+    # issue #5: the prefill-attention variants (MX_CUDA_FA_VAR, cuda_attention.cu), each checked by test_cuda's
+    # attention cases and timed by bench_cuda (no model: kernels only), PyTorch's SDPA (FA2, cuDNN) in the same
+    # run; a table last. ATTN_VARS overrides the list.
+    for var in ${ATTN_VARS:-0 1 2 3 4}; do
+        MX_CUDA_FA_VAR=$var MX_CUDA_GRAPHS=0 "$BIN/test_cuda" > "$OUTD/test_attn_var$var.log" 2>&1 || rc=1
+        printf 'var %s test_cuda: %s (attention: %s PASS, %s FAIL)\n' "$var" "$(tail -1 "$OUTD/test_attn_var$var.log")" \
+            "$(grep -c '^PASS attention' "$OUTD/test_attn_var$var.log")" "$(grep -c '^FAIL' "$OUTD/test_attn_var$var.log")"
+        MX_CUDA_FA_VAR=$var "$BIN/bench_cuda" > "$OUTD/bench_attn_var$var.log" 2>&1 || rc=1
+        grep "prefill attention" "$OUTD/bench_attn_var$var.log" | sed "s/^/var $var: /" >> "$OUTD/attn_table.txt"
+    done
+    PYTHONUNBUFFERED=1 python3 bench/cuda/peer.py 2>&1 | tee "$OUTD/peer.log" | grep -i "prefill\|PyTorch" >> "$OUTD/attn_table.txt"
+    # the default variant again, last, for the run-to-run spread
+    "$BIN/bench_cuda" 2>&1 | grep "prefill attention" | sed "s/^/default (again): /" >> "$OUTD/attn_table.txt"
+    echo "==== table"; cat "$OUTD/attn_table.txt" ;;
 moe)
     MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" 2>&1 | tee "$OUTD/moe.log"
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
