@@ -53,7 +53,7 @@ def main():
                 try:
                     cpu = logits([binary, *base, "--exact", "-o", o["cpu"], *mode], o["cpu"], len(ids))
                     gpu1 = logits([binary, *base, "--device", dev, "-o", o["gpu1"], *mode], o["gpu1"], len(ids))
-                    gpu2 = logits([*mpirun, binary, *base, "--tp", "2", "--device", dev, "-o", o["gpu2"], *mode],
+                    gpu2 = logits([*mpirun, binary, *base, "--tp", os.environ.get("NP", "2"), "--device", dev, "-o", o["gpu2"], *mode],
                                   o["gpu2"], len(ids))
                 except RuntimeError as e:
                     print(f"FAIL {label} {e}", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ranks_run.sh: tensor parallelism on 2 GPUs (issue #6), run on the lent machine (kind nvidia-h200-x2) in the
+# ranks_run.sh: tensor parallelism and Star Attention on $NP GPUs (default 2; issue #6), run on the lent machine (kind nvidia-h200-x2) in the
 # repository root with what bench/cuda/stage_ranks.sh staged in .devcarry-ranks/ (carry it):
 #   bash bench/cuda/ranks_run.sh WHAT...   each WHAT in order (default: all = check bench star)
 #     check   ranks_check.py: `mpirun -np 2 mixatt logits --tp 2 --device cuda` vs one GPU, the CPU in fp32 and
@@ -23,6 +23,7 @@ OUTD=${OUT:-$M/out}
 mkdir -p "$M/lib" "$M/raw" "$M/bin" "$OUTD"
 DEVICE=${DEVICE:-cuda} # cpu: a dry run of this script's logic on a machine without GPUs
 PP=${PP:-4096}
+NP=${NP:-2} # ranks = GPUs
 export OUTD DEVICE NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 MIXATT_COMM_TIMEOUT=30
 exec > >(tee -a "$OUTD/ranks.log") 2>&1
 test -f "$C/bin.tar.gz" || { echo "ranks_run: no $C (run bench/cuda/stage_ranks.sh here and carry it)"; exit 3; }
@@ -37,8 +38,8 @@ printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/raw/mixatt "$@"\n' "$LIBS" "$M" > 
 chmod +x "$M/bin/mixatt"
 MX=$M/bin/mixatt
 # mpirun with the carried libraries (python3 keeps the machine's own)
-MPIRUN="timeout 240 env LD_LIBRARY_PATH=$LIBS /usr/bin/mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x MIXATT_COMM_TIMEOUT"
-export MIXATT=$MX MPIRUN
+MPIRUN="timeout 240 env LD_LIBRARY_PATH=$LIBS /usr/bin/mpirun --allow-run-as-root --bind-to none -np $NP -x NCCL_NVLS_ENABLE -x MIXATT_COMM_TIMEOUT"
+export MIXATT=$MX MPIRUN NP
 echo "ranks_run: $(date -u +%FT%TZ) libnccl from $NL; mpirun in PATH: $(command -v mpirun)"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 nvidia-smi topo -m 2>&1 | head -4
@@ -54,11 +55,11 @@ bench_pair() { # $1 = model dir, $2 = label: 1 GPU, then 2 GPUs (--tp 2), then 2
     echo "== $2: 1 GPU"
     timeout 240 "$MX" "${args[@]}" 2> "$M/err" || r=1
     json_to "$M/err" "$2" 1
-    echo "== $2: 2 GPUs, --tp 2"
-    $MPIRUN "$MX" "${args[@]}" --tp 2 2> "$M/err" || r=1
-    json_to "$M/err" "$2" 2
-    echo "== $2: 2 GPUs, --tp 2, decode with CUDA graphs off (MX_CUDA_GRAPHS=0)"
-    MX_CUDA_GRAPHS=0 $MPIRUN -x MX_CUDA_GRAPHS "$MX" bench -m "$1" --device "$DEVICE" -p 0 -n 128 -r 3 --tp 2 2>&1 |
+    echo "== $2: $NP GPUs, --tp $NP"
+    $MPIRUN "$MX" "${args[@]}" --tp "$NP" 2> "$M/err" || r=1
+    json_to "$M/err" "$2" "$NP"
+    echo "== $2: $NP GPUs, --tp $NP, decode with CUDA graphs off (MX_CUDA_GRAPHS=0)"
+    MX_CUDA_GRAPHS=0 $MPIRUN -x MX_CUDA_GRAPHS "$MX" bench -m "$1" --device "$DEVICE" -p 0 -n 128 -r 3 --tp "$NP" 2>&1 |
         grep -E "tg128|rror|mixatt"
     return $r
 }

@@ -64,8 +64,8 @@ def check(binary, mpirun, dev):
         e0, t0 = compare(dense, cpu_dense)
         rows.append({"case": "dense 1 GPU vs dense CPU fp32", "rel_l2_max": e0, "top1": t0})
         print(f"     dense 1 GPU vs dense CPU fp32 (the bf16 floor): rel L2 max {e0:.2e} top-1 {t0:.2f}", flush=True)
-        cases = [("2 GPUs, one block of 36 (on rank 1)", [*mpirun, binary, *base, *star, "--block", n - q]),
-                 ("2 GPUs, two blocks of 18, anchor 18", [*mpirun, binary, *base, *star]),
+        cases = [("N GPUs, one block of 36 (on the last rank)", [*mpirun, binary, *base, *star, "--block", n - q]),
+                 ("N GPUs, two blocks of 18, anchor 18", [*mpirun, binary, *base, *star, "--block", (n - q) // 2]),
                  ("1 GPU, two blocks of 18, anchor 18", [binary, *base, *star, "--block", (n - q) // 2])]
         for label, cmd in cases:
             try:
@@ -144,7 +144,8 @@ def bench(binary, mpirun, dev, model, ctxs):
                   f"{'-' if est is None else f'{est:.0f} s'})", flush=True)
             continue
         t0 = time.time()
-        B = n // 2
+        R = int(os.environ.get("NP", "2"))  # ranks = GPUs
+        B = n // R
         common = ["bench", "-m", model, "--device", dev, "-p", n, "-n", 0, "-r", reps, "--json"]
         try:
             d = bench_json([binary, *common], 300)
@@ -152,11 +153,11 @@ def bench(binary, mpirun, dev, model, ctxs):
             print(f"== n {n}: dense prefill, 1 GPU: {d['tok_s']:.0f} tok/s ({n / d['tok_s']:.2f} s)", flush=True)
             for A in (B, B // 4):
                 s = bench_json([*mpirun, binary, *common, "--attn", "star", "--block", B, "--anchor", A], 300)
-                ide = ideal(cfg, n, B, A, 2)
+                ide = ideal(cfg, n, B, A, R)
                 sp = s["tok_s"] / d["tok_s"]
                 res["star"].append({"block": B, "anchor": A, "tok_s": s["tok_s"], "sd": s["sd"], "speedup": sp,
                                     "ideal": ide})
-                print(f"   Star 2 GPUs, block {B}, anchor {A}: phase 1 {s['tok_s']:.0f} tok/s ({n / s['tok_s']:.2f}"
+                print(f"   Star {R} GPUs, block {B}, anchor {A}: phase 1 {s['tok_s']:.0f} tok/s ({n / s['tok_s']:.2f}"
                       f" s): {sp:.2f}x dense; ideal {ide['flops']:.2f}x (FLOPs; linear {ide['linear']:.2f}x, "
                       f"attention {ide['attention']:.2f}x; busiest rank {max(ide['rank_work'])})", flush=True)
             rows.append(res)
