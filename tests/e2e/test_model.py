@@ -61,8 +61,11 @@ def test_logits_match_transformers(mixatt, model, reference_logits, tmp_path, i,
 def test_fast_decode_close_to_transformers(mixatt, model, reference_logits, tmp_path, i):
     ours = mixatt_logits(mixatt, model, CASES["cases"][i]["ids"], tmp_path, "--decode")
     err = rel_l2(ours, reference_logits[i])
-    print(f"8-bit activation decode: rel. L2 max {err.max():.3e} mean {err.mean():.3e}")
-    assert err.max() <= 0.3 and err.mean() <= 0.06
+    print(f"8-bit activation decode: rel. L2 max {err.max():.3e} p95 {np.percentile(err, 95):.3e} "
+          f"mean {err.mean():.3e}")
+    # 95% of positions within 0.12 (tighter than the 0.15 once asked of every position; measured p95 0.08); a
+    # near-tied position or two reach 0.22, hence the 0.3 ceiling for the maximum alone; mean 0.05 (was 0.06)
+    assert np.percentile(err, 95) <= 0.12 and err.mean() <= 0.05 and err.max() <= 0.3
     assert (ours.argmax(1) == reference_logits[i].argmax(1)).mean() >= 0.9
 
 
@@ -83,6 +86,7 @@ def test_decode_equals_prefill(mixatt, model, tmp_path):
     decode = mixatt_logits(mixatt, model, ids, tmp_path, "--exact", "--decode")
     chunked = mixatt_logits(mixatt, model, ids, tmp_path, "--exact", "--chunk", 7)
     # Decode (fp32 GEMV) and prefill (sgemm on dequantized tiles) sum the same products in different orders:
-    # fp32 rounding through 30 layers gives ~1e-5; anything structural (positions, cache slots) would be >1e-2.
-    assert rel_l2(decode, prefill).max() <= 1e-4
-    assert rel_l2(chunked, prefill).max() <= 1e-4
+    # fp32 rounding through 30 layers gives 5-7e-6 (measured, any thread count); anything structural (positions,
+    # cache slots) would be >1e-2.
+    assert rel_l2(decode, prefill).max() <= 1e-5
+    assert rel_l2(chunked, prefill).max() <= 1e-5
