@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from peer import bench
+
 
 def cfg_of(a):
     from transformers import MixtralConfig
@@ -40,18 +42,8 @@ def cfg_of(a):
 
 
 def event_time(fn, reps=3, warm=1):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e-3)
-    return sorted(ts)[len(ts) // 2]
+    """Median seconds of fn over CUDA events after warm-up (peer.py's timer, fewer repetitions)."""
+    return bench(fn, reps=reps, warm=warm)
 
 
 def check_variants(a, model, ids, mixatt):
