@@ -19,6 +19,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 M=/tmp/mx
+DC=${DEVCARRY:-.devcarry} # the staged binaries (stage.sh's DEVCARRY)
 OUTD=${OUT:-/tmp/mx/out}
 mkdir -p "$M" "$OUTD"
 case "${1:-}" in
@@ -33,7 +34,7 @@ WHATS=${*:-all}
 
 # binaries and libraries; wrappers that give the binaries (only) the carried libraries
 mkdir -p "$M/lib" "$M/raw" "$M/bin"
-tar -C "$M/lib" -xzf .devcarry/lib.tar.gz && tar -C "$M/raw" -xzf .devcarry/bin.tar.gz || exit 3
+tar -C "$M/lib" -xzf "$DC/lib.tar.gz" && tar -C "$M/raw" -xzf "$DC/bin.tar.gz" || exit 3
 # NCCL (mixatt links it when the build found it): CUDA's own, else the one PyTorch's nvidia-nccl wheel brings
 NCCL_DIR=/usr/local/cuda/lib64
 [ -e "$NCCL_DIR/libnccl.so.2" ] || NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)

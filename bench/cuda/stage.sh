@@ -15,6 +15,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODEL=${MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 B=${BUILD_COPY:-/tmp/mx-devbuild}
+# DEVCARRY: the folder for the binaries (default .devcarry); another name (e.g. .devcarry-attn, for a second line of
+# work staging its own build beside this one) stages only the binaries and libraries, no model parts.
+DC=${DEVCARRY:-.devcarry}
+TMPB=/tmp/mx-devbin${DC#.devcarry}
+TMPL=/tmp/mx-devlibs${DC#.devcarry}
 SPLIT=${SPLIT_BYTES:-58000000}
 cd "$ROOT"
 test -f "$MODEL" || { echo "stage.sh: no model at $MODEL (make model)" >&2; exit 1; }
@@ -22,13 +27,13 @@ mkdir -p "$B"
 # a scratch copy of the sources (tracked and untracked files, not build outputs or models)
 tar --exclude=./build --exclude=./models --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -C "$B" -xf -
 make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/bench_cuda
-rm -rf .devcarry .devcarry-m1 .devcarry-m2
-mkdir -p .devcarry .devcarry-m1 .devcarry-m2 /tmp/mx-devbin
-rm -f /tmp/mx-devbin/*
+rm -rf "$DC"
+mkdir -p "$DC" "$TMPB"
+rm -f "$TMPB"/*
 for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do
-    strip -o "/tmp/mx-devbin/$(basename "$b")" "$B/$b"
+    strip -o "$TMPB/$(basename "$b")" "$B/$b"
 done
-tar -C /tmp/mx-devbin -czf .devcarry/bin.tar.gz .
+tar -C "$TMPB" -czf "$DC/bin.tar.gz" .
 # every shared library the three binaries need (OpenBLAS, cJSON, utf8proc, Open MPI and theirs) except glibc's,
 # the compiler runtime's and CUDA's own (the device has those, CUDA's under /usr/local/cuda; NCCL, 218 MB, is found
 # there by device_run.sh, in /usr/local/cuda or PyTorch's nvidia-nccl wheel). device_run.sh puts
@@ -36,9 +41,16 @@ tar -C /tmp/mx-devbin -czf .devcarry/bin.tar.gz .
 libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do ldd "$B/$b"; done |
        awk '$3 ~ /^\// {print $3}' | sort -u |
        grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcudart|libcublas[A-Za-z]*|libnccl)\.so' || true)
-mkdir -p /tmp/mx-devlibs && rm -f /tmp/mx-devlibs/*
-for l in $libs; do cp -L "$l" "/tmp/mx-devlibs/$(basename "$l")"; done
-tar -C /tmp/mx-devlibs -czf .devcarry/lib.tar.gz .
+mkdir -p "$TMPL" && rm -f "$TMPL"/*
+for l in $libs; do cp -L "$l" "$TMPL/$(basename "$l")"; done
+tar -C "$TMPL" -czf "$DC/lib.tar.gz" .
+if [ "$DC" != .devcarry ]; then
+    du -sh "$DC"
+    echo "stage.sh: ready in $DC (binaries only: device_run.sh with DEVCARRY=$DC, modes without the model)"
+    exit 0
+fi
+rm -rf .devcarry-m1 .devcarry-m2
+mkdir -p .devcarry-m1 .devcarry-m2
 sha256sum "$MODEL" | awk '{print $1}' > .devcarry/model.sha256
 head -c "$SPLIT" "$MODEL" > .devcarry-m1/part
 tail -c +"$((SPLIT + 1))" "$MODEL" > .devcarry-m2/part
