@@ -7,6 +7,7 @@
 #       attn     prefill-attention variants (MX_CUDA_FA_VAR): test_cuda ops + bench_cuda kernels + peer.py: .devcarry
 #       moe      the Mixtral-shaped MoE benchmark beside HF transformers (bench/cuda/moe_bench.py): .devcarry
 #       moecheck only that model's logits check, under several launch settings (A/B of a wrong result)
+#       moeab    that model's mixatt prefill/decode under MoE launch settings (MX_MOE, MX_MOE_STREAMS, ...), no HF
 #       test     test_cuda with the default model (graphs on) and the ops with graphs off
 #       bench    bench_cuda, peer.py, mixatt bench and the decode A/B of the launch options
 #       all      test and bench
@@ -24,7 +25,10 @@ OUTD=${OUT:-/tmp/mx/out}
 mkdir -p "$M" "$OUTD"
 case "${1:-}" in
 stage)
-    cp .devcarry-m1/part "$M/model.part1" && ls -la "$M" && echo "device_run: part 1 staged"
+    # the model parts carried in this call (part 1, or part 2 when the tree plus both carries passes 64 MiB)
+    [ -f .devcarry-m1/part ] && { cp .devcarry-m1/part "$M/model.part1" && echo "device_run: part 1 staged"; }
+    [ -f .devcarry-m2/part ] && { cp .devcarry-m2/part "$M/model.part2" && echo "device_run: part 2 staged"; }
+    ls -la "$M"
     exit 0 ;;
 run) ;;
 *) echo "usage: device_run.sh stage | run [ops|models|moe|test|bench|all]..." >&2; exit 2 ;;
@@ -49,9 +53,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "device_run: mixatt --help says: $("$BIN/mixatt" --help 2>&1 | head -1)"  # starts without mpirun?
 
 need_model() {
-    if [ -f .devcarry-m2/part ] && [ ! -f "$M/model.gguf" ]; then
+    local p2=.devcarry-m2/part
+    [ -f "$p2" ] || p2=$M/model.part2
+    if [ -f "$p2" ] && [ ! -f "$M/model.gguf" ]; then
         test -f "$M/model.part1" || { echo "device_run: part 1 is not in $M (machine restarted?): run 'stage' first" >&2; return 3; }
-        cat "$M/model.part1" .devcarry-m2/part > "$M/model.gguf"
+        cat "$M/model.part1" "$p2" > "$M/model.gguf"
         if [ -f .devcarry/model.sha256 ] && [ "$(sha256sum "$M/model.gguf" | awk '{print $1}')" != "$(cat .devcarry/model.sha256)" ]; then
             echo "device_run: model checksum mismatch" >&2; rm -f "$M/model.gguf"; return 3
         fi
@@ -91,6 +97,11 @@ moe)
 moecheck)
     MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" --check-only 2>&1 |
         tee "$OUTD/moecheck.log" ;;
+moeab)
+    # mixatt alone (no HF) under the MoE launch settings (moe_bench.py --ab; MX_MOE_AB overrides the list)
+    MIXATT="$BIN/mixatt" PYTHONUNBUFFERED=1 python3 bench/cuda/moe_bench.py --dir "$M/moe" --ab 2>&1 |
+        tee "$OUTD/moeab.log"
+    [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1 ;;
 test|all)
     need_model || exit 3
     $BIN/test_cuda "$M/model.gguf" > "$OUTD/test_graphs_on.log" 2>&1; r=$?; [ $r -ne 0 ] && rc=$r

@@ -10,6 +10,7 @@
 # (the machine keeps /tmp only while warm, ~30 s after a call):
 #   1. carry [".devcarry-m1"]                 command: bash bench/cuda/device_run.sh stage
 #   2. carry [".devcarry", ".devcarry-m2"]    command: bash bench/cuda/device_run.sh run [test|bench|all]
+#      (when the tree and both carries pass 64 MiB: carry [".devcarry-m2"] with `stage` too, then [".devcarry"])
 # Later calls while the machine is still warm need only carry [".devcarry"] (the model stays in /tmp/mx).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,7 +21,7 @@ B=${BUILD_COPY:-/tmp/mx-devbuild}
 DC=${DEVCARRY:-.devcarry}
 TMPB=/tmp/mx-devbin${DC#.devcarry}
 TMPL=/tmp/mx-devlibs${DC#.devcarry}
-SPLIT=${SPLIT_BYTES:-58000000}
+SPLIT=${SPLIT_BYTES:-52000000}
 cd "$ROOT"
 test -f "$MODEL" || { echo "stage.sh: no model at $MODEL (make model)" >&2; exit 1; }
 mkdir -p "$B"

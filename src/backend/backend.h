@@ -49,6 +49,17 @@ typedef struct {
     size_t q_stride, k_stride, v_stride, o_stride; /* elements between rows (tokens/slots) */
 } mx_attn_spec;
 
+/* One draw of the next token on the backend (sample below): the rules of run/sampler.h without the repetition
+ * penalty. temperature <= 0: argmax (ties: the lowest id). Else the top_k largest logits (1 <= top_k <=
+ * MX_SAMPLE_TOPK_MAX; ties: lower ids first), p_i = exp((l_i - l_max) / temperature), the top-p prefix and the
+ * min-p floor as in sampler.c, then the first candidate whose running mass exceeds u times the kept mass. */
+enum { MX_SAMPLE_TOPK_MAX = 1024 };
+typedef struct {
+    float temperature, top_p, min_p;
+    int top_k;
+    float u; /* the caller's uniform draw in [0, 1) (one per non-greedy token, as sampler.c draws it) */
+} mx_sample_spec;
+
 typedef struct mx_backend mx_backend;
 struct mx_backend {
     const char *name;
@@ -146,6 +157,29 @@ struct mx_backend {
      * and lse = −inf. fp32 (the CPU sums the exponentials in double); out and lse do not alias the parts. */
     void (*lse_merge)(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
                       int H, int Dv, float *out, float *lse);
+    /* Optional (NULL: moe.c composes moe_route, gather_rows, matmul, swiglu and scatter_add_rows, as the CPU
+     * does). One MoE layer's routed experts on T tokens x[T, C]: ids, w = moe_route(logits[T, E], k, norm, scale);
+     * out[t] = Σ_j w[t, j] · expert_{ids[t, j]}(x[t]) over the choices whose expert is local (local: E flags in
+     * host memory, NULL = every expert), with expert_e(v) = down_e · (silu(gate_e · v) ⊙ up_e · v) and the 3-D
+     * expert tensors gate, up ne {C, F, E}, down ne {F, C, E}. out[T, C] is written entirely (zeros where no
+     * local expert was chosen) and aliases neither x nor logits. counts (HOST, E ints, may be NULL) receives the
+     * tokens routed to each expert. Returns false, having done nothing, where the backend prefers the generic
+     * composition for this call (a few tokens: CUDA's fused decode kernels). */
+    bool (*moe_ffn)(mx_backend *be, const float *x, const float *logits, int T, int E, int k, bool norm,
+                    float scale, const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down,
+                    const bool *local, float *out, int *counts);
+
+    /* ---- decode with the host out of the loop (optional: NULL where a backend has none; run/generate.c then
+     * copies the logits and samples on the host). The token stays in backend memory, where the next step's
+     * embed_dev reads it, so the host can queue step t+1 before it has seen token t. ---- */
+    /* Draws a token from logits[vocab] (backend memory) by sp into *tok (backend memory, one int) and queues
+     * its copy to the host; returns a ticket (>= 0) for sample_wait. */
+    int (*sample)(mx_backend *be, const float *logits, int vocab, const mx_sample_spec *sp, int *tok);
+    /* The token drawn for a ticket, once it is known (blocks until then); -1 for a ticket no longer held (the
+     * backend keeps the last 64). */
+    int (*sample_wait)(mx_backend *be, int ticket);
+    /* embed with the T ids in backend memory (e.g. the token sample wrote). */
+    void (*embed_dev)(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
 };
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */

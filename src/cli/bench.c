@@ -1,5 +1,7 @@
 /* bench.c: `mixatt bench`: llama-bench-style throughput. pp N = one prefill of N tokens from an empty cache;
- * tg N = N single-token decode steps from an empty cache. Random token ids (seeded), mean ± sd over
+ * tg N = N single-token decode steps from an empty cache (on a backend that samples, such as CUDA, the way
+ * `mixatt run` decodes: each step's greedy token drawn there and fed to the next step, read back two steps
+ * behind; elsewhere each step's logits come to the host). Random token ids (seeded), mean ± sd over
  * repetitions after one warm-up. Decode is bound by reading the weights, so the achieved weight-read
  * bandwidth is printed beside this machine's copy bandwidth, measured here on a buffer larger than the
  * last-level cache, and the model's size against that cache.
@@ -65,6 +67,22 @@ static void stats(const double *x, int n, double *mean, double *sd) {
     *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
+/* Decode as `mixatt run` does it where the backend samples (generate.c: decode_device): the first token is
+ * toks[0], every later one the greedy draw of the step before, read back two steps behind. */
+static int decode_kept(mx_session *s, const int *toks, int n, mx_err *err) {
+    mx_backend *be = s->be;
+    mx_sample_spec greedy = {0};
+    int ticket[3] = {-1, -1, -1};
+    for (int i = 0; i < n; i++) {
+        if (mx_session_eval_keep(s, i ? NULL : toks, 1, err)) return err->code;
+        ticket[i % 3] = be->sample(be, s->logits, s->m->cfg.vocab, &greedy, s->tok);
+        if (i >= 2 && be->sample_wait(be, ticket[(i - 2) % 3]) < 0)
+            return mx_err_set(err, MX_ERR_IO, "the backend lost the token of step %d", i - 2);
+    }
+    be->sync(be);
+    return 0;
+}
+
 /* One repetition: tokens/s of prefill (decode = false) or decode. */
 static int run_once(mx_session *s, const int *toks, int n, bool decode, float *logits, double *tps,
                     mx_err *err) {
@@ -72,6 +90,8 @@ static int run_once(mx_session *s, const int *toks, int n, bool decode, float *l
     double t0 = mx_now();
     if (!decode) {
         if (mx_session_eval(s, toks, n, logits, false, err)) return err->code;
+    } else if (mx_session_can_keep(s)) {
+        if (decode_kept(s, toks, n, err)) return err->code;
     } else {
         for (int i = 0; i < n; i++)
             if (mx_session_eval(s, toks + i, 1, logits, false, err)) return err->code;
@@ -186,6 +206,10 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
             m->tp ? " (rank 0's share)" : "", bytes / 1048576.0, tg_mean, read / 1e9, be->n_threads,
             bw / 1e9);
         printf("note: a model smaller than the last-level cache is read from cache, not DRAM, once warm.\n");
+        if (s && mx_session_can_keep(s))
+            printf("decode: greedy tokens drawn on the %s backend, fed to the next step there and read back two "
+                   "steps behind, as `mixatt run` does (MX_HOST_SAMPLING=1: logits to the host each step).\n",
+                   be->name);
     }
     rc = 0;
     goto done;

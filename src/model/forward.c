@@ -14,10 +14,14 @@ void mx_norm(mx_session *s, const float *x, const mx_tensor *w, const mx_tensor 
         s->be->rmsnorm(s->be, x, w, out, T, c->d_model, c->norm_eps);
 }
 
+/* tokens NULL: the one token at s->tok in backend memory (mx_session_eval_keep) */
 static void embed(mx_session *s, const int *tokens, int T) {
     const mx_model *m = s->m;
     mx_backend *be = s->be;
-    be->embed(be, &m->w.tok_embd, tokens, T, s->x); /* x (T, C) */
+    if (tokens)
+        be->embed(be, &m->w.tok_embd, tokens, T, s->x); /* x (T, C) */
+    else
+        be->embed_dev(be, &m->w.tok_embd, s->tok, T, s->x);
     if (m->cfg.use_rope) return;
     for (int t0 = 0; t0 < T; t0 += 512) { /* learned positions, in batches of ids */
         int pos[512], n = T - t0 < 512 ? T - t0 : 512;
@@ -42,7 +46,7 @@ static void attention(mx_session *s, int l, int T) {
     }
 }
 
-void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all_logits) {
+static void blocks(mx_session *s, const int *tokens, int T) {
     const mx_config *c = &s->m->cfg;
     mx_backend *be = s->be;
     int C = c->d_model;
@@ -62,6 +66,20 @@ void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all
         be->add(be, s->x, s->h, T * C);
     }
     s->pos += T;
+}
+
+void mx_forward_keep(mx_session *s, const int *tokens, int T) {
+    const mx_config *c = &s->m->cfg;
+    blocks(s, tokens, T);
+    mx_norm(s, s->x + (size_t)(T - 1) * c->d_model, &s->m->w.out_norm, &s->m->w.out_norm_b, s->h, 1);
+    s->be->matmul(s->be, &s->m->w.output, s->h, s->logits, 1); /* (1, vocab), stays in backend memory */
+}
+
+void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all_logits) {
+    const mx_config *c = &s->m->cfg;
+    mx_backend *be = s->be;
+    int C = c->d_model;
+    blocks(s, tokens, T);
     if (!logits) return;
     int rows = all_logits ? T : 1;
     const float *xr = all_logits ? s->x : s->x + (size_t)(T - 1) * C;

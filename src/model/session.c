@@ -2,6 +2,7 @@
 #include "session.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "tp.h"
 
@@ -37,6 +38,7 @@ static int alloc_scratch(mx_session *s, mx_err *err) {
     for (int i = 0; i < MX_N_SCRATCH; i++) ok = ok && (s->buf[i] = be->alloc(be, U * s->width * F));
     s->logits = be->alloc(be, U * c->vocab * F);
     if (c->n_expert > 0) s->moe_counts = calloc((size_t)c->n_layer * c->n_expert, sizeof(int));
+    if (be->sample) ok = ok && (s->tok = be->alloc(be, 64)); /* the sampled token (mx_session_eval_keep) */
     if (!ok || !s->logits || (c->n_expert > 0 && !s->moe_counts))
         return mx_err_set(err, MX_ERR_NOMEM, "out of memory allocating activation buffers for %d tokens",
                           s->ubatch);
@@ -93,7 +95,7 @@ int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session *
 void mx_session_free(mx_session *s) {
     if (!s) return;
     mx_kvcache_free(&s->kv);
-    float *bufs[] = {s->x, s->h, s->logits, s->tp_send, s->tp_recv};
+    float *bufs[] = {s->x, s->h, s->logits, s->tp_send, s->tp_recv, (float *)s->tok};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) s->be->free(s->be, bufs[i]);
     for (int i = 0; i < MX_N_SCRATCH; i++)
@@ -102,20 +104,52 @@ void mx_session_free(mx_session *s) {
     free(s);
 }
 
-int mx_session_eval(mx_session *s, const int *tokens, int T, float *logits, bool all_logits, mx_err *err) {
+/* T tokens fit at s->pos and are in the vocabulary (tokens NULL: the backend's sampled token, valid by making) */
+static int check_tokens(const mx_session *s, const int *tokens, int T, mx_err *err) {
     if (T <= 0) return mx_err_set(err, MX_ERR_ARG, "nothing to evaluate (0 tokens)");
     if (s->pos + T > s->n_ctx)
         return mx_err_set(err, MX_ERR_ARG, "%d tokens at position %d exceed the context of %d tokens", T,
                           s->pos, s->n_ctx);
-    for (int t = 0; t < T; t++)
+    for (int t = 0; tokens && t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= s->m->cfg.vocab)
             return mx_err_set(err, MX_ERR_ARG, "token id %d at index %d is outside the vocabulary (0..%d)",
                               tokens[t], t, s->m->cfg.vocab - 1);
+    return MX_OK;
+}
+
+int mx_session_eval(mx_session *s, const int *tokens, int T, float *logits, bool all_logits, mx_err *err) {
+    int rc = check_tokens(s, tokens, T, err);
+    if (rc) return rc;
+    if (!tokens) return mx_err_set(err, MX_ERR_ARG, "no tokens given");
     for (int done = 0; done < T;) {
         int n = T - done < s->ubatch ? T - done : s->ubatch;
         bool last = done + n == T;
         float *dst = all_logits ? logits + (size_t)done * s->m->cfg.vocab : logits;
         mx_forward(s, tokens + done, n, (all_logits || last) ? dst : NULL, all_logits);
+        done += n;
+    }
+    return MX_OK;
+}
+
+bool mx_session_can_keep(const mx_session *s) {
+    const char *e = getenv("MX_HOST_SAMPLING");
+    if (e && strcmp(e, "0") != 0) return false;
+    return s->be->sample && s->be->sample_wait && s->be->embed_dev && !s->m->tp && !s->star && s->ubatch >= 3;
+}
+
+int mx_session_eval_keep(mx_session *s, const int *tokens, int T, mx_err *err) {
+    if (!mx_session_can_keep(s))
+        return mx_err_set(err, MX_ERR_ARG, "this session cannot keep its logits on the backend (%s)", s->be->name);
+    if (!tokens && T != 1) return mx_err_set(err, MX_ERR_ARG, "the sampled token is one token, not %d", T);
+    if (!tokens && !s->tok) return mx_err_set(err, MX_ERR_ARG, "no token has been sampled on the backend yet");
+    int rc = check_tokens(s, tokens, T, err);
+    if (rc) return rc;
+    for (int done = 0; done < T;) {
+        int n = T - done < s->ubatch ? T - done : s->ubatch;
+        if (done + n == T)
+            mx_forward_keep(s, tokens ? tokens + done : NULL, n);
+        else
+            mx_forward(s, tokens + done, n, NULL, false);
         done += n;
     }
     return MX_OK;

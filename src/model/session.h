@@ -32,6 +32,7 @@ typedef struct {
     /* Tensor parallelism (tp.h): the output head's allgather buffers in backend memory, [ubatch, vocab_max]
      * and [ranks, ubatch, vocab_max]; NULL without --tp. */
     float *tp_send, *tp_recv;
+    int *tok; /* [1] in backend memory: the token be->sample drew, read by the next mx_session_eval_keep */
 } mx_session;
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);
@@ -42,6 +43,13 @@ size_t mx_session_bytes(const mx_model *m, const mx_backend *be, int n_ctx);
  * for the last token, or T*vocab for every token when all_logits. Fails cleanly (nothing run) when pos + T
  * exceeds n_ctx or a token id is outside the vocabulary. */
 int mx_session_eval(mx_session *s, const int *tokens, int T, float *logits, bool all_logits, mx_err *err);
+/* Decode with the host out of the loop (backend.h: sample). Whether this session can: the backend samples on
+ * its side, no tensor parallelism or Star Attention, and a ubatch of at least 3 (rolling back two queued steps
+ * never needs keys a window ring has overwritten); MX_HOST_SAMPLING=1 says no (A/B). */
+bool mx_session_can_keep(const mx_session *s);
+/* Like mx_session_eval, but the last token's logits stay in backend memory (s->logits, vocab floats) for
+ * be->sample; tokens NULL runs the one token at s->tok (T = 1), which be->sample wrote. */
+int mx_session_eval_keep(mx_session *s, const int *tokens, int T, mx_err *err);
 /* Forgets every token from position pos on and returns the position actually kept: pos, or 0 when a window
  * layer's ring has already overwritten keys that tokens after pos would need again (the caller then
  * re-evaluates from the start). */
@@ -49,6 +57,8 @@ int mx_session_truncate(mx_session *s, int pos);
 
 /* The forward pass over T <= ubatch tokens (forward.c). */
 void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all_logits);
+/* The same, the last token's logits left in s->logits; tokens NULL: the one token at s->tok. */
+void mx_forward_keep(mx_session *s, const int *tokens, int T);
 /* The blocks it calls: attention of layer l by the plan's kind (attention/mha.c, mla.c, mka.c) reads
  * s->h (normed input) and leaves the block output in s->h; the MLP (mlp.c, moe.c) likewise. */
 void mx_attention_mha(mx_session *s, int l, int T);

@@ -23,6 +23,7 @@
 #include "../../src/base/rng.h"
 #include "../../src/io/quant.h"
 #include "../../src/model/session.h"
+#include "../../src/run/generate.h"
 
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
 void mx_backend_cuda_destroy(mx_backend *be);
@@ -851,6 +852,105 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+/* ---------------------------------------------------------------- sampling on the GPU
+ * backend.h's sample against run/sampler.c's mx_sample (the same uniform draw): the same token, every time.
+ * Greedy and top-k/top-p/min-p settings, several vocabulary sizes, continuous logits (no ties: the CPU's
+ * selection order among equal logits is its own) and, for greedy and top-1, logits with many exact ties (both
+ * take the lowest id). Several draws are queued before any is read back (the pinned ring of tickets). */
+static void test_sample(void) {
+    const int vocabs[] = {49152, 32007, 1000, 5};
+    const mx_sampler_params sets[] = {
+        {.temperature = 0.0f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f},
+        {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f},
+        {.temperature = 1.0f, .top_k = 1, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f},
+        {.temperature = 1.5f, .top_k = 1024, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f},
+        {.temperature = 0.7f, .top_k = 200, .top_p = 0.5f, .min_p = 0.0f, .repeat_penalty = 1.0f},
+        {.temperature = 2.0f, .top_k = 7, .top_p = 1.0f, .min_p = 0.3f, .repeat_penalty = 1.0f},
+    };
+    enum { DRAWS = 6 };
+    int *dtok = gpu->alloc(gpu, 64 * DRAWS);
+    for (size_t vi = 0; vi < sizeof vocabs / sizeof vocabs[0]; vi++)
+        for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++)
+            for (int ties = 0; ties < 2; ties++) {
+                const mx_sampler_params *p = &sets[si];
+                if (ties && p->temperature > 0.0f && p->top_k != 1) continue;
+                int V = vocabs[vi], same = 0, ticket[DRAWS], want[DRAWS];
+                mx_sampler smp;
+                mx_sampler_params sp = *p;
+                sp.seed = 1000 + si;
+                if (mx_sampler_init(&smp, &sp, V)) exit(2);
+                float *dl[DRAWS];
+                for (int d = 0; d < DRAWS; d++) {
+                    float *l = rand_vec((size_t)V, 6.0f);
+                    if (ties)
+                        for (int i = 0; i < V; i++) l[i] = roundf(l[i]); /* 13 distinct values */
+                    dl[d] = dev_from(l, sizeof(float) * (size_t)V);
+                    mx_sample_spec ss = {.temperature = p->temperature, .top_p = p->top_p, .min_p = p->min_p,
+                                         .top_k = p->top_k};
+                    mx_rng peek = smp.rng; /* the draw mx_sample is about to make */
+                    if (p->temperature > 0.0f) ss.u = mx_rng_float(&peek);
+                    ticket[d] = gpu->sample(gpu, dl[d], V, &ss, dtok + 16 * d);
+                    want[d] = mx_sample(&smp, l, NULL, 0);
+                    free(l);
+                }
+                for (int d = DRAWS - 1; d >= 0; d--) same += gpu->sample_wait(gpu, ticket[d]) == want[d];
+                for (int d = 0; d < DRAWS; d++) gpu->free(gpu, dl[d]);
+                mx_sampler_free(&smp);
+                int ok = same == DRAWS;
+                printf("%s sample V %d, T %.1f top-k %d top-p %.2f min-p %.2f%s: %d/%d tokens equal to mx_sample\n",
+                       ok ? "PASS" : "FAIL", V, p->temperature, p->top_k, p->top_p, p->min_p,
+                       ties ? ", tied logits" : "", same, DRAWS);
+                ok ? n_pass++ : n_fail++;
+            }
+    int stale = gpu->sample_wait(gpu, -1) == -1;
+    printf("%s sample_wait of an unknown ticket returns -1\n", stale ? "PASS" : "FAIL");
+    stale ? n_pass++ : n_fail++;
+    gpu->free(gpu, dtok);
+}
+
+/* Generation on the GPU with the draw there (generate.c's decode_device) against the host loop
+ * (MX_HOST_SAMPLING=1) on the same GPU: the same tokens, text, stop reason and final position, greedy and
+ * sampled, and with a stop string that ends it early (the queued steps past it are taken back). */
+static void test_generate_device(mx_model *m, const int *ids, int n) {
+    const char *stops[] = {"e"};
+    const struct {
+        float temp;
+        int n_stops;
+    } runs[] = {{0.0f, 0}, {0.8f, 0}, {0.0f, 1}, {0.9f, 1}};
+    for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
+        mx_gen_result res[2];
+        int pos[2] = {0, 0}, rc[2] = {0, 0};
+        for (int host = 0; host < 2; host++) {
+            mx_err err = {0};
+            mx_session *s;
+            setenv("MX_HOST_SAMPLING", host ? "1" : "0", 1);
+            if (mx_session_create(m, gpu, 512, &s, &err)) exit(2);
+            mx_sampler_params sp = mx_sampler_defaults();
+            sp.temperature = runs[ri].temp;
+            sp.seed = 7;
+            mx_sampler smp;
+            if (mx_sampler_init(&smp, &sp, m->cfg.vocab)) exit(2);
+            mx_gen_opts go = {.n_predict = 40, .stops = stops, .n_stops = runs[ri].n_stops, .stop_token = -1};
+            rc[host] = mx_generate(s, &smp, ids, n, &go, &res[host], &err);
+            pos[host] = s->pos;
+            mx_sampler_free(&smp);
+            mx_session_free(s);
+        }
+        unsetenv("MX_HOST_SAMPLING");
+        int ok = !rc[0] && !rc[1] && res[0].n_gen == res[1].n_gen &&
+                 !memcmp(res[0].tokens, res[1].tokens, sizeof(int) * (size_t)res[0].n_gen) &&
+                 !strcmp(res[0].text, res[1].text) && !strcmp(res[0].stop_reason, res[1].stop_reason) &&
+                 pos[0] == pos[1];
+        printf("%s generate on the GPU, T %.1f%s: device draw vs host loop: %d vs %d tokens, stop %s/%s, position "
+               "%d vs %d\n",
+               ok ? "PASS" : "FAIL", runs[ri].temp, runs[ri].n_stops ? ", stop \"e\"" : "", res[0].n_gen,
+               res[1].n_gen, res[0].stop_reason, res[1].stop_reason, pos[0], pos[1]);
+        ok ? n_pass++ : n_fail++;
+        mx_gen_result_free(&res[0]);
+        mx_gen_result_free(&res[1]);
+    }
+}
+
 static void test_model(const char *path) {
     mx_err err = {0};
     mx_model *m;
@@ -916,6 +1016,7 @@ static void test_model(const char *path) {
         ok ? n_pass++ : n_fail++;
         mx_session_free(sc);
         mx_session_free(sg);
+        if (pi == 0) test_generate_device(m, ids, n);
         free(ids);
     }
     free(lc), free(lg);
@@ -950,6 +1051,7 @@ int main(int argc, char **argv) {
     test_blocks();
     test_row_views();
     test_fused_decode();
+    test_sample();
     if (argc > 1) test_model(argv[1]);
     printf("\n%d passed, %d failed\n", n_pass, n_fail);
     mx_backend_destroy(cpu);

@@ -320,6 +320,7 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         if (c->host_stage) cudaFreeHost(c->host_stage);
         mx_cuda_matmul_cache_free(c);
         cublasLtDestroy(c->lt);
+        mx_cuda_sample_free(c);
         cudaStreamDestroy(c->stream);
         free(c);
     }

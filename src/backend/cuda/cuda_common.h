@@ -101,6 +101,8 @@ typedef struct {
     float *host_stage;     /* to_host: pinned staging for small copies (decode logits) */
     size_t host_stage_cap; /* bytes */
     int *dec_cnt; /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
+    void *moe;    /* cuda_moe.cu: side streams, workspaces and scratch of the grouped MoE experts */
+    void *sample_ring;      /* cuda_sample.cu: the pinned ring the sampled tokens come back through */
     mx_cuda_placed *placed; /* every placed weight, sorted by q */
     int n_placed, placed_cap;
 } mx_cuda_ctx;
@@ -126,6 +128,17 @@ void mx_cuda_dequant_bf16(mx_cuda_ctx *c, const mx_cuda_weight *w, __nv_bfloat16
 void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T);
 void mx_cuda_embed_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *d_ids, int T, float *out);
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c);
+/* y[T, n_out] = x[T, n_in] · Wᵀ with x bf16 as it is (row stride n_in), W bf16 (n_out rows of n_in), y bf16 (y_bf16)
+ * or fp32, on stream st with a cuBLASLt workspace ws of c->lt_ws_bytes (the MoE experts: cuda_moe.cu) */
+void mx_cuda_gemm_bf16(mx_cuda_ctx *c, cudaStream_t st, void *ws, const __nv_bfloat16 *w, int n_in, int n_out,
+                       const __nv_bfloat16 *x, void *y, bool y_bf16, int T);
+/* cuda_sample.cu: the token drawn from logits[vocab] by sp into tok (device; dyn: sp->u's bits at dyn[0] when
+ * not NULL); fetch queues its copy to the host and returns the ticket that wait redeems (-1: unknown ticket). */
+void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp, const int *dyn,
+                      int *tok);
+int mx_cuda_sample_fetch(mx_cuda_ctx *c, const int *tok);
+int mx_cuda_sample_wait(mx_cuda_ctx *c, int ticket);
+void mx_cuda_sample_free(mx_cuda_ctx *c);
 /* fused decode GEMVs (one token), used by cuda_graph.cu's fusion of recorded sequences */
 bool mx_cuda_fused_ok(const mx_cuda_weight *w, int n_in);
 void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,

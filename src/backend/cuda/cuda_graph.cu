@@ -18,7 +18,7 @@
 typedef enum {
     R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV,
     R_FILL, R_COPY3D, R_MATMUL_T, R_KV_READ, R_GATHER, R_SCATTER, R_TANH, R_SOFTMAX, R_SCALE_ADD, R_PREFIX_MEAN,
-    R_LSE_MERGE
+    R_LSE_MERGE, R_EMBED_DEV, R_SAMPLE
 } rkind;
 
 typedef struct {
@@ -141,6 +141,14 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
         mx_cuda_lse_merge_k(c, (const float *)r->a, (const float *)r->c, r->z0, r->i0, r->i1, r->i2, r->i3,
                             (float *)r->b, (float *)r->d);
         break;
+    case R_EMBED_DEV: mx_cuda_embed_k(c, &r->w, (const int *)r->a, r->i0, (float *)r->b); break;
+    case R_SAMPLE: {
+        mx_sample_spec sp = {r->f0, 0.0f, 0.0f, r->i1, 0.0f};
+        memcpy(&sp.top_p, &r->z0, sizeof(float)); /* top_p and min_p ride in z0/z1 (f0 holds the temperature) */
+        memcpy(&sp.min_p, &r->z1, sizeof(float));
+        mx_cuda_sample_k(c, (const float *)r->a, r->i0, &sp, d, (int *)r->b);
+        break;
+    }
     }
 }
 
@@ -632,6 +640,42 @@ static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, s
     r->a = outs, r->c = lses, r->b = out, r->d = lse, r->z0 = part_stride, r->i0 = R, r->i1 = T, r->i2 = H, r->i3 = Dv;
 }
 
+/* ---- decode with the host out of the loop (backend.h: sample, sample_wait, embed_dev) ---- */
+static void op_embed_dev(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (T <= 0) return;
+    if (!recording(be)) {
+        mx_cuda_weight mw = mx_cuda_weight_of(c, w);
+        return mx_cuda_embed_k(c, &mw, ids, T, out);
+    }
+    int *d;
+    rec *r = new_rec(c, R_EMBED_DEV, 0, &d);
+    r->w = wcopy(c, w), r->a = ids, r->b = out, r->i0 = T;
+}
+
+/* The draw ends a decode step: it is recorded (u in the dynamic table, so that every step replays one graph),
+ * the step is flushed, and the token's copy to the host queued behind it. */
+static int op_sample(mx_backend *be, const float *logits, int vocab, const mx_sample_spec *sp, int *tok) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!recording(be)) {
+        mx_cuda_sample_k(c, logits, vocab, sp, NULL, tok);
+    } else {
+        int *d;
+        rec *r = new_rec(c, R_SAMPLE, 1, &d);
+        memcpy(d, &sp->u, sizeof(float));
+        r->a = logits, r->b = tok, r->i0 = vocab, r->i1 = sp->temperature > 0.0f ? sp->top_k : 0;
+        r->f0 = sp->temperature > 0.0f ? sp->temperature : 0.0f;
+        if (sp->temperature > 0.0f) { /* greedy steps stay one sequence whatever the other fields hold */
+            memcpy(&r->z0, &sp->top_p, sizeof(float));
+            memcpy(&r->z1, &sp->min_p, sizeof(float));
+        }
+        mx_cuda_graph_flush(c);
+    }
+    return mx_cuda_sample_fetch(c, tok);
+}
+
+static int op_sample_wait(mx_backend *be, int ticket) { return mx_cuda_sample_wait(cu_ctx(be), ticket); }
+
 void mx_cuda_graph_init(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
     gstate *g = (gstate *)calloc(1, sizeof *g);
@@ -670,6 +714,9 @@ void mx_cuda_graph_init(mx_backend *be) {
     be->scale_add_rows = op_scale_add_rows;
     be->prefix_mean = op_prefix_mean;
     be->lse_merge = op_lse_merge;
+    be->sample = op_sample;
+    be->sample_wait = op_sample_wait;
+    be->embed_dev = op_embed_dev;
 }
 
 void mx_cuda_graph_free(mx_cuda_ctx *c) {
