@@ -76,6 +76,37 @@ def check_variants(a, model, ids, mixatt):
     return 0
 
 
+AB_DEFAULT = ("MX_MOE=0 MX_CUDA_LT_STATS=1;MX_MOE=0 MX_CUDA_LT_BUCKET=0 MX_CUDA_LT_STATS=1;"
+              "MX_MOE_TIMING=1 MX_CUDA_LT_STATS=1;MX_MOE_STREAMS=1;;MX_MOE=0")
+
+
+def ab_runs(a, mixatt):
+    """mixatt bench (prefill, then decode) under each env list of MX_MOE_AB; a table last."""
+    rows = []
+    for envs in os.environ.get("MX_MOE_AB", AB_DEFAULT).split(";"):
+        e2 = dict(os.environ)
+        for kv in envs.split():
+            k, v = kv.split("=")
+            e2[k] = v
+        for test in (["-p", str(a.prefill), "-n", "0", "-r", "5"], ["-p", "0", "-n", "64", "-r", "3"]):
+            r = subprocess.run([mixatt, "bench", "-m", a.dir, "--device", "cuda", *test, "--json"],
+                               capture_output=True, text=True, env=e2)
+            out = r.stdout + r.stderr
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    j = json.loads(line)
+                    rows.append(f"{envs or 'default':55s} {j['test']:>7s} {j['tok_s']:10.0f} ± {j['sd']:.0f}")
+                elif line.startswith("mixatt cuda"):
+                    rows.append(f"{envs or 'default':55s}   {line}")
+            if r.returncode:
+                rows.append(f"{envs or 'default':55s} FAILED: {out[-400:]}")
+            print(rows[-1], flush=True)
+    print("moe ab: summary")
+    for r in rows:
+        print("moe ab:", r)
+    return 0
+
+
 def dev_of(model):
     return next(model.parameters()).device
 
@@ -95,11 +126,16 @@ def main():
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--hf-decode", type=int, default=48)
     ap.add_argument("--check-only", action="store_true", help="only the logits check, under several settings")
+    ap.add_argument("--ab", action="store_true",
+                    help="only mixatt's prefill/decode under launch settings (MX_MOE_AB: ';'-separated env lists), "
+                         "reusing the model directory when it is there; no HF")
     a = ap.parse_args()
     mixatt = os.environ.get("MIXATT") or os.path.join(os.path.dirname(__file__), "..", "..", "build", "mixatt")
     from transformers import MixtralForCausalLM
     import transformers
 
+    if a.ab and os.path.exists(os.path.join(a.dir, "config.json")):
+        return ab_runs(a, mixatt)
     dev = torch.device("cuda")
     torch.manual_seed(0)
     t0 = time.time()
@@ -114,6 +150,10 @@ def main():
           f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(0)}",
           flush=True)
 
+    if a.ab:
+        del model
+        torch.cuda.empty_cache()
+        return ab_runs(a, mixatt)
     g = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(3, a.vocab, (1, a.prefill), generator=g).to(dev)
     if a.check_only:

@@ -51,8 +51,9 @@ typedef struct {
 
 /* One draw of the next token on the backend (sample below): the rules of run/sampler.h without the repetition
  * penalty. temperature <= 0: argmax (ties: the lowest id). Else the top_k largest logits (1 <= top_k <=
- * MX_SAMPLE_TOPK_MAX; ties: lower ids first), p_i = exp((l_i - l_max) / temperature), the top-p prefix and the
- * min-p floor as in sampler.c, then the first candidate whose running mass exceeds u times the kept mass. */
+ * MX_SAMPLE_TOPK_MAX; ties: lower ids first), p_i = exp((l_i - l_max) / temperature), the top-p prefix and
+ * the min-p floor as in sampler.c, then the first candidate whose running mass exceeds u times the kept mass.
+ */
 enum { MX_SAMPLE_TOPK_MAX = 1024 };
 typedef struct {
     float temperature, top_p, min_p;
@@ -158,13 +159,13 @@ struct mx_backend {
     void (*lse_merge)(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
                       int H, int Dv, float *out, float *lse);
     /* Optional (NULL: moe.c composes moe_route, gather_rows, matmul, swiglu and scatter_add_rows, as the CPU
-     * does). One MoE layer's routed experts on T tokens x[T, C]: ids, w = moe_route(logits[T, E], k, norm, scale);
-     * out[t] = Σ_j w[t, j] · expert_{ids[t, j]}(x[t]) over the choices whose expert is local (local: E flags in
-     * host memory, NULL = every expert), with expert_e(v) = down_e · (silu(gate_e · v) ⊙ up_e · v) and the 3-D
-     * expert tensors gate, up ne {C, F, E}, down ne {F, C, E}. out[T, C] is written entirely (zeros where no
-     * local expert was chosen) and aliases neither x nor logits. counts (HOST, E ints, may be NULL) receives the
-     * tokens routed to each expert. Returns false, having done nothing, where the backend prefers the generic
-     * composition for this call (a few tokens: CUDA's fused decode kernels). */
+     * does). One MoE layer's routed experts on T tokens x[T, C]: ids, w = moe_route(logits[T, E], k, norm,
+     * scale); out[t] = Σ_j w[t, j] · expert_{ids[t, j]}(x[t]) over the choices whose expert is local (local:
+     * E flags in host memory, NULL = every expert), with expert_e(v) = down_e · (silu(gate_e · v) ⊙ up_e · v)
+     * and the 3-D expert tensors gate, up ne {C, F, E}, down ne {F, C, E}. out[T, C] is written entirely
+     * (zeros where no local expert was chosen) and aliases neither x nor logits. counts (HOST, E ints, may be
+     * NULL) receives the tokens routed to each expert. Returns false, having done nothing, where the backend
+     * prefers the generic composition for this call (a few tokens: CUDA's fused decode kernels). */
     bool (*moe_ffn)(mx_backend *be, const float *x, const float *logits, int T, int E, int k, bool norm,
                     float scale, const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down,
                     const bool *local, float *out, int *counts);

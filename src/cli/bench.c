@@ -207,9 +207,10 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
             bw / 1e9);
         printf("note: a model smaller than the last-level cache is read from cache, not DRAM, once warm.\n");
         if (s && mx_session_can_keep(s))
-            printf("decode: greedy tokens drawn on the %s backend, fed to the next step there and read back two "
-                   "steps behind, as `mixatt run` does (MX_HOST_SAMPLING=1: logits to the host each step).\n",
-                   be->name);
+            printf(
+                "decode: greedy tokens drawn on the %s backend, fed to the next step there and read back two "
+                "steps behind, as `mixatt run` does (MX_HOST_SAMPLING=1: logits to the host each step).\n",
+                be->name);
     }
     rc = 0;
     goto done;

@@ -104,7 +104,8 @@ void mx_session_free(mx_session *s) {
     free(s);
 }
 
-/* T tokens fit at s->pos and are in the vocabulary (tokens NULL: the backend's sampled token, valid by making) */
+/* T tokens fit at s->pos and are in the vocabulary (tokens NULL: the backend's sampled token, valid by
+ * making) */
 static int check_tokens(const mx_session *s, const int *tokens, int T, mx_err *err) {
     if (T <= 0) return mx_err_set(err, MX_ERR_ARG, "nothing to evaluate (0 tokens)");
     if (s->pos + T > s->n_ctx)
@@ -139,9 +140,11 @@ bool mx_session_can_keep(const mx_session *s) {
 
 int mx_session_eval_keep(mx_session *s, const int *tokens, int T, mx_err *err) {
     if (!mx_session_can_keep(s))
-        return mx_err_set(err, MX_ERR_ARG, "this session cannot keep its logits on the backend (%s)", s->be->name);
+        return mx_err_set(err, MX_ERR_ARG, "this session cannot keep its logits on the backend (%s)",
+                          s->be->name);
     if (!tokens && T != 1) return mx_err_set(err, MX_ERR_ARG, "the sampled token is one token, not %d", T);
-    if (!tokens && !s->tok) return mx_err_set(err, MX_ERR_ARG, "no token has been sampled on the backend yet");
+    if (!tokens && !s->tok)
+        return mx_err_set(err, MX_ERR_ARG, "no token has been sampled on the backend yet");
     int rc = check_tokens(s, tokens, T, err);
     if (rc) return rc;
     for (int done = 0; done < T;) {

@@ -122,7 +122,8 @@ static bool device_sampling(const mx_session *s, const mx_sampler *smp) {
 /* Queues the draw of the next token from the logits the last step left on the backend. */
 static int queue_sample(mx_session *s, mx_sampler *smp) {
     const mx_sampler_params *p = &smp->p;
-    mx_sample_spec sp = {.temperature = p->temperature, .top_p = p->top_p, .min_p = p->min_p, .top_k = p->top_k};
+    mx_sample_spec sp = {
+        .temperature = p->temperature, .top_p = p->top_p, .min_p = p->min_p, .top_k = p->top_k};
     if (p->temperature > 0.0f) sp.u = mx_rng_float(&smp->rng); /* one draw per token, as mx_sample makes */
     return s->be->sample(s->be, s->logits, s->m->cfg.vocab, &sp, s->tok);
 }
@@ -140,9 +141,10 @@ static int decode_host(mx_session *s, mx_sampler *smp, gen_state *g, float *logi
     return rc;
 }
 
-/* The loop with the host beside it: each step embeds the token the previous draw left on the backend and draws
- * the next there, so the host queues step i+1 (and i+2) while the GPU runs step i, and only reads the tokens
- * back. On a stop the steps queued past it are taken back: the session ends where decode_host's would. */
+/* The loop with the host beside it: each step embeds the token the previous draw left on the backend and
+ * draws the next there, so the host queues step i+1 (and i+2) while the GPU runs step i, and only reads the
+ * tokens back. On a stop the steps queued past it are taken back: the session ends where decode_host's would.
+ */
 enum { DECODE_AHEAD = 2 };
 static int decode_device(mx_session *s, mx_sampler *smp, gen_state *g, int max_new) {
     int *ticket = malloc(sizeof(int) * (size_t)(max_new + 1));

@@ -409,6 +409,15 @@ static void test_attention(void) {
         {"prefill non-causal [10,400] D64", 130, 4, 2, 64, 64, 50, 512, 0, 0, 10, 400},
         {"prefill non-causal D128 1 row", 1, 4, 4, 128, 128, 0, 700, 0, 0, 0, 699},
         {"prefill empty rows (kv_lo 5)", 40, 2, 1, 64, 64, 0, 64, 0, 1, 5, 39},
+        /* several query blocks per head (the wgmma kernel's 128/192-row blocks and 128-key tiles) */
+        {"prefill causal D128 T1000 GQA 8/2", 1000, 8, 2, 128, 128, 0, 1000, 0, 1, 0, 999},
+        {"prefill causal D64 T2048 GQA 8/2", 2048, 8, 2, 64, 64, 0, 2048, 0, 1, 0, 2047},
+        {"prefill causal D64 T1024 pos 1500 GQA 4/1", 1024, 4, 1, 64, 64, 1500, 4096, 0, 1, 0, 2523},
+        {"prefill causal D128 T1000 pos 777 GQA 4/1", 1000, 4, 1, 128, 128, 777, 2048, 0, 1, 0, 1776},
+        {"prefill non-causal D128 T1000 [0,699]", 1000, 4, 1, 128, 128, 0, 700, 0, 0, 0, 699},
+        {"prefill non-causal D64 T2048 [100,899]", 2048, 4, 2, 64, 64, 0, 1024, 0, 0, 100, 899},
+        {"prefill window 300 D64 T2048 GQA 4/2", 2048, 4, 2, 64, 64, 0, 2048, 300, 1, 0, 2047},
+        {"prefill ring W512 slots1200 D128 T600", 600, 4, 2, 128, 128, 3100, 1200, 512, 1, 2500, 3699},
         {"decode T1 KV5001 D128 GQA 32/8", 1, 32, 8, 128, 128, 5000, 6000, 0, 1, 0, 5000},
         {"decode T1 KV70 D64 GQA 9/3", 1, 9, 3, 64, 64, 69, 100, 0, 1, 0, 69},
         {"decode T1 ring W100 D64", 1, 9, 3, 64, 64, 1000, 100, 100, 1, 901, 1000},
@@ -508,6 +517,36 @@ static void test_blocks(void) {
             check(name, wg, wc, (size_t)T * k, 1e-6);
         }
         gpu->free(gpu, dl), free(lg);
+    }
+    { /* moe_route with ties (a row of equal logits, a duplicated maximum: the lower expert first), the norm
+       * and scale flags, one token (decode: routed on the host) and many (on the device) */
+        struct {
+            int T, E, k, norm;
+            float scale;
+        } cf[] = {{1, 8, 2, 1, 1.0f},   {300, 8, 2, 1, 1.0f}, {57, 64, 6, 0, 2.5f},
+                  {57, 64, 6, 1, 2.5f}, {40, 5, 5, 1, 1.0f},  {129, 160, 8, 0, 16.0f}};
+        for (size_t ci = 0; ci < sizeof cf / sizeof cf[0]; ci++) {
+            int T = cf[ci].T, E = cf[ci].E, k = cf[ci].k, n = T * k;
+            float *lg = rand_vec((size_t)T * E, 3.0f);
+            for (int t = 0; t < T; t += 7) /* every 7th token: all logits equal */
+                for (int e = 0; e < E; e++) lg[(size_t)t * E + e] = 0.25f;
+            for (int t = 3; t < T; t += 5) { /* others: the maximum twice */
+                float *r = lg + (size_t)t * E;
+                int a = (int)(mx_rng_u64(&rng) % (uint64_t)E), b = (int)(mx_rng_u64(&rng) % (uint64_t)E);
+                r[a] = r[b] = 9.0f;
+            }
+            float *dl = dev_from(lg, sizeof(float) * T * E);
+            int *ic = malloc(sizeof(int) * n), *ig = malloc(sizeof(int) * n);
+            float *wc = malloc(sizeof(float) * n), *wg = malloc(sizeof(float) * n);
+            cpu->moe_route(cpu, lg, T, E, k, cf[ci].norm, cf[ci].scale, ic, wc);
+            gpu->moe_route(gpu, dl, T, E, k, cf[ci].norm, cf[ci].scale, ig, wg);
+            int same = !memcmp(ic, ig, sizeof(int) * n);
+            snprintf(name, sizeof name, "moe_route ties T=%d E=%d k=%d norm=%d scale=%g%s", T, E, k,
+                     cf[ci].norm, cf[ci].scale, same ? "" : " (IDS DIFFER)");
+            if (!same) wg[0] = NAN;
+            check(name, wg, wc, (size_t)n, 1e-6);
+            gpu->free(gpu, dl), free(lg), free(ic), free(ig), free(wc), free(wg);
+        }
     }
     { /* gather_rows / scatter_add_rows (a repeated index) */
         int R = 300, n = 96, rows = 50;
@@ -708,6 +747,109 @@ static void test_row_views(void) {
             }
         }
         free_tensor(&w);
+    }
+}
+
+/* ---------------------------------------------------------------- moe_ffn
+ * The grouped MoE op (backend.h: moe_ffn; CUDA: routing, grouping and the expert GEMMs on the device) against
+ * the CPU's generic composition of moe.c (moe_route, then per expert gather_rows, matmul, swiglu, matmul,
+ * scatter_add_rows), on 3-D expert tensors of several types, token counts that are multiples of nothing, tied
+ * router rows, an expert no token chooses, and a tensor-parallel mask of local experts. */
+static void moe_ref(const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down, const float *x,
+                    const float *lg, int T, int C, int F, int E, int k, bool norm, float scale,
+                    const bool *local, float *out, int *counts) {
+    int *ids = malloc(sizeof(int) * T * k), *tok = malloc(sizeof(int) * T);
+    float *w = malloc(sizeof(float) * T * k), *tw = malloc(sizeof(float) * T);
+    float *xg = malloc(sizeof(float) * T * C), *g = malloc(sizeof(float) * T * F),
+          *u = malloc(sizeof(float) * T * F), *y = malloc(sizeof(float) * T * C);
+    cpu->moe_route(cpu, lg, T, E, k, norm, scale, ids, w);
+    memset(out, 0, sizeof(float) * T * C);
+    for (int e = 0; e < E; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < k; j++)
+                if (ids[t * k + j] == e) tok[n] = t, tw[n++] = w[t * k + j];
+        counts[e] = n;
+        if (!n || (local && !local[e])) continue;
+        mx_tensor wg = rows_of_view(gate, (int64_t)e * F, F), wu = rows_of_view(up, (int64_t)e * F, F),
+                  wd = rows_of_view(down, (int64_t)e * C, C);
+        cpu->gather_rows(cpu, xg, x, tok, n, C);
+        cpu->matmul(cpu, &wg, xg, g, n);
+        cpu->matmul(cpu, &wu, xg, u, n);
+        cpu->swiglu(cpu, g, u, n * F);
+        cpu->matmul(cpu, &wd, g, y, n);
+        cpu->scatter_add_rows(cpu, out, y, tok, tw, n, C);
+    }
+    free(ids), free(tok), free(w), free(tw), free(xg), free(g), free(u), free(y);
+}
+
+static mx_tensor as_3d(const mx_tensor *t, int rows, int E) {
+    mx_tensor v = *t;
+    v.n_dims = 3, v.ne[1] = rows, v.ne[2] = E;
+    return v;
+}
+
+static void test_moe_ffn(void) {
+    char name[112];
+    if (!gpu->moe_ffn) {
+        printf("FAIL moe_ffn: the CUDA backend has no moe_ffn op\n");
+        n_fail++;
+        return;
+    }
+    struct {
+        uint32_t type;
+        int C, F, E, k, norm, tp;
+        float scale;
+    } cf[] = {{MX_BF16, 256, 512, 8, 2, 1, 0, 1.0f},
+              {MX_Q4_K, 256, 512, 6, 3, 0, 1, 1.5f},
+              {MX_F32, 100, 72, 4, 2, 1, 0, 1.0f},
+              {MX_Q8_0, 128, 160, 16, 4, 1, 1, 2.5f}};
+    int Ts[] = {9, 37, 300, 1000};
+    for (size_t ci = 0; ci < sizeof cf / sizeof cf[0]; ci++) {
+        int C = cf[ci].C, F = cf[ci].F, E = cf[ci].E, k = cf[ci].k;
+        mx_tensor g2 = make_tensor(cf[ci].type, C, F * E, "ffn_gate_exps"),
+                  u2 = make_tensor(cf[ci].type, C, F * E, "ffn_up_exps"),
+                  d2 = make_tensor(cf[ci].type, F, C * E, "ffn_down_exps");
+        mx_tensor g3 = as_3d(&g2, F, E), u3 = as_3d(&u2, F, E), d3 = as_3d(&d2, C, E);
+        bool local[16];
+        for (int e = 0; e < E; e++) local[e] = !cf[ci].tp || (e >= E / 4 && e < E / 4 + E / 2);
+        int zero = E - 2; /* the expert no token chooses */
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            int T = Ts[ti];
+            float *x = rand_vec((size_t)T * C, 1.0f), *lg = rand_vec((size_t)T * E, 2.0f);
+            for (int t = 0; t < T; t++) lg[(size_t)t * E + zero] = -40.0f;
+            for (int t = 5; t < T; t += 11) /* tied rows: equal logits except the unchosen expert */
+                for (int e = 0; e < E; e++)
+                    if (e != zero) lg[(size_t)t * E + e] = 0.5f;
+            float *ref = malloc(sizeof(float) * T * C), *got = malloc(sizeof(float) * T * C);
+            int cc[16], cg[16];
+            moe_ref(&g3, &u3, &d3, x, lg, T, C, F, E, k, cf[ci].norm, cf[ci].scale, cf[ci].tp ? local : NULL,
+                    ref, cc);
+            float *dx = dev_from(x, sizeof(float) * T * C), *dl = dev_from(lg, sizeof(float) * T * E),
+                  *dout = dev_poisoned(sizeof(float) * T * C);
+            memset(cg, 0xFF, sizeof cg);
+            bool took = gpu->moe_ffn(gpu, dx, dl, T, E, k, cf[ci].norm, cf[ci].scale, &g3, &u3, &d3,
+                                     cf[ci].tp ? local : NULL, dout, cg);
+            to_host(got, dout, (size_t)T * C);
+            int same = took && !memcmp(cc, cg, sizeof(int) * E);
+            snprintf(name, sizeof name, "moe_ffn %s C=%d F=%d E=%d k=%d T=%d%s%s%s",
+                     mx_dtype_name(cf[ci].type), C, F, E, k, T, cf[ci].tp ? " (local experts)" : "",
+                     took ? "" : " (DECLINED)", same || !took ? "" : " (COUNTS DIFFER)");
+            if (!same) got[0] = NAN;
+            check(name, got, ref, (size_t)T * C, 2e-2);
+            gpu->free(gpu, dx), gpu->free(gpu, dl), gpu->free(gpu, dout);
+            free(x), free(lg), free(ref), free(got);
+        }
+        { /* a few tokens: declined (the generic path and its decode kernels), nothing written */
+            int T = 4;
+            float *dx = dev_poisoned(sizeof(float) * T * C), *dl = dev_poisoned(sizeof(float) * T * E),
+                  *dout = dev_poisoned(sizeof(float) * T * C);
+            bool took = gpu->moe_ffn(gpu, dx, dl, T, E, k, true, 1.0f, &g3, &u3, &d3, NULL, dout, NULL);
+            printf("%s moe_ffn declines T=4 (%s)\n", took ? "FAIL" : "PASS", took ? "took it" : "declined");
+            took ? n_fail++ : n_pass++;
+            gpu->free(gpu, dx), gpu->free(gpu, dl), gpu->free(gpu, dout);
+        }
+        free_tensor(&g2), free_tensor(&u2), free_tensor(&d2);
     }
 }
 
@@ -1050,6 +1192,7 @@ int main(int argc, char **argv) {
     test_attention();
     test_blocks();
     test_row_views();
+    test_moe_ffn();
     test_fused_decode();
     test_sample();
     if (argc > 1) test_model(argv[1]);

@@ -1,8 +1,11 @@
 /* cuda_attention.cu: softmax attention over bf16 KV stores (see backend.h: mx_attn_spec; the CPU twin is
- * src/backend/cpu/cpu_attention.c). Three kernels:
+ * src/backend/cpu/cpu_attention.c). The kernels:
  *
- * - k_fa2 (prefill, D = Dv = 64 or 128; the default since issue #5): k_flash with two m16 tiles (32 query rows)
- *   per warp, 256-row blocks, scale folded into exp2, heads-fastest grid; see its comment below.
+ * - k_fa_wgmma (prefill, D = Dv = 64 or 128, Hopper only; the default on compute capability 9.0): in
+ *   cuda_fa_wgmma.cu (wgmma + TMA, warp-specialized, 128 or 192 query rows per block); see its top comment.
+ * - k_fa2 (prefill, D = Dv = 64 or 128; the default elsewhere and where k_fa_wgmma declines): k_flash with
+ *   two m16 tiles (32 query rows) per warp, 256-row blocks, scale folded into exp2, heads-fastest grid; see
+ *   its comment below.
  * - k_flash (prefill, D = Dv = 64 or 128; MX_CUDA_FA_VAR=0): FlashAttention-2 style. A block owns 128 query rows of one head
  *   (8 warps x 16 rows); K/V tiles of 64 key positions stream through shared memory (cp.async, double
  *   buffered, XOR-swizzled rows), S = QKᵀ and O += PV on tensor cores (mma.sync m16n8k16 bf16, fp32
@@ -247,8 +250,9 @@ __global__ void __launch_bounds__(FA_THREADS, D == 128 ? 1 : 2)
     }
 }
 
-/* k_fa2 (prefill, D = Dv = 64 or 128; issue #5): the successor of k_flash. Differences, each measured on the
- * H100 (docs/PERFORMANCE.md):
+/* k_fa2 (prefill, D = Dv = 64 or 128; issue #5): the successor of k_flash, itself succeeded on Hopper by
+ * k_fa_wgmma (cuda_fa_wgmma.cu, about twice as fast there); it stays the prefill kernel on other GPUs and for the
+ * cases k_fa_wgmma declines. Differences from k_flash, each measured on the H100 (docs/PERFORMANCE.md):
  * - WM m16 tiles (16 * WM query rows) per warp, NW warps, BM = 16 * WM * NW rows per block: with WM = 2 every K
  *   (S = QKᵀ) and V (O += PV) fragment loaded by ldmatrix feeds two mma instead of one, halving the shared-memory
  *   traffic per tensor-core operation (16 rows per warp left k_flash bound by ldmatrix bandwidth). Q stays in
@@ -1068,23 +1072,32 @@ static void launch_fa2(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf1
  * shared memory; 8: D 128 as 4 / D 64 8 x 32, 128, Q from shared memory.
  * H100, 2026-11-22, S 16384 causal (TFLOP/s, D 128 / D 64): 0: 222 / 212; 1: 249 / 250; 2: 292-295 / 259-262;
  * 3: 263 / 253; 4: 299-303 / 255-257; 5: 260 / 261; 6: 295 / 234; 7: 299 / 263; 8: 302 / 264 (FA2 323 / 294-298).
- * Defaults: D 128 variant 4, D 64 variant 8. */
+ * 9 and up: k_fa_wgmma (cuda_fa_wgmma.cu; sm_90 only, else the k_fa2 default), as (consumer warpgroups x
+ * 64 rows, BN, stages): 9: D 128 2 x 64, 128, 2 / D 64 3 x 64, 128, 3; 10: D 128 as 9 with O += PV as two
+ * n64 wgmma per k-step / D 64 2 x 64, 128, 3; 11: D 128 3 stages / D 64 3 x 64, 128, 4.
+ * H100, 2026-11-22, same shapes, one run (FA2 308 / 295, cuDNN 623 / 458): 9: 624-628 / 484-490;
+ * 10: 602 / 390; 11: 624 / 482; 8 (k_fa2) 299 / 266 (bench/RESULTS.md).
+ * Defaults: variant 9 on compute capability 9.0; elsewhere k_fa2 as D 128 variant 4, D 64 variant 8. */
 static int fa_variant(void) {
     static int v = -2;
     if (v == -2) {
         const char *e = getenv("MX_CUDA_FA_VAR");
         v = e && *e ? atoi(e) : -1;
-        if (v < -1 || v > 8) v = -1;
+        if (v < -1 || v > 11) v = -1;
     }
     return v;
 }
 
 template <int D>
-static void launch_prefill(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v, float *out,
-                           float *lse, const int *dyn) {
+static void launch_prefill(mx_cuda_ctx *c, const mx_attn_spec *sp, const AttnP &p, const float *q,
+                           const bf16 *k, const bf16 *v, float *out, float *lse, const int *dyn) {
     int var = fa_variant();
-    if (var < 0) var = D == 128 ? 4 : 8;
-    if (!(p.scale > 0.0f)) var = 0; /* k_fa2 takes the row max on unscaled scores */
+    if (var < 0) var = 9; /* k_fa_wgmma where it runs, else k_fa2 (below) */
+    if (!(p.scale > 0.0f)) var = 0; /* k_fa2 and k_fa_wgmma take the row max on unscaled scores */
+    if (var >= 9) { /* Hopper (cuda_fa_wgmma.cu); k_fa2's default where it declines (not sm_90, alignment) */
+        if (mx_cuda_attention_wgmma(c, sp, q, k, v, out, lse, dyn, var)) return;
+        var = D == 128 ? 4 : 8;
+    }
     switch (var) {
     case 0: launch_flash<D>(c, p, q, k, v, out, lse, dyn); break;
     case 1: launch_fa2<D, 1, 8, 64, D == 128 ? 1 : 2>(c, p, q, k, v, out, lse, dyn); break;
@@ -1172,9 +1185,9 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
             launch_decode<128>(c, p, q, k, v, out, lse, span, dyn);
     } else if (fast_shape && q_vec) {
         if (D == 64)
-            launch_prefill<64>(c, p, q, k, v, out, lse, dyn);
+            launch_prefill<64>(c, sp, p, q, k, v, out, lse, dyn);
         else
-            launch_prefill<128>(c, p, q, k, v, out, lse, dyn);
+            launch_prefill<128>(c, sp, p, q, k, v, out, lse, dyn);
     } else {
         size_t smem = sizeof(float) * (size_t)(p.D + p.Dv + GEN_THREADS);
         if (smem > 48 * 1024)

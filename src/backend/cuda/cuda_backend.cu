@@ -318,9 +318,10 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         free(c->placed);
         cudaFreeHost(c->ids_host);
         if (c->host_stage) cudaFreeHost(c->host_stage);
+        mx_cuda_moe_free(c);
         mx_cuda_matmul_cache_free(c);
-        cublasLtDestroy(c->lt);
         mx_cuda_sample_free(c);
+        cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);
         free(c);
     }

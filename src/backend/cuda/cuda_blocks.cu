@@ -1,6 +1,5 @@
 /* cuda_blocks.cu: the ops the MoE, MLA and MKA blocks add to the contract (backend.h; CPU twins in
- * src/backend/cpu/cpu_blocks.c): fill, copy3d, matmul_t, kv_read, moe_route (host side: its outputs are host
- * memory), gather_rows, scatter_add_rows, tanh_, softmax_rows, scale_add_rows, prefix_mean, lse_merge. fp32 throughout; the
+ * src/backend/cpu/cpu_blocks.c): fill, copy3d, matmul_t, kv_read, gather_rows, scatter_add_rows, tanh_, softmax_rows, scale_add_rows, prefix_mean, lse_merge. fp32 throughout; the
  * KV store is bf16. Index and weight arrays that the contract passes in host memory reach these kernels as device
  * arrays (cuda_graph.cu stages them). */
 #include <math.h>
@@ -189,34 +188,6 @@ void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, flo
     if (!tot) return;
     k_matmul_t_f32<<<nblk(tot, 256), 256, 0, c->stream>>>(Wf, x, y, n_in, n_out, T);
     CU_LAUNCHED();
-}
-
-/* Host: softmax, top-k (ties: lower index), optional renormalization, scale — as cpu_blocks.c specifies. */
-void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids, float *w) {
-    float *p = (float *)malloc(sizeof(float) * (size_t)(E > 0 ? E : 1));
-    if (!p) mx_cuda_fatal("malloc", "out of memory", __FILE__, __LINE__);
-    for (int t = 0; t < T; t++) {
-        const float *lg = logits + (size_t)t * E;
-        float mx = -INFINITY;
-        for (int e = 0; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
-        double sum = 0;
-        for (int e = 0; e < E; e++) sum += (p[e] = expf(lg[e] - mx));
-        float inv = (float)(1.0 / sum);
-        for (int e = 0; e < E; e++) p[e] *= inv;
-        double tot = 0;
-        for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++)
-                if (p[e] >= 0 && (best < 0 || p[e] > p[best])) best = e;
-            ids[(size_t)t * k + j] = best;
-            w[(size_t)t * k + j] = p[best];
-            tot += p[best];
-            p[best] = -1.0f;
-        }
-        float f = norm ? (float)(scale / tot) : scale;
-        for (int j = 0; j < k; j++) w[(size_t)t * k + j] *= f;
-    }
-    free(p);
 }
 
 /* lse_merge (Star Attention): one block per (row t, head h); every thread computes the weights of the R parts

@@ -133,10 +133,12 @@ void mx_cuda_matmul_cache_free(mx_cuda_ctx *c);
 void mx_cuda_gemm_bf16(mx_cuda_ctx *c, cudaStream_t st, void *ws, const __nv_bfloat16 *w, int n_in, int n_out,
                        const __nv_bfloat16 *x, void *y, bool y_bf16, int T);
 /* cuda_sample.cu: the token drawn from logits[vocab] by sp into tok (device; dyn: sp->u's bits at dyn[0] when
- * not NULL); fetch queues its copy to the host and returns the ticket that wait redeems (-1: unknown ticket). */
+ * not NULL, and the host ring's slot at dyn[1]); fetch records the draw's event and returns the ticket that wait
+ * redeems (-1: unknown ticket). */
 void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp, const int *dyn,
                       int *tok);
 int mx_cuda_sample_fetch(mx_cuda_ctx *c, const int *tok);
+int mx_cuda_sample_slot(mx_cuda_ctx *c); /* the host ring's slot of the next draw (dyn[1] when recorded) */
 int mx_cuda_sample_wait(mx_cuda_ctx *c, int ticket);
 void mx_cuda_sample_free(mx_cuda_ctx *c);
 /* fused decode GEMVs (one token), used by cuda_graph.cu's fusion of recorded sequences */
@@ -171,8 +173,13 @@ void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, s
                          int H, int Dv, float *out, float *lse);
 void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out,
                             int T);
-void mx_cuda_moe_route_host(const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
-                            float *w);
+/* cuda_moe.cu: moe_route (ids, w in host memory; routed on the device for T > 8) and moe_ffn (backend.h) */
+void mx_cuda_moe_route(mx_cuda_ctx *c, const float *logits, int T, int E, int k, bool norm, float scale,
+                       int *ids, float *w);
+bool mx_cuda_moe_ffn(mx_cuda_ctx *c, const float *x, const float *logits, int T, int E, int k, bool norm,
+                     float scale, const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down,
+                     const bool *local, float *out, int *counts);
+void mx_cuda_moe_free(mx_cuda_ctx *c);
 /* cuda_elementwise.cu */
 void mx_cuda_rmsnorm_k(mx_cuda_ctx *c, const float *x, const float *w, float *out, int T, int C, float eps);
 void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T,
@@ -189,6 +196,11 @@ void mx_cuda_kv_write_k(mx_cuda_ctx *c, void *store, const float *src, int T, in
  */
 void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k,
                          const void *v, float *out, float *lse, const int *dyn, bool static_split);
+/* cuda_fa_wgmma.cu: prefill attention on Hopper (wgmma + TMA) for D = Dv = 64 or 128; variant: MX_CUDA_FA_VAR
+ * (9 and up pick its tile configuration). Returns false, launching nothing, for a case it does not take (another
+ * device than compute capability 9.0, another shape, misaligned operands, scale <= 0). */
+bool mx_cuda_attention_wgmma(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k,
+                             const void *v, float *out, float *lse, const int *dyn, int variant);
 /* cuda_graph.cu: the contract's op table (eager, or recorded and replayed as CUDA graphs) */
 void mx_cuda_graph_init(mx_backend *be);
 void mx_cuda_graph_flush(mx_cuda_ctx *c);

@@ -3,22 +3,44 @@
  * forward.c calls ~17 ops per layer per token; launched one by one, a SmolLM2 decode step is ~520 kernel
  * launches and host launch overhead dominates. So by default (MX_CUDA_GRAPHS unset or not "0") every op call
  * is recorded, not launched: its arguments go into a record, and its position arguments (rope/kv_write pos0,
- * attention q_pos0/kv_lo/kv_hi) and embedding ids into a small host table (pinned). At a flush (to_host, sync,
- * free, upload, release, or a full record list) the records run:
+ * attention q_pos0/kv_lo/kv_hi) and embedding ids into a small host table (pinned). At a flush (to_host,
+ * sync, free, upload, release, or a full record list) the records run:
  *   - the table is uploaded in one copy; kernels read their position arguments from it (the dyn pointers);
  *   - a sequence seen for the first time runs eagerly; seen a second time it is captured into a CUDA graph;
  *     from then on, the same sequence (same ops, pointers, shapes; positions may differ) replays the graph.
- * Decode attention sizes its KV split from n_slots (fixed) in this mode so that the launch shapes do not depend
- * on the position. Scratch buffers that move (mx_cuda_scratch bumps c->gen) make cached graphs stale. */
+ * Decode attention sizes its KV split from n_slots (fixed) in this mode so that the launch shapes do not
+ * depend on the position. Scratch buffers that move (mx_cuda_scratch bumps c->gen) make cached graphs stale.
+ */
 #include <string.h>
 #include <time.h>
 
 #include "cuda_common.h"
 
 typedef enum {
-    R_MATMUL, R_EMBED, R_RMSNORM, R_LAYERNORM, R_ROPE, R_SWIGLU, R_GELU, R_ADD, R_ADD_BIAS, R_ATTN, R_KV,
-    R_FILL, R_COPY3D, R_MATMUL_T, R_KV_READ, R_GATHER, R_SCATTER, R_TANH, R_SOFTMAX, R_SCALE_ADD, R_PREFIX_MEAN,
-    R_LSE_MERGE, R_EMBED_DEV, R_SAMPLE
+    R_MATMUL,
+    R_EMBED,
+    R_RMSNORM,
+    R_LAYERNORM,
+    R_ROPE,
+    R_SWIGLU,
+    R_GELU,
+    R_ADD,
+    R_ADD_BIAS,
+    R_ATTN,
+    R_KV,
+    R_FILL,
+    R_COPY3D,
+    R_MATMUL_T,
+    R_KV_READ,
+    R_GATHER,
+    R_SCATTER,
+    R_TANH,
+    R_SOFTMAX,
+    R_SCALE_ADD,
+    R_PREFIX_MEAN,
+    R_LSE_MERGE,
+    R_EMBED_DEV,
+    R_SAMPLE
 } rkind;
 
 typedef struct {
@@ -39,21 +61,22 @@ typedef struct {
     unsigned gen;
     cudaGraphExec_t exec; /* NULL: seen once, not captured yet */
     unsigned long long last_use;
-    /* MX_CUDA_TIMING=1: replays timed with events (gpu_s), host time in cudaGraphLaunch (launch_s), and the host
-     * clock from one replay's flush to the next replay's (period_s, replays that follow one another only) */
+    /* MX_CUDA_TIMING=1: replays timed with events (gpu_s), host time in cudaGraphLaunch (launch_s), and the
+     * host clock from one replay's flush to the next replay's (period_s, replays that follow one another
+     * only) */
     long n_timed, n_period;
     double gpu_s, launch_s, period_s, last_flush;
 } gentry;
 
-/* N_GRAPHS: a dense model's decode step is 1-2 sequences; an MoE model's is one per layer and routed expert set
- * (the expert weights are part of a sequence), a few hundred for Mixtral's 8-choose-2 over its layers. */
+/* N_GRAPHS: a dense model's decode step is 1-2 sequences; an MoE model's is one per layer and routed expert
+ * set (the expert weights are part of a sequence), a few hundred for Mixtral's 8-choose-2 over its layers. */
 enum { MAX_RECS = 4096, MAX_DYN = 16384, N_GRAPHS = 512 };
 #define REC_BYTES_MAX ((size_t)64 << 20)
 
 typedef struct {
     rec recs[MAX_RECS];
     int n_recs, n_dyn;
-    int *dyn_h;  /* pinned */
+    int *dyn_h; /* pinned */
     int *dyn_d;
     cudaEvent_t dyn_done; /* the last upload of dyn_h has been read */
     bool dyn_pending;
@@ -77,7 +100,8 @@ static double now_s(void) {
 static void timing_collect(gstate *g) {
     if (!g->timed) return;
     float ms = 0.0f;
-    if (cudaEventSynchronize(g->t1) == cudaSuccess && cudaEventElapsedTime(&ms, g->t0, g->t1) == cudaSuccess) {
+    if (cudaEventSynchronize(g->t1) == cudaSuccess &&
+        cudaEventElapsedTime(&ms, g->t0, g->t1) == cudaSuccess) {
         g->timed->gpu_s += 1e-3 * ms;
         g->timed->n_timed++;
     }
@@ -87,64 +111,100 @@ static void timing_collect(gstate *g) {
 
 static void timing_print(const gentry *e) {
     if (e->n_timed)
-        fprintf(stderr, "mixatt cuda timing: graph of %d ops: %ld replays, GPU %.1f us, cudaGraphLaunch %.1f us, "
-                "flush-to-flush %.1f us (%ld)\n", e->n_recs, e->n_timed, 1e6 * e->gpu_s / e->n_timed,
-                1e6 * e->launch_s / e->n_timed, e->n_period ? 1e6 * e->period_s / e->n_period : 0.0, e->n_period);
+        fprintf(stderr,
+                "mixatt cuda timing: graph of %d ops: %ld replays, GPU %.1f us, cudaGraphLaunch %.1f us, "
+                "flush-to-flush %.1f us (%ld)\n",
+                e->n_recs, e->n_timed, 1e6 * e->gpu_s / e->n_timed, 1e6 * e->launch_s / e->n_timed,
+                e->n_period ? 1e6 * e->period_s / e->n_period : 0.0, e->n_period);
 }
 
-static gstate *gs(mx_cuda_ctx *c) { return (gstate *)c->graph; }
+static gstate *gs(mx_cuda_ctx *c) {
+    return (gstate *)c->graph;
+}
 
 static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
     const int *d = dyn + r->dyn_off;
     switch (r->kind) {
-    case R_MATMUL: mx_cuda_matmul_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0); break;
-    case R_EMBED: mx_cuda_embed_k(c, &r->w, d, r->i0, (float *)r->b); break;
+    case R_MATMUL:
+        mx_cuda_matmul_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0);
+        break;
+    case R_EMBED:
+        mx_cuda_embed_k(c, &r->w, d, r->i0, (float *)r->b);
+        break;
     case R_RMSNORM:
         mx_cuda_rmsnorm_k(c, (const float *)r->a, (const float *)r->c, (float *)r->b, r->i0, r->i1, r->f0);
         break;
     case R_LAYERNORM:
-        mx_cuda_layernorm_k(c, (const float *)r->a, (const float *)r->c, (const float *)r->d, (float *)r->b, r->i0,
-                            r->i1, r->f0);
+        mx_cuda_layernorm_k(c, (const float *)r->a, (const float *)r->c, (const float *)r->d, (float *)r->b,
+                            r->i0, r->i1, r->f0);
         break;
     case R_ROPE:
         mx_cuda_rope_k(c, (float *)r->a, r->i0, r->i1, r->i2, r->i3, 0, r->f0, (mx_rope_mode)r->i4, d);
         break;
-    case R_SWIGLU: mx_cuda_swiglu_k(c, (float *)r->a, (const float *)r->b, r->i0); break;
-    case R_GELU: mx_cuda_gelu_k(c, (float *)r->a, r->i0); break;
-    case R_ADD: mx_cuda_add_k(c, (float *)r->a, (const float *)r->b, r->i0); break;
-    case R_ADD_BIAS: mx_cuda_add_bias_k(c, (float *)r->a, (const float *)r->c, r->i0, r->i1); break;
+    case R_SWIGLU:
+        mx_cuda_swiglu_k(c, (float *)r->a, (const float *)r->b, r->i0);
+        break;
+    case R_GELU:
+        mx_cuda_gelu_k(c, (float *)r->a, r->i0);
+        break;
+    case R_ADD:
+        mx_cuda_add_k(c, (float *)r->a, (const float *)r->b, r->i0);
+        break;
+    case R_ADD_BIAS:
+        mx_cuda_add_bias_k(c, (float *)r->a, (const float *)r->c, r->i0, r->i1);
+        break;
     case R_ATTN:
-        mx_cuda_attention_k(c, &r->spec, (const float *)r->a, r->c, r->d, (float *)r->b, (float *)r->e, d, true);
+        mx_cuda_attention_k(c, &r->spec, (const float *)r->a, r->c, r->d, (float *)r->b, (float *)r->e, d,
+                            true);
         break;
-    case R_KV: mx_cuda_kv_write_k(c, (void *)r->b, (const float *)r->a, r->i0, r->i1, 0, r->i2, d); break;
-    case R_FILL: mx_cuda_fill_k(c, (float *)r->a, r->z0, r->f0); break;
+    case R_KV:
+        mx_cuda_kv_write_k(c, (void *)r->b, (const float *)r->a, r->i0, r->i1, 0, r->i2, d);
+        break;
+    case R_FILL:
+        mx_cuda_fill_k(c, (float *)r->a, r->z0, r->f0);
+        break;
     case R_COPY3D:
-        mx_cuda_copy3d_k(c, (float *)r->a, (const float *)r->b, r->i0, r->i1, r->i2, r->z0, r->z1, r->z2, r->z3);
+        mx_cuda_copy3d_k(c, (float *)r->a, (const float *)r->b, r->i0, r->i1, r->i2, r->z0, r->z1, r->z2,
+                         r->z3);
         break;
-    case R_MATMUL_T: mx_cuda_matmul_t_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0); break;
-    case R_KV_READ: mx_cuda_kv_read_k(c, r->a, (float *)r->b, r->i0, r->i1, 0, r->i2, d); break;
-    case R_GATHER: mx_cuda_gather_rows_k(c, (float *)r->a, (const float *)r->b, d, r->i0, r->i1); break;
+    case R_MATMUL_T:
+        mx_cuda_matmul_t_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0);
+        break;
+    case R_KV_READ:
+        mx_cuda_kv_read_k(c, r->a, (float *)r->b, r->i0, r->i1, 0, r->i2, d);
+        break;
+    case R_GATHER:
+        mx_cuda_gather_rows_k(c, (float *)r->a, (const float *)r->b, d, r->i0, r->i1);
+        break;
     case R_SCATTER:
-        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0), r->i0, r->i1,
-                                   r->i2);
+        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0),
+                                   r->i0, r->i1, r->i2);
         break;
-    case R_TANH: mx_cuda_tanh_k(c, (float *)r->a, r->i0); break;
-    case R_SOFTMAX: mx_cuda_softmax_rows_k(c, (float *)r->a, r->i0, r->i1); break;
+    case R_TANH:
+        mx_cuda_tanh_k(c, (float *)r->a, r->i0);
+        break;
+    case R_SOFTMAX:
+        mx_cuda_softmax_rows_k(c, (float *)r->a, r->i0, r->i1);
+        break;
     case R_SCALE_ADD:
-        mx_cuda_scale_add_rows_k(c, (float *)r->a, (const float *)r->b, r->z0, (const float *)r->c, r->z1, r->i0,
-                                 r->i1);
+        mx_cuda_scale_add_rows_k(c, (float *)r->a, (const float *)r->b, r->z0, (const float *)r->c, r->z1,
+                                 r->i0, r->i1);
         break;
     case R_PREFIX_MEAN:
-        mx_cuda_prefix_mean_k(c, (const float *)r->a, r->i0, r->i1, (float *)r->c, 0, r->i2, (float *)r->b, d);
+        mx_cuda_prefix_mean_k(c, (const float *)r->a, r->i0, r->i1, (float *)r->c, 0, r->i2, (float *)r->b,
+                              d);
         break;
     case R_LSE_MERGE:
         mx_cuda_lse_merge_k(c, (const float *)r->a, (const float *)r->c, r->z0, r->i0, r->i1, r->i2, r->i3,
                             (float *)r->b, (float *)r->d);
         break;
-    case R_EMBED_DEV: mx_cuda_embed_k(c, &r->w, (const int *)r->a, r->i0, (float *)r->b); break;
+    case R_EMBED_DEV:
+        mx_cuda_embed_k(c, &r->w, (const int *)r->a, r->i0, (float *)r->b);
+        break;
     case R_SAMPLE: {
         mx_sample_spec sp = {r->f0, 0.0f, 0.0f, r->i1, 0.0f};
-        memcpy(&sp.top_p, &r->z0, sizeof(float)); /* top_p and min_p ride in z0/z1 (f0 holds the temperature) */
+        memcpy(&sp.top_p, &r->z0,
+               sizeof(float)); /* top_p and min_p ride in z0/z1 (f0 holds the temperature) */
         memcpy(&sp.min_p, &r->z1, sizeof(float));
         mx_cuda_sample_k(c, (const float *)r->a, r->i0, &sp, d, (int *)r->b);
         break;
@@ -153,8 +213,8 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
 }
 
 /* ---- decode fusions ----
- * At run time (eagerly or while capturing), runs of records of one token (T = 1) that match these patterns run as
- * one fused kernel (cuda_matmul.cu: k_fused) that writes every output the records would have written:
+ * At run time (eagerly or while capturing), runs of records of one token (T = 1) that match these patterns
+ * run as one fused kernel (cuda_matmul.cu: k_fused) that writes every output the records would have written:
  *   QKV:    rmsnorm(x->h), matmul(wq,h->q), rope(q), matmul(wk,h->k), matmul(wv,h->v), rope(k), kv_write(k),
  *           kv_write(v)                                   (Llama attention input: 8 launches -> 1)
  *   GATEUP: rmsnorm(x->h), matmul(wg,h->g), matmul(wu,h->u), swiglu(g,u)              (4 -> 1)
@@ -171,35 +231,37 @@ static bool fuse_enabled(void) {
 }
 
 static bool is_mm1(const rec *r, const void *in, int n_in) {
-    return r->kind == R_MATMUL && r->i0 == 1 && r->a == in && ((uintptr_t)in & 15) == 0 && mx_cuda_fused_ok(&r->w, n_in);
+    return r->kind == R_MATMUL && r->i0 == 1 && r->a == in && ((uintptr_t)in & 15) == 0 &&
+           mx_cuda_fused_ok(&r->w, n_in);
 }
 
 static int try_fuse(mx_cuda_ctx *c, const rec *r, int left, const int *dyn) {
     if (r[0].kind == R_RMSNORM && r[0].i0 == 1 && r[0].a != r[0].b) {
         const void *x = r[0].a, *h = r[0].b;
         int C = r[0].i1;
-        if (left >= 8 && is_mm1(&r[1], h, C) && r[2].kind == R_ROPE && r[2].a == r[1].b && is_mm1(&r[3], h, C) &&
-            is_mm1(&r[4], h, C) && r[5].kind == R_ROPE && r[5].a == r[3].b && r[6].kind == R_KV && r[6].a == r[3].b &&
-            r[7].kind == R_KV && r[7].a == r[4].b) {
+        if (left >= 8 && is_mm1(&r[1], h, C) && r[2].kind == R_ROPE && r[2].a == r[1].b &&
+            is_mm1(&r[3], h, C) && is_mm1(&r[4], h, C) && r[5].kind == R_ROPE && r[5].a == r[3].b &&
+            r[6].kind == R_KV && r[6].a == r[3].b && r[7].kind == R_KV && r[7].a == r[4].b) {
             int H = r[2].i1, G = r[5].i1, D = r[2].i2, rd = r[2].i3;
             const void *q = r[1].b, *k = r[3].b, *v = r[4].b;
             bool ok = r[2].i0 == 1 && r[5].i0 == 1 && r[5].i2 == D && r[5].i3 == rd && r[5].i4 == r[2].i4 &&
                       r[5].f0 == r[2].f0 && D % 2 == 0 && rd % 2 == 0 && rd <= D && rd > 0 &&
                       r[1].w.n_out == (int64_t)H * D && r[3].w.n_out == (int64_t)G * D &&
                       r[4].w.n_out == (int64_t)G * D && r[6].i0 == 1 && r[7].i0 == 1 && r[6].i1 == G * D &&
-                      r[7].i1 == G * D && r[6].i2 == r[7].i2 && q != k && q != v && k != v && q != x && k != x &&
-                      v != x && q != h && k != h && v != h && r[6].b != r[7].b;
+                      r[7].i1 == G * D && r[6].i2 == r[7].i2 && q != k && q != v && k != v && q != x &&
+                      k != x && v != x && q != h && k != h && v != h && r[6].b != r[7].b;
             if (ok) {
-                mx_cuda_fused_qkv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w, (float *)q,
-                                  &r[3].w, (float *)k, &r[4].w, (float *)v, H, G, D, rd, r[2].i4 == MX_ROPE_ADJACENT,
-                                  r[2].f0, 1, 1, dyn + r[2].dyn_off, dyn + r[5].dyn_off, (void *)r[6].b, (void *)r[7].b,
-                                  r[6].i2, dyn + r[6].dyn_off, dyn + r[7].dyn_off);
+                mx_cuda_fused_qkv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
+                                  (float *)q, &r[3].w, (float *)k, &r[4].w, (float *)v, H, G, D, rd,
+                                  r[2].i4 == MX_ROPE_ADJACENT, r[2].f0, 1, 1, dyn + r[2].dyn_off,
+                                  dyn + r[5].dyn_off, (void *)r[6].b, (void *)r[7].b, r[6].i2,
+                                  dyn + r[6].dyn_off, dyn + r[7].dyn_off);
                 return 8;
             }
         }
-        if (left >= 4 && is_mm1(&r[1], h, C) && is_mm1(&r[2], h, C) && r[3].kind == R_SWIGLU && r[3].a == r[1].b &&
-            r[3].b == r[2].b && r[1].w.n_out == r[2].w.n_out && r[3].i0 == r[1].w.n_out && r[1].b != r[2].b &&
-            r[1].b != x && r[2].b != x && r[1].b != h && r[2].b != h) {
+        if (left >= 4 && is_mm1(&r[1], h, C) && is_mm1(&r[2], h, C) && r[3].kind == R_SWIGLU &&
+            r[3].a == r[1].b && r[3].b == r[2].b && r[1].w.n_out == r[2].w.n_out && r[3].i0 == r[1].w.n_out &&
+            r[1].b != r[2].b && r[1].b != x && r[2].b != x && r[1].b != h && r[2].b != h) {
             mx_cuda_fused_gateup(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
                                  (float *)r[1].b, &r[2].w, (float *)r[2].b);
             return 4;
@@ -212,8 +274,10 @@ static int try_fuse(mx_cuda_ctx *c, const rec *r, int left, const int *dyn) {
         return 0;
     }
     if (r[0].kind == R_MATMUL && left >= 2 && r[1].kind == R_ADD && r[1].b == r[0].b && r[0].i0 == 1 &&
-        r[1].i0 == r[0].w.n_out && r[1].a != r[0].a && r[1].a != r[0].b && is_mm1(&r[0], r[0].a, (int)r[0].w.n_in)) {
-        mx_cuda_fused_gemv(c, (const float *)r[0].a, NULL, NULL, 0.0f, &r[0].w, (float *)r[0].b, (float *)r[1].a);
+        r[1].i0 == r[0].w.n_out && r[1].a != r[0].a && r[1].a != r[0].b &&
+        is_mm1(&r[0], r[0].a, (int)r[0].w.n_in)) {
+        mx_cuda_fused_gemv(c, (const float *)r[0].a, NULL, NULL, 0.0f, &r[0].w, (float *)r[0].b,
+                           (float *)r[1].a);
         return 2;
     }
     return 0;
@@ -260,8 +324,9 @@ static void forget(gstate *g, gentry *e) {
     drop(e);
 }
 
-/* A hash of a sequence's length, its first 16 records and its last (MoE sequences differ in the expert weights of
- * their first records); cheap enough for every decode step. Equal hashes are confirmed with memcmp. */
+/* A hash of a sequence's length, its first 16 records and its last (MoE sequences differ in the expert
+ * weights of their first records); cheap enough for every decode step. Equal hashes are confirmed with
+ * memcmp. */
 static uint64_t recs_hash(const rec *r, int n_recs, int n_dyn) {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n_recs << 32) ^ (uint64_t)n_dyn;
     int n_head = n_recs < 16 ? n_recs : 16;
@@ -303,7 +368,8 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
         if (g->timing) {
             timing_collect(g);
             double t = now_s();
-            if (g->last_replay == hit && hit->last_flush > 0) hit->period_s += t - hit->last_flush, hit->n_period++;
+            if (g->last_replay == hit && hit->last_flush > 0)
+                hit->period_s += t - hit->last_flush, hit->n_period++;
             hit->last_flush = t;
             g->last_replay = hit;
             CU_CHECK(cudaEventRecord(g->t0, c->stream));
@@ -340,7 +406,8 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
         e->recs = (rec *)malloc(need);
         if (e->recs) {
             memcpy(e->recs, g->recs, need);
-            e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock, e->hash = hash;
+            e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock,
+            e->hash = hash;
             g->rec_bytes += need;
         }
     }
@@ -352,7 +419,8 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
 static rec *new_rec(mx_cuda_ctx *c, int kind, int n_dyn, int **dyn) {
     gstate *g = gs(c);
     if (g->n_recs == MAX_RECS || g->n_dyn + n_dyn > MAX_DYN) mx_cuda_graph_flush(c);
-    if (g->n_recs == 0 && g->dyn_pending) { /* the previous upload must have read the table before we write it */
+    if (g->n_recs == 0 &&
+        g->dyn_pending) { /* the previous upload must have read the table before we write it */
         CU_CHECK(cudaEventSynchronize(g->dyn_done));
         g->dyn_pending = false;
     }
@@ -365,7 +433,9 @@ static rec *new_rec(mx_cuda_ctx *c, int kind, int n_dyn, int **dyn) {
     return r;
 }
 
-static bool recording(mx_backend *be) { return gs(cu_ctx(be))->enabled; }
+static bool recording(mx_backend *be) {
+    return gs(cu_ctx(be))->enabled;
+}
 /* The weight (or row view) t, by value: records compare with memcmp, so the padding is zeroed. */
 static mx_cuda_weight wcopy(mx_cuda_ctx *c, const mx_tensor *t) {
     mx_cuda_weight v = mx_cuda_weight_of(c, t), w;
@@ -374,7 +444,9 @@ static mx_cuda_weight wcopy(mx_cuda_ctx *c, const mx_tensor *t) {
     return w;
 }
 /* A vector weight (norm, bias): its fp32 values are at dev. */
-static const float *vec(const mx_tensor *t) { return (const float *)t->dev; }
+static const float *vec(const mx_tensor *t) {
+    return (const float *)t->dev;
+}
 
 /* ---- the contract's ops ---- */
 
@@ -406,7 +478,8 @@ static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, 
     r->w = wcopy(c, w), r->b = out, r->i0 = T;
 }
 
-static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps) {
+static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C,
+                       float eps) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!recording(be)) return mx_cuda_rmsnorm_k(c, x, vec(w), out, T, C, eps);
     int *d;
@@ -414,8 +487,8 @@ static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float
     r->a = x, r->b = out, r->c = vec(w), r->i0 = T, r->i1 = C, r->f0 = eps;
 }
 
-static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out, int T,
-                         int C, float eps) {
+static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out,
+                         int T, int C, float eps) {
     mx_cuda_ctx *c = cu_ctx(be);
     const float *bp = b ? vec(b) : NULL;
     if (!recording(be)) return mx_cuda_layernorm_k(c, x, vec(w), bp, out, T, C, eps);
@@ -424,8 +497,8 @@ static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, con
     r->a = x, r->b = out, r->c = vec(w), r->d = bp, r->i0 = T, r->i1 = C, r->f0 = eps;
 }
 
-static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                    mx_rope_mode mode) {
+static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                    float theta, mx_rope_mode mode) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!recording(be)) return mx_cuda_rope_k(c, x, T, n_head, head_dim, rope_dim, pos0, theta, mode, NULL);
     int *d;
@@ -466,8 +539,8 @@ static void op_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int
     r->a = y, r->c = vec(b), r->i0 = T, r->i1 = n;
 }
 
-static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, const void *v,
-                         float *out, float *lse) {
+static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k,
+                         const void *v, float *out, float *lse) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!recording(be)) return mx_cuda_attention_k(c, spec, q, k, v, out, lse, NULL, false);
     int *d;
@@ -497,13 +570,14 @@ static void op_fill(mx_backend *be, float *x, size_t n, float value) {
     r->a = x, r->z0 = n, r->f0 = value;
 }
 
-static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
-                      size_t ds2, size_t ss2) {
+static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1,
+                      size_t ss1, size_t ds2, size_t ss2) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!recording(be)) return mx_cuda_copy3d_k(c, dst, src, n0, n1, n2, ds1, ss1, ds2, ss2);
     int *d;
     rec *r = new_rec(c, R_COPY3D, 0, &d);
-    r->a = dst, r->b = src, r->i0 = n0, r->i1 = n1, r->i2 = n2, r->z0 = ds1, r->z1 = ss1, r->z2 = ds2, r->z3 = ss2;
+    r->a = dst, r->b = src, r->i0 = n0, r->i1 = n1, r->i2 = n2, r->z0 = ds1, r->z1 = ss1, r->z2 = ds2,
+    r->z3 = ss2;
 }
 
 static void op_matmul_t(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
@@ -526,17 +600,19 @@ static void op_kv_read(mx_backend *be, const void *store, float *dst, int T, int
     r->a = store, r->b = dst, r->i0 = T, r->i1 = n, r->i2 = n_slots;
 }
 
-static void op_moe_route(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale, int *ids,
-                         float *w) {
+static void op_moe_route(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale,
+                         int *ids, float *w) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (T <= 0) return;
-    float *h = (float *)malloc(sizeof(float) * (size_t)T * E);
-    if (!h) mx_cuda_fatal("malloc", "out of memory", __FILE__, __LINE__);
     mx_cuda_graph_flush(c);
-    CU_CHECK(cudaMemcpyAsync(h, logits, sizeof(float) * (size_t)T * E, cudaMemcpyDeviceToHost, c->stream));
-    CU_CHECK(cudaStreamSynchronize(c->stream));
-    mx_cuda_moe_route_host(h, T, E, k, norm, scale, ids, w);
-    free(h);
+    mx_cuda_moe_route(c, logits, T, E, k, norm, scale, ids, w); /* on the device; waits for ids and w */
+}
+
+/* Eager (it waits for the experts' token counts): flushes what was recorded first (cuda_moe.cu). */
+static bool op_moe_ffn(mx_backend *be, const float *x, const float *logits, int T, int E, int k, bool norm,
+                       float scale, const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down,
+                       const bool *local, float *out, int *counts) {
+    return mx_cuda_moe_ffn(cu_ctx(be), x, logits, T, E, k, norm, scale, gate, up, down, local, out, counts);
 }
 
 /* Host index (and weight) arrays: into the dynamic table when recording, else staged in a device scratch. */
@@ -544,7 +620,9 @@ static const int *stage_host(mx_cuda_ctx *c, const int *idx, const float *w, int
     size_t n = (size_t)rows * (w ? 2 : 1);
     int *dd = (int *)mx_cuda_scratch(c, (void **)&c->hidx, &c->hidx_cap, sizeof(int) * n);
     CU_CHECK(cudaMemcpyAsync(dd, idx, sizeof(int) * (size_t)rows, cudaMemcpyHostToDevice, c->stream));
-    if (w) CU_CHECK(cudaMemcpyAsync(dd + rows, w, sizeof(float) * (size_t)rows, cudaMemcpyHostToDevice, c->stream));
+    if (w)
+        CU_CHECK(
+            cudaMemcpyAsync(dd + rows, w, sizeof(float) * (size_t)rows, cudaMemcpyHostToDevice, c->stream));
     return dd;
 }
 
@@ -577,8 +655,8 @@ static bool all_distinct(const int *idx, int rows) {
     return ok;
 }
 
-static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, const int *idx, const float *w, int rows,
-                                int n) {
+static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, const int *idx, const float *w,
+                                int rows, int n) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (rows <= 0) return;
     static int serial = -1; /* MX_CUDA_SCATTER=serial: always the in-order kernel (A/B checks) */
@@ -631,13 +709,14 @@ static void op_prefix_mean(mx_backend *be, const float *x, int T, int C, float *
     r->a = x, r->b = mean, r->c = sums, r->i0 = T, r->i1 = C, r->i2 = n_slots;
 }
 
-static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
-                         int H, int Dv, float *out, float *lse) {
+static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R,
+                         int T, int H, int Dv, float *out, float *lse) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!recording(be)) return mx_cuda_lse_merge_k(c, outs, lses, part_stride, R, T, H, Dv, out, lse);
     int *d;
     rec *r = new_rec(c, R_LSE_MERGE, 0, &d);
-    r->a = outs, r->c = lses, r->b = out, r->d = lse, r->z0 = part_stride, r->i0 = R, r->i1 = T, r->i2 = H, r->i3 = Dv;
+    r->a = outs, r->c = lses, r->b = out, r->d = lse, r->z0 = part_stride, r->i0 = R, r->i1 = T, r->i2 = H,
+    r->i3 = Dv;
 }
 
 /* ---- decode with the host out of the loop (backend.h: sample, sample_wait, embed_dev) ---- */
@@ -661,8 +740,9 @@ static int op_sample(mx_backend *be, const float *logits, int vocab, const mx_sa
         mx_cuda_sample_k(c, logits, vocab, sp, NULL, tok);
     } else {
         int *d;
-        rec *r = new_rec(c, R_SAMPLE, 1, &d);
+        rec *r = new_rec(c, R_SAMPLE, 2, &d);
         memcpy(d, &sp->u, sizeof(float));
+        d[1] = mx_cuda_sample_slot(c);
         r->a = logits, r->b = tok, r->i0 = vocab, r->i1 = sp->temperature > 0.0f ? sp->top_k : 0;
         r->f0 = sp->temperature > 0.0f ? sp->temperature : 0.0f;
         if (sp->temperature > 0.0f) { /* greedy steps stay one sequence whatever the other fields hold */
@@ -674,13 +754,16 @@ static int op_sample(mx_backend *be, const float *logits, int vocab, const mx_sa
     return mx_cuda_sample_fetch(c, tok);
 }
 
-static int op_sample_wait(mx_backend *be, int ticket) { return mx_cuda_sample_wait(cu_ctx(be), ticket); }
+static int op_sample_wait(mx_backend *be, int ticket) {
+    return mx_cuda_sample_wait(cu_ctx(be), ticket);
+}
 
 void mx_cuda_graph_init(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
     gstate *g = (gstate *)calloc(1, sizeof *g);
     const char *env = getenv("MX_CUDA_GRAPHS");
-    if (g && !(env && !strcmp(env, "0")) && cudaMallocHost((void **)&g->dyn_h, sizeof(int) * MAX_DYN) == cudaSuccess &&
+    if (g && !(env && !strcmp(env, "0")) &&
+        cudaMallocHost((void **)&g->dyn_h, sizeof(int) * MAX_DYN) == cudaSuccess &&
         cudaMalloc((void **)&g->dyn_d, sizeof(int) * MAX_DYN) == cudaSuccess &&
         cudaEventCreateWithFlags(&g->dyn_done, cudaEventDisableTiming) == cudaSuccess)
         g->enabled = true;
@@ -707,6 +790,7 @@ void mx_cuda_graph_init(mx_backend *be) {
     be->matmul_t = op_matmul_t;
     be->kv_read = op_kv_read;
     be->moe_route = op_moe_route;
+    be->moe_ffn = op_moe_ffn;
     be->gather_rows = op_gather_rows;
     be->scatter_add_rows = op_scatter_add_rows;
     be->tanh_ = op_tanh;

@@ -1,19 +1,24 @@
-/* cuda_matmul.cu: y[T, n_out] = x[T, n_in] · Wᵀ and the embedding lookup, for every GGUF weight type mixatt reads.
+/* cuda_matmul.cu: y[T, n_out] = x[T, n_in] · Wᵀ and the embedding lookup, for every GGUF weight type mixatt
+ * reads.
  *
- * - Decode (T <= GEMV_MAX_T): our own GEMV reading the weights as stored (quantized blocks, F32/F16/BF16); one
- *   warp per output row, each lane dequantizes 8-element units in fp32 and multiplies them with fp32
+ * - Decode (T <= GEMV_MAX_T): our own GEMV reading the weights as stored (quantized blocks, F32/F16/BF16);
+ * one warp per output row, each lane dequantizes 8-element units in fp32 and multiplies them with fp32
  *   activations; fp32 accumulation. Bound by reading the weights once.
  * - Prefill (larger T): x is rounded to bf16 and multiplied with the bf16 copy of W made at upload through
  *   cuBLASLt (bf16 inputs, fp32 accumulation and output). Descriptors and the chosen algorithm are cached per
- *   shape, token count and alignment (lt_plan).
- * Block layouts are ggml's (src/io/quant_impl.h); each unit function below mirrors the CPU dequantizer. */
+ *   shape, token-count bucket and alignment (lt_plan). mx_cuda_gemm_bf16 (the MoE experts, cuda_moe.cu) takes
+ * bf16 activations as they are and writes bf16 or fp32, on any stream. Block layouts are ggml's
+ * (src/io/quant_impl.h); each unit function below mirrors the CPU dequantizer. */
 #include <string.h>
+#include <time.h>
 
 #include "cuda_common.h"
 
 enum { GEMV_MAX_T = 8 };
 
-__device__ __forceinline__ float h2f(const uint8_t *p) { return __half2float(*(const __half *)p); }
+__device__ __forceinline__ float h2f(const uint8_t *p) {
+    return __half2float(*(const __half *)p);
+}
 
 /* Unit u (8 elements) of a row of type TY: the weights w[0..8) of elements p0..p0+3 (w[0..4)) and p1..p1+3
  * (w[4..8)). */
@@ -62,7 +67,8 @@ __device__ __forceinline__ void unit8(const uint8_t *__restrict__ row, int u, fl
             } else if (TY == MX_Q5_0) {
                 w[i] = d * (float)(lo - 16), w[4 + i] = d * (float)(hi - 16);
             } else {
-                w[i] = __fadd_rn(__fmul_rn(d, (float)lo), m), w[4 + i] = __fadd_rn(__fmul_rn(d, (float)hi), m);
+                w[i] = __fadd_rn(__fmul_rn(d, (float)lo), m),
+                w[4 + i] = __fadd_rn(__fmul_rn(d, (float)hi), m);
             }
         }
         p0 = 32 * b + 4 * q, p1 = 32 * b + 16 + 4 * q;
@@ -114,33 +120,35 @@ __device__ __forceinline__ void unit8(const uint8_t *__restrict__ row, int u, fl
     }
 }
 
-#define TYPE_CASE(T_, ...)             \
-    case T_: {                         \
-        constexpr int TY = T_;         \
-        __VA_ARGS__;                   \
+#define TYPE_CASE(T_, ...)                                                                                   \
+    case T_: {                                                                                               \
+        constexpr int TY = T_;                                                                               \
+        __VA_ARGS__;                                                                                         \
     } break;
-#define TYPE_SWITCH(type, ...)                                                                                   \
-    switch (type) {                                                                                              \
-        TYPE_CASE(MX_F32, __VA_ARGS__)                                                                           \
-        TYPE_CASE(MX_F16, __VA_ARGS__)                                                                           \
-        TYPE_CASE(MX_BF16, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q4_0, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q4_1, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q5_0, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q5_1, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q8_0, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q4_K, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q5_K, __VA_ARGS__)                                                                          \
-        TYPE_CASE(MX_Q6_K, __VA_ARGS__)                                                                          \
-    default:                                                                                                     \
-        fprintf(stderr, "mixatt: the CUDA backend has no kernel for weights of type %s\n", mx_dtype_name(type)); \
-        abort();                                                                                                 \
+#define TYPE_SWITCH(type, ...)                                                                               \
+    switch (type) {                                                                                          \
+        TYPE_CASE(MX_F32, __VA_ARGS__)                                                                       \
+        TYPE_CASE(MX_F16, __VA_ARGS__)                                                                       \
+        TYPE_CASE(MX_BF16, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q4_0, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q4_1, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q5_0, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q5_1, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q8_0, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q4_K, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q5_K, __VA_ARGS__)                                                                      \
+        TYPE_CASE(MX_Q6_K, __VA_ARGS__)                                                                      \
+    default:                                                                                                 \
+        fprintf(stderr, "mixatt: the CUDA backend has no kernel for weights of type %s\n",                   \
+                mx_dtype_name(type));                                                                        \
+        abort();                                                                                             \
     }
 
 /* Dequantizes rows (ids[r] when ids, else r) into fp32 (outf) or bf16 (outb), one thread per unit. */
 template <int TY>
-__global__ void k_dequant(const uint8_t *__restrict__ W, size_t row_bytes, int n_in, const int *__restrict__ ids,
-                          int rows, float *__restrict__ outf, __nv_bfloat16 *__restrict__ outb) {
+__global__ void k_dequant(const uint8_t *__restrict__ W, size_t row_bytes, int n_in,
+                          const int *__restrict__ ids, int rows, float *__restrict__ outf,
+                          __nv_bfloat16 *__restrict__ outb) {
     int units = n_in / 8;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * units) return;
@@ -170,7 +178,7 @@ __global__ void k_dequant_float(const uint8_t *__restrict__ W, uint32_t type, si
     if (idx >= (size_t)rows * n_in) return;
     int r = (int)(idx / n_in), i = (int)(idx % n_in);
     const uint8_t *row = W + (ids ? (size_t)ids[r] : (size_t)r) * row_bytes;
-    float v = type == MX_F32 ? ((const float *)row)[i]
+    float v = type == MX_F32   ? ((const float *)row)[i]
               : type == MX_F16 ? __half2float(((const __half *)row)[i])
                                : __uint_as_float((uint32_t)((const uint16_t *)row)[i] << 16);
     if (outf)
@@ -192,7 +200,7 @@ static void dequant_rows(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *ids
     size_t total = (size_t)rows * (w->n_in / 8);
     unsigned grid = (unsigned)((total + 255) / 256);
     TYPE_SWITCH(w->type, (k_dequant<TY><<<grid, 256, 0, c->stream>>>((const uint8_t *)w->q, w->row_bytes,
-                                                                       (int)w->n_in, ids, rows, outf, outb)));
+                                                                     (int)w->n_in, ids, rows, outf, outb)));
     CU_LAUNCHED();
 }
 
@@ -208,8 +216,9 @@ void mx_cuda_embed_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const int *d_ids, 
 /* ---- decode GEMV ---- */
 
 template <int TY, int MAXT>
-__global__ void __launch_bounds__(128) k_gemv(const uint8_t *__restrict__ W, size_t row_bytes, int n_in, int n_out,
-                                              const float *__restrict__ x, float *__restrict__ y, int T) {
+__global__ void __launch_bounds__(128)
+    k_gemv(const uint8_t *__restrict__ W, size_t row_bytes, int n_in, int n_out, const float *__restrict__ x,
+           float *__restrict__ y, int T) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * 4 + warp;
     if (row >= n_out) return;
@@ -246,8 +255,8 @@ __global__ void __launch_bounds__(128) k_gemv(const uint8_t *__restrict__ W, siz
 static void gemv(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T) {
     unsigned grid = (unsigned)((w->n_out + 3) / 4);
     if (T == 1) {
-        TYPE_SWITCH(w->type, (k_gemv<TY, 1><<<grid, 128, 0, c->stream>>>((const uint8_t *)w->q, w->row_bytes,
-                                                                          (int)w->n_in, (int)w->n_out, x, y, T)));
+        TYPE_SWITCH(w->type, (k_gemv<TY, 1><<<grid, 128, 0, c->stream>>>(
+                                 (const uint8_t *)w->q, w->row_bytes, (int)w->n_in, (int)w->n_out, x, y, T)));
     } else {
         TYPE_SWITCH(w->type, (k_gemv<TY, GEMV_MAX_T><<<grid, 128, 0, c->stream>>>(
                                  (const uint8_t *)w->q, w->row_bytes, (int)w->n_in, (int)w->n_out, x, y, T)));
@@ -269,13 +278,18 @@ __global__ void k_to_bf16(const float *__restrict__ x, __nv_bfloat16 *__restrict
     }
 }
 
-/* cuBLASLt plans: descriptors and the heuristic's algorithm per (shape, exact T, alignments). MoE experts see a
- * different token count at nearly every call, so the cache holds LT_CACHE plans (a Mixtral-shaped prefill has a
- * few hundred shapes). An algorithm is not reused at another T: the heuristic's choice is known valid only for the
- * problem it was asked about. */
+/* cuBLASLt plans: descriptors and the heuristic's algorithm per (shape, token bucket, output type,
+ * alignments). MoE experts see a different token count at nearly every call, and a heuristic query costs far
+ * more than the GEMM's launch, so the algorithm is chosen once per bucket of T (lt_bucket: four buckets per
+ * power of two, T rounded up to the bucket's top) and the layouts' column count is set to the exact T before
+ * each call. Should cuBLASLt refuse the bucket's algorithm at some T, that call asks the heuristic for its
+ * exact T (counted in the MX_CUDA_LT_STATS=1 report). MX_CUDA_LT_BUCKET=0: one plan per exact T (the former
+ * behaviour, for A/B). */
 typedef struct {
-    int n_in, n_out, T, trans;  /* trans: matmul_t, y[T, n_in] = x[T, n_out] · W */
-    uint32_t align_a, align_cd; /* the bytes W's bf16 copy and y are aligned to (row views of W start anywhere) */
+    int n_in, n_out, Tb, trans; /* trans: matmul_t, y[T, n_in] = x[T, n_out] · W; Tb: the bucket's T */
+    int out_bf16;               /* y is bf16 (else fp32) */
+    uint32_t align_a, align_b,
+        align_cd; /* the bytes W's bf16 copy, x and y are aligned to (views start anywhere) */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, cd;
     cublasLtMatmulAlgo_t algo;
@@ -285,6 +299,8 @@ enum { LT_CACHE = 1024 };
 typedef struct {
     lt_plan p[LT_CACHE];
     int n, next;
+    long n_heur, n_calls, n_refused; /* heuristic queries, matmuls, bucket algorithms cuBLASLt refused */
+    double heur_s;                   /* host seconds in heuristic queries and plan creation */
 } lt_cache;
 
 static void lt_plan_destroy(lt_plan *p) {
@@ -300,44 +316,75 @@ static uint32_t align_of(const void *p) {
     return a ? (uint32_t)(a & (~a + 1)) : 256u;
 }
 
-/* Creates b and cd for T tokens. */
-static void lt_set_T(lt_plan *p, int T) {
-    int kb = p->trans ? p->n_out : p->n_in, md = p->trans ? p->n_in : p->n_out;
-    LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, kb, T, kb));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&p->cd, CUDA_R_32F, md, T, md));
-    p->T = T;
+static double lt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* The best algorithm cuBLASLt's heuristic gives for p's shape. */
-static cublasLtMatmulAlgo_t lt_heuristic(mx_cuda_ctx *c, const lt_plan *p) {
+/* The T a plan's algorithm is chosen for: T itself up to 16, then T rounded up to a quarter of its power of
+ * two (17..20 -> 20, 1000 -> 1024, 1100 -> 1280, 4096 -> 4096). */
+static int lt_bucket(int T) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("MX_CUDA_LT_BUCKET");
+        on = e && !strcmp(e, "0") ? 0 : 1;
+    }
+    if (!on || T <= 16) return T;
+    int p = 16;
+    while (p <= T / 2) p *= 2;
+    int step = p / 4;
+    return (T + step - 1) / step * step;
+}
+
+/* Sets the layouts b and cd to T tokens. */
+static void lt_set_T(lt_plan *p, int T) {
+    uint64_t cols = (uint64_t)T;
+    LT_CHECK(cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+    LT_CHECK(cublasLtMatrixLayoutSetAttribute(p->cd, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+}
+
+/* The best algorithm cuBLASLt's heuristic gives for p's shape at T tokens. */
+static cublasLtMatmulAlgo_t lt_heuristic(mx_cuda_ctx *c, lt_plan *p, int T) {
+    lt_cache *lc = (lt_cache *)c->lt_cache;
+    double t0 = lt_now();
+    lt_set_T(p, T);
     cublasLtMatmulPreference_t pref;
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->lt_ws_bytes,
-                                                  sizeof c->lt_ws_bytes));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p->align_a,
-                                                  sizeof p->align_a));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p->align_cd,
-                                                  sizeof p->align_cd));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p->align_cd,
-                                                  sizeof p->align_cd));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                  &c->lt_ws_bytes, sizeof c->lt_ws_bytes));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                  &p->align_a, sizeof p->align_a));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                  &p->align_b, sizeof p->align_b));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                  &p->align_cd, sizeof p->align_cd));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                  &p->align_cd, sizeof p->align_cd));
     cublasLtMatmulHeuristicResult_t res;
     int got = 0;
     LT_CHECK(cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->cd, p->cd, pref, 1, &res, &got));
     cublasLtMatmulPreferenceDestroy(pref);
-    if (got < 1) mx_cuda_fatal("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape", __FILE__, __LINE__);
+    if (got < 1)
+        mx_cuda_fatal("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape", __FILE__, __LINE__);
+    lc->n_heur++;
+    lc->heur_s += lt_now() - t0;
     return res.algo;
 }
 
-static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, uint32_t align_a, uint32_t align_cd) {
+static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, int out_bf16, uint32_t align_a,
+                       uint32_t align_b, uint32_t align_cd) {
     lt_cache *lc = (lt_cache *)c->lt_cache;
     if (!lc) {
         lc = (lt_cache *)calloc(1, sizeof *lc);
         if (!lc) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
         c->lt_cache = lc;
     }
+    int Tb = lt_bucket(T);
     for (int i = 0; i < lc->n; i++) {
         lt_plan *q = &lc->p[i];
-        if (q->n_in == n_in && q->n_out == n_out && q->T == T && q->trans == trans && q->align_a == align_a &&
+        if (q->n_in == n_in && q->n_out == n_out && q->Tb == Tb && q->trans == trans &&
+            q->out_bf16 == out_bf16 && q->align_a == align_a && q->align_b == align_b &&
             q->align_cd == align_cd)
             return q;
     }
@@ -350,17 +397,37 @@ static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, ui
         lt_plan_destroy(p);
     }
     memset(p, 0, sizeof *p);
-    p->n_in = n_in, p->n_out = n_out, p->trans = trans, p->align_a = align_a, p->align_cd = align_cd;
+    p->n_in = n_in, p->n_out = n_out, p->Tb = Tb, p->trans = trans, p->out_bf16 = out_bf16;
+    p->align_a = align_a, p->align_b = align_b, p->align_cd = align_cd;
     LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t ta = trans ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    /* column-major view: D (n_out x T) = op(A) · B with A = W stored (n_in x n_out), B = x stored (n_in x T) */
+    /* column-major view: D (n_out x T) = op(A) · B with A = W stored (n_in x n_out), B = x stored (n_in x T)
+     */
     /* trans: D (n_in x T) = A · B with A = W (n_in x n_out), B = x stored (n_out x T) */
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, n_in, n_out, n_in));
-    lt_set_T(p, T);
-    p->algo = lt_heuristic(c, p);
+    int kb = trans ? n_out : n_in, md = trans ? n_in : n_out;
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, kb, Tb, kb));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->cd, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, md, Tb, md));
+    p->algo = lt_heuristic(c, p, Tb);
     return p;
+}
+
+/* y = op(W) · x through plan p at T tokens on stream st with workspace ws (of c->lt_ws_bytes). */
+static void lt_run(mx_cuda_ctx *c, lt_plan *p, int T, const __nv_bfloat16 *w, const __nv_bfloat16 *x, void *y,
+                   cudaStream_t st, void *ws) {
+    lt_cache *lc = (lt_cache *)c->lt_cache;
+    float alpha = 1.0f, beta = 0.0f;
+    lt_set_T(p, T);
+    lc->n_calls++;
+    cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->cd, y, p->cd,
+                                      &p->algo, ws, c->lt_ws_bytes, st);
+    if (s == CUBLAS_STATUS_SUCCESS) return;
+    lc->n_refused++; /* the bucket's algorithm does not run at this T: the heuristic's own choice for it */
+    cublasLtMatmulAlgo_t algo = lt_heuristic(c, p, T);
+    LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->cd, y, p->cd, &algo, ws,
+                            c->lt_ws_bytes, st));
 }
 
 static void gemm(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T, int trans = 0) {
@@ -368,10 +435,16 @@ static void gemm(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float 
     __nv_bfloat16 *xb = (__nv_bfloat16 *)mx_cuda_scratch(c, (void **)&c->xbf, &c->xbf_cap, nx * 2);
     k_to_bf16<<<(unsigned)((nx / 4 + 256) / 256), 256, 0, c->stream>>>(x, xb, nx);
     CU_LAUNCHED();
-    const lt_plan *p = lt_get(c, (int)w->n_in, (int)w->n_out, T, trans, align_of(w->bf), align_of(y));
-    float alpha = 1.0f, beta = 0.0f;
-    LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, w->bf, p->a, xb, p->b, &beta, y, p->cd, y, p->cd, &p->algo,
-                            c->lt_ws, c->lt_ws_bytes, c->stream));
+    lt_plan *p =
+        lt_get(c, (int)w->n_in, (int)w->n_out, T, trans, 0, align_of(w->bf), align_of(xb), align_of(y));
+    lt_run(c, p, T, w->bf, xb, y, c->stream, c->lt_ws);
+}
+
+void mx_cuda_gemm_bf16(mx_cuda_ctx *c, cudaStream_t st, void *ws, const __nv_bfloat16 *w, int n_in, int n_out,
+                       const __nv_bfloat16 *x, void *y, bool y_bf16, int T) {
+    if (T <= 0) return;
+    lt_plan *p = lt_get(c, n_in, n_out, T, 0, y_bf16, align_of(w), align_of(x), align_of(y));
+    lt_run(c, p, T, w, x, y, st, ws);
 }
 
 void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, float *y, int T) {
@@ -381,7 +454,8 @@ void mx_cuda_matmul_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x, f
         gemv(c, w, x, y, T);
     else if (!w->bf) /* a weight without a bf16 copy (a vector): the GEMV, GEMV_MAX_T tokens at a time */
         for (int t0 = 0; t0 < T; t0 += GEMV_MAX_T)
-            gemv(c, w, x + (size_t)t0 * w->n_in, y + (size_t)t0 * w->n_out, T - t0 < GEMV_MAX_T ? T - t0 : GEMV_MAX_T);
+            gemv(c, w, x + (size_t)t0 * w->n_in, y + (size_t)t0 * w->n_out,
+                 T - t0 < GEMV_MAX_T ? T - t0 : GEMV_MAX_T);
     else
         gemm(c, w, x, y, T);
 }
@@ -401,27 +475,32 @@ void mx_cuda_matmul_t_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x,
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c) {
     lt_cache *lc = (lt_cache *)c->lt_cache;
     if (!lc) return;
+    const char *e = getenv("MX_CUDA_LT_STATS");
+    if (e && strcmp(e, "0"))
+        fprintf(stderr,
+                "mixatt cuda: cuBLASLt %ld matmuls, %d plans, %ld heuristic queries (%.1f ms host), %ld "
+                "bucket algorithms refused\n",
+                lc->n_calls, lc->n, lc->n_heur, 1e3 * lc->heur_s, lc->n_refused);
     for (int i = 0; i < lc->n; i++) lt_plan_destroy(&lc->p[i]);
     free(lc);
     c->lt_cache = NULL;
 }
 
 /* ---- fused decode GEMVs (one token; recognized by cuda_graph.cu in recorded op sequences) ----
- * k_fused: input = rmsnorm(x) · nw (norm) or x itself, staged once per block in shared memory (block 0 also writes
- * the normalized row to h, as the rmsnorm op would); each warp computes two rows at once and applies the mode's
- * epilogue:
- *   FM_PLAIN   y[row] = v                                  (pairs of consecutive rows)
+ * k_fused: input = rmsnorm(x) · nw (norm) or x itself, staged once per block in shared memory (block 0 also
+ * writes the normalized row to h, as the rmsnorm op would); each warp computes two rows at once and applies
+ * the mode's epilogue: FM_PLAIN   y[row] = v                                  (pairs of consecutive rows)
  *   FM_ADD     y[row] = v, res[row] += v                   (the residual add after o/down projections)
  *   FM_SWIGLU  rows j of W0 (gate) and W1 (up): y1[j] = u, y0[j] = silu(g) * u
  *   FM_QKV     heads of W0 (q, H heads), W1 (k, G heads), W2 (v, G heads) of D rows; each pair is a RoPE pair
- *              (rotated like k_rope, at the recorded positions); q/k/v written fp32 to y0/y1/y2, k and v also to
- *              their bf16 KV stores at slot pos % n_slots (as k_kv_write).
- * Launched with programmatic dependent launch (PDL, MX_CUDA_PDL=0 turns it off): before waiting on the previous
- * kernel, each warp copies its two weight rows into shared memory with cp.async (MX_CUDA_WSTAGE=0: only prefetches
- * them into L2), so the weight reads overlap the previous kernel and the launch instead of following them.
- * k_fused<true> (FM_PLAIN/FM_ADD whose grid would exceed one resident wave, the LM head): the grid is capped at
- * occupancy x SMs and each warp loops over pairs pr, pr + stride, ..., staging the next pair's rows into its second
- * buffer (dbuf) while computing one; k_fused<false> is the one-pass kernel of every other decode GEMV. */
+ *              (rotated like k_rope, at the recorded positions); q/k/v written fp32 to y0/y1/y2, k and v also
+ * to their bf16 KV stores at slot pos % n_slots (as k_kv_write). Launched with programmatic dependent launch
+ * (PDL, MX_CUDA_PDL=0 turns it off): before waiting on the previous kernel, each warp copies its two weight
+ * rows into shared memory with cp.async (MX_CUDA_WSTAGE=0: only prefetches them into L2), so the weight reads
+ * overlap the previous kernel and the launch instead of following them. k_fused<true> (FM_PLAIN/FM_ADD whose
+ * grid would exceed one resident wave, the LM head): the grid is capped at occupancy x SMs and each warp
+ * loops over pairs pr, pr + stride, ..., staging the next pair's rows into its second buffer (dbuf) while
+ * computing one; k_fused<false> is the one-pass kernel of every other decode GEMV. */
 enum { FM_PLAIN, FM_ADD, FM_SWIGLU, FM_QKV };
 enum { FUSED_WARPS = 8 };
 
@@ -445,21 +524,21 @@ struct FusedP {
     int n_pairs;
     int xs_floats; /* the input row's floats in shared memory (n_in rounded up to 4) */
     int stage;     /* bytes of shared memory per warp for its two weight rows (0: read them from global) */
-    int dbuf;      /* FM_PLAIN/FM_ADD with a capped grid: each warp has two such buffers (the next pair's rows) */
-    int nw_stage;  /* the norm weights are copied to shared memory (after xs) before the wait */
+    int dbuf; /* FM_PLAIN/FM_ADD with a capped grid: each warp has two such buffers (the next pair's rows) */
+    int nw_stage; /* the norm weights are copied to shared memory (after xs) before the wait */
 };
 
 template <int TY>
-__device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, const float *xs, int units, int lane,
-                                       float &a, float &b) {
+__device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, const float *xs, int units,
+                                       int lane, float &a, float &b) {
     for (int u = lane; u < units; u += 32) {
         float wa[8], wb[8];
         int p0, p1;
         unit8<TY>(ra, u, wa, p0, p1);
         if (rb) unit8<TY>(rb, u, wb, p0, p1);
         float4 x0 = *(const float4 *)(xs + p0), x1 = *(const float4 *)(xs + p1);
-        a += wa[0] * x0.x + wa[1] * x0.y + wa[2] * x0.z + wa[3] * x0.w + wa[4] * x1.x + wa[5] * x1.y + wa[6] * x1.z +
-             wa[7] * x1.w;
+        a += wa[0] * x0.x + wa[1] * x0.y + wa[2] * x0.z + wa[3] * x0.w + wa[4] * x1.x + wa[5] * x1.y +
+             wa[6] * x1.z + wa[7] * x1.w;
         if (rb)
             b += wb[0] * x0.x + wb[1] * x0.y + wb[2] * x0.z + wb[3] * x0.w + wb[4] * x1.x + wb[5] * x1.y +
                  wb[6] * x1.z + wb[7] * x1.w;
@@ -467,23 +546,46 @@ __device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, con
 }
 
 /* Two rows of one type (rb may be NULL). */
-__device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t *rb, const float *xs, int n_in,
-                                     int lane, float &a, float &b) {
+__device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t *rb, const float *xs,
+                                     int n_in, int lane, float &a, float &b) {
     int units = n_in / 8;
     a = 0.0f, b = 0.0f;
     switch (type) {
-    case MX_F32: dot2_t<MX_F32>(ra, rb, xs, units, lane, a, b); break;
-    case MX_F16: dot2_t<MX_F16>(ra, rb, xs, units, lane, a, b); break;
-    case MX_BF16: dot2_t<MX_BF16>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q4_0: dot2_t<MX_Q4_0>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q4_1: dot2_t<MX_Q4_1>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q5_0: dot2_t<MX_Q5_0>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q5_1: dot2_t<MX_Q5_1>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q8_0: dot2_t<MX_Q8_0>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q4_K: dot2_t<MX_Q4_K>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q5_K: dot2_t<MX_Q5_K>(ra, rb, xs, units, lane, a, b); break;
-    case MX_Q6_K: dot2_t<MX_Q6_K>(ra, rb, xs, units, lane, a, b); break;
-    default: break;
+    case MX_F32:
+        dot2_t<MX_F32>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_F16:
+        dot2_t<MX_F16>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_BF16:
+        dot2_t<MX_BF16>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q4_0:
+        dot2_t<MX_Q4_0>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q4_1:
+        dot2_t<MX_Q4_1>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q5_0:
+        dot2_t<MX_Q5_0>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q5_1:
+        dot2_t<MX_Q5_1>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q8_0:
+        dot2_t<MX_Q8_0>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q4_K:
+        dot2_t<MX_Q4_K>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q5_K:
+        dot2_t<MX_Q5_K>(ra, rb, xs, units, lane, a, b);
+        break;
+    case MX_Q6_K:
+        dot2_t<MX_Q6_K>(ra, rb, xs, units, lane, a, b);
+        break;
+    default:
+        break;
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -492,14 +594,16 @@ __device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t 
     }
 }
 
-/* Copies row bytes [src, src + n) into shared memory at dst (the aligned 16-byte superset, cp.async), returns where
- * src's first byte landed (same address mod 16 as src, so the unit readers see the alignment they see in global). */
+/* Copies row bytes [src, src + n) into shared memory at dst (the aligned 16-byte superset, cp.async), returns
+ * where src's first byte landed (same address mod 16 as src, so the unit readers see the alignment they see
+ * in global). */
 __device__ __forceinline__ const uint8_t *stage_row(uint8_t *dst, const uint8_t *src, size_t n, int lane) {
     uintptr_t a = (uintptr_t)src & ~(uintptr_t)15, e = ((uintptr_t)src + n + 15) & ~(uintptr_t)15;
     int n16 = (int)((e - a) / 16);
     unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     for (int i = lane; i < n16; i += 32)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i), "l"(a + 16 * (uintptr_t)i)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i),
+                     "l"(a + 16 * (uintptr_t)i)
                      : "memory");
     return dst + ((uintptr_t)src - a);
 }
@@ -509,14 +613,14 @@ __device__ __forceinline__ void prefetch_row(const uint8_t *src, size_t n, int l
         asm volatile("prefetch.global.L2 [%0];" ::"l"(l));
 }
 
-template <bool LOOP>
-__global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
+template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n = p.n_in;
     pdl_trigger();
-    /* this warp's rows (independent of earlier kernels): fetch them into shared memory (or L2) before the wait */
+    /* this warp's rows (independent of earlier kernels): fetch them into shared memory (or L2) before the
+     * wait */
     const int pr = blockIdx.x * FUSED_WARPS + warp;
     const bool active = pr < p.n_pairs;
     const uint8_t *ra = NULL, *rb = NULL;
@@ -549,7 +653,8 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
             ba = bb = s.row_bytes, ta = tb = s.type;
         }
         if (p.stage) {
-            uint8_t *ws = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
+            uint8_t *ws =
+                (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
             ra = stage_row(ws, ra, ba, lane);
             if (rb) rb = stage_row(ws + p.stage / 2, rb, bb, lane);
             asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -565,7 +670,8 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
                          : "memory");
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
-    /* the positions come from the dynamic table, uploaded before the graph starts: RoPE's angle before the wait */
+    /* the positions come from the dynamic table, uploaded before the graph starts: RoPE's angle before the
+     * wait */
     float rope_cs = 1.0f, rope_sn = 0.0f;
     int kv_slot = 0;
     if (active && p.mode == FM_QKV && lane == 0) {
@@ -583,44 +689,46 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
         if (lane == 0) res_a = p.res[2 * pr];
         if (lane == 1 && rb) res_b = p.res[2 * pr + 1];
     }
+    /* norm: xs = x * nw and the sum of squares in one pass; rms(x) scales the dot products at the end
+     * (dot(w, x * nw) / rms = dot(w, x / rms * nw)), one barrier fewer than normalizing xs first */
+    float in_scale = 1.0f;
     if (p.norm) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = p.x[i];
-            xs[i] = v;
-            ss += v * v;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        if (lane == 0) red[warp] = ss;
-        __syncthreads();
-        ss = 0.0f;
-        for (int w = 0; w < FUSED_WARPS; w++) ss += red[w];
-        float r = 1.0f / sqrtf(ss / n + p.eps);
         const float *nw = p.nw;
         if (p.nw_stage) {
             asm volatile("cp.async.wait_all;\n" ::: "memory");
             __syncthreads();
             nw = xs + p.xs_floats;
         }
+        float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = xs[i] * r * nw[i];
-            xs[i] = v;
-            if (blockIdx.x == 0) p.h[i] = v;
+            float v = p.x[i];
+            xs[i] = v * nw[i];
+            ss += v * v;
         }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) red[warp] = ss;
     } else {
         for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
     }
     if (p.stage) asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
+    if (p.norm) {
+        float ss = 0.0f;
+        for (int w = 0; w < FUSED_WARPS; w++) ss += red[w];
+        in_scale = 1.0f / sqrtf(ss / n + p.eps);
+        if (blockIdx.x == 0)
+            for (int i = threadIdx.x; i < n; i += blockDim.x) p.h[i] = xs[i] * in_scale;
+    }
     if (!active) return;
     if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
-        /* pairs pr, pr + stride, ...: one pass unless the launch capped the grid (large n_out, the LM head); then
-         * the next pair's rows are staged in the warp's other buffer (dbuf) or prefetched into L2 while this pair
-         * is computed */
+        /* pairs pr, pr + stride, ...: one pass unless the launch capped the grid (large n_out, the LM head);
+         * then the next pair's rows are staged in the warp's other buffer (dbuf) or prefetched into L2 while
+         * this pair is computed */
         const FusedSeg &s = p.s[0];
         const int stride = LOOP ? gridDim.x * FUSED_WARPS : p.n_pairs;
-        uint8_t *wbase = (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
+        uint8_t *wbase =
+            (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
         int buf = 0;
         for (int cur = pr; cur < p.n_pairs; cur += stride) {
             const int nx = cur + stride;
@@ -649,6 +757,7 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
             }
             float a, b;
             dot2(ta, ra, rb, xs, n, lane, a, b);
+            a *= in_scale, b *= in_scale;
             if (lane == 0) {
                 s.y[r0] = a;
                 if (p.mode == FM_ADD) p.res[r0] = res_a + a;
@@ -664,6 +773,7 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
         float a, b, tmp;
         dot2(ta, ra, NULL, xs, n, lane, a, tmp);
         dot2(tb, rb, NULL, xs, n, lane, b, tmp);
+        a *= in_scale, b *= in_scale;
         if (lane == 0) {
             u.y[pr] = b;
             g.y[pr] = a / (1.0f + expf(-a)) * b;
@@ -675,6 +785,7 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
         bool rot = seg < 2 && j < rd2 && (seg == 0 ? p.rope_q : p.rope_k);
         float a, b;
         dot2(ta, ra, rb, xs, n, lane, a, b);
+        a *= in_scale, b *= in_scale;
         if (lane == 0) {
             if (rot) {
                 const float cs = rope_cs, sn = rope_sn;
@@ -695,9 +806,20 @@ __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
 
 static bool fusable_type(uint32_t t) {
     switch (t) {
-    case MX_F32: case MX_F16: case MX_BF16: case MX_Q4_0: case MX_Q4_1: case MX_Q5_0: case MX_Q5_1: case MX_Q8_0:
-    case MX_Q4_K: case MX_Q5_K: case MX_Q6_K: return true;
-    default: return false;
+    case MX_F32:
+    case MX_F16:
+    case MX_BF16:
+    case MX_Q4_0:
+    case MX_Q4_1:
+    case MX_Q5_0:
+    case MX_Q5_1:
+    case MX_Q8_0:
+    case MX_Q4_K:
+    case MX_Q5_K:
+    case MX_Q6_K:
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -708,7 +830,8 @@ bool mx_cuda_fused_ok(const mx_cuda_weight *w, int n_in) {
 }
 
 static void seg_of(FusedSeg &s, const mx_cuda_weight *w, float *y) {
-    s.W = (const uint8_t *)w->q, s.row_bytes = w->row_bytes, s.type = (int)w->type, s.n_out = (int)w->n_out, s.y = y;
+    s.W = (const uint8_t *)w->q, s.row_bytes = w->row_bytes, s.type = (int)w->type, s.n_out = (int)w->n_out,
+    s.y = y;
 }
 
 static int env_flag(const char *name, int dflt) {
@@ -722,8 +845,8 @@ bool mx_cuda_pdl_enabled(void) {
     return v == 1;
 }
 
-/* MX_CUDA_SKIP=qkv,add,gateup,head (profiling only: wrong results): fused launches of those kinds are left out,
- * so that a decode step's time without them tells what they cost. */
+/* MX_CUDA_SKIP=qkv,add,gateup,head (profiling only: wrong results): fused launches of those kinds are left
+ * out, so that a decode step's time without them tells what they cost. */
 bool mx_cuda_skip(const char *what) {
     const char *e = getenv("MX_CUDA_SKIP");
     return e && strstr(e, what);
@@ -757,8 +880,8 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         smem += FUSED_WARPS * 2 * per_row;
     }
     /* FM_PLAIN/FM_ADD with more blocks than fit on the GPU at once (the LM head: 3072 blocks of 8 warps): one
-     * resident wave that loops over the pairs, the next pair's rows in flight while one is computed, instead of
-     * waves of short blocks each waiting on its own rows */
+     * resident wave that loops over the pairs, the next pair's rows in flight while one is computed, instead
+     * of waves of short blocks each waiting on its own rows */
     if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
         size_t smem2 = smem + (p.stage ? (size_t)FUSED_WARPS * p.stage : 0);
         if (p.stage && smem2 <= 48 * 1024) p.dbuf = 1;
@@ -766,7 +889,8 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         static size_t occ_smem = (size_t)-1;
         static int occ = 0;
         if (sm != occ_smem) {
-            CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_fused<true>, FUSED_WARPS * 32, sm));
+            CU_CHECK(
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_fused<true>, FUSED_WARPS * 32, sm));
             occ_smem = sm;
         }
         unsigned cap = (unsigned)(occ > 0 ? occ : 1) * (unsigned)c->n_sm;
@@ -795,8 +919,8 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
 }
 
 /* norm (nw != NULL): input rmsnorm(x) (written to h too); y = W · input (+ res += y when res) */
-void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *w,
-                        float *y, float *res) {
+void mx_cuda_fused_gemv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                        const mx_cuda_weight *w, float *y, float *res) {
     FusedP p;
     memset(&p, 0, sizeof p);
     p.x = x, p.nw = nw, p.h = h, p.eps = eps, p.norm = nw != NULL, p.n_in = (int)w->n_in;
@@ -817,10 +941,11 @@ void mx_cuda_fused_gateup(mx_cuda_ctx *c, const float *x, const float *nw, float
     fused_launch(c, p);
 }
 
-void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps, const mx_cuda_weight *wq,
-                       float *q, const mx_cuda_weight *wk, float *k, const mx_cuda_weight *wv, float *v, int H, int G,
-                       int D, int rope_dim, int adjacent, float theta, int rope_q, int rope_k, const int *pos_q,
-                       const int *pos_k, void *kst, void *vst, int n_slots, const int *pos_kw, const int *pos_vw) {
+void mx_cuda_fused_qkv(mx_cuda_ctx *c, const float *x, const float *nw, float *h, float eps,
+                       const mx_cuda_weight *wq, float *q, const mx_cuda_weight *wk, float *k,
+                       const mx_cuda_weight *wv, float *v, int H, int G, int D, int rope_dim, int adjacent,
+                       float theta, int rope_q, int rope_k, const int *pos_q, const int *pos_k, void *kst,
+                       void *vst, int n_slots, const int *pos_kw, const int *pos_vw) {
     FusedP p;
     memset(&p, 0, sizeof p);
     p.x = x, p.nw = nw, p.h = h, p.eps = eps, p.norm = nw != NULL, p.n_in = (int)wq->n_in, p.mode = FM_QKV;

@@ -1,16 +1,18 @@
-/* cuda_sample.cu: the next token drawn on the GPU (backend.h: sample, sample_wait), so that a decode step copies
- * one int to the host instead of the vocabulary's logits, and the host can queue the next step before it has
- * seen the token (run/generate.c).
+/* cuda_sample.cu: the next token drawn on the GPU (backend.h: sample, sample_wait), so that a decode step
+ * copies one int to the host instead of the vocabulary's logits, and the host can queue the next step before
+ * it has seen the token (run/generate.c).
  *
  * k_sample, one block of SMP_THREADS over logits [vocab] fp32:
  *   - greedy (temperature <= 0): argmax, ties to the lowest id (sampler.c's `x[i] > x[best]` scan);
  *   - otherwise the top_k largest logits: logits become order-preserving 32-bit keys; four passes of 8-bit
- *     histograms (warp-aggregated shared-memory atomics) find the k-th largest key; every key above it and the
- *     lowest-id keys equal to it (counted per thread segment, a block scan) make exactly k candidates; a bitonic
- *     sort orders them (logit descending, id ascending); then sampler.c's arithmetic: p_i = expf((l_i - l_0) / T)
- *     in fp32, the sums in double, top-p, min-p and the pick by u, in one thread (k <= MX_SAMPLE_TOPK_MAX).
- * The token goes to *tok (device); mx_cuda_sample_fetch queues its copy into a pinned ring of SMP_RING slots,
- * each with an event, and mx_cuda_sample_wait returns it. */
+ *     histograms (warp-aggregated shared-memory atomics) find the k-th largest key; every key above it and
+ * the lowest-id keys equal to it (counted per thread segment, a block scan) make exactly k candidates; a
+ * bitonic sort orders them (logit descending, id ascending); then sampler.c's arithmetic: p_i = expf((l_i -
+ * l_0) / T) in fp32, the sums in double, top-p, min-p and the pick by u, in one thread (k <=
+ * MX_SAMPLE_TOPK_MAX). The token goes to *tok (device) and, written by the kernel itself, to its slot of a
+ * ring of SMP_RING ints in mapped pinned host memory (no copy node between decode steps);
+ * mx_cuda_sample_fetch records the slot's event and mx_cuda_sample_wait returns the token once that event has
+ * passed. */
 #include <cub/block/block_scan.cuh>
 
 #include "cuda_common.h"
@@ -103,12 +105,24 @@ __device__ void radix_select(const float *__restrict__ logits, int V, int k, uin
     *need_eq = need;
 }
 
-__global__ void __launch_bounds__(SMP_THREADS) k_sample(const float *__restrict__ logits, SampleP p,
-                                                        const int *__restrict__ dyn, int *__restrict__ tok) {
-    if (dyn) p.u = __int_as_float(dyn[0]);
+/* the token to the device int and to the host ring's slot (mapped pinned memory) */
+__device__ __forceinline__ void put_token(int t, int *tok, int *ring, int slot) {
+    *tok = t;
+    ring[slot] = t;
+    __threadfence_system();
+}
+
+__global__ void __launch_bounds__(SMP_THREADS)
+    k_sample(const float *__restrict__ logits, SampleP p, const int *__restrict__ dyn, int *__restrict__ tok,
+             int *__restrict__ ring, int slot) {
+    if (dyn) p.u = __int_as_float(dyn[0]), slot = dyn[1];
+    pdl_wait(); /* the logits come from the previous kernel (the head) */
     const int V = p.vocab, tid = threadIdx.x;
+    __shared__ int s_tok;
     if (p.temperature <= 0.0f) {
-        argmax_block(logits, V, tok);
+        argmax_block(logits, V, &s_tok);
+        __syncthreads();
+        if (tid == 0) put_token(s_tok, tok, ring, slot);
         return;
     }
     __shared__ uint32_t ck[SMP_K];
@@ -188,25 +202,17 @@ __global__ void __launch_bounds__(SMP_THREADS) k_sample(const float *__restrict_
     for (int i = 0; i < keep; i++) {
         acc += cp[i];
         if (r < acc) {
-            *tok = ci[i];
+            put_token(ci[i], tok, ring, slot);
             return;
         }
     }
-    *tok = ci[keep - 1];
+    put_token(ci[keep - 1], tok, ring, slot);
 }
 
-void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp, const int *dyn,
-                      int *tok) {
-    SampleP p;
-    p.vocab = vocab, p.top_k = sp->top_k, p.temperature = sp->temperature, p.top_p = sp->top_p;
-    p.min_p = sp->min_p, p.u = sp->u;
-    k_sample<<<1, SMP_THREADS, 0, c->stream>>>(logits, p, dyn, tok);
-    CU_LAUNCHED();
-}
-
-/* ---- the tokens' way back: a pinned ring, one event per slot ---- */
+/* ---- the tokens' way back: a ring in mapped pinned memory, one event per slot ---- */
 struct SampleRing {
-    int *tok_h; /* pinned [SMP_RING] */
+    int *tok_h; /* pinned, mapped [SMP_RING] */
+    int *tok_d; /* its device address */
     cudaEvent_t ev[SMP_RING];
     int next; /* the next ticket */
 };
@@ -215,18 +221,41 @@ static SampleRing *ring_of(mx_cuda_ctx *c) {
     if (c->sample_ring) return (SampleRing *)c->sample_ring;
     SampleRing *r = (SampleRing *)calloc(1, sizeof *r);
     if (!r) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
-    CU_CHECK(cudaMallocHost((void **)&r->tok_h, sizeof(int) * SMP_RING));
+    CU_CHECK(cudaHostAlloc((void **)&r->tok_h, sizeof(int) * SMP_RING, cudaHostAllocMapped));
+    CU_CHECK(cudaHostGetDevicePointer((void **)&r->tok_d, r->tok_h, 0));
     for (int i = 0; i < SMP_RING; i++) CU_CHECK(cudaEventCreateWithFlags(&r->ev[i], cudaEventDisableTiming));
     c->sample_ring = r;
     return r;
 }
 
+int mx_cuda_sample_slot(mx_cuda_ctx *c) {
+    return ring_of(c)->next % SMP_RING;
+}
+
+void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp,
+                      const int *dyn, int *tok) {
+    SampleRing *r = ring_of(c);
+    SampleP p;
+    p.vocab = vocab, p.top_k = sp->top_k, p.temperature = sp->temperature, p.top_p = sp->top_p;
+    p.min_p = sp->min_p, p.u = sp->u;
+    /* with the PDL attribute (as the decode GEMVs): the launch overlaps the head's tail, the kernel waits */
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1);
+    cfg.blockDim = dim3(SMP_THREADS);
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k_sample, logits, p, dyn, tok, r->tok_d, r->next % SMP_RING));
+}
+
 int mx_cuda_sample_fetch(mx_cuda_ctx *c, const int *tok) {
     SampleRing *r = ring_of(c);
     int t = r->next++, slot = t % SMP_RING;
-    CU_CHECK(cudaMemcpyAsync(&r->tok_h[slot], tok, sizeof(int), cudaMemcpyDeviceToHost, c->stream));
-    CU_CHECK(cudaEventRecord(r->ev[slot], c->stream));
-    if (r->next == INT_MAX) r->next = SMP_RING; /* never negative; old tickets stay unknown */
+    CU_CHECK(cudaEventRecord(r->ev[slot], c->stream)); /* the kernel wrote the slot itself */
+    if (r->next == INT_MAX) r->next = SMP_RING;        /* never negative; old tickets stay unknown */
     return t;
 }
 
