@@ -526,12 +526,15 @@ struct FusedP {
     int stage;     /* bytes of shared memory per warp for its two weight rows (0: read them from global) */
     int dbuf; /* FM_PLAIN/FM_ADD with a capped grid: each warp has two such buffers (the next pair's rows) */
     int nw_stage; /* the norm weights are copied to shared memory (after xs) before the wait */
+    int probe; /* MX_CUDA_FUSED_PROBE (profiling only, wrong results): 1 no dot products, 2 no input row read
+                */
+    int ks;    /* warps per pair (one-pass kernel; fused_launch) */
 };
 
 template <int TY>
 __device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, const float *xs, int units,
-                                       int lane, float &a, float &b) {
-    for (int u = lane; u < units; u += 32) {
+                                       int u0, int step, float &a, float &b) {
+    for (int u = u0; u < units; u += step) {
         float wa[8], wb[8];
         int p0, p1;
         unit8<TY>(ra, u, wa, p0, p1);
@@ -547,42 +550,43 @@ __device__ __forceinline__ void dot2_t(const uint8_t *ra, const uint8_t *rb, con
 
 /* Two rows of one type (rb may be NULL). */
 __device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t *rb, const float *xs,
-                                     int n_in, int lane, float &a, float &b) {
+                                     int n_in, int lane, float &a, float &b, int u0 = -1, int step = 32) {
     int units = n_in / 8;
     a = 0.0f, b = 0.0f;
+    if (u0 < 0) u0 = lane;
     switch (type) {
     case MX_F32:
-        dot2_t<MX_F32>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_F32>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_F16:
-        dot2_t<MX_F16>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_F16>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_BF16:
-        dot2_t<MX_BF16>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_BF16>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q4_0:
-        dot2_t<MX_Q4_0>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q4_0>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q4_1:
-        dot2_t<MX_Q4_1>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q4_1>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q5_0:
-        dot2_t<MX_Q5_0>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q5_0>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q5_1:
-        dot2_t<MX_Q5_1>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q5_1>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q8_0:
-        dot2_t<MX_Q8_0>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q8_0>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q4_K:
-        dot2_t<MX_Q4_K>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q4_K>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q5_K:
-        dot2_t<MX_Q5_K>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q5_K>(ra, rb, xs, units, u0, step, a, b);
         break;
     case MX_Q6_K:
-        dot2_t<MX_Q6_K>(ra, rb, xs, units, lane, a, b);
+        dot2_t<MX_Q6_K>(ra, rb, xs, units, u0, step, a, b);
         break;
     default:
         break;
@@ -597,11 +601,12 @@ __device__ __forceinline__ void dot2(int type, const uint8_t *ra, const uint8_t 
 /* Copies row bytes [src, src + n) into shared memory at dst (the aligned 16-byte superset, cp.async), returns
  * where src's first byte landed (same address mod 16 as src, so the unit readers see the alignment they see
  * in global). */
-__device__ __forceinline__ const uint8_t *stage_row(uint8_t *dst, const uint8_t *src, size_t n, int lane) {
+__device__ __forceinline__ const uint8_t *stage_row(uint8_t *dst, const uint8_t *src, size_t n, int lane,
+                                                    int step = 32) {
     uintptr_t a = (uintptr_t)src & ~(uintptr_t)15, e = ((uintptr_t)src + n + 15) & ~(uintptr_t)15;
     int n16 = (int)((e - a) / 16);
     unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    for (int i = lane; i < n16; i += 32)
+    for (int i = lane; i < n16; i += step)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i),
                      "l"(a + 16 * (uintptr_t)i)
                      : "memory");
@@ -613,15 +618,34 @@ __device__ __forceinline__ void prefetch_row(const uint8_t *src, size_t n, int l
         asm volatile("prefetch.global.L2 [%0];" ::"l"(l));
 }
 
+/* The KS warps of a group computed partial dot products of one pair (units kq, kq + KS, ... in steps of 32):
+ * the leader (kq == 0) gets the sums and goes on (true); the others are done (false). A named barrier per
+ * group (1 + grp). */
+__device__ __forceinline__ bool group_sum(float &a, float &b, int KS, int warp, int grp, int kq, int lane,
+                                          float2 *part) {
+    if (KS == 1) return true;
+    if (lane == 0) part[warp] = make_float2(a, b);
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + grp), "r"(32 * KS) : "memory");
+    if (kq != 0) return false;
+    for (int w = 1; w < KS; w++) {
+        float2 v = part[warp + w];
+        a += v.x, b += v.y;
+    }
+    return true;
+}
+
 template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused(FusedP p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[32];
+    __shared__ float2 part[FUSED_WARPS];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* KS warps per pair (p.ks, the one-pass kernel): more warps in flight on these latency-bound rows */
+    const int KS = LOOP ? 1 : p.ks, grp = warp / KS, kq = warp % KS;
     const int n = p.n_in;
     pdl_trigger();
-    /* this warp's rows (independent of earlier kernels): fetch them into shared memory (or L2) before the
+    /* this group's rows (independent of earlier kernels): fetch them into shared memory (or L2) before the
      * wait */
-    const int pr = blockIdx.x * FUSED_WARPS + warp;
+    const int pr = blockIdx.x * (FUSED_WARPS / KS) + grp;
     const bool active = pr < p.n_pairs;
     const uint8_t *ra = NULL, *rb = NULL;
     size_t ba = 0, bb = 0;
@@ -654,9 +678,9 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         }
         if (p.stage) {
             uint8_t *ws =
-                (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
-            ra = stage_row(ws, ra, ba, lane);
-            if (rb) rb = stage_row(ws + p.stage / 2, rb, bb, lane);
+                (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)grp * p.stage * (1 + p.dbuf);
+            ra = stage_row(ws, ra, ba, lane + 32 * kq, 32 * KS);
+            if (rb) rb = stage_row(ws + p.stage / 2, rb, bb, lane + 32 * kq, 32 * KS);
             asm volatile("cp.async.commit_group;\n" ::: "memory");
         } else {
             prefetch_row(ra, ba, lane);
@@ -701,7 +725,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         }
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = p.x[i];
+            float v = (p.probe & 2) ? 1.0f : p.x[i];
             xs[i] = v * nw[i];
             ss += v * v;
         }
@@ -709,7 +733,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if (lane == 0) red[warp] = ss;
     } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = (p.probe & 2) ? 1.0f : p.x[i];
     }
     if (p.stage) asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
@@ -728,7 +752,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         const FusedSeg &s = p.s[0];
         const int stride = LOOP ? gridDim.x * FUSED_WARPS : p.n_pairs;
         uint8_t *wbase =
-            (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)warp * p.stage * (1 + p.dbuf);
+            (uint8_t *)(xs + p.xs_floats * (1 + p.nw_stage)) + (size_t)grp * p.stage * (1 + p.dbuf);
         int buf = 0;
         for (int cur = pr; cur < p.n_pairs; cur += stride) {
             const int nx = cur + stride;
@@ -756,7 +780,11 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
                 if (lane == 1 && rb) res_b = p.res[r1];
             }
             float a, b;
-            dot2(ta, ra, rb, xs, n, lane, a, b);
+            if (p.probe & 1)
+                a = b = 0.0f;
+            else
+                dot2(ta, ra, rb, xs, n, lane, a, b, lane + 32 * kq, 32 * KS);
+            if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
             a *= in_scale, b *= in_scale;
             if (lane == 0) {
                 s.y[r0] = a;
@@ -771,8 +799,13 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
     } else if (p.mode == FM_SWIGLU) {
         const FusedSeg &g = p.s[0], &u = p.s[1];
         float a, b, tmp;
-        dot2(ta, ra, NULL, xs, n, lane, a, tmp);
-        dot2(tb, rb, NULL, xs, n, lane, b, tmp);
+        if (p.probe & 1) {
+            a = b = 0.0f;
+        } else {
+            dot2(ta, ra, NULL, xs, n, lane, a, tmp, lane + 32 * kq, 32 * KS);
+            dot2(tb, rb, NULL, xs, n, lane, b, tmp, lane + 32 * kq, 32 * KS);
+        }
+        if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
         a *= in_scale, b *= in_scale;
         if (lane == 0) {
             u.y[pr] = b;
@@ -784,7 +817,11 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         int rd2 = p.rope_dim / 2;
         bool rot = seg < 2 && j < rd2 && (seg == 0 ? p.rope_q : p.rope_k);
         float a, b;
-        dot2(ta, ra, rb, xs, n, lane, a, b);
+        if (p.probe & 1)
+            a = b = 0.0f;
+        else
+            dot2(ta, ra, rb, xs, n, lane, a, b, lane + 32 * kq, 32 * KS);
+        if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
         a *= in_scale, b *= in_scale;
         if (lane == 0) {
             if (rot) {
@@ -862,6 +899,9 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         skip[kind] = mx_cuda_skip(names[kind]);
     }
     if (skip[kind]) return;
+    static int probe = -1;
+    if (probe < 0) probe = getenv("MX_CUDA_FUSED_PROBE") ? atoi(getenv("MX_CUDA_FUSED_PROBE")) : 0;
+    p.probe = probe;
     unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
     p.xs_floats = (p.n_in + 3) & ~3;
     p.dbuf = 0;
@@ -901,6 +941,26 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         } else {
             p.dbuf = 0;
         }
+    }
+    /* the one-pass kernel: KS warps per pair, each every KS-th unit of the rows (a decode GEMV's warp
+     * otherwise walks its two rows alone: ~2 us of dependent smem loads and FMAs per launch on the H100,
+     * MX_CUDA_FUSED_PROBE) until each warp has ~1.5 units of 32 lanes; MX_CUDA_FUSED_KS=1, 2, 4 or 8 forces
+     * it */
+    p.ks = 1;
+    if (!loop && !p.dbuf) {
+        static int ks_env = -1, ks_units = -1;
+        if (ks_env < 0) ks_env = getenv("MX_CUDA_FUSED_KS") ? atoi(getenv("MX_CUDA_FUSED_KS")) : 0;
+        if (ks_units < 0) { /* MX_CUDA_FUSED_KS_UNITS: units per warp that earn another warp (A/B) */
+            ks_units = getenv("MX_CUDA_FUSED_KS_UNITS") ? atoi(getenv("MX_CUDA_FUSED_KS_UNITS")) : 48;
+            if (ks_units < 8) ks_units = 48;
+        }
+        int units = p.n_in / 8;
+        while (p.ks < FUSED_WARPS && units >= ks_units * p.ks) p.ks *= 2;
+        if (ks_env == 1 || ks_env == 2 || ks_env == 4 || ks_env == 8) p.ks = ks_env;
+        const int per_block = FUSED_WARPS / p.ks;
+        grid = (unsigned)((p.n_pairs + per_block - 1) / per_block);
+        if (p.stage)
+            smem -= (size_t)(FUSED_WARPS - per_block) * p.stage; /* staging per group, not per warp */
     }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
