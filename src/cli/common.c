@@ -194,7 +194,9 @@ void mx_common_help(FILE *f, bool sampling) {
                 "  --top-k N            keep the N most likely tokens; 0 = off (default 40)\n"
                 "  --top-p X            keep the smallest set with probability mass >= X (default 0.95)\n"
                 "  --min-p X            drop tokens below X times the best one's probability (default 0.05)\n"
-                "  --seed N             random seed (default 42)\n");
+                "  --seed N             random seed (default 42)\n"
+                "  with --device cuda the draw runs on the GPU (greedy, or --top-k 1..1024, no repeat\n"
+                "  penalty; the same tokens as the CPU's sampler for a seed), else on the host\n");
 }
 
 void mx_common_help_tp(FILE *f) {
