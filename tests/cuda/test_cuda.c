@@ -427,6 +427,11 @@ static void test_attention(void) {
         {"decode T1 D128 GQA 10/2 (R 5)", 1, 10, 2, 128, 128, 3000, 4096, 0, 1, 0, 3000},
         {"decode T2 D128 ring W700 GQA 8/2", 2, 8, 2, 128, 128, 5000, 700, 700, 1, 4302, 5001},
         {"decode T1 D64 kv_lo 1000 GQA 12/3", 1, 12, 3, 64, 64, 9000, 9100, 0, 1, 1000, 9000},
+        /* every row count k_decode2 is compiled for (RM 2, 3, 4, 8), with and without split merges */
+        {"decode T1 D128 GQA 8/4 (R 2) KV9000", 1, 8, 4, 128, 128, 8999, 9000, 0, 1, 0, 8999},
+        {"decode T1 D64 GQA 9/3 (R 3) KV12000", 1, 9, 3, 64, 64, 11999, 12000, 0, 1, 0, 11999},
+        {"decode T1 D128 GQA 6/2 (R 3) ring W500", 1, 6, 2, 128, 128, 2000, 600, 500, 1, 1401, 2000},
+        {"decode T1 D64 GQA 8/4 (R 2) KV40", 1, 8, 4, 64, 64, 39, 64, 0, 1, 0, 39},
         {"generic D96", 20, 4, 2, 96, 96, 10, 64, 0, 1, 0, 29},
         {"generic MLA-like D576 Dv512", 5, 4, 1, 576, 512, 30, 64, 0, 1, 0, 34},
     };

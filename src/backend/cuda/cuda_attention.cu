@@ -1173,12 +1173,23 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
         if (span < 1) span = 1;
         const int R = group * p.n_q;
         if (q_dec2 && R <= DEC2_MAXR && p.G <= MX_CUDA_DEC_CNT && !getenv_decode_v1()) {
-            if (D == 64)
-                R <= 4 ? launch_decode2<64, 4>(c, p, q, k, v, out, lse, span, dyn)
-                       : launch_decode2<64, 8>(c, p, q, k, v, out, lse, span, dyn);
-            else
-                R <= 4 ? launch_decode2<128, 4>(c, p, q, k, v, out, lse, span, dyn)
-                       : launch_decode2<128, 8>(c, p, q, k, v, out, lse, span, dyn);
+            /* RM, the rows a block is compiled for: the smallest of 2, 3, 4, 8 that holds R (a padded row costs
+             * its share of the loads' arithmetic: SmolLM2's R = 3 ran as 4 before; MX_CUDA_DEC_RM=4 for that) */
+            static int rm_env = -1;
+            if (rm_env < 0) rm_env = getenv("MX_CUDA_DEC_RM") ? atoi(getenv("MX_CUDA_DEC_RM")) : 0;
+            int rm = R <= 2 ? 2 : R == 3 ? 3 : R == 4 ? 4 : 8;
+            if ((rm_env == 4 || rm_env == 8) && R <= rm_env) rm = rm_env;
+            if (D == 64) {
+                if (rm == 2) launch_decode2<64, 2>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 3) launch_decode2<64, 3>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 4) launch_decode2<64, 4>(c, p, q, k, v, out, lse, span, dyn);
+                else launch_decode2<64, 8>(c, p, q, k, v, out, lse, span, dyn);
+            } else {
+                if (rm == 2) launch_decode2<128, 2>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 3) launch_decode2<128, 3>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 4) launch_decode2<128, 4>(c, p, q, k, v, out, lse, span, dyn);
+                else launch_decode2<128, 8>(c, p, q, k, v, out, lse, span, dyn);
+            }
         } else if (D == 64)
             launch_decode<64>(c, p, q, k, v, out, lse, span, dyn);
         else
