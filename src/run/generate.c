@@ -148,13 +148,20 @@ static int decode_host(mx_session *s, mx_sampler *smp, gen_state *g, float *logi
 enum { DECODE_AHEAD = 2 };
 static int decode_device(mx_session *s, mx_sampler *smp, gen_state *g, int max_new) {
     int *ticket = malloc(sizeof(int) * (size_t)(max_new + 1));
-    if (!ticket) return mx_err_set(g->err, MX_ERR_NOMEM, "out of memory");
-    int pos0 = s->pos, rc = MX_OK, queued = 0, evaluated = 0;
+    mx_rng *rng_at = malloc(sizeof(mx_rng) * (size_t)(max_new + 1)); /* the generator before each draw */
+    if (!ticket || !rng_at) {
+        free(ticket);
+        free(rng_at);
+        return mx_err_set(g->err, MX_ERR_NOMEM, "out of memory");
+    }
+    int pos0 = s->pos, rc = MX_OK, queued = 0, evaluated = 0, taken = 0;
+    rng_at[queued] = smp->rng;
     ticket[queued++] = queue_sample(s, smp); /* token 0, from the prompt's logits */
     for (int i = 0; i < max_new; i++) {
         /* token j is embedded by the step that draws token j + 1; the last token is not evaluated */
         while (queued < max_new && queued - i <= DECODE_AHEAD) {
             if ((rc = mx_session_eval_keep(s, NULL, 1, g->err))) break;
+            rng_at[queued] = smp->rng;
             ticket[queued++] = queue_sample(s, smp);
         }
         if (rc) break;
@@ -163,6 +170,7 @@ static int decode_device(mx_session *s, mx_sampler *smp, gen_state *g, int max_n
             rc = mx_err_set(g->err, MX_ERR_IO, "the backend's sampler returned token %d for step %d", tok, i);
             break;
         }
+        taken = i + 1;
         int t = take_token(g, i, tok);
         if (t == TAKE_ERR) {
             rc = g->err->code;
@@ -173,7 +181,9 @@ static int decode_device(mx_session *s, mx_sampler *smp, gen_state *g, int max_n
     }
     s->be->sync(s->be); /* the queued steps are done before the session moves back */
     if (!rc) mx_session_truncate(s, pos0 + evaluated);
+    if (taken < queued) smp->rng = rng_at[taken]; /* the draws of the steps taken back are not spent either */
     free(ticket);
+    free(rng_at);
     return rc;
 }
 

@@ -1067,6 +1067,7 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
     for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
         mx_gen_result res[2];
         int pos[2] = {0, 0}, rc[2] = {0, 0};
+        float next_u[2] = {0, 0}; /* the sampler's next draw after generation: the steps taken back spent none */
         for (int host = 0; host < 2; host++) {
             mx_err err = {0};
             mx_session *s;
@@ -1080,6 +1081,7 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
             mx_gen_opts go = {.n_predict = 40, .stops = stops, .n_stops = runs[ri].n_stops, .stop_token = -1};
             rc[host] = mx_generate(s, &smp, ids, n, &go, &res[host], &err);
             pos[host] = s->pos;
+            next_u[host] = mx_rng_float(&smp.rng);
             mx_sampler_free(&smp);
             mx_session_free(s);
         }
@@ -1087,11 +1089,12 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
         int ok = !rc[0] && !rc[1] && res[0].n_gen == res[1].n_gen &&
                  !memcmp(res[0].tokens, res[1].tokens, sizeof(int) * (size_t)res[0].n_gen) &&
                  !strcmp(res[0].text, res[1].text) && !strcmp(res[0].stop_reason, res[1].stop_reason) &&
-                 pos[0] == pos[1];
+                 pos[0] == pos[1] && next_u[0] == next_u[1];
         printf("%s generate on the GPU, T %.1f%s: device draw vs host loop: %d vs %d tokens, stop %s/%s, position "
-               "%d vs %d\n",
+               "%d vs %d, generator %s\n",
                ok ? "PASS" : "FAIL", runs[ri].temp, runs[ri].n_stops ? ", stop \"e\"" : "", res[0].n_gen,
-               res[1].n_gen, res[0].stop_reason, res[1].stop_reason, pos[0], pos[1]);
+               res[1].n_gen, res[0].stop_reason, res[1].stop_reason, pos[0], pos[1],
+               next_u[0] == next_u[1] ? "in step" : "NOT in step");
         ok ? n_pass++ : n_fail++;
         mx_gen_result_free(&res[0]);
         mx_gen_result_free(&res[1]);
