@@ -953,15 +953,8 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
         size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
         part = (float *)mx_cuda_scratch(c, (void **)&c->part, &c->part_cap, need);
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(n_split, p.G);
-    cfg.blockDim = dim3(DEC2_THREADS);
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0; /* the kernel waits (griddepcontrol) before reading anything */
+    cudaLaunchAttribute at; /* the kernel waits (griddepcontrol) before reading anything */
+    cudaLaunchConfig_t cfg = mx_cuda_pdl_config(c, dim3(n_split, p.G), dim3(DEC2_THREADS), 0, &at);
     static int skip = -1;
     if (skip < 0) skip = mx_cuda_skip("attn");
     if (skip) return;

@@ -110,6 +110,19 @@ typedef struct {
 static inline mx_cuda_ctx *cu_ctx(mx_backend *be) {
     return (mx_cuda_ctx *)be->ctx;
 }
+
+/* A launch of grid x block (smem dynamic bytes) on c's stream, with the PDL attribute (kept in *attr) when it is
+ * enabled: for cudaLaunchKernelEx of a kernel that calls pdl_wait before it reads what earlier kernels wrote. */
+static inline cudaLaunchConfig_t mx_cuda_pdl_config(const mx_cuda_ctx *c, dim3 grid, dim3 block, size_t smem,
+                                                    cudaLaunchAttribute *attr) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = c->stream;
+    attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr->val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    return cfg;
+}
 /* The placed weight that t is, or rows [r0, r0 + n) of (a row view: t->dev = parent's q + r0 * row_bytes, t->ne
  * {n_in, n, ...}): q and bf moved to row r0, n_out = n. Aborts with t's name when t->dev is in no placed weight
  * or is not a whole-row range of one. */

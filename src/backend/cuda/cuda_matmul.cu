@@ -745,6 +745,24 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
             for (int i = threadIdx.x; i < n; i += blockDim.x) p.h[i] = xs[i] * in_scale;
     }
     if (!active) return;
+    /* rows ra (type a) and rb (type b; NULL: none) dotted with the input by this group's KS warps, summed in the
+     * leader (false for the others: they are done), scaled by the input's norm; separate: two single-row walks
+     * (rows of different tensors, SwiGLU) rather than one paired walk of one tensor's rows */
+    auto pair_dot = [&](int type_a, const uint8_t *row_a, int type_b, const uint8_t *row_b, bool separate,
+                        float &a, float &b) {
+        float tmp;
+        if (p.probe & 1) {
+            a = b = 0.0f;
+        } else if (separate) {
+            dot2(type_a, row_a, NULL, xs, n, lane, a, tmp, lane + 32 * kq, 32 * KS);
+            dot2(type_b, row_b, NULL, xs, n, lane, b, tmp, lane + 32 * kq, 32 * KS);
+        } else {
+            dot2(type_a, row_a, row_b, xs, n, lane, a, b, lane + 32 * kq, 32 * KS);
+        }
+        if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return false;
+        a *= in_scale, b *= in_scale;
+        return true;
+    };
     if (p.mode == FM_PLAIN || p.mode == FM_ADD) {
         /* pairs pr, pr + stride, ...: one pass unless the launch capped the grid (large n_out, the LM head);
          * then the next pair's rows are staged in the warp's other buffer (dbuf) or prefetched into L2 while
@@ -780,12 +798,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
                 if (lane == 1 && rb) res_b = p.res[r1];
             }
             float a, b;
-            if (p.probe & 1)
-                a = b = 0.0f;
-            else
-                dot2(ta, ra, rb, xs, n, lane, a, b, lane + 32 * kq, 32 * KS);
-            if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
-            a *= in_scale, b *= in_scale;
+            if (!pair_dot(ta, ra, tb, rb, false, a, b)) return;
             if (lane == 0) {
                 s.y[r0] = a;
                 if (p.mode == FM_ADD) p.res[r0] = res_a + a;
@@ -798,15 +811,8 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         }
     } else if (p.mode == FM_SWIGLU) {
         const FusedSeg &g = p.s[0], &u = p.s[1];
-        float a, b, tmp;
-        if (p.probe & 1) {
-            a = b = 0.0f;
-        } else {
-            dot2(ta, ra, NULL, xs, n, lane, a, tmp, lane + 32 * kq, 32 * KS);
-            dot2(tb, rb, NULL, xs, n, lane, b, tmp, lane + 32 * kq, 32 * KS);
-        }
-        if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
-        a *= in_scale, b *= in_scale;
+        float a, b;
+        if (!pair_dot(ta, ra, tb, rb, true, a, b)) return;
         if (lane == 0) {
             u.y[pr] = b;
             g.y[pr] = a / (1.0f + expf(-a)) * b;
@@ -817,12 +823,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         int rd2 = p.rope_dim / 2;
         bool rot = seg < 2 && j < rd2 && (seg == 0 ? p.rope_q : p.rope_k);
         float a, b;
-        if (p.probe & 1)
-            a = b = 0.0f;
-        else
-            dot2(ta, ra, rb, xs, n, lane, a, b, lane + 32 * kq, 32 * KS);
-        if (!group_sum(a, b, KS, warp, grp, kq, lane, part)) return;
-        a *= in_scale, b *= in_scale;
+        if (!pair_dot(ta, ra, tb, rb, false, a, b)) return;
         if (lane == 0) {
             if (rot) {
                 const float cs = rope_cs, sn = rope_sn;
@@ -962,16 +963,8 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         if (p.stage)
             smem -= (size_t)(FUSED_WARPS - per_block) * p.stage; /* staging per group, not per warp */
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(FUSED_WARPS * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    cudaLaunchAttribute at;
+    cudaLaunchConfig_t cfg = mx_cuda_pdl_config(c, dim3(grid), dim3(FUSED_WARPS * 32), smem, &at);
     if (p.dbuf || loop)
         CU_CHECK(cudaLaunchKernelEx(&cfg, k_fused<true>, p));
     else

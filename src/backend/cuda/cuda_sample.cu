@@ -239,15 +239,8 @@ void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_s
     p.vocab = vocab, p.top_k = sp->top_k, p.temperature = sp->temperature, p.top_p = sp->top_p;
     p.min_p = sp->min_p, p.u = sp->u;
     /* with the PDL attribute (as the decode GEMVs): the launch overlaps the head's tail, the kernel waits */
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1);
-    cfg.blockDim = dim3(SMP_THREADS);
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    cudaLaunchAttribute at;
+    cudaLaunchConfig_t cfg = mx_cuda_pdl_config(c, dim3(1), dim3(SMP_THREADS), 0, &at);
     CU_CHECK(cudaLaunchKernelEx(&cfg, k_sample, logits, p, dyn, tok, r->tok_d, r->next % SMP_RING));
 }
 
