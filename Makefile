@@ -14,7 +14,7 @@ CC       ?= gcc
 ARCH     ?= -march=native
 CSTD     := -std=c11 -D_GNU_SOURCE
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
-DEPS_CF  := $(shell pkg-config --cflags libcjson libutf8proc 2>/dev/null)
+DEPS_CF  := $(shell pkg-config --cflags libcjson libutf8proc libmicrohttpd 2>/dev/null)
 # Open MPI (mpirun launches; src/dist/comm_mpi.c): built in whenever pkg-config finds it.
 MPI_CF   := $(shell pkg-config --cflags ompi-c 2>/dev/null)
 MPI_LIBS := $(shell pkg-config --libs ompi-c 2>/dev/null)
@@ -22,7 +22,7 @@ ifneq ($(strip $(MPI_LIBS)),)
 DEPS_CF  += $(MPI_CF) -DMX_HAVE_MPI
 endif
 CFLAGS   ?= -O3 $(ARCH) -fopenmp -g
-LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc 2>/dev/null || echo -lcjson -lutf8proc) $(MPI_LIBS) -lm
+LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc libmicrohttpd 2>/dev/null || echo -lcjson -lutf8proc -lmicrohttpd) $(MPI_LIBS) -lpthread -lm
 ASANFLAGS := -O1 -g $(ARCH) -fopenmp -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c src/backend/cpu/*.c))
