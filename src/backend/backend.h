@@ -61,9 +61,17 @@ typedef struct {
     float u; /* the caller's uniform draw in [0, 1) (one per non-greedy token, as sampler.c draws it) */
 } mx_sample_spec;
 
+/* What a backend is, as the code outside it needs to know (never tell backends apart by name). */
+enum {
+    MX_CAP_HOST_MEMORY = 1u << 0, /* buffers from alloc are host memory: the host, memcpy and MPI read them */
+    MX_CAP_CUDA_STREAM = 1u << 1, /* ops run in order on one CUDA stream (cuda_stream.h), which NCCL joins */
+    MX_CAP_GRAPHS = 1u << 2,      /* a repeated op sequence is captured when seen again: warm up twice */
+};
+
 typedef struct mx_backend mx_backend;
 struct mx_backend {
-    const char *name;
+    const char *name; /* for messages only */
+    unsigned caps;    /* MX_CAP_* */
     int n_threads;
     bool exact; /* matmuls in fp32 on dequantized weights everywhere (no 8-bit activations in decode) */
     bool act8;  /* decode matmuls quantize activations to 8 bits (llama.cpp's scheme; ignored when exact) */
@@ -74,6 +82,7 @@ struct mx_backend {
                              offset (dev, where set, is a device address the backend resolves to its parent) */
     void *ctx;
 
+    void (*destroy)(mx_backend *be); /* frees the backend, its context and what it allocated */
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
     void (*free)(mx_backend *be, void *p);
     /* Places a weight where the backend reads it (sets t->dev; the CPU reads t->data and does nothing). */
@@ -189,6 +198,7 @@ mx_backend *mx_backend_cpu_create(int n_threads);
 /* The registry: creates a backend by name ("cpu", "cuda"); device = GPU index for cuda. A name this build
  * does not have, or a device that is not there, gives a message that says what to use instead. */
 int mx_backend_create(const char *name, int device, int n_threads, mx_backend **out, mx_err *err);
+/* be->destroy(be); NULL is a no-op. */
 void mx_backend_destroy(mx_backend *be);
 
 #endif

@@ -5,11 +5,8 @@
 
 #include "backend.h"
 
-void mx_backend_cpu_destroy(mx_backend *be);
 #ifdef MX_HAVE_CUDA
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
-void mx_backend_cuda_destroy(mx_backend *be);
-int mx_cuda_mem_info(mx_backend *be, size_t *free_bytes, size_t *total_bytes);
 #endif
 
 int mx_backend_create(const char *name, int device, int n_threads, mx_backend **out, mx_err *err) {
@@ -20,9 +17,7 @@ int mx_backend_create(const char *name, int device, int n_threads, mx_backend **
     }
     if (!strcmp(name, "cuda")) {
 #ifdef MX_HAVE_CUDA
-        int rc = mx_backend_cuda_create(device, out, err);
-        if (!rc && !(*out)->mem_info) (*out)->mem_info = mx_cuda_mem_info;
-        return rc;
+        return mx_backend_cuda_create(device, out, err);
 #else
         return mx_err_set(
             err, MX_ERR_UNSUPPORTED,
@@ -33,12 +28,5 @@ int mx_backend_create(const char *name, int device, int n_threads, mx_backend **
 }
 
 void mx_backend_destroy(mx_backend *be) {
-    if (!be) return;
-#ifdef MX_HAVE_CUDA
-    if (!strcmp(be->name, "cuda")) {
-        mx_backend_cuda_destroy(be);
-        return;
-    }
-#endif
-    mx_backend_cpu_destroy(be);
+    if (be) be->destroy(be);
 }

@@ -181,7 +181,7 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
         if (reps > 64) reps = 64;
         /* r < 0: warm-up; two where the backend records CUDA graphs (a sequence runs eagerly when first seen
          * and is captured when seen again, so the second run is the slow one) */
-        int warm_runs = strcmp(be->name, "cpu") ? 2 : 1;
+        int warm_runs = (be->caps & MX_CAP_GRAPHS) ? 2 : 1;
         for (int r = -warm_runs; r < reps; r++) {
             double *t = r < 0 ? &warm : &tps[r];
             if (bo.star.on ? star_once(m, be, comm, &bo.star, toks, tests[k], t, &err)

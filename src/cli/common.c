@@ -311,7 +311,7 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
     int rc = mx_dist_agree(o->comm, open_local(o, m, be, &err), &err);
     /* tensor parallel on the GPU: the collectives go to NCCL on the backend's stream (collective itself:
      * every rank attaches or every rank fails with the first failing rank's message) */
-    if (!rc && o->tp > 1 && strcmp((*be)->name, "cpu") && o->comm->attach(o->comm, *be, &err))
+    if (!rc && o->tp > 1 && ((*be)->caps & MX_CAP_CUDA_STREAM) && o->comm->attach(o->comm, *be, &err))
         rc = mx_err_wrap(&err, "--tp %d: attaching the ranks' collectives to %s", o->tp, (*be)->name);
     if (rc) {
         mx_dist_report(o->comm, "mixatt", &err);

@@ -59,7 +59,7 @@ static void print_layers(const mx_config *c, int ctx) {
  * CUDA includes the bf16 copies the prefill GEMM reads), a session at ctx, and what is free. */
 static void print_memory(const mx_model *m, mx_backend *be, int ctx) {
     size_t free_b, total_b;
-    if (strcmp(be->name, "cpu") == 0 || !be->mem_info || be->mem_info(be, &free_b, &total_b)) return;
+    if ((be->caps & MX_CAP_HOST_MEMORY) || !be->mem_info || be->mem_info(be, &free_b, &total_b)) return;
     printf("%s memory:    weights %.1f MiB as placed; a session at %d tokens %.1f MiB (KV + workspace); "
            "%.1f MiB free of %.1f MiB\n",
            be->name, be->placed_bytes / 1048576.0, ctx, mx_session_bytes(m, be, ctx) / 1048576.0,

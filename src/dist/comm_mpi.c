@@ -123,7 +123,7 @@ static void mpi_destroy(mx_comm *c) {
 
 #include "../backend/backend.h"
 static int mpi_attach(mx_comm *c, mx_backend *be, mx_err *err) {
-    if (!be || !strcmp(be->name, "cpu")) return 0;
+    if (!be || !(be->caps & MX_CAP_CUDA_STREAM)) return 0; /* host buffers: MPI itself */
     return mx_comm_nccl_attach(c, be, err); /* comm_nccl.c; explains itself when built without NCCL */
 }
 

@@ -50,7 +50,8 @@ static const st_dtype *dtype_find(const char *s) {
 }
 
 static int cmp_tensor(const void *a, const void *b) {
-    return strcmp(((const mx_st_tensor *)a)->name, ((const mx_st_tensor *)b)->name);
+    const char *na = ((const mx_st_tensor *)a)->name, *nb = ((const mx_st_tensor *)b)->name;
+    return strcmp(na, nb);
 }
 
 /* A JSON number that is a non-negative integer below 2^53. */

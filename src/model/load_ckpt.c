@@ -160,9 +160,10 @@ static int add_tensor(ckpt_loader *h, const mx_st_tensor *t) {
             return mx_err_set(h->err, MX_ERR_FORMAT, "%s: tensor '%s' has %lld rows, not %d experts x %lld",
                               h->m->path, t->name, (long long)t->shape[0], c->n_expert, (long long)ne[1]);
     }
-    if (add_copy(h, t, t->name, nd, ne, mup_factor(h, t->name))) return h->err->code;
+    const char *name = t->name;
+    if (add_copy(h, t, name, nd, ne, mup_factor(h, name))) return h->err->code;
     bool tied = !mx_st_find(h->f, "output.weight");
-    if (h->mup && tied && !strcmp(t->name, "token_embd.weight")) /* the scaled head, untied */
+    if (h->mup && tied && !strcmp(name, "token_embd.weight")) /* the scaled head, untied */
         return add_copy(h, t, "output.weight", nd, ne, (float)h->base_width / (float)c->d_model);
     return MX_OK;
 }

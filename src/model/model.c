@@ -369,7 +369,7 @@ int mx_model_place(mx_model *m, mx_backend *be, mx_err *err) {
         return err->code;
     }
     if (m->cfg.tied_embeddings) m->w.output = m->w.tok_embd, m->w.output.exact = true;
-    if (measure && strcmp(be->name, "cpu") != 0 && be->mem_info(be, &free1, &total) == 0 && free0 > free1)
+    if (measure && !(be->caps & MX_CAP_HOST_MEMORY) && be->mem_info(be, &free1, &total) == 0 && free0 > free1)
         be->placed_bytes = free0 - free1;
     return MX_OK;
 }

@@ -25,6 +25,10 @@ static int cpu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
 static void cpu_release(mx_backend *be, mx_tensor *t) {}
 static void cpu_sync(mx_backend *be) {}
 
+static void cpu_destroy(mx_backend *be) {
+    free(be);
+}
+
 static int cpu_mem_info(mx_backend *be, size_t *free_bytes, size_t *total_bytes) {
     long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES), total = sysconf(_SC_PHYS_PAGES);
     if (page <= 0 || avail < 0 || total <= 0) return -1;
@@ -45,6 +49,8 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     omp_set_num_threads(n_threads);
     openblas_set_num_threads(1); /* BLAS only serves F32 weights in decode, from the calling thread */
     be->name = "cpu";
+    be->caps = MX_CAP_HOST_MEMORY;
+    be->destroy = cpu_destroy;
     be->n_threads = n_threads;
     be->act8 =
         true; /* 8-bit activations in decode by default (fp32 decode ~20% slower); exact turns it off */
@@ -73,6 +79,3 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     return be;
 }
 
-void mx_backend_cpu_destroy(mx_backend *be) {
-    free(be);
-}

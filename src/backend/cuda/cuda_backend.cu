@@ -14,6 +14,7 @@
 extern "C" {
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
 void mx_backend_cuda_destroy(mx_backend *be);
+int mx_cuda_mem_info(mx_backend *be, size_t *free_bytes, size_t *total_bytes); /* cuda_meminfo.cu */
 }
 
 void mx_cuda_fatal(const char *what, const char *msg, const char *file, int line) {
@@ -284,6 +285,9 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
                           cudaGetErrorString(e));
     }
     be->name = "cuda";
+    be->caps = MX_CAP_CUDA_STREAM | MX_CAP_GRAPHS;
+    be->destroy = mx_backend_cuda_destroy;
+    be->mem_info = mx_cuda_mem_info;
     be->n_threads = 1;
     be->kv_elem_bytes = 2;
     be->row_views = true; /* mx_tensor.dev is the weight's device address: a view's dev is offset like its data */
