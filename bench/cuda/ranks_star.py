@@ -85,7 +85,7 @@ def check(binary, mpirun, dev):
 
 
 def rank_work(n, B, A, R):
-    """Per rank: (tokens evaluated, query-key pairs attended) of phase 1, as run/star.c does it: rank r owns
+    """Per rank: (tokens evaluated, query-key pairs attended) of phase 1, as run/star_pipeline.c does it: rank r owns
     blocks [r*nb/R, (r+1)*nb/R); a rank without block 0 evaluates the anchor once (A tokens, causal), and each
     block b > 0 of len tokens after it (len*A + len(len+1)/2 pairs); block 0 alone is causal."""
     nb = -(-n // B)

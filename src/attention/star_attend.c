@@ -1,4 +1,5 @@
-/* star_attend.c: the attention of one MHA/GQA layer in Star Attention's phase 2 (see star.h). attention/mha.c
+/* star_attend.c: the attention of one MHA/GQA layer in Star Attention's phase 2, and the rank's phase-2
+ * buffers (see star_attend.h). attention/mha.c
  * calls it instead of the dense attention when the session carries s->star. Per rank:
  *   part 1: the T queries against this rank's context keys (slots 0..n_local-1), NOT causal: every context
  *           key is in the past of every query;
@@ -8,10 +9,43 @@
  * is the backend's and every step a backend op (attention, lse_merge) or a collective on backend memory (NCCL
  * on CUDA), so the same code runs on the CPU and the GPU. Shapes: q (T, H*D); att (T, H*D); the per-rank
  * message is (T, H*D) outputs followed by (T, H) lse. */
+#include "star_attend.h"
+
+#include <string.h>
+
 #include "../model/session.h"
-#include "star.h"
 
 mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
+
+int mx_star_init(mx_star *st, mx_comm *comm, mx_backend *be, int n_local, bool query_host, int rows,
+                 int n_head, int v_dim, mx_err *err) {
+    memset(st, 0, sizeof *st);
+    st->comm = comm;
+    st->be = be;
+    st->n_local = n_local;
+    st->query_host = query_host;
+    st->rows = rows;
+    st->n_head = n_head;
+    st->v_dim = v_dim;
+    size_t msg = (size_t)rows * ((size_t)n_head * v_dim + n_head) * sizeof(float);
+    st->local = query_host ? be->alloc(be, 2 * msg) : NULL;
+    st->send = be->alloc(be, msg);
+    st->recv = comm->size > 1 ? be->alloc(be, (size_t)comm->size * msg) : NULL;
+    if ((query_host && !st->local) || !st->send || (comm->size > 1 && !st->recv)) {
+        mx_star_free(st);
+        return mx_err_set(err, MX_ERR_NOMEM,
+                          "out of %s memory allocating Star Attention buffers for %d rows of %d heads x %d",
+                          be->name, rows, n_head, v_dim);
+    }
+    return MX_OK;
+}
+
+void mx_star_free(mx_star *st) {
+    float *bufs[] = {st->local, st->send, st->recv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) st->be->free(st->be, bufs[i]);
+    memset(st, 0, sizeof *st);
+}
 
 /* The T queries against this rank's part of the keys: context (and query tokens on the query host), merged
  * into out (T, H*D) and, when not NULL, lse (T, H). msg: floats of one message of T rows. */

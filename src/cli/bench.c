@@ -16,7 +16,7 @@
 #include "../base/rng.h"
 #include "../io/dtype.h"
 #include "../run/generate.h"
-#include "../run/star.h"
+#include "../run/star_pipeline.h"
 #include "../model/tp.h"
 #include "commands.h"
 #include "common.h"

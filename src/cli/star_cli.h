@@ -6,7 +6,7 @@
 
 #include <stdio.h>
 
-#include "../run/star.h"
+#include "../run/star_pipeline.h"
 
 /* The defaults: off, block = context / ranks, anchor = block, query = 1 token. */
 mx_star_opts mx_star_cli_defaults(void);

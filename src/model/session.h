@@ -24,9 +24,9 @@ typedef struct {
     float *buf[MX_N_SCRATCH]; /* scratch for the blocks, each [ubatch, width] */
     float *logits;            /* [ubatch, vocab] */
     int *moe_counts; /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
-    /* Star Attention (attention/star.h, run/star.c); both 0/NULL otherwise. The token in slot p sits at
+    /* Star Attention (attention/star_attend.h, run/star_pipeline.c); both 0/NULL otherwise. The token in slot p sits at
      * position p + pos_offset (RoPE, learned positions): a block after its anchor, or the query after a rank's
-     * compact context. MHA layers only (run/star.c refuses the others). */
+     * compact context. MHA layers only (run/star_pipeline.c refuses the others). */
     int pos_offset;
     struct mx_star *star; /* set: MHA layers attend through mx_attention_star (phase 2) */
     /* Tensor parallelism (tp.h): the output head's allgather buffers in backend memory, [ubatch, vocab_max]

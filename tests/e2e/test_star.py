@@ -1,4 +1,4 @@
-"""Star Attention (`--attn star`, src/run/star.c, src/attention/star*.c) end to end, on one process and under
+"""Star Attention (`--attn star`, src/run/star_pipeline.c, src/attention/star_attend.c, src/cli/star_cli.c) end to end, on one process and under
 `mpirun -np 2` and `-np 4 --oversubscribe`:
 - exact cases equal dense `mixatt logits` of the query positions (relative L2 <= 1e-5 with --exact): the context in
   one block, or two blocks with the anchor = block 0 (block 1 then sees all of block 0, as dense does); on the

@@ -1,17 +1,16 @@
-/* test_star.c: Star Attention's log-sum-exp merge (src/attention/star.c). The keys of a random problem are
- * split into 1..5 parts of uneven sizes (some empty); each part's attention (out, lse) is computed on its
- * own, the parts are merged, and the result must equal dense attention of the queries over the union of the
- * keys, computed in double from the definition. The parts come either from that naive reference (the merge
- * alone) or from the CPU attention op with key ranges (the phase-2 layout: context keys non-causal, the
- * query's own keys causal), GQA included; the CPU backend's lse_merge op (parts packed as phase 2's messages)
- * must give the same. Tolerance 1e-5 relative. */
+/* test_star.c: Star Attention's log-sum-exp merge (the backend op lse_merge;
+ * src/backend/cpu/cpu_lse_merge.c). The keys of a random problem are split into 1..5 parts of uneven sizes
+ * (some empty); each part's attention (out, lse) is computed on its own, the parts are packed as phase 2's
+ * messages and merged by the CPU backend's lse_merge op, and the result must equal dense attention of the
+ * queries over the union of the keys, computed in double from the definition. The parts come either from that
+ * naive reference (the merge alone) or from the CPU attention op with key ranges (the phase-2 layout: context
+ * keys non-causal, the query's own keys causal), GQA included. Tolerance 1e-5 relative. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/attention/star.h"
 #include "../../src/backend/backend.h"
 #include "../../src/base/rng.h"
 
@@ -94,6 +93,22 @@ static void cuts(int S, int n, uint64_t seed, int *cut) {
     }
 }
 
+/* Merges n parts outs[r] (T, H*D), lses[r] (T, H) with the CPU backend's lse_merge op, packing them as
+ * phase 2's messages: (T, H*D) outputs, then (T, H) lse. */
+static void merge(int n, float *const *outs, float *const *lses, int T, int H, int D, float *out,
+                  float *lse) {
+    size_t no = (size_t)T * H * D, nl = (size_t)T * H, ps = no + nl;
+    float *msgs = malloc(ps * n * sizeof(float));
+    for (int r = 0; r < n; r++) {
+        memcpy(msgs + (size_t)r * ps, outs[r], no * sizeof(float));
+        memcpy(msgs + (size_t)r * ps + no, lses[r], nl * sizeof(float));
+    }
+    mx_backend *be = mx_backend_cpu_create(2);
+    be->lse_merge(be, msgs, msgs + no, ps, n, T, H, D, out, lse);
+    mx_backend_destroy(be);
+    free(msgs);
+}
+
 /* Parts from the naive reference (rounded to fp32), merged. */
 static void merge_naive_parts(problem p, int n, uint64_t seed) {
     data d = make(p, seed);
@@ -108,25 +123,10 @@ static void merge_naive_parts(problem p, int n, uint64_t seed) {
         for (size_t i = 0; i < no; i++) outs[r][i] = (float)to[i];
         for (size_t i = 0; i < nl; i++) lses[r][i] = (float)tl[i];
     }
-    mx_star_merge(n, (const float *const *)outs, (const float *const *)lses, p.T, p.H, p.D, (size_t)p.H * p.D,
-                  out, lse);
+    merge(n, outs, lses, p.T, p.H, p.D, out, lse);
     char what[96];
-    snprintf(what, sizeof what, "%d parts of %d keys (q scale %g)", n, p.S, p.q_scale);
-    expect_dense(&d, out, lse, what);
-    /* the CPU backend's lse_merge op on the parts packed as phase 2's messages: (T, H*D) outputs, (T, H) lse
-     */
-    size_t ps = no + nl;
-    float *msgs = malloc(ps * n * 4);
-    for (int r = 0; r < n; r++) {
-        memcpy(msgs + (size_t)r * ps, outs[r], no * 4);
-        memcpy(msgs + (size_t)r * ps + no, lses[r], nl * 4);
-    }
-    mx_backend *be = mx_backend_cpu_create(2);
-    be->lse_merge(be, msgs, msgs + no, ps, n, p.T, p.H, p.D, out, lse);
     snprintf(what, sizeof what, "lse_merge op, %d parts of %d keys (q scale %g)", n, p.S, p.q_scale);
     expect_dense(&d, out, lse, what);
-    mx_backend_destroy(be);
-    free(msgs);
     for (int r = 0; r < n; r++) free(outs[r]), free(lses[r]);
     free(out), free(lse), free(to), free(tl);
     drop(&d);
@@ -144,8 +144,8 @@ Test(star_merge, stable_with_peaky_scores) {
 
 Test(star_merge, a_row_no_part_saw_is_zero) {
     float o1[4] = {1, 2, 3, 4}, l1[2] = {-INFINITY, -INFINITY}, out[4], lse[2];
-    const float *outs[1] = {o1}, *lses[1] = {l1};
-    mx_star_merge(1, outs, lses, 1, 2, 2, 4, out, lse);
+    float *outs[1] = {o1}, *lses[1] = {l1};
+    merge(1, outs, lses, 1, 2, 2, out, lse);
     for (int i = 0; i < 4; i++) cr_expect(out[i] == 0.0f);
     cr_expect(isinf(lse[0]) && lse[0] < 0 && isinf(lse[1]));
 }
@@ -181,8 +181,7 @@ static void phase2_layout(int n, uint64_t seed) {
         sp.kv_hi = r < n ? cut[r + 1] - 1 : p.S - 1;
         be->attention(be, &sp, d.q, d.k, d.v, outs[r], lses[r]);
     }
-    mx_star_merge(n + 1, (const float *const *)outs, (const float *const *)lses, p.T, p.H, p.D,
-                  (size_t)p.H * p.D, out, lse);
+    merge(n + 1, outs, lses, p.T, p.H, p.D, out, lse);
     /* dense reference: causal over all keys = non-causal over context + causal own keys; checked row by row
      * against the naive reference restricted to keys <= the query's position */
     for (int t = 0; t < p.T; t++) {

@@ -1,5 +1,5 @@
-/* star.h: the Star Attention pipeline (arXiv 2411.17116; docs/attention.md, "Star Attention") over the ranks
- * of a communicator, or over several blocks on one process.
+/* star_pipeline.h: the Star Attention pipeline (arXiv 2411.17116; docs/attention.md, "Star Attention") over
+ * the ranks of a communicator, or over several blocks on one process.
  *
  * Phase 1, context encoding, no communication: the context of n tokens is split into blocks of B (the last
  * may be shorter); rank r of R owns the consecutive blocks [r*nb/R, (r+1)*nb/R). Each block b > 0 is
@@ -17,8 +17,8 @@
  * Supported: models whose every layer is full MHA/GQA/MQA attention writing its own cache (Llama, GPT-2,
  * Mixtral ...), on the CPU and CUDA backends (with --device cuda under mpirun, phase 2's gathers go through
  * NCCL on device buffers: mx_star_open attaches the communicator). */
-#ifndef MX_RUN_STAR_H
-#define MX_RUN_STAR_H
+#ifndef MX_STAR_PIPELINE_H
+#define MX_STAR_PIPELINE_H
 
 #include <stdbool.h>
 

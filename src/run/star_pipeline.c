@@ -1,12 +1,13 @@
-/* star.c: the Star Attention pipeline: phase 1 (blocks with the anchor, one scratch session per rank), then
- * the phase-2 session holding this rank's context KV (see star.h). Backend-neutral: the KV moves between
- * sessions with be->kv_read/kv_write through a backend buffer, so it runs on the CPU and on CUDA alike. */
-#include "star.h"
+/* star_pipeline.c: the Star Attention pipeline: phase 1 (blocks with the anchor, one scratch session per
+ * rank), then the phase-2 session holding this rank's context KV (see star_pipeline.h). Backend-neutral: the
+ * KV moves between sessions with be->kv_read/kv_write through a backend buffer, so it runs on the CPU and on
+ * CUDA alike. */
+#include "star_pipeline.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "../attention/star.h"
+#include "../attention/star_attend.h"
 
 int mx_star_check(const mx_model *m, const mx_backend *be, mx_err *err) {
     const mx_config *c = &m->cfg;

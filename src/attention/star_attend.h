@@ -1,14 +1,14 @@
-/* star.h: Star Attention's phase 2 (arXiv 2411.17116): the query and generated tokens attend exactly to a
- * context whose KV is spread over ranks (or over blocks of one rank). Each rank attends the query to its own
- * KV, giving (out_r, lse_r) per query row and head; the parts are merged exactly by log-sum-exp:
+/* star_attend.h: Star Attention's phase 2 (arXiv 2411.17116): the query and generated tokens attend exactly
+ * to a context whose KV is spread over ranks (or over blocks of one rank). Each rank attends the query to its
+ * own KV, giving (out_r, lse_r) per query row and head; the parts are merged exactly by log-sum-exp:
  *   lse = log Σ_r exp(lse_r),   out = Σ_r exp(lse_r − lse) · out_r    (fp32, sums in double).
- * star.c holds the host merge (pure, unit-tested against dense attention; the backends' lse_merge op computes
- * the same on their own memory) and the phase-2 buffers; star_attend.c the per-layer hook that
- * attention/mha.c calls when a session carries an mx_star (s->star). Phase 1 (encoding the context blocks
- * with the anchor) and the pipeline are in run/star.c.
- * Shapes: T query rows, H heads, Dv value dim; out (T, H*Dv) with row stride o_stride, lse (T, H). */
-#ifndef MX_STAR_H
-#define MX_STAR_H
+ * The merge is the backend op lse_merge (backend.h; the CPU's in backend/cpu/cpu_lse_merge.c, the only host
+ * copy). star_attend.c holds a rank's phase-2 buffers and the per-layer hook that attention/mha.c calls when
+ * a session carries an mx_star (s->star). Phase 1 (encoding the context blocks with the anchor) and the
+ * pipeline are in run/star_pipeline.c, the command-line flags in cli/star_cli.c.
+ * Shapes: T query rows, H heads, Dv value dim; out (T, H*Dv), lse (T, H). */
+#ifndef MX_STAR_ATTEND_H
+#define MX_STAR_ATTEND_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,13 +16,6 @@
 #include "../base/status.h"
 #include "../backend/backend.h"
 #include "../dist/comm.h"
-
-/* Merges n partial attentions of the same T queries over disjoint key sets: outs[r] (T, H*Dv) with row stride
- * o_stride and lses[r] (T, H) in natural log, −inf where part r saw no key (its out is then ignored). Writes
- * out (T, H*Dv, stride o_stride) and, when lse is not NULL, the merged lse (T, H). A row and head that no
- * part saw gets out = 0, lse = −inf. out and lse must not alias the inputs. Host memory. */
-void mx_star_merge(int n, const float *const *outs, const float *const *lses, int T, int H, int Dv,
-                   size_t o_stride, float *out, float *lse);
 
 /* Phase-2 state of one rank, owned by its session (s->star). Its keys live in every layer's store:
  *   slots [0, n_local)            this rank's context blocks (keys roped at their global positions),
