@@ -13,7 +13,7 @@
 CC       ?= gcc
 ARCH     ?= -march=native
 CSTD     := -std=c11 -D_GNU_SOURCE
-WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 DEPS_CF  := $(shell pkg-config --cflags libcjson libutf8proc libmicrohttpd 2>/dev/null)
 # Open MPI (mpirun launches; src/dist/comm_mpi.c): built in whenever pkg-config finds it.
 MPI_CF   := $(shell pkg-config --cflags ompi-c 2>/dev/null)
