@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs what mixatt needs to build and test on Debian/Ubuntu: a C compiler, OpenBLAS,
-# Open MPI (mpirun), cJSON, utf8proc, Criterion, clang (fuzzing), gnuplot (mixatt plot), and the Python packages the tests use (numpy, gguf, pytest).
+# Open MPI (mpirun), cJSON, utf8proc, Criterion, clang (fuzzing), clang-format (make format-check), gnuplot (mixatt plot), and the Python packages the tests use (numpy, gguf, pytest).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libcjson-dev libutf8proc-dev libmicrohttpd-dev libcriterion-dev clang libclang-rt-dev gnuplot-nox python3 python3-pip"
+PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libcjson-dev libutf8proc-dev libmicrohttpd-dev libcriterion-dev clang clang-format libclang-rt-dev gnuplot-nox python3 python3-pip"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
