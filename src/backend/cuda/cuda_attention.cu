@@ -1133,7 +1133,8 @@ static void launch_decode(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *k
     k_decode<D><<<dim3(n_split, p.G), DEC_THREADS, 0, c->stream>>>(p, q, k, v, out, lse, part, dyn);
     CU_LAUNCHED();
     if (n_split > 1) {
-        k_merge<<<p.n_q * p.H, D < 128 ? D : 128, 0, c->stream>>>(p, part, out, lse);
+        const int merge_threads = D < 128 ? D : 128;
+        k_merge<<<p.n_q * p.H, merge_threads, 0, c->stream>>>(p, part, out, lse);
         CU_LAUNCHED();
     }
 }
