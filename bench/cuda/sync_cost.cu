@@ -11,13 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define CK(x)                                                                                                    \
-    do {                                                                                                         \
-        cudaError_t e_ = (x);                                                                                    \
-        if (e_ != cudaSuccess) {                                                                                 \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                          \
-            exit(1);                                                                                             \
-        }                                                                                                        \
+#define CK(x)                                                                                                \
+    do {                                                                                                     \
+        cudaError_t e_ = (x);                                                                                \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                      \
+            exit(1);                                                                                         \
+        }                                                                                                    \
     } while (0)
 
 __global__ void k_link(float *buf, int i) {
@@ -120,9 +120,10 @@ int main(int argc, char **argv) {
     const int grids[] = {3, 36, sms, 2 * sms};
     for (int gi = 0; gi < 4; gi++) {
         int B = grids[gi];
-        printf("  %4d blocks: kernel boundary %.2f (PDL) %.2f (no PDL); grid barrier %.2f, with a dependent read %.2f\n",
-               B, time_graph(buf, n, B, 1, st), time_graph(buf, n, B, 0, st), time_barriers(buf, count, n, B, 0, st),
-               time_barriers(buf, count, n, B, 1, st));
+        printf("  %4d blocks: kernel boundary %.2f (PDL) %.2f (no PDL); grid barrier %.2f, with a dependent "
+               "read %.2f\n",
+               B, time_graph(buf, n, B, 1, st), time_graph(buf, n, B, 0, st),
+               time_barriers(buf, count, n, B, 0, st), time_barriers(buf, count, n, B, 1, st));
     }
     return 0;
 }

@@ -82,7 +82,7 @@ struct mx_backend {
                              offset (dev, where set, is a device address the backend resolves to its parent) */
     void *ctx;
 
-    void (*destroy)(mx_backend *be); /* frees the backend, its context and what it allocated */
+    void (*destroy)(mx_backend *be);              /* frees the backend, its context and what it allocated */
     void *(*alloc)(mx_backend *be, size_t bytes); /* uninitialized, 64-byte aligned; NULL on failure */
     void (*free)(mx_backend *be, void *p);
     /* Places a weight where the backend reads it (sets t->dev; the CPU reads t->data and does nothing). */

@@ -20,7 +20,7 @@ typedef struct {
     const char *device; /* "cpu" (default) or "cuda" */
     mx_load_opts load;  /* --plan, --window, --attn */
     int gpu;            /* GPU index for cuda */
-    bool gpu_given;     /* --gpu was passed (otherwise a rank of a multi-rank job takes its local rank's GPU) */
+    bool gpu_given; /* --gpu was passed (otherwise a rank of a multi-rank job takes its local rank's GPU) */
     mx_sampler_params sp;
     mx_comm *comm; /* the job's communicator (main.c); NULL = one rank */
     int tp;        /* --tp N: tensor parallel over the job's N ranks (0 = off) */

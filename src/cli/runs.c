@@ -43,7 +43,8 @@ static int read_checkpoint(const char *path, mx_run *r) {
     if (r->cfg.attn == MX_ATTN_MHA) /* other kinds prefix the plan: "mla: G,G,..." */
         snprintf(r->plan, sizeof r->plan, "%.1000s", plan ? plan : r->cfg.plan);
     else
-        snprintf(r->plan, sizeof r->plan, "%s: %.1000s", mx_attn_kind_name(r->cfg.attn), plan ? plan : r->cfg.plan);
+        snprintf(r->plan, sizeof r->plan, "%s: %.1000s", mx_attn_kind_name(r->cfg.attn),
+                 plan ? plan : r->cfg.plan);
     for (int i = 0; i < f->n_tensors; i++) {
         if (!strncmp(f->tensors[i].name, "optim.", 6)) continue;
         long n = 1;

@@ -50,7 +50,8 @@ static int mpi_reduce(mx_comm *c, float *x, size_t n, int root, mx_err *err) {
 }
 
 static int mpi_allgather(mx_comm *c, const float *send, float *recv, size_t n, mx_err *err) {
-    if (n > INT_MAX) return mx_err_set(err, MX_ERR_ARG, "allgather of %zu floats per rank (at most %d)", n, INT_MAX);
+    if (n > INT_MAX)
+        return mx_err_set(err, MX_ERR_ARG, "allgather of %zu floats per rank (at most %d)", n, INT_MAX);
     int rc = MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, MPI_COMM_WORLD);
     return mpi_check(c, rc, "allgather", err);
 }
@@ -103,7 +104,9 @@ static int mpi_agree(mx_comm *c, bool ok, const mx_err *mine, mx_err *err) {
     return msg.code ? msg.code : MX_ERR_ARG;
 }
 
-static void mpi_barrier(mx_comm *c) { MPI_Barrier(MPI_COMM_WORLD); }
+static void mpi_barrier(mx_comm *c) {
+    MPI_Barrier(MPI_COMM_WORLD);
+}
 
 static void mpi_abort(mx_comm *c, const char *msg, int code) {
     if (msg && *msg) fprintf(stderr, "mixatt: rank %d: %s\n", c->rank, msg);
@@ -131,8 +134,7 @@ int mx_comm_mpi_create(int *argc, char ***argv, mx_comm **out, mx_err *err) {
     *out = NULL;
     int inited = 0;
     MPI_Initialized(&inited);
-    if (!inited && MPI_Init(argc, argv) != MPI_SUCCESS)
-        return mx_err_set(err, MX_ERR_IO, "MPI_Init failed");
+    if (!inited && MPI_Init(argc, argv) != MPI_SUCCESS) return mx_err_set(err, MX_ERR_IO, "MPI_Init failed");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     mx_comm *c = calloc(1, sizeof *c);
     if (!c) return mx_err_set(err, MX_ERR_NOMEM, "allocating the communicator");

@@ -6,8 +6,12 @@
 
 #include "comm.h"
 
-static int one_reduce(mx_comm *c, float *x, size_t n, mx_err *err) { return 0; }
-static int one_reduce_root(mx_comm *c, float *x, size_t n, int root, mx_err *err) { return 0; }
+static int one_reduce(mx_comm *c, float *x, size_t n, mx_err *err) {
+    return 0;
+}
+static int one_reduce_root(mx_comm *c, float *x, size_t n, int root, mx_err *err) {
+    return 0;
+}
 static int one_allgather(mx_comm *c, const float *send, float *recv, size_t n, mx_err *err) {
     if (recv != send) memmove(recv, send, n * sizeof(float));
     return 0;
@@ -18,7 +22,9 @@ static int one_p2p(mx_comm *c, float *x, size_t n, int peer, mx_err *err) {
 static int one_send(mx_comm *c, const float *x, size_t n, int peer, mx_err *err) {
     return one_p2p(c, (float *)x, n, peer, err);
 }
-static int one_bcast_host(mx_comm *c, void *buf, size_t bytes, int root, mx_err *err) { return 0; }
+static int one_bcast_host(mx_comm *c, void *buf, size_t bytes, int root, mx_err *err) {
+    return 0;
+}
 static int one_agree(mx_comm *c, bool ok, const mx_err *mine, mx_err *err) {
     if (ok) return 0;
     if (err && mine && err != mine) *err = *mine;
@@ -29,8 +35,12 @@ static void one_abort(mx_comm *c, const char *msg, int code) {
     if (msg && *msg) fprintf(stderr, "mixatt: %s\n", msg);
     exit(code);
 }
-static int one_attach(mx_comm *c, mx_backend *be, mx_err *err) { return 0; }
-static void one_destroy(mx_comm *c) { free(c); }
+static int one_attach(mx_comm *c, mx_backend *be, mx_err *err) {
+    return 0;
+}
+static void one_destroy(mx_comm *c) {
+    free(c);
+}
 
 mx_comm *mx_comm_one_create(void) {
     mx_comm *c = calloc(1, sizeof *c);

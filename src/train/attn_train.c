@@ -46,8 +46,9 @@ static void row_keys(const mx_tr_attn_shape *sh, const attn_tile *a, int t, int 
 static void attn_scores(const mx_tr_attn_shape *sh, const attn_tile *a, float *S, const float *q,
                         const float *k) {
     int H = sh->H, G = sh->G, T = sh->T, Dk = sh->Dk, span = a->t1 - a->lo;
-    mx_tr_sgemm(false, true, a->t1 - a->t0, span, Dk, sh->scale, q + (((size_t)a->b * T + a->t0) * H + a->h) * Dk,
-                H * Dk, k + (((size_t)a->b * T + a->lo) * G + a->g) * Dk, G * Dk, 0.0f, S, span);
+    mx_tr_sgemm(false, true, a->t1 - a->t0, span, Dk, sh->scale,
+                q + (((size_t)a->b * T + a->t0) * H + a->h) * Dk, H * Dk,
+                k + (((size_t)a->b * T + a->lo) * G + a->g) * Dk, G * Dk, 0.0f, S, span);
 }
 
 /* One tile: scores, the masked softmax in place (P, zero outside each row's keys), lse, out = P · V. */
@@ -96,8 +97,8 @@ void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k,
 
 /* The gradients of one tile; S, dP (rows, span) scratch. */
 static void attn_bwd_tile(const mx_tr_attn_shape *sh, const attn_tile *a, float *S, float *dP, float *dq,
-                          float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
-                          const float *lse) {
+                          float *dk, float *dv, const float *dout, const float *q, const float *k,
+                          const float *v, const float *lse) {
     int H = sh->H, G = sh->G, T = sh->T, Dk = sh->Dk, Dv = sh->Dv, rows = a->t1 - a->t0, span = a->t1 - a->lo;
     size_t qrow = ((size_t)a->b * T + a->t0) * H + a->h, krow = ((size_t)a->b * T + a->lo) * G + a->g;
     attn_scores(sh, a, S, q, k);
@@ -150,4 +151,3 @@ void mx_tr_attention_bwd(float *dq, float *dk, float *dv, const float *dout, con
     mx_tr_attn_shape sh = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
     mx_tr_attn_bwd(&sh, dq, dk, dv, dout, q, k, v, out, lse);
 }
-

@@ -52,8 +52,9 @@ typedef struct {
     float init_std;  /* N(0, init_std); residual projections (attn_output, ffn_down) / sqrt(2 n_layer) */
     char init[1024]; /* safetensors file with every parameter to start from instead ("" = random) */
     /* data */
-    char train_data[1024]; /* shard files (a glob pattern) or synthetic:TASK (copy, reverse, farcopy, recall) */
-    char val_data[1024];   /* held-out shards ("" = none; synthetic:TASK uses another seed) */
+    char train_data
+        [1024];          /* shard files (a glob pattern) or synthetic:TASK (copy, reverse, farcopy, recall) */
+    char val_data[1024]; /* held-out shards ("" = none; synthetic:TASK uses another seed) */
     int batch, seq, grad_accum;
     /* optimizer: AdamW, linear warmup then cosine decay from lr to min_lr at `steps` */
     int steps, warmup;

@@ -19,11 +19,11 @@
 #endif
 
 enum {
-    MR = 12,   /* rows of the register tile */
-    NR = 32,   /* columns of the register tile (two zmm) */
-    KC = 256,  /* depth of a packed slab: a B panel (KC × NR, 32 KiB) stays in L1 */
-    MC = 96,   /* rows of A packed at once: (MC × KC, 96 KiB) stays in L2 */
-    NC = 4096, /* columns of a packed B slab */
+    MR = 12,          /* rows of the register tile */
+    NR = 32,          /* columns of the register tile (two zmm) */
+    KC = 256,         /* depth of a packed slab: a B panel (KC × NR, 32 KiB) stays in L1 */
+    MC = 96,          /* rows of A packed at once: (MC × KC, 96 KiB) stays in L2 */
+    NC = 4096,        /* columns of a packed B slab */
     PAR_MIN = 1 << 18 /* M·N·K below which one thread does it all */
 };
 
@@ -138,14 +138,16 @@ static void kernel(int kc, const float *a, const float *b, float *c, int ldc, fl
 #endif
 
 /* A tile cut by the edge of C (mr < MR or nr < NR): the kernel into a local tile, then the valid part. */
-static void kernel_edge(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr, float alpha,
-                        float beta) {
+static void kernel_edge(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr,
+                        float alpha, float beta) {
     float t[MR * NR] __attribute__((aligned(64)));
     kernel(kc, a, b, t, NR, alpha, 0.0f);
     for (int r = 0; r < mr; r++)
         for (int j = 0; j < nr; j++) {
             float *cj = c + (size_t)r * ldc + j;
-            *cj = beta == 0.0f ? t[r * NR + j] : beta == 1.0f ? *cj + t[r * NR + j] : beta * *cj + t[r * NR + j];
+            *cj = beta == 0.0f   ? t[r * NR + j]
+                  : beta == 1.0f ? *cj + t[r * NR + j]
+                                 : beta * *cj + t[r * NR + j];
         }
 }
 
@@ -221,7 +223,7 @@ void mx_tr_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float
     if (K <= 0) return scale_c(&g);
     if (omp_in_parallel() || omp_get_max_threads() == 1 || (double)M * N * K < PAR_MIN)
         return gemm_thread(&g);
-    /* one band per thread, no barrier but the region's end: each thread packs what its band reads */
+        /* one band per thread, no barrier but the region's end: each thread packs what its band reads */
 #pragma omp parallel
     {
         gemm_t s = band(&g, omp_get_thread_num(), omp_get_num_threads());

@@ -66,7 +66,8 @@ static int recall_doc(mx_rng *r, int *doc, int vocab, int seq) {
 
 int mx_synth_generate(const char *task, int *tokens, long n, int vocab, int seq, uint64_t seed, mx_err *err) {
     if (!mx_synth_known(task))
-        return mx_err_set(err, MX_ERR_ARG, "unknown synthetic task '%s' (copy, reverse, farcopy, recall)", task);
+        return mx_err_set(err, MX_ERR_ARG, "unknown synthetic task '%s' (copy, reverse, farcopy, recall)",
+                          task);
     if (vocab < 16 || seq < 8)
         return mx_err_set(err, MX_ERR_ARG, "synthetic task '%s' needs vocab >= 16 and seq >= 8 (got %d, %d)",
                           task, vocab, seq);

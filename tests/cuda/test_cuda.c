@@ -736,7 +736,8 @@ static void test_row_views(void) {
                 int ni = tr ? n : R, no = tr ? R : n; /* x (T, ni) -> y (T, no) */
                 float *x = rand_vec((size_t)T * ni, 1.0f), *ref = malloc(sizeof(float) * T * no),
                       *got = malloc(sizeof(float) * T * no);
-                float *dx = dev_from(x, sizeof(float) * T * ni), *dy = dev_poisoned(sizeof(float) * (T * no + 1));
+                float *dx = dev_from(x, sizeof(float) * T * ni),
+                      *dy = dev_poisoned(sizeof(float) * (T * no + 1));
                 if (tr) {
                     cpu->matmul_t(cpu, &v, x, ref, T);
                     gpu->matmul_t(gpu, &v, dx, dy + 1, T);
@@ -1032,7 +1033,9 @@ static void test_sample(void) {
                     if (ties)
                         for (int i = 0; i < V; i++) l[i] = roundf(l[i]); /* 13 distinct values */
                     dl[d] = dev_from(l, sizeof(float) * (size_t)V);
-                    mx_sample_spec ss = {.temperature = p->temperature, .top_p = p->top_p, .min_p = p->min_p,
+                    mx_sample_spec ss = {.temperature = p->temperature,
+                                         .top_p = p->top_p,
+                                         .min_p = p->min_p,
                                          .top_k = p->top_k};
                     mx_rng peek = smp.rng; /* the draw mx_sample is about to make */
                     if (p->temperature > 0.0f) ss.u = mx_rng_float(&peek);
@@ -1044,7 +1047,8 @@ static void test_sample(void) {
                 for (int d = 0; d < DRAWS; d++) gpu->free(gpu, dl[d]);
                 mx_sampler_free(&smp);
                 int ok = same == DRAWS;
-                printf("%s sample V %d, T %.1f top-k %d top-p %.2f min-p %.2f%s: %d/%d tokens equal to mx_sample\n",
+                printf("%s sample V %d, T %.1f top-k %d top-p %.2f min-p %.2f%s: %d/%d tokens equal to "
+                       "mx_sample\n",
                        ok ? "PASS" : "FAIL", V, p->temperature, p->top_k, p->top_p, p->min_p,
                        ties ? ", tied logits" : "", same, DRAWS);
                 ok ? n_pass++ : n_fail++;
@@ -1067,7 +1071,8 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
     for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
         mx_gen_result res[2];
         int pos[2] = {0, 0}, rc[2] = {0, 0};
-        float next_u[2] = {0, 0}; /* the sampler's next draw after generation: the steps taken back spent none */
+        float next_u[2] = {0,
+                           0}; /* the sampler's next draw after generation: the steps taken back spent none */
         for (int host = 0; host < 2; host++) {
             mx_err err = {0};
             mx_session *s;
@@ -1090,7 +1095,8 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
                  !memcmp(res[0].tokens, res[1].tokens, sizeof(int) * (size_t)res[0].n_gen) &&
                  !strcmp(res[0].text, res[1].text) && !strcmp(res[0].stop_reason, res[1].stop_reason) &&
                  pos[0] == pos[1] && next_u[0] == next_u[1];
-        printf("%s generate on the GPU, T %.1f%s: device draw vs host loop: %d vs %d tokens, stop %s/%s, position "
+        printf("%s generate on the GPU, T %.1f%s: device draw vs host loop: %d vs %d tokens, stop %s/%s, "
+               "position "
                "%d vs %d, generator %s\n",
                ok ? "PASS" : "FAIL", runs[ri].temp, runs[ri].n_stops ? ", stop \"e\"" : "", res[0].n_gen,
                res[1].n_gen, res[0].stop_reason, res[1].stop_reason, pos[0], pos[1],

@@ -78,4 +78,3 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     mx_cpu_blocks_register(be);
     return be;
 }
-

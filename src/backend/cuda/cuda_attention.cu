@@ -43,18 +43,22 @@ __device__ __forceinline__ void row_range(const AttnP &p, int qpos, int &lo, int
 }
 
 #define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
+#define LN2   0.6931471805599453f
 
 /* ------------------------------------------------------------------ prefill (tensor cores) */
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
 
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2,
+                                        uint32_t &r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2,
+                                          uint32_t &r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
@@ -68,24 +72,28 @@ __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void cp_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void cp_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
 }
 
 /* element offset of 16-byte chunk c of row r in a swizzled tile of rows of D bf16 */
-template <int D>
-__device__ __forceinline__ int swz(int r, int c) {
+template <int D> __device__ __forceinline__ int swz(int r, int c) {
     return r * D + ((c ^ (r & 7)) << 3);
 }
 
 enum { FA_BM = 128, FA_BN = 64, FA_THREADS = 256 };
 
 template <int D>
-__device__ __forceinline__ void fa_load_kv(const AttnP &p, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-                                           bf16 *sK, bf16 *sV, int kvh, int p0, int hi_blk) {
+__device__ __forceinline__ void fa_load_kv(const AttnP &p, const bf16 *__restrict__ K,
+                                           const bf16 *__restrict__ V, bf16 *sK, bf16 *sV, int kvh, int p0,
+                                           int hi_blk) {
     constexpr int CH = D / 8; /* chunks per row */
     for (int idx = threadIdx.x; idx < FA_BN * CH; idx += FA_THREADS) {
         int r = idx / CH, c = idx % CH, pos = p0 + r;
@@ -132,7 +140,8 @@ __global__ void __launch_bounds__(FA_THREADS, D == 128 ? 1 : 2)
             a = *(const float4 *)src;
             b = *(const float4 *)(src + 4);
         }
-        uint4 v = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+        uint4 v =
+            make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
         *(uint4 *)(sQ + swz<D>(r, c)) = v;
     }
     __syncthreads();
@@ -266,8 +275,9 @@ __global__ void __launch_bounds__(FA_THREADS, D == 128 ? 1 : 2)
  * Shapes: q [n_q, q_stride] fp32 (head h at h * D), K/V [n_slots, k/v_stride] bf16 (KV head at kvh * D),
  * out [n_q, o_stride] fp32, lse [n_q, H]. */
 template <int D, int BN, int NTH>
-__device__ __forceinline__ void fa2_load_kv(const AttnP &p, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-                                            bf16 *sK, bf16 *sV, int kvh, int p0, int hi_blk) {
+__device__ __forceinline__ void fa2_load_kv(const AttnP &p, const bf16 *__restrict__ K,
+                                            const bf16 *__restrict__ V, bf16 *sK, bf16 *sV, int kvh, int p0,
+                                            int hi_blk) {
     constexpr int CH = D / 8;
     const int n = p.n_slots;
     int s0 = p0 % n; /* p0 >= 0 */
@@ -292,7 +302,8 @@ __global__ void __launch_bounds__(32 * NW, MB)
           float *__restrict__ out, float *__restrict__ lse, const int *__restrict__ dyn) {
     if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
     constexpr int NTH = 32 * NW, BM = 16 * WM * NW, CH = D / 8, NT = BN / 8, DT = D / 8;
-    constexpr bool QR = QREG; /* Q fragments held in registers (WM * D / 4 of them), else re-read per k-step */
+    constexpr bool QR =
+        QREG; /* Q fragments held in registers (WM * D / 4 of them), else re-read per k-step */
     extern __shared__ __align__(128) uint8_t fa_smem[];
     bf16 *sQ = (bf16 *)fa_smem;
     bf16 *sK = sQ + BM * D;     /* 2 buffers of BN x D */
@@ -320,7 +331,8 @@ __global__ void __launch_bounds__(32 * NW, MB)
             a = *(const float4 *)src;
             b = *(const float4 *)(src + 4);
         }
-        uint4 v = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+        uint4 v =
+            make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
         *(uint4 *)(sQ + swz<D>(r, c)) = v;
     }
     __syncthreads();
@@ -333,8 +345,9 @@ __global__ void __launch_bounds__(32 * NW, MB)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
                 int r = wrow + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
-                ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qf[QR ? mt : 0][QR ? kk : 0][0], qf[QR ? mt : 0][QR ? kk : 0][1],
-                        qf[QR ? mt : 0][QR ? kk : 0][2], qf[QR ? mt : 0][QR ? kk : 0][3]);
+                ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qf[QR ? mt : 0][QR ? kk : 0][0],
+                        qf[QR ? mt : 0][QR ? kk : 0][1], qf[QR ? mt : 0][QR ? kk : 0][2],
+                        qf[QR ? mt : 0][QR ? kk : 0][3]);
             }
     }
 
@@ -398,7 +411,8 @@ __global__ void __launch_bounds__(32 * NW, MB)
             for (int mt = 0; mt < WM; mt++)
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    int lo, hi; /* this lane's row (recomputed here: boundary tiles only, registers are scarce) */
+                    int lo,
+                        hi; /* this lane's row (recomputed here: boundary tiles only, registers are scarce) */
                     row_range(p, p.q_pos0 + m0 + wrow + 16 * mt + 8 * hf + (lane >> 2), lo, hi);
 #pragma unroll
                     for (int j = 0; j < NT; j++)
@@ -487,7 +501,8 @@ enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_MAXR = 16 };
 template <int D>
 __global__ void __launch_bounds__(DEC_THREADS)
     k_decode(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-             float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, const int *__restrict__ dyn) {
+             float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part,
+             const int *__restrict__ dyn) {
     if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
     constexpr int DL = D / 32; /* output dims per lane */
     __shared__ __align__(16) float q_s[DEC_MAXR][D];
@@ -565,7 +580,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
             for (int jj = 0; jj < 8; jj++) {
                 int j = j0 + jj < n_keys ? j0 + jj : n_keys - 1; /* clamped: weight 0 below */
-                const bf16 *vr = V + (size_t)((t0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * D + lane * DL;
+                const bf16 *vr =
+                    V + (size_t)((t0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * D + lane * DL;
                 if (DL == 4) {
                     uint2 raw = *(const uint2 *)vr;
                     float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)&raw.x);
@@ -630,7 +646,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
 }
 
 /* One block per (query row, head): merge the splits' (m, l, o) by log-sum-exp. */
-__global__ void k_merge(AttnP p, const float *__restrict__ part, float *__restrict__ out, float *__restrict__ lse) {
+__global__ void k_merge(AttnP p, const float *__restrict__ part, float *__restrict__ out,
+                        float *__restrict__ lse) {
     const int row = blockIdx.x, t = row / p.H, hh = row % p.H, Dv = p.Dv;
     const size_t rows = (size_t)p.n_q * p.H;
     float M = -INFINITY;
@@ -685,8 +702,8 @@ __device__ __forceinline__ void bf8_to_f(const uint4 &v, float *f) {
 template <int D, int RM, int U>
 __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
     k_decode2(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-              float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part, int *__restrict__ cnt,
-              const int *__restrict__ dyn) {
+              float *__restrict__ out, float *__restrict__ lse, float *__restrict__ part,
+              int *__restrict__ cnt, const int *__restrict__ dyn) {
     pdl_trigger();
     /* the positions come from the dynamic table, uploaded before the graph starts: read before the wait */
     if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
@@ -828,7 +845,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             if (lane == 0) m_s[warp][r] = m_r[r], l_s[warp][r] = l_r[r];
             if (sub == 0) {
                 *(float4 *)&o_s[warp][r][ch * 8] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-                *(float4 *)&o_s[warp][r][ch * 8 + 4] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+                *(float4 *)&o_s[warp][r][ch * 8 + 4] =
+                    make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
             }
         }
     }
@@ -854,7 +872,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
             if (lse && d == 0) lse[row] = L > 0.0f ? (M + log2f(L)) * LN2 : -INFINITY;
         } else {
             part[((size_t)split * rows + row) * D + d] = O;
-            if (d == 0) ml[((size_t)split * rows + row) * 2] = M, ml[((size_t)split * rows + row) * 2 + 1] = L;
+            if (d == 0)
+                ml[((size_t)split * rows + row) * 2] = M, ml[((size_t)split * rows + row) * 2 + 1] = L;
         }
     }
     if (n_act == 1) return;
@@ -907,7 +926,8 @@ __global__ void __launch_bounds__(DEC2_THREADS, RM <= 4 ? 2 : 1)
         for (int sp = kg; sp < n_act; sp += KG) {
             const float4 o = __ldcg((const float4 *)(part + ((size_t)sp * rows + row) * D) + d4);
             const float f = mw[sp * R + r];
-            a.x = fmaf(f, o.x, a.x), a.y = fmaf(f, o.y, a.y), a.z = fmaf(f, o.z, a.z), a.w = fmaf(f, o.w, a.w);
+            a.x = fmaf(f, o.x, a.x), a.y = fmaf(f, o.y, a.y), a.z = fmaf(f, o.z, a.z),
+            a.w = fmaf(f, o.w, a.w);
         }
         red4[threadIdx.x] = a;
     }
@@ -944,7 +964,8 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
     static int pf = -1;
     if (pf < 0) {
         const char *e = getenv("MX_CUDA_DEC_PF");
-        pf = e && *e ? atoi(e) : 0; /* H100, 2026-11-22: 0 fastest (KV 32K 54.7 us; 1: 59.9, 2: 59.5, 3: 63.3) */
+        pf = e && *e ? atoi(e)
+                     : 0; /* H100, 2026-11-22: 0 fastest (KV 32K 54.7 us; 1: 59.9, 2: 59.5, 3: 63.3) */
         if (pf < 0 || pf > 8) pf = 0;
     }
     p.pf = pf;
@@ -973,7 +994,8 @@ __global__ void __launch_bounds__(GEN_THREADS)
     float *qs = g_smem, *os = qs + p.D, *pr = os + p.Dv;
     __shared__ float red[32];
     const int t = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / (p.H / p.G);
-    for (int d = threadIdx.x; d < p.D; d += GEN_THREADS) qs[d] = q[(size_t)t * p.q_stride + (size_t)h * p.D + d];
+    for (int d = threadIdx.x; d < p.D; d += GEN_THREADS)
+        qs[d] = q[(size_t)t * p.q_stride + (size_t)h * p.D + d];
     for (int d = threadIdx.x; d < p.Dv; d += GEN_THREADS) os[d] = 0.0f;
     int lo, hi;
     row_range(p, p.q_pos0 + t, lo, hi);
@@ -1006,7 +1028,8 @@ __global__ void __launch_bounds__(GEN_THREADS)
         for (int d = threadIdx.x; d < p.Dv; d += GEN_THREADS) {
             float a = os[d] * alpha;
             for (int j = 0; j < n; j++)
-                a += pr[j] * __bfloat162float(V[(size_t)((c0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * p.Dv + d]);
+                a += pr[j] * __bfloat162float(
+                                 V[(size_t)((c0 + j) % p.n_slots) * p.v_stride + (size_t)kvh * p.Dv + d]);
             os[d] = a;
         }
         __syncthreads();
@@ -1029,8 +1052,8 @@ static bool getenv_decode_v1(void) {
 }
 
 template <int D>
-static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v, float *out,
-                         float *lse, const int *dyn) {
+static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v,
+                         float *out, float *lse, const int *dyn) {
     size_t smem = sizeof(bf16) * (size_t)(FA_BM * D + 4 * FA_BN * D);
     static bool attr_set = false; /* per process: the attribute belongs to the kernel, not the device */
     if (!attr_set) {
@@ -1043,14 +1066,14 @@ static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const b
 }
 
 template <int D, int WM, int NW, int BN, int MB, bool QREG = (WM * D <= 128)>
-static void launch_fa2(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v, float *out,
-                       float *lse, const int *dyn) {
+static void launch_fa2(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v,
+                       float *out, float *lse, const int *dyn) {
     constexpr int BM = 16 * WM * NW;
     size_t smem = sizeof(bf16) * (size_t)(BM * D + 4 * BN * D);
     static bool attr_set = false; /* per process and instantiation */
     if (!attr_set) {
-        CU_CHECK(cudaFuncSetAttribute(k_fa2<D, WM, NW, BN, MB, QREG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem));
+        CU_CHECK(cudaFuncSetAttribute(k_fa2<D, WM, NW, BN, MB, QREG>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         attr_set = true;
     }
     dim3 grid(p.H, (p.n_q + BM - 1) / BM);
@@ -1085,30 +1108,48 @@ template <int D>
 static void launch_prefill(mx_cuda_ctx *c, const mx_attn_spec *sp, const AttnP &p, const float *q,
                            const bf16 *k, const bf16 *v, float *out, float *lse, const int *dyn) {
     int var = fa_variant();
-    if (var < 0) var = 9; /* k_fa_wgmma where it runs, else k_fa2 (below) */
+    if (var < 0) var = 9;           /* k_fa_wgmma where it runs, else k_fa2 (below) */
     if (!(p.scale > 0.0f)) var = 0; /* k_fa2 and k_fa_wgmma take the row max on unscaled scores */
     if (var >= 9) { /* Hopper (cuda_fa_wgmma.cu); k_fa2's default where it declines (not sm_90, alignment) */
         if (mx_cuda_attention_wgmma(c, sp, q, k, v, out, lse, dyn, var)) return;
         var = D == 128 ? 4 : 8;
     }
     switch (var) {
-    case 0: launch_flash<D>(c, p, q, k, v, out, lse, dyn); break;
-    case 1: launch_fa2<D, 1, 8, 64, D == 128 ? 1 : 2>(c, p, q, k, v, out, lse, dyn); break;
-    case 2: launch_fa2<D, 2, 4, 64, 2>(c, p, q, k, v, out, lse, dyn); break;
-    case 3: launch_fa2<D, 2, 4, D == 128 ? 32 : 128, 2>(c, p, q, k, v, out, lse, dyn); break;
-    case 4: launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn); break;
-    case 5:
-        if constexpr (D == 128) launch_fa2<D, 2, 8, 32, 1>(c, p, q, k, v, out, lse, dyn);
-        else launch_fa2<D, 2, 4, 64, 3, false>(c, p, q, k, v, out, lse, dyn);
+    case 0:
+        launch_flash<D>(c, p, q, k, v, out, lse, dyn);
         break;
-    case 6: launch_fa2<D, 2, 4, 64, D == 128 ? 2 : 3>(c, p, q, k, v, out, lse, dyn); break;
+    case 1:
+        launch_fa2<D, 1, 8, 64, D == 128 ? 1 : 2>(c, p, q, k, v, out, lse, dyn);
+        break;
+    case 2:
+        launch_fa2<D, 2, 4, 64, 2>(c, p, q, k, v, out, lse, dyn);
+        break;
+    case 3:
+        launch_fa2<D, 2, 4, D == 128 ? 32 : 128, 2>(c, p, q, k, v, out, lse, dyn);
+        break;
+    case 4:
+        launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
+        break;
+    case 5:
+        if constexpr (D == 128)
+            launch_fa2<D, 2, 8, 32, 1>(c, p, q, k, v, out, lse, dyn);
+        else
+            launch_fa2<D, 2, 4, 64, 3, false>(c, p, q, k, v, out, lse, dyn);
+        break;
+    case 6:
+        launch_fa2<D, 2, 4, 64, D == 128 ? 2 : 3>(c, p, q, k, v, out, lse, dyn);
+        break;
     case 7:
-        if constexpr (D == 128) launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
-        else launch_fa2<D, 2, 4, 128, 2, false>(c, p, q, k, v, out, lse, dyn);
+        if constexpr (D == 128)
+            launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
+        else
+            launch_fa2<D, 2, 4, 128, 2, false>(c, p, q, k, v, out, lse, dyn);
         break;
     default:
-        if constexpr (D == 128) launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
-        else launch_fa2<D, 2, 8, 128, 1, false>(c, p, q, k, v, out, lse, dyn);
+        if constexpr (D == 128)
+            launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
+        else
+            launch_fa2<D, 2, 8, 128, 1, false>(c, p, q, k, v, out, lse, dyn);
         break;
     }
 }
@@ -1139,8 +1180,8 @@ static void launch_decode(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *k
     }
 }
 
-void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q, const void *kv_k, const void *kv_v,
-                         float *out, float *lse, const int *dyn, bool static_split) {
+void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q, const void *kv_k,
+                         const void *kv_v, float *out, float *lse, const int *dyn, bool static_split) {
     if (sp->n_q <= 0) return;
     AttnP p;
     p.n_q = sp->n_q, p.H = sp->n_head, p.G = sp->n_kv_head, p.D = sp->head_dim, p.Dv = sp->v_dim;
@@ -1154,7 +1195,8 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
     const int D = p.D, group = p.H / p.G;
     bool fast_shape = (D == 64 || D == 128) && p.Dv == D && p.k_stride % 8 == 0 && p.v_stride % 8 == 0 &&
                       ((uintptr_t)k & 15) == 0 && ((uintptr_t)v & 15) == 0;
-    bool q_vec = p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0 && p.o_stride % 2 == 0 && ((uintptr_t)out & 7) == 0;
+    bool q_vec =
+        p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0 && p.o_stride % 2 == 0 && ((uintptr_t)out & 7) == 0;
     const bool q_dec2 = p.q_stride % 4 == 0 && ((uintptr_t)q & 15) == 0; /* q rows read 8 floats at a time */
     if (fast_shape && group * p.n_q <= DEC_MAXR) {
         /* the span of positions any query row may read */
@@ -1174,15 +1216,23 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
             int rm = R <= 2 ? 2 : R == 3 ? 3 : R == 4 ? 4 : 8;
             if ((rm_env == 4 || rm_env == 8) && R <= rm_env) rm = rm_env;
             if (D == 64) {
-                if (rm == 2) launch_decode2<64, 2>(c, p, q, k, v, out, lse, span, dyn);
-                else if (rm == 3) launch_decode2<64, 3>(c, p, q, k, v, out, lse, span, dyn);
-                else if (rm == 4) launch_decode2<64, 4>(c, p, q, k, v, out, lse, span, dyn);
-                else launch_decode2<64, 8>(c, p, q, k, v, out, lse, span, dyn);
+                if (rm == 2)
+                    launch_decode2<64, 2>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 3)
+                    launch_decode2<64, 3>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 4)
+                    launch_decode2<64, 4>(c, p, q, k, v, out, lse, span, dyn);
+                else
+                    launch_decode2<64, 8>(c, p, q, k, v, out, lse, span, dyn);
             } else {
-                if (rm == 2) launch_decode2<128, 2>(c, p, q, k, v, out, lse, span, dyn);
-                else if (rm == 3) launch_decode2<128, 3>(c, p, q, k, v, out, lse, span, dyn);
-                else if (rm == 4) launch_decode2<128, 4>(c, p, q, k, v, out, lse, span, dyn);
-                else launch_decode2<128, 8>(c, p, q, k, v, out, lse, span, dyn);
+                if (rm == 2)
+                    launch_decode2<128, 2>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 3)
+                    launch_decode2<128, 3>(c, p, q, k, v, out, lse, span, dyn);
+                else if (rm == 4)
+                    launch_decode2<128, 4>(c, p, q, k, v, out, lse, span, dyn);
+                else
+                    launch_decode2<128, 8>(c, p, q, k, v, out, lse, span, dyn);
             }
         } else if (D == 64)
             launch_decode<64>(c, p, q, k, v, out, lse, span, dyn);

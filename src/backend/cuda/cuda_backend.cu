@@ -119,18 +119,21 @@ mx_cuda_weight mx_cuda_weight_of(mx_cuda_ctx *c, const mx_tensor *t) {
     int64_t n_out = rows_of(t);
     if (!e || off >= (e->bytes ? e->bytes : 1)) {
         char b[160];
-        snprintf(b, sizeof b, "tensor '%s' is not on the GPU (dev %p: upload it, or make a view's dev its "
-                 "parent's dev + the row offset)", t->name ? t->name : "?", t->dev);
+        snprintf(b, sizeof b,
+                 "tensor '%s' is not on the GPU (dev %p: upload it, or make a view's dev its "
+                 "parent's dev + the row offset)",
+                 t->name ? t->name : "?", t->dev);
         mx_cuda_fatal("mx_cuda_weight_of", b, __FILE__, __LINE__);
     }
     if (off == 0 && n_out == e->w.n_out && t->ne[0] == e->w.n_in) return e->w; /* the weight itself */
     int64_t r0 = (int64_t)(off / e->w.row_bytes);
     if (off % e->w.row_bytes || t->ne[0] != e->w.n_in || t->type != e->w.type || r0 + n_out > e->w.n_out) {
         char b[200];
-        snprintf(b, sizeof b, "tensor '%s' (ne0 %lld, %lld rows at byte %zu) is not a row range of the placed "
-                 "weight it lies in (ne0 %lld, %lld rows of %zu bytes)", t->name ? t->name : "?",
-                 (long long)t->ne[0], (long long)n_out, off, (long long)e->w.n_in, (long long)e->w.n_out,
-                 e->w.row_bytes);
+        snprintf(b, sizeof b,
+                 "tensor '%s' (ne0 %lld, %lld rows at byte %zu) is not a row range of the placed "
+                 "weight it lies in (ne0 %lld, %lld rows of %zu bytes)",
+                 t->name ? t->name : "?", (long long)t->ne[0], (long long)n_out, off, (long long)e->w.n_in,
+                 (long long)e->w.n_out, e->w.row_bytes);
         mx_cuda_fatal("mx_cuda_weight_of", b, __FILE__, __LINE__);
     }
     mx_cuda_weight w = e->w;
@@ -177,15 +180,15 @@ static void cu_release(mx_backend *be, mx_tensor *t) {
     c->n_placed--;
 }
 
-#define UP_CHECK(call, what)                                                                               \
-    do {                                                                                                   \
-        cudaError_t e_ = (call);                                                                           \
-        if (e_ != cudaSuccess) {                                                                           \
-            cudaGetLastError();                                                                            \
-            free_weight(&w);                                                                               \
-            return mx_err_set(err, MX_ERR_NOMEM, "placing tensor '%s' on the GPU: %s: %s (%s:%d)",        \
-                              t->name ? t->name : "?", what, cudaGetErrorString(e_), __FILE__, __LINE__); \
-        }                                                                                                  \
+#define UP_CHECK(call, what)                                                                                 \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            cudaGetLastError();                                                                              \
+            free_weight(&w);                                                                                 \
+            return mx_err_set(err, MX_ERR_NOMEM, "placing tensor '%s' on the GPU: %s: %s (%s:%d)",           \
+                              t->name ? t->name : "?", what, cudaGetErrorString(e_), __FILE__, __LINE__);    \
+        }                                                                                                    \
     } while (0)
 
 static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
@@ -193,7 +196,8 @@ static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
     if (t->dev) return MX_OK;
     mx_cuda_graph_flush(c);
     if (!mx_dtype_get(t->type))
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "tensor '%s' has type %s, which the CUDA backend cannot read",
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "tensor '%s' has type %s, which the CUDA backend cannot read",
                           t->name ? t->name : "?", mx_dtype_name(t->type));
     mx_cuda_weight w;
     memset(&w, 0, sizeof w);
@@ -209,7 +213,8 @@ static int cu_upload(mx_backend *be, mx_tensor *t, mx_err *err) {
      * 1.5 B MoE model came out partly wrong, differently from run to run) */
     UP_CHECK(cudaMemcpyAsync(w.q, t->data, bytes, cudaMemcpyHostToDevice, c->stream), "cudaMemcpyAsync");
     if (t->n_dims >= 2 && w.n_out > 1) {
-        UP_CHECK(cudaMalloc(&w.bf, sizeof(__nv_bfloat16) * (size_t)w.n_in * w.n_out), "cudaMalloc (bf16 copy)");
+        UP_CHECK(cudaMalloc(&w.bf, sizeof(__nv_bfloat16) * (size_t)w.n_in * w.n_out),
+                 "cudaMalloc (bf16 copy)");
         mx_cuda_dequant_bf16(c, &w, w.bf);
     }
     UP_CHECK(cudaStreamSynchronize(c->stream), "copying and dequantizing to bf16");
@@ -230,26 +235,32 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     if (e != cudaSuccess || n == 0) {
         cudaGetLastError();
         if (e == cudaErrorInsufficientDriver)
-            return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                              "the NVIDIA driver is too old for this build (driver supports CUDA %d.%d, mixatt was "
-                              "built with %d.%d); update the driver or use --device cpu",
-                              drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+            return mx_err_set(
+                err, MX_ERR_UNSUPPORTED,
+                "the NVIDIA driver is too old for this build (driver supports CUDA %d.%d, mixatt was "
+                "built with %d.%d); update the driver or use --device cpu",
+                drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
         return mx_err_set(err, MX_ERR_UNSUPPORTED, "no CUDA GPU found (%s); use --device cpu",
                           e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
     }
     if (device < 0 || device >= n)
-        return mx_err_set(err, MX_ERR_ARG, "GPU %d does not exist (this machine has %d: 0..%d); use --gpu 0..%d or "
-                          "--device cpu", device, n, n - 1, n - 1);
+        return mx_err_set(err, MX_ERR_ARG,
+                          "GPU %d does not exist (this machine has %d: 0..%d); use --gpu 0..%d or "
+                          "--device cpu",
+                          device, n, n - 1, n - 1);
     cudaDeviceProp prop;
-    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess || (e = cudaSetDevice(device)) != cudaSuccess) {
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess ||
+        (e = cudaSetDevice(device)) != cudaSuccess) {
         cudaGetLastError();
         return mx_err_set(err, MX_ERR_UNSUPPORTED, "cannot use GPU %d: %s; use --device cpu", device,
                           cudaGetErrorString(e));
     }
     if (prop.major < 8)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "GPU %d (%s) has compute capability %d.%d; the CUDA backend needs 8.0 or newer (bf16 "
-                          "tensor cores); use --device cpu", device, prop.name, prop.major, prop.minor);
+        return mx_err_set(
+            err, MX_ERR_UNSUPPORTED,
+            "GPU %d (%s) has compute capability %d.%d; the CUDA backend needs 8.0 or newer (bf16 "
+            "tensor cores); use --device cpu",
+            device, prop.name, prop.major, prop.minor);
     mx_backend *be = (mx_backend *)calloc(1, sizeof *be);
     mx_cuda_ctx *c = (mx_cuda_ctx *)calloc(1, sizeof *c);
     if (!be || !c) {
@@ -262,14 +273,16 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         free(be);
         free(c);
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "cannot create a CUDA stream on GPU %d: %s; use --device cpu",
-                          device, cudaGetErrorString(e));
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "cannot create a CUDA stream on GPU %d: %s; use --device cpu", device,
+                          cudaGetErrorString(e));
     }
     if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         cudaStreamDestroy(c->stream);
         free(be);
         free(c);
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "cannot initialize cuBLASLt on GPU %d; use --device cpu", device);
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "cannot initialize cuBLASLt on GPU %d; use --device cpu",
+                          device);
     }
     c->lt_ws_bytes = 32u << 20;
     if ((e = cudaMalloc(&c->lt_ws, c->lt_ws_bytes)) != cudaSuccess ||
@@ -290,7 +303,8 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     be->mem_info = mx_cuda_mem_info;
     be->n_threads = 1;
     be->kv_elem_bytes = 2;
-    be->row_views = true; /* mx_tensor.dev is the weight's device address: a view's dev is offset like its data */
+    be->row_views =
+        true; /* mx_tensor.dev is the weight's device address: a view's dev is offset like its data */
     be->ubatch = 4096; /* prefill in chunks of 4096 tokens: 8x fewer launches than 512 (bigger GEMMs) */
     be->ctx = c;
     be->alloc = cu_alloc;

@@ -7,7 +7,9 @@
 
 #include "cuda_common.h"
 
-static inline unsigned nblk(size_t n, int per) { return (unsigned)((n + per - 1) / per); }
+static inline unsigned nblk(size_t n, int per) {
+    return (unsigned)((n + per - 1) / per);
+}
 
 __global__ void k_fill(float *__restrict__ x, size_t n, float v) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -19,8 +21,8 @@ void mx_cuda_fill_k(mx_cuda_ctx *c, float *x, size_t n, float v) {
     CU_LAUNCHED();
 }
 
-__global__ void k_copy3d(float *__restrict__ dst, const float *__restrict__ src, int n0, int n1, int n2, size_t ds1,
-                         size_t ss1, size_t ds2, size_t ss2) {
+__global__ void k_copy3d(float *__restrict__ dst, const float *__restrict__ src, int n0, int n1, int n2,
+                         size_t ds1, size_t ss1, size_t ds2, size_t ss2) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, tot = (size_t)n0 * n1 * n2;
     if (i >= tot) return;
     int i0 = (int)(i % n0);
@@ -28,16 +30,16 @@ __global__ void k_copy3d(float *__restrict__ dst, const float *__restrict__ src,
     int i1 = (int)(r % n1), i2 = (int)(r / n1);
     dst[i2 * ds2 + i1 * ds1 + i0] = src[i2 * ss2 + i1 * ss1 + i0];
 }
-void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int n1, int n2, size_t ds1, size_t ss1,
-                      size_t ds2, size_t ss2) {
+void mx_cuda_copy3d_k(mx_cuda_ctx *c, float *dst, const float *src, int n0, int n1, int n2, size_t ds1,
+                      size_t ss1, size_t ds2, size_t ss2) {
     size_t tot = (size_t)n0 * n1 * n2;
     if (!tot) return;
     k_copy3d<<<nblk(tot, 256), 256, 0, c->stream>>>(dst, src, n0, n1, n2, ds1, ss1, ds2, ss2);
     CU_LAUNCHED();
 }
 
-__global__ void k_kv_read(const __nv_bfloat16 *__restrict__ store, float *__restrict__ dst, int T, int n, int pos0,
-                          int n_slots, const int *__restrict__ dyn) {
+__global__ void k_kv_read(const __nv_bfloat16 *__restrict__ store, float *__restrict__ dst, int T, int n,
+                          int pos0, int n_slots, const int *__restrict__ dyn) {
     if (dyn) pos0 = dyn[0];
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * n) return;
@@ -48,12 +50,13 @@ void mx_cuda_kv_read_k(mx_cuda_ctx *c, const void *store, float *dst, int T, int
                        const int *dyn) {
     size_t tot = (size_t)T * n;
     if (!tot) return;
-    k_kv_read<<<nblk(tot, 256), 256, 0, c->stream>>>((const __nv_bfloat16 *)store, dst, T, n, pos0, n_slots, dyn);
+    k_kv_read<<<nblk(tot, 256), 256, 0, c->stream>>>((const __nv_bfloat16 *)store, dst, T, n, pos0, n_slots,
+                                                     dyn);
     CU_LAUNCHED();
 }
 
-__global__ void k_gather_rows(float *__restrict__ dst, const float *__restrict__ src, const int *__restrict__ idx,
-                              int rows, int n) {
+__global__ void k_gather_rows(float *__restrict__ dst, const float *__restrict__ src,
+                              const int *__restrict__ idx, int rows, int n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * n) return;
     int r = (int)(i / n), j = (int)(i % n);
@@ -69,24 +72,27 @@ void mx_cuda_gather_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const i
 /* distinct (no index repeats, the MoE case): one thread per element, every row at once. Otherwise one thread per
  * column, rows in order (so that a repeated index adds in the CPU's order). w: floats stored in the int array's
  * bits. */
-__global__ void k_scatter_add_rows(float *__restrict__ dst, const float *__restrict__ src, const int *__restrict__ idx,
-                                   const float *__restrict__ w, int rows, int n) {
+__global__ void k_scatter_add_rows(float *__restrict__ dst, const float *__restrict__ src,
+                                   const int *__restrict__ idx, const float *__restrict__ w, int rows,
+                                   int n) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     for (int r = 0; r < rows; r++) dst[(size_t)idx[r] * n + j] += w[r] * src[(size_t)r * n + j];
 }
 __global__ void k_scatter_add_distinct(float *__restrict__ dst, const float *__restrict__ src,
-                                       const int *__restrict__ idx, const float *__restrict__ w, int rows, int n) {
+                                       const int *__restrict__ idx, const float *__restrict__ w, int rows,
+                                       int n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * n) return;
     int r = (int)(i / n), j = (int)(i % n);
     dst[(size_t)idx[r] * n + j] += w[r] * src[i];
 }
-void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx, const float *d_w,
-                                int rows, int n, bool distinct) {
+void mx_cuda_scatter_add_rows_k(mx_cuda_ctx *c, float *dst, const float *src, const int *d_idx,
+                                const float *d_w, int rows, int n, bool distinct) {
     if (rows <= 0 || n <= 0) return;
     if (distinct)
-        k_scatter_add_distinct<<<nblk((size_t)rows * n, 256), 256, 0, c->stream>>>(dst, src, d_idx, d_w, rows, n);
+        k_scatter_add_distinct<<<nblk((size_t)rows * n, 256), 256, 0, c->stream>>>(dst, src, d_idx, d_w, rows,
+                                                                                   n);
     else
         k_scatter_add_rows<<<nblk((size_t)n, 128), 128, 0, c->stream>>>(dst, src, d_idx, d_w, rows, n);
     CU_LAUNCHED();
@@ -174,8 +180,8 @@ void mx_cuda_prefix_mean_k(mx_cuda_ctx *c, const float *x, int T, int C, float *
 }
 
 /* y[T, n_in] = x[T, n_out] · W on a weight without a bf16 copy: W dequantized to fp32 scratch rows first. */
-__global__ void k_matmul_t_f32(const float *__restrict__ Wf, const float *__restrict__ x, float *__restrict__ y,
-                               int n_in, int n_out, int T) {
+__global__ void k_matmul_t_f32(const float *__restrict__ Wf, const float *__restrict__ x,
+                               float *__restrict__ y, int n_in, int n_out, int T) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * n_in) return;
     int t = (int)(i / n_in), j = (int)(i % n_in);
@@ -183,7 +189,8 @@ __global__ void k_matmul_t_f32(const float *__restrict__ Wf, const float *__rest
     for (int o = 0; o < n_out; o++) a = fmaf(x[(size_t)t * n_out + o], Wf[(size_t)o * n_in + j], a);
     y[i] = a;
 }
-void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out, int T) {
+void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out,
+                            int T) {
     size_t tot = (size_t)T * n_in;
     if (!tot) return;
     k_matmul_t_f32<<<nblk(tot, 256), 256, 0, c->stream>>>(Wf, x, y, n_in, n_out, T);
@@ -193,8 +200,8 @@ void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, flo
 /* lse_merge (Star Attention): one block per (row t, head h); every thread computes the weights of the R parts
  * (R is the number of ranks or 2: a few), then strides over the Dv outputs. Sums of exponentials in double, as
  * the CPU's. Part r: outputs at outs + r * ps, lse at lses + r * ps. */
-__global__ void k_lse_merge(const float *__restrict__ outs, const float *__restrict__ lses, size_t ps, int R, int H,
-                            int Dv, float *__restrict__ out, float *__restrict__ lse) {
+__global__ void k_lse_merge(const float *__restrict__ outs, const float *__restrict__ lses, size_t ps, int R,
+                            int H, int Dv, float *__restrict__ out, float *__restrict__ lse) {
     size_t th = blockIdx.x; /* t * H + h */
     float mx = -INFINITY;
     for (int r = 0; r < R; r++) mx = fmaxf(mx, lses[r * ps + th]);
@@ -217,8 +224,8 @@ __global__ void k_lse_merge(const float *__restrict__ outs, const float *__restr
     }
     if (lse && threadIdx.x == 0) lse[th] = (float)l;
 }
-void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R, int T, int H,
-                         int Dv, float *out, float *lse) {
+void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R,
+                         int T, int H, int Dv, float *out, float *lse) {
     if (T <= 0 || H <= 0) return;
     int th = Dv < 128 ? (Dv + 31) / 32 * 32 : 128;
     k_lse_merge<<<(unsigned)((size_t)T * H), th, 0, c->stream>>>(outs, lses, part_stride, R, H, Dv, out, lse);

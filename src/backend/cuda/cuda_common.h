@@ -148,8 +148,8 @@ void mx_cuda_gemm_bf16(mx_cuda_ctx *c, cudaStream_t st, void *ws, const __nv_bfl
 /* cuda_sample.cu: the token drawn from logits[vocab] by sp into tok (device; dyn: sp->u's bits at dyn[0] when
  * not NULL, and the host ring's slot at dyn[1]); fetch records the draw's event and returns the ticket that wait
  * redeems (-1: unknown ticket). */
-void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp, const int *dyn,
-                      int *tok);
+void mx_cuda_sample_k(mx_cuda_ctx *c, const float *logits, int vocab, const mx_sample_spec *sp,
+                      const int *dyn, int *tok);
 int mx_cuda_sample_fetch(mx_cuda_ctx *c, const int *tok);
 int mx_cuda_sample_slot(mx_cuda_ctx *c); /* the host ring's slot of the next draw (dyn[1] when recorded) */
 int mx_cuda_sample_wait(mx_cuda_ctx *c, int ticket);
@@ -182,8 +182,8 @@ void mx_cuda_scale_add_rows_k(mx_cuda_ctx *c, float *y, const float *x, size_t x
                               size_t w_stride, int T, int n);
 void mx_cuda_prefix_mean_k(mx_cuda_ctx *c, const float *x, int T, int C, float *sums, int pos0, int n_slots,
                            float *mean, const int *dyn);
-void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R, int T,
-                         int H, int Dv, float *out, float *lse);
+void mx_cuda_lse_merge_k(mx_cuda_ctx *c, const float *outs, const float *lses, size_t part_stride, int R,
+                         int T, int H, int Dv, float *out, float *lse);
 void mx_cuda_matmul_t_f32_k(mx_cuda_ctx *c, const float *Wf, const float *x, float *y, int n_in, int n_out,
                             int T);
 /* cuda_moe.cu: moe_route (ids, w in host memory; routed on the device for T > 8) and moe_ffn (backend.h) */

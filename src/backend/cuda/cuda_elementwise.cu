@@ -3,7 +3,9 @@
  * in src/backend/cpu (rope computes inv_freq exactly as cpu_rope.c does, in double, rounded to fp32). */
 #include "cuda_common.h"
 
-static inline int blocks_for(size_t n, int per) { return (int)((n + per - 1) / per); }
+static inline int blocks_for(size_t n, int per) {
+    return (int)((n + per - 1) / per);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -22,8 +24,8 @@ __device__ float block_sum(float v, float *sh) {
     return warp_sum(t);
 }
 
-__global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ out, int C,
-                          float eps) {
+__global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ out,
+                          int C, float eps) {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * C;
     float *o = out + (size_t)blockIdx.x * C;
@@ -34,8 +36,8 @@ __global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__
     for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = xr[i] * r * w[i];
 }
 
-__global__ void k_layernorm(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b,
-                            float *__restrict__ out, int C, float eps) {
+__global__ void k_layernorm(const float *__restrict__ x, const float *__restrict__ w,
+                            const float *__restrict__ b, float *__restrict__ out, int C, float eps) {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * C;
     float *o = out + (size_t)blockIdx.x * C;
@@ -59,16 +61,16 @@ void mx_cuda_rmsnorm_k(mx_cuda_ctx *c, const float *x, const float *w, float *ou
     CU_LAUNCHED();
 }
 
-void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T, int C,
-                         float eps) {
+void mx_cuda_layernorm_k(mx_cuda_ctx *c, const float *x, const float *w, const float *b, float *out, int T,
+                         int C, float eps) {
     if (T <= 0) return;
     k_layernorm<<<T, norm_threads(C), 0, c->stream>>>(x, w, b, out, C, eps);
     CU_LAUNCHED();
 }
 
 /* One thread per (token, head, pair). pos0 from dyn[0] when dyn is given (graph replays). */
-__global__ void k_rope(float *__restrict__ x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                       int adjacent, const int *__restrict__ dyn) {
+__global__ void k_rope(float *__restrict__ x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                       float theta, int adjacent, const int *__restrict__ dyn) {
     if (dyn) pos0 = dyn[0];
     int half = rope_dim / 2;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -88,12 +90,12 @@ __global__ void k_rope(float *__restrict__ x, int T, int n_head, int head_dim, i
     v[b] = x0 * sn + x1 * cs;
 }
 
-void mx_cuda_rope_k(mx_cuda_ctx *c, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0, float theta,
-                    mx_rope_mode mode, const int *dyn) {
+void mx_cuda_rope_k(mx_cuda_ctx *c, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
+                    float theta, mx_rope_mode mode, const int *dyn) {
     size_t total = (size_t)T * n_head * (rope_dim / 2);
     if (!total) return;
     k_rope<<<blocks_for(total, 256), 256, 0, c->stream>>>(x, T, n_head, head_dim, rope_dim, pos0, theta,
-                                                           mode == MX_ROPE_ADJACENT, dyn);
+                                                          mode == MX_ROPE_ADJACENT, dyn);
     CU_LAUNCHED();
 }
 
@@ -142,8 +144,8 @@ void mx_cuda_add_bias_k(mx_cuda_ctx *c, float *y, const float *b, int T, int n) 
     CU_LAUNCHED();
 }
 
-__global__ void k_kv_write(__nv_bfloat16 *__restrict__ store, const float *__restrict__ src, int T, int n, int pos0,
-                           int n_slots, const int *__restrict__ dyn) {
+__global__ void k_kv_write(__nv_bfloat16 *__restrict__ store, const float *__restrict__ src, int T, int n,
+                           int pos0, int n_slots, const int *__restrict__ dyn) {
     if (dyn) pos0 = dyn[0];
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)T * n) return;
@@ -155,7 +157,7 @@ void mx_cuda_kv_write_k(mx_cuda_ctx *c, void *store, const float *src, int T, in
                         const int *dyn) {
     size_t total = (size_t)T * n;
     if (!total) return;
-    k_kv_write<<<blocks_for(total, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)store, src, T, n, pos0, n_slots,
-                                                               dyn);
+    k_kv_write<<<blocks_for(total, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)store, src, T, n, pos0,
+                                                              n_slots, dyn);
     CU_LAUNCHED();
 }
