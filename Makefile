@@ -22,7 +22,7 @@ ifneq ($(strip $(MPI_LIBS)),)
 DEPS_CF  += $(MPI_CF) -DMX_HAVE_MPI
 endif
 CFLAGS   ?= -O3 $(ARCH) -fopenmp -g
-LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc libmicrohttpd 2>/dev/null || echo -lcjson -lutf8proc -lmicrohttpd) $(MPI_LIBS) -lpthread -lm
+LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc libmicrohttpd 2>/dev/null || echo -lcjson -lutf8proc -lmicrohttpd) $(MPI_LIBS) -lpthread -lz -lm
 ASANFLAGS := -O1 -g $(ARCH) -fopenmp -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c src/backend/cpu/*.c))

@@ -393,6 +393,9 @@ static int setup_local(trainer *t, const train_opts *o, mx_train_config *cfg, co
         return mx_err_wrap(err, "validation data");
     path_join(t->ckpt_path, sizeof t->ckpt_path, o->out, "checkpoint.safetensors");
     path_join(path, sizeof path, o->out, "log.jsonl");
+    if (mx_dist_is_root(t->comm) &&
+        (mx_ckpt_remove_stale(o->out, err) || mx_ckpt_truncate_log(path, *start, err)))
+        return err->code; /* a killed run's temp files go; the log keeps the steps up to the resumed one */
     if (mx_dist_is_root(t->comm) && !(t->log = fopen(path, "a")))
         return mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return MX_OK;

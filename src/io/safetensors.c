@@ -13,11 +13,13 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "dtype.h"
 
 #define ST_MAX_HEADER (100u << 20)       /* the format's own limit on the JSON header */
 #define ST_MAX_INT    9007199254740992.0 /* 2^53: integers a JSON double holds exactly */
+#define ST_MAX_DIM    INT32_MAX          /* one dimension: every consumer indexes a row or column with int */
 
 typedef struct {
     const char *name;
@@ -78,6 +80,9 @@ static int parse_shape(const mx_st_file *f, const char *name, const cJSON *shape
         if (!json_uint(d, &v))
             return mx_err_set(err, MX_ERR_FORMAT, "%s: tensor '%s': shape[%d] is not a non-negative integer",
                               f->path, name, i);
+        if (v > ST_MAX_DIM)
+            return mx_err_set(err, MX_ERR_FORMAT, "%s: tensor '%s': shape[%d] = %llu exceeds %d", f->path,
+                              name, i, (unsigned long long)v, INT32_MAX);
         if (v && *n_elem > (UINT64_MAX >> 4) / v)
             return mx_err_set(err, MX_ERR_FORMAT, "%s: tensor '%s': shape overflows", f->path, name);
         t->shape[i] = (int64_t)v;
@@ -134,21 +139,29 @@ static int parse_entry(mx_st_file *f, const cJSON *e, const uint8_t *data, size_
     return MX_OK;
 }
 
+/* The one __metadata__ block: string values under distinct keys. A second block, or a key given twice, is an
+ * error (which of the two would a reader believe?). The arrays are sized by this block's own entry count,
+ * and the count of stored entries never exceeds it. */
 static int parse_metadata(mx_st_file *f, const cJSON *meta, mx_err *err) {
+    if (f->meta_keys)
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: the header has more than one __metadata__ block", f->path);
     if (!cJSON_IsObject(meta))
         return mx_err_set(err, MX_ERR_FORMAT, "%s: __metadata__ is not an object", f->path);
     int n = cJSON_GetArraySize(meta);
     f->meta_keys = calloc((size_t)n + 1, sizeof(char *));
     f->meta_vals = calloc((size_t)n + 1, sizeof(char *));
     if (!f->meta_keys || !f->meta_vals) return mx_err_set(err, MX_ERR_NOMEM, "%s: out of memory", f->path);
-    for (const cJSON *m = meta->child; m; m = m->next) {
+    for (const cJSON *m = meta->child; m && f->n_meta < n; m = m->next) {
         if (!cJSON_IsString(m))
             return mx_err_set(err, MX_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string", f->path,
                               m->string);
-        f->meta_keys[f->n_meta] = strdup(m->string);
-        f->meta_vals[f->n_meta] = strdup(m->valuestring);
-        if (!f->meta_keys[f->n_meta++] || !f->meta_vals[f->n_meta - 1])
-            return mx_err_set(err, MX_ERR_NOMEM, "%s: out of memory", f->path);
+        if (mx_st_meta(f, m->string))
+            return mx_err_set(err, MX_ERR_FORMAT, "%s: __metadata__ key '%s' appears twice", f->path,
+                              m->string);
+        char *k = strdup(m->string), *v = strdup(m->valuestring);
+        if (!k || !v) return free(k), free(v), mx_err_set(err, MX_ERR_NOMEM, "%s: out of memory", f->path);
+        f->meta_keys[f->n_meta] = k;
+        f->meta_vals[f->n_meta++] = v;
     }
     return MX_OK;
 }
@@ -168,12 +181,15 @@ static int parse_header(mx_st_file *f, const cJSON *root, const uint8_t *data, s
     int n = cJSON_GetArraySize(root);
     f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
     if (!f->tensors) return mx_err_set(err, MX_ERR_NOMEM, "%s: out of memory", f->path);
-    for (const cJSON *e = root->child; e; e = e->next) {
+    for (const cJSON *e = root->child; e && f->n_tensors < n; e = e->next) {
         if (!strcmp(e->string, "__metadata__")) {
             if (parse_metadata(f, e, err)) return err->code;
-        } else if (parse_entry(f, e, data, data_size, &f->tensors[f->n_tensors++], err)) {
-            return err->code;
+            continue;
         }
+        mx_st_tensor *t = &f->tensors[f->n_tensors];
+        int rc = parse_entry(f, e, data, data_size, t, err);
+        if (t->name) f->n_tensors++; /* owned: freed by close even when a later check failed */
+        if (rc) return rc;
     }
     qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, cmp_tensor);
     return check_duplicates(f, err);
@@ -192,6 +208,7 @@ static int parse(mx_st_file *f, mx_err *err) {
             f->path, (unsigned long long)n, f->size);
     cJSON *root = cJSON_ParseWithLength((const char *)f->base + 8, (size_t)n);
     if (!root) return mx_err_set(err, MX_ERR_FORMAT, "%s: the header is not valid JSON", f->path);
+    f->data_start = 8 + (size_t)n;
     int rc = parse_header(f, root, f->base + 8 + n, f->size - 8 - (size_t)n, err);
     cJSON_Delete(root);
     return rc;
@@ -261,6 +278,43 @@ const char *mx_st_meta(const mx_st_file *f, const char *key) {
     for (int i = 0; i < f->n_meta; i++)
         if (!strcmp(f->meta_keys[i], key)) return f->meta_vals[i];
     return NULL;
+}
+
+/* ---- integrity ---- */
+
+uint32_t mx_st_checksum_data(uint32_t crc, const void *data, size_t n) {
+    return (uint32_t)crc32_z(crc, data, n);
+}
+
+uint32_t mx_st_checksum_meta(uint32_t crc, const char *key, const char *val) {
+    crc = mx_st_checksum_data(crc, key, strlen(key) + 1);
+    return mx_st_checksum_data(crc, val, strlen(val) + 1);
+}
+
+int mx_st_verify_checksum(const mx_st_file *f, bool required, mx_err *err) {
+    const char *stored = mx_st_meta(f, "checksum");
+    if (!stored)
+        return required
+                   ? mx_err_set(err, MX_ERR_FORMAT,
+                                "%s: no checksum in the metadata (written by an older mixatt, or damaged)",
+                                f->path)
+                   : MX_OK;
+    unsigned int want = 0;
+    int used = 0;
+    if (sscanf(stored, "crc32:%8x%n", &want, &used) != 1 || used != 14 || stored[used])
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: metadata checksum '%.40s' is not crc32:XXXXXXXX", f->path,
+                          stored);
+    uint32_t crc = 0;
+    for (int i = 0; i < f->n_meta; i++)
+        if (strcmp(f->meta_keys[i], "checksum"))
+            crc = mx_st_checksum_meta(crc, f->meta_keys[i], f->meta_vals[i]);
+    crc = mx_st_checksum_data(crc, f->base + f->data_start, f->size - f->data_start);
+    if (crc != want)
+        return mx_err_set(err, MX_ERR_FORMAT,
+                          "%s: checksum mismatch (stored %08x, contents %08x): the file is damaged or was "
+                          "changed after it was written",
+                          f->path, want, crc);
+    return MX_OK;
 }
 
 /* ---- checkpoints (one file or shards) ---- */

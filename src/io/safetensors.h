@@ -35,8 +35,9 @@ typedef struct {
     bool owns_map;         /* opened from a path: munmap on close */
     mx_st_tensor *tensors; /* sorted by name */
     int n_tensors;
-    char **meta_keys, **meta_vals; /* __metadata__ */
+    char **meta_keys, **meta_vals; /* __metadata__, in file order */
     int n_meta;
+    size_t data_start; /* offset of the data section (8 + header length); it runs to the end of the file */
 } mx_st_file;
 
 /* Opens and validates one .safetensors file. On failure *out is NULL and err names the path. */
@@ -47,6 +48,14 @@ void mx_st_close(mx_st_file *f);
 const mx_st_tensor *mx_st_find(const mx_st_file *f, const char *name);
 /* A __metadata__ value, NULL when absent. */
 const char *mx_st_meta(const mx_st_file *f, const char *key);
+
+/* Integrity: mixatt's writers store __metadata__ "checksum" = "crc32:XXXXXXXX", the CRC-32 (zlib) of every
+ * other metadata entry (key, NUL, value, NUL, in file order) followed by the whole data section. A writer
+ * starts from 0 and feeds mx_st_checksum_meta for each entry, then mx_st_checksum_data for the data. */
+uint32_t mx_st_checksum_meta(uint32_t crc, const char *key, const char *val);
+uint32_t mx_st_checksum_data(uint32_t crc, const void *data, size_t n);
+/* Checks the stored checksum against the file. Absent: an error when required, else MX_OK. */
+int mx_st_verify_checksum(const mx_st_file *f, bool required, mx_err *err);
 
 /* A checkpoint: model.safetensors, or the shards model.safetensors.index.json lists (every tensor of its
  * weight_map must be in the shard it names). */

@@ -19,6 +19,7 @@
 
 #include "../io/dtype.h"
 #include "../io/safetensors.h"
+#include "config_check.h"
 #include "model.h"
 
 typedef struct {
@@ -112,7 +113,7 @@ static int read_config(ckpt_loader *h) {
     h->mup = cfg_bool(h, "mup", false);
     if (h->mup && h->base_width < 1)
         return mx_err_set(h->err, MX_ERR_FORMAT, "%s: mup without a positive mup_base_width", h->m->path);
-    return MX_OK;
+    return mx_config_check(c, h->m->path, h->err);
 }
 
 static bool ends_with(const char *s, const char *suffix) {
@@ -181,6 +182,8 @@ int mx_load_ckpt(mx_model *m, mx_err *err) {
                        "%s: not a mixatt training checkpoint (format '%s'); give a GGUF file, a Hugging Face "
                        "directory or a checkpoint of mixatt train",
                        m->path, fmt ? fmt : "none");
+    else if (mx_st_verify_checksum(f, true, err))
+        rc = err->code;
     else if (!(cfg = cJSON_Parse(json)) || !cJSON_IsObject(cfg))
         rc = mx_err_set(err, MX_ERR_FORMAT, "%s: the stored config is not a JSON object", m->path);
     h.cfg = cfg;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_check.h"
 #include "model.h"
 
 static int get_int(const mx_gguf *g, const char *arch, const char *key, int *out, int def, mx_err *err) {
@@ -118,7 +119,7 @@ static int read_config(const mx_gguf *g, mx_config *c, mx_err *err) {
     int64_t half = 0;
     c->rope_mode = mx_gguf_get_i64(g, "mixatt.rope_half", &half, NULL) == MX_OK && half ? MX_ROPE_HALF
                                                                                         : MX_ROPE_ADJACENT;
-    return MX_OK;
+    return mx_config_check(c, g->path, err);
 }
 
 static int fill_dict(mx_model *m, mx_err *err) {

@@ -22,6 +22,7 @@
 
 #include "../io/dtype.h"
 #include "../io/safetensors.h"
+#include "config_check.h"
 #include "model.h"
 
 /* The open checkpoint lives in m->hf (its mappings back the dictionary until the model is freed). */
@@ -157,6 +158,13 @@ static int read_llama(hf_loader *h) {
         if (get_int(h, "num_local_experts", -1, &c->n_expert) ||
             get_int(h, "num_experts_per_tok", -1, &c->n_expert_used))
             return h->err->code;
+        if (c->n_expert < 1 || c->n_expert > MX_MAX_EXPERTS)
+            return mx_err_set(h->err, MX_ERR_FORMAT, "%s: num_local_experts %d must be in 1..%d", h->cfg_path,
+                              c->n_expert, MX_MAX_EXPERTS);
+        if (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)
+            return mx_err_set(h->err, MX_ERR_FORMAT,
+                              "%s: num_experts_per_tok %d must be in 1..num_local_experts (%d)", h->cfg_path,
+                              c->n_expert_used, c->n_expert);
         c->expert_norm_topk = true;
     }
     return MX_OK;
@@ -177,6 +185,9 @@ static int read_deepseek_moe(hf_loader *h) {
         get_int(h, "topk_group", 0, &topk_group))
         return h->err->code;
     c->expert_norm_topk = get_bool(h, "norm_topk_prob", false);
+    if (c->n_expert > MX_MAX_EXPERTS)
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: n_routed_experts %d exceeds %d", h->cfg_path,
+                          c->n_expert, MX_MAX_EXPERTS);
     if (c->n_dense_lead >= c->n_layer || c->n_expert == 0) {
         c->n_expert = c->n_expert_used = c->d_ff_expert = c->n_shared_expert = c->n_dense_lead = 0;
         return MX_OK; /* dense everywhere */
@@ -261,7 +272,7 @@ static int read_config(hf_loader *h) {
                         "%s: model_type '%s' is not supported (supported: gpt2, llama, mistral, mixtral, "
                         "deepseek_v2, deepseek_v3)",
                         h->cfg_path, h->type);
-    return rc ? rc : check_shape(h);
+    return rc || check_shape(h) || mx_config_check(c, h->cfg_path, h->err) ? h->err->code : MX_OK;
 }
 
 /* ---- tensors ---- */
@@ -317,8 +328,9 @@ static int add_as_is(hf_loader *h, const mx_st_tensor *t, const char *gname) {
     return mx_dict_add(&h->m->dict, gname, t->type, t->n_dims, ne, data, t->nbytes, copy, h->err);
 }
 
-/* HF name → GGUF name, as stored. Absent optional tensors are skipped. */
+/* HF name → GGUF name, as stored. An absent optional tensor is skipped (MX_OK whatever err held before). */
 static int map(hf_loader *h, const char *hf, const char *gguf, bool required) {
+    if (!required && !mx_st_set_find(h->st, hf)) return MX_OK;
     const mx_st_tensor *t = get(h, hf, required);
     if (!t) return h->err->code;
     return add_as_is(h, t, gguf);
@@ -359,29 +371,39 @@ static int add_slice(hf_loader *h, const mx_st_tensor *t, int64_t e0, int64_t n,
  * owned tensor ne {n_in, n_out, E}. */
 static int add_experts(hf_loader *h, int l, const char *pattern, const char *gname) {
     int E = h->m->cfg.n_expert;
-    uint8_t *buf = NULL;
-    const mx_st_tensor *first = NULL;
+    if (E < 1) /* read_config guarantees it; a loader never sizes a stack from an unchecked count */
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: layer %d: a MoE layer with %d experts", h->cfg_path, l,
+                          E);
+    const mx_st_tensor **ts = calloc((size_t)E, sizeof *ts);
+    if (!ts) return mx_err_set(h->err, MX_ERR_NOMEM, "out of memory");
     char name[256];
-    for (int e = 0; e < E; e++) {
+    int rc = MX_OK;
+    for (int e = 0; e < E && !rc; e++) { /* every expert present, 2-D, alike: then the size is known */
         snprintf(name, sizeof name, pattern, l, e);
-        const mx_st_tensor *t = get(h, name, true);
-        if (!t) return free(buf), h->err->code;
-        if (!first) {
-            first = t;
-            if (t->n_dims != 2 || !(buf = malloc(t->nbytes * (size_t)E + 1)))
-                return mx_err_set(h->err, t->n_dims != 2 ? MX_ERR_FORMAT : MX_ERR_NOMEM,
-                                  "%s: tensor '%s': expected an expert matrix (2 dims)", t->file, name);
-        } else if (t->type != first->type || t->shape[0] != first->shape[0] ||
-                   t->shape[1] != first->shape[1] || t->n_dims != 2) {
-            free(buf);
-            return mx_err_set(h->err, MX_ERR_FORMAT,
-                              "%s: tensor '%s' (%s) differs in shape or dtype from '%s'", t->file, name,
-                              t->dtype, first->name);
-        }
-        memcpy(buf + t->nbytes * (size_t)e, t->data, t->nbytes);
+        const mx_st_tensor *t = ts[e] = get(h, name, true), *first = ts[0];
+        if (!t)
+            rc = h->err->code;
+        else if (t->n_dims != 2)
+            rc = mx_err_set(h->err, MX_ERR_FORMAT,
+                            "%s: tensor '%s': expected an expert matrix (2 dims), got %d", t->file, name,
+                            t->n_dims);
+        else if (t->type != first->type || t->shape[0] != first->shape[0] || t->shape[1] != first->shape[1])
+            rc = mx_err_set(h->err, MX_ERR_FORMAT, "%s: tensor '%s' (%s) differs in shape or dtype from '%s'",
+                            t->file, name, t->dtype, first->name);
     }
-    int64_t ne[3] = {first->shape[1], first->shape[0], E};
-    return mx_dict_add(&h->m->dict, gname, first->type, 3, ne, buf, first->nbytes * (size_t)E, true, h->err);
+    size_t each = rc ? 0 : ts[0]->nbytes;
+    uint8_t *buf = NULL;
+    if (!rc && each > (SIZE_MAX - 1) / (size_t)E)
+        rc = mx_err_set(h->err, MX_ERR_FORMAT, "%s: layer %d: %d experts of %zu bytes overflow", h->cfg_path,
+                        l, E, each);
+    if (!rc && !(buf = malloc(each * (size_t)E + 1)))
+        rc = mx_err_set(h->err, MX_ERR_NOMEM, "out of memory stacking %d experts of layer %d", E, l);
+    if (rc) return free(ts), rc;
+    for (int e = 0; e < E; e++) memcpy(buf + each * (size_t)e, ts[e]->data, each);
+    int64_t ne[3] = {ts[0]->shape[1], ts[0]->shape[0], E};
+    uint32_t type = ts[0]->type;
+    free(ts);
+    return mx_dict_add(&h->m->dict, gname, type, 3, ne, buf, each * (size_t)E, true, h->err);
 }
 
 #define HF(...)  (snprintf(hf, sizeof hf, __VA_ARGS__), hf)
@@ -515,8 +537,9 @@ static int load_deepseek_layer(hf_loader *h, int l) {
 /* lm_head: its own output matrix, or (tied) the embedding; a tied config may still store a copy. */
 static int load_head(hf_loader *h) {
     bool tied = get_bool(h, "tie_word_embeddings", !strcmp(h->type, "gpt2"));
-    const mx_st_tensor *t = get(h, "lm_head.weight", !tied);
-    if (!t) return tied && !h->err->code ? MX_OK : h->err->code;
+    if (tied && !mx_st_set_find(h->st, "lm_head.weight")) return MX_OK;
+    const mx_st_tensor *t = get(h, "lm_head.weight", true);
+    if (!t) return h->err->code;
     return tied ? MX_OK : add_as_is(h, t, "output.weight");
 }
 
@@ -567,6 +590,29 @@ static int check_unused(hf_loader *h) {
     return mx_st_set_each(h->st, check_one, h) ? h->err->code : MX_OK;
 }
 
+/* vocab_size, when the config gives it, must be the embedding's row count (model.c takes the vocabulary from
+ * the embedding): a config that says otherwise describes other weights. */
+static int check_vocab(hf_loader *h) {
+    const mx_tensor *emb = mx_dict_find(&h->m->dict, "token_embd.weight");
+    if (!key(h, "vocab_size") || !emb) return MX_OK;
+    if (h->m->cfg.vocab < 1 || emb->ne[1] != h->m->cfg.vocab)
+        return mx_err_set(h->err, MX_ERR_FORMAT,
+                          "%s: vocab_size %d does not match the token embedding's %lld rows", h->cfg_path,
+                          h->m->cfg.vocab, (long long)emb->ne[1]);
+    return MX_OK;
+}
+
+/* Line and column (1-based) of byte offset `at` of text. */
+static void text_position(const char *text, size_t at, int *line, int *col) {
+    *line = 1, *col = 1;
+    for (size_t i = 0; i < at && text[i]; i++) {
+        if (text[i] == '\n')
+            ++*line, *col = 1;
+        else
+            ++*col;
+    }
+}
+
 static int open_config(hf_loader *h) {
     snprintf(h->cfg_path, sizeof h->cfg_path, "%s/config.json", h->m->path);
     FILE *f = fopen(h->cfg_path, "rb");
@@ -582,10 +628,17 @@ static int open_config(hf_loader *h) {
         free(text), text = NULL;
     fclose(f);
     if (!text) return mx_err_set(h->err, MX_ERR_IO, "%s: cannot read", h->cfg_path);
-    h->cfg = cJSON_Parse(text);
+    const char *end = strlen(text) < (size_t)n ? text + strlen(text) : NULL; /* a NUL byte ends the text */
+    if (!end) h->cfg = cJSON_ParseWithOpts(text, &end, true);
+    int line = 0, col = 0;
+    if (!h->cfg && end) text_position(text, (size_t)(end - text), &line, &col);
+    bool nul = !h->cfg && end && !*end && (size_t)(end - text) < (size_t)n;
     free(text);
+    if (!h->cfg)
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d%s", h->cfg_path,
+                          line, col, nul ? " (a NUL byte)" : "");
     if (!cJSON_IsObject(h->cfg))
-        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: not a JSON object", h->cfg_path);
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: the top level is not a JSON object", h->cfg_path);
     return MX_OK;
 }
 
@@ -593,7 +646,7 @@ int mx_load_hf(mx_model *m, mx_err *err) {
     hf_loader h = {.m = m, .err = err};
     int rc = open_config(&h) || read_config(&h) || mx_st_set_open(m->path, &h.st, err) ? err->code : MX_OK;
     if (!rc) m->hf = h.st;
-    if (!rc) rc = load_tensors(&h) || check_unused(&h) ? err->code : MX_OK;
+    if (!rc) rc = load_tensors(&h) || check_unused(&h) || check_vocab(&h) ? err->code : MX_OK;
     free(h.used);
     cJSON_Delete(h.cfg);
     m->tok = NULL;

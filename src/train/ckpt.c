@@ -3,7 +3,10 @@
 #include "ckpt.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +27,23 @@ typedef struct {
     const char *key, *val;
 } st_meta;
 
-/* Writes entries (and metadata) as a safetensors file, atomically. */
+/* The checksum of the file st_write is about to write (safetensors.h: the metadata, then the data). */
+static uint32_t st_checksum(const st_entry *e, int n, const st_meta *meta, int n_meta) {
+    uint32_t crc = 0;
+    for (int i = 0; i < n_meta; i++) crc = mx_st_checksum_meta(crc, meta[i].key, meta[i].val);
+    for (int i = 0; i < n; i++)
+        crc = mx_st_checksum_data(crc, e[i].data, sizeof(float) * (size_t)e[i].rows * e[i].cols);
+    return crc;
+}
+
+/* Writes entries (and metadata, then its checksum) as a safetensors file, atomically. */
 static int st_write(const char *path, const st_entry *e, int n, const st_meta *meta, int n_meta,
                     mx_err *err) {
     cJSON *h = cJSON_CreateObject(), *md = cJSON_AddObjectToObject(h, "__metadata__");
     for (int i = 0; i < n_meta; i++) cJSON_AddStringToObject(md, meta[i].key, meta[i].val);
+    char sum[32];
+    snprintf(sum, sizeof sum, "crc32:%08x", (unsigned)st_checksum(e, n, meta, n_meta));
+    cJSON_AddStringToObject(md, "checksum", sum);
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         cJSON *t = cJSON_AddObjectToObject(h, e[i].name);
@@ -69,6 +84,34 @@ static int st_write(const char *path, const st_entry *e, int n, const st_meta *m
     return MX_OK;
 }
 
+/* The first non-finite element of the entries: its entry, or -1 when every value is finite. */
+static int first_nonfinite(const st_entry *e, int n, size_t *at) {
+    for (int i = 0; i < n; i++) {
+        size_t cnt = (size_t)e[i].rows * e[i].cols;
+        for (size_t j = 0; j < cnt; j++)
+            if (!isfinite(e[i].data[j])) return *at = j, i;
+    }
+    return -1;
+}
+
+/* A checkpoint never stores a NaN or an infinity: a run that diverged keeps its previous (good) checkpoint,
+ * and the error says which tensor went bad and which step the kept file holds. */
+static int check_finite(const st_entry *e, int n, const char *path, int step, mx_err *err) {
+    size_t j = 0;
+    int i = first_nonfinite(e, n, &j);
+    if (i < 0) return MX_OK;
+    char last[160] = "No checkpoint was written before it.";
+    mx_st_file *f = NULL;
+    mx_err ignore = {0};
+    if (access(path, F_OK) == 0 && mx_st_open(path, &f, &ignore) == MX_OK && mx_st_meta(f, "step"))
+        snprintf(last, sizeof last, "The last good checkpoint (step %.20s) is %s, left as it was.",
+                 mx_st_meta(f, "step"), path);
+    mx_st_close(f);
+    return mx_err_set(err, MX_ERR_FORMAT,
+                      "%s: not written: '%s' holds %s after step %d (element %zu); stopping. %s", path,
+                      e[i].name, isnan(e[i].data[j]) ? "a NaN" : "an infinity", step, j, last);
+}
+
 int mx_ckpt_save(const mx_tmodel *m, const char *path, const mx_ckpt_state *st, mx_err *err) {
     int n = m->n_params;
     st_entry *e = calloc((size_t)n * 3, sizeof *e);
@@ -89,7 +132,10 @@ int mx_ckpt_save(const mx_tmodel *m, const char *path, const mx_ckpt_state *st, 
     snprintf(pos, sizeof pos, "%ld", st->pos);
     st_meta meta[] = {{"format", CKPT_FORMAT}, {"config", cfg},       {"plan", plan},
                       {"step", step},          {"data_shard", shard}, {"data_pos", pos}};
-    int rc = st_write(path, e, 3 * n, meta, sizeof meta / sizeof meta[0], err);
+    int rc = check_finite(e, 3 * n, path, st->step, err) ||
+                     st_write(path, e, 3 * n, meta, sizeof meta / sizeof meta[0], err)
+                 ? err->code
+                 : MX_OK;
     free(e);
     free(cfg);
     return rc;
@@ -142,19 +188,53 @@ static int load_tensor(const mx_st_file *f, const char *path, const char *name, 
     return MX_OK;
 }
 
-static int meta_long(const mx_st_file *f, const char *path, const char *key, long *out, mx_err *err) {
+/* An integer metadata value in [lo, hi]: plain decimal digits (an optional '-'), no overflow. */
+static int meta_int(const mx_st_file *f, const char *path, const char *key, long long lo, long long hi,
+                    long long *out, mx_err *err) {
     const char *s = mx_st_meta(f, key);
-    char *end;
     if (!s) return mx_err_set(err, MX_ERR_MISSING, "%s: metadata '%s' missing", path, key);
-    *out = strtol(s, &end, 10);
-    if (*end || end == s)
-        return mx_err_set(err, MX_ERR_FORMAT, "%s: metadata '%s' is not an integer", path, key);
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    bool digits = (*s == '-' ? s[1] : *s) >= '0' && (*s == '-' ? s[1] : *s) <= '9';
+    if (!digits || *end || errno == ERANGE)
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: metadata '%s' = '%.40s' is not an integer", path, key, s);
+    if (v < lo || v > hi)
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: metadata '%s' = %lld is outside %lld..%lld", path, key, v,
+                          lo, hi);
+    *out = v;
     return MX_OK;
+}
+
+/* The resume state: a step within the run's schedule, a shard index and a token position that are
+ * non-negative and fit their types (the loader checks them against the shards themselves at seek). */
+static int read_state(const mx_st_file *f, const char *path, int steps, mx_ckpt_state *st, mx_err *err) {
+    long long step = 0, shard = 0, pos = 0;
+    if (meta_int(f, path, "step", 0, INT_MAX, &step, err) ||
+        meta_int(f, path, "data_shard", 0, INT_MAX, &shard, err) ||
+        meta_int(f, path, "data_pos", 0, LONG_MAX, &pos, err))
+        return err->code;
+    if (step > steps)
+        return mx_err_set(
+            err, MX_ERR_FORMAT,
+            "%s: the checkpoint is at step %lld, past the run's %d steps (raise them with --set "
+            "steps=N)",
+            path, step, steps);
+    *st = (mx_ckpt_state){.step = (int)step, .shard = (int)shard, .pos = (long)pos};
+    return MX_OK;
+}
+
+/* A mixatt checkpoint (its "format" says so) must carry a checksum that matches; a plain safetensors file
+ * (an `init` made elsewhere) has no metadata to check. */
+static int verify(const mx_st_file *f, mx_err *err) {
+    const char *fmt = mx_st_meta(f, "format");
+    return mx_st_verify_checksum(f, fmt && !strcmp(fmt, CKPT_FORMAT), err);
 }
 
 int mx_ckpt_load(mx_tmodel *m, const char *path, bool optim, mx_ckpt_state *st, mx_err *err) {
     mx_st_file *f;
     if (mx_st_open(path, &f, err)) return err->code;
+    if (verify(f, err)) return mx_st_close(f), err->code;
     int rc = MX_OK;
     char name[96];
     for (int i = 0; i < m->n_params && !rc; i++) {
@@ -167,12 +247,69 @@ int mx_ckpt_load(mx_tmodel *m, const char *path, bool optim, mx_ckpt_state *st, 
             if (!rc) rc = load_tensor(f, path, name, p, p->v, err);
         }
     }
-    if (optim && !rc) {
-        long step = 0, shard = 0, pos = 0;
-        rc = meta_long(f, path, "step", &step, err) || meta_long(f, path, "data_shard", &shard, err) ||
-             meta_long(f, path, "data_pos", &pos, err);
-        if (!rc) *st = (mx_ckpt_state){.step = (int)step, .shard = (int)shard, .pos = pos};
-    }
+    if (optim && !rc) rc = read_state(f, path, m->cfg.steps, st, err);
     mx_st_close(f);
     return rc ? err->code : MX_OK;
+}
+
+/* ---- the run directory ---- */
+
+int mx_ckpt_remove_stale(const char *run_dir, mx_err *err) {
+    DIR *d = opendir(run_dir);
+    if (!d)
+        return errno == ENOENT ? MX_OK
+                               : mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", run_dir, strerror(errno));
+    int rc = MX_OK;
+    for (struct dirent *e; (e = readdir(d)) && !rc;) {
+        size_t n = strlen(e->d_name);
+        if (n > 16 && !strcmp(e->d_name + n - 16, ".safetensors.tmp")) {
+            char p[4096];
+            snprintf(p, sizeof p, "%s/%s", run_dir, e->d_name);
+            if (unlink(p) && errno != ENOENT)
+                rc = mx_err_set(err, MX_ERR_IO, "%s: cannot remove a leftover temp file: %s", p,
+                                strerror(errno));
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* The step of a log line ({"step": N, ...}), -1 when it has none. */
+static long line_step(const char *line) {
+    const char *k = strstr(line, "\"step\":");
+    if (!k) return -1;
+    char *end;
+    long v = strtol(k + 7, &end, 10);
+    return end == k + 7 ? -1 : v;
+}
+
+int mx_ckpt_truncate_log(const char *path, int step, mx_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno == ENOENT ? MX_OK
+                               : mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *o = fopen(tmp, "wb");
+    if (!o) {
+        fclose(f);
+        return mx_err_set(err, MX_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    bool ok = true;
+    while (ok && (n = getline(&line, &cap, f)) > 0) {
+        long s = line_step(line);
+        if (line[n - 1] == '\n' && s >= 0 && s <= step) ok = fwrite(line, 1, (size_t)n, o) == (size_t)n;
+    }
+    free(line);
+    ok = ok && !ferror(f);
+    fclose(f);
+    if (fclose(o) || !ok || rename(tmp, path)) {
+        int e = errno;
+        remove(tmp);
+        return mx_err_set(err, MX_ERR_IO, "%s: cannot rewrite to step %d: %s", path, step, strerror(e));
+    }
+    return MX_OK;
 }

@@ -103,10 +103,13 @@ int mx_loader_open(mx_loader *l, const char *pattern, int vocab, int B, int T, m
         if (!rc) globfree(&g);
         return mx_err_set(err, MX_ERR_IO, "no token shard matches '%s'", pattern);
     }
+    if (g.gl_pathc > INT32_MAX)
+        return globfree(&g), mx_err_set(err, MX_ERR_ARG, "'%s': too many shards", pattern);
     l->paths = calloc(g.gl_pathc, sizeof *l->paths);
-    for (size_t i = 0; l->paths && i < g.gl_pathc; i++) l->paths[l->n_paths++] = strdup(g.gl_pathv[i]);
+    for (size_t i = 0; l->paths && i < g.gl_pathc; i++)
+        if (!(l->paths[l->n_paths++] = strdup(g.gl_pathv[i]))) break;
     globfree(&g);
-    if (!l->paths) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+    if (!l->paths || !l->paths[l->n_paths - 1]) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
     return mx_loader_seek(l, 0, 0, err);
 }
 
@@ -131,18 +134,22 @@ static int load(mx_loader *l, int shard, mx_err *err) {
     return MX_OK;
 }
 
+/* A position is a token of the shard, or its end: a saved cursor is never past the tokens it read. */
 int mx_loader_seek(mx_loader *l, int shard, long pos, mx_err *err) {
     if (shard < 0 || shard >= l->n_paths || pos < 0)
         return mx_err_set(err, MX_ERR_ARG, "data position (shard %d, token %ld) is outside the %d shards",
                           shard, pos, l->n_paths);
     if (load(l, shard, err)) return err->code;
+    if (pos > l->n_tokens)
+        return mx_err_set(err, MX_ERR_ARG, "%s: data position %ld is past the shard's %ld tokens",
+                          l->paths[shard], pos, l->n_tokens);
     l->shard = shard, l->pos = pos;
     return MX_OK;
 }
 
 int mx_loader_next(mx_loader *l, int *inputs, int *targets, mx_err *err) {
     long n = (long)l->B * l->T;
-    if (l->pos + n + 1 > l->n_tokens) { /* to the next shard */
+    if (l->pos > l->n_tokens - n - 1) { /* to the next shard (load() made n_tokens >= n + 1) */
         if (mx_loader_seek(l, (l->shard + 1) % l->n_paths, 0, err)) return err->code;
     }
     const int *src = l->tokens + l->pos;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -124,8 +125,16 @@ Test(safetensors, bad_headers) {
                  "runs past the end", NULL);
     expect_error("{\"t\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", d, 8, "'t'",
                  "need 12 bytes", NULL);
-    expect_error("{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", d, 8,
-                 "overflows", NULL);
+    expect_error(
+        "{\"t\":{\"dtype\":\"F32\",\"shape\":[2147483647,2147483647,2147483647],\"data_offsets\":[0,8]}}", d,
+        8, "overflows", NULL);
+    expect_error("{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,0],\"data_offsets\":[0,0]}}", d, 0,
+                 "shape[0] = 4294967296 exceeds", NULL);
+    expect_error("{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\"},\"__metadata__\":{\"d\":\"4\"}}", d,
+                 0, "more than one __metadata__", NULL);
+    expect_error("{\"__metadata__\":{\"d\":\"4\"},\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\"}}", d,
+                 0, "more than one __metadata__", NULL);
+    expect_error("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", d, 0, "'k' appears twice", NULL);
     expect_error("{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                  "\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                  d, 8, "'t' appears twice", NULL);
@@ -239,4 +248,39 @@ Test(safetensors, broken_indexes) {
     write_st("c.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,80]}}", 8);
     expect_index_error("{\"weight_map\":{\"x\":\"c.safetensors\"}}", "c.safetensors: tensor 'x'");
     remove_dir();
+}
+
+/* The checksum of safetensors.h: computed over the metadata (in file order, without "checksum") and the data;
+ * a flipped data byte, a changed value or a missing checksum is reported. The expected CRC comes from zlib's
+ * crc32 over the same bytes laid out by hand here. */
+Test(safetensors, checksum) {
+    const char data[8] = "abcdefgh";
+    uLong crc = crc32(0,
+                      (const Bytef *)"step\0"
+                                     "3\0",
+                      7);
+    crc = crc32(crc, (const Bytef *)data, 8);
+    char header[256];
+    snprintf(header, sizeof header,
+             "{\"__metadata__\":{\"step\":\"3\",\"checksum\":\"crc32:%08lx\"},"
+             "\"t\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]}}",
+             crc);
+    size_t size;
+    uint8_t *buf = build(header, data, 8, &size);
+    mx_st_file *f;
+    mx_err err = {0};
+    cr_assert_eq(mx_st_open_buffer(buf, size, "c.safetensors", &f, &err), 0, "%s", err.msg);
+    cr_assert_eq(mx_st_verify_checksum(f, true, &err), 0, "%s", err.msg);
+    buf[size - 1] ^= 1;
+    cr_assert_neq(mx_st_verify_checksum(f, true, &err), 0);
+    cr_assert(strstr(err.msg, "checksum mismatch") && strstr(err.msg, "c.safetensors"), "%s", err.msg);
+    mx_st_close(f);
+    free(buf);
+    buf = build("{\"__metadata__\":{\"step\":\"3\"}}", data, 0, &size);
+    cr_assert_eq(mx_st_open_buffer(buf, size, "c.safetensors", &f, &err), 0, "%s", err.msg);
+    cr_assert_eq(mx_st_verify_checksum(f, false, &err), 0);
+    cr_assert_neq(mx_st_verify_checksum(f, true, &err), 0);
+    cr_assert(strstr(err.msg, "no checksum"), "%s", err.msg);
+    mx_st_close(f);
+    free(buf);
 }

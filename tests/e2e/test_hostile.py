@@ -1,0 +1,338 @@
+"""Hostile and damaged inputs (issue 15): safetensors headers, Hugging Face configs, GGUF hyper-parameters and
+training checkpoints written to break mixatt. Every reproducer is written by this file from the committed
+fixtures (tests/fixtures/hf, configs/); each must end the ASan/UBSan build (build/asan/mixatt) with a mixatt
+message and a non-zero exit, never a sanitizer report, a crash or a silent success.
+
+The cases are families, not single bytes: for each kind of field (a count, an expert number, a position, a step)
+the boundary values on both sides, zero, negatives and values past the type's range."""
+import json
+import os
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, ROOT, run
+
+HF = os.path.join(FIXTURES, "hf")
+TINY = ["-c", os.path.join(ROOT, "configs", "train-tiny-llama.json"), "--set", "vocab=32", "--set", "d_model=32",
+        "--set", "n_layer=2", "--set", "plan=G,S", "--set", "n_head=4", "--set", "n_kv_head=2", "--set", "d_ff=64", "--set", "max_ctx=32",
+        "--set", "seq=16", "--set", "batch=2", "--set", "train_data=synthetic:recall", "--set", "val_every=0",
+        "--set", "steps=6", "--set", "warmup=2", "--set", "log_every=0"]
+SANITIZER = ("AddressSanitizer", "runtime error", "LeakSanitizer", "double free", "Segmentation")
+
+
+def assert_clean_failure(r, *needles):
+    """A non-zero exit with a mixatt message that contains every needle, and no sanitizer report."""
+    out = r.stdout + r.stderr
+    assert r.returncode not in (0, None), out
+    assert not any(s in out for s in SANITIZER), out
+    assert "mixatt" in r.stderr, out
+    for n in needles:
+        assert n in r.stderr, f"{n!r} not in: {r.stderr}"
+
+
+# ---- safetensors headers ----
+
+def write_st(path, header_text, data=b""):
+    h = header_text.encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+T4 = '"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+
+
+@pytest.mark.parametrize("header,data,needle", [
+    ('{"__metadata__":{"a":"1","b":"2","c":"3"},"__metadata__":{"d":"4"}}', b"", "more than one __metadata__"),
+    ('{"__metadata__":{"d":"4"},"__metadata__":{"a":"1","b":"2","c":"3","e":"5","f":"6"}}', b"",
+     "more than one __metadata__"),
+    ('{"__metadata__":{"a":"1"},' + T4 + ',"__metadata__":{"b":"2","c":"3","d":"4"}}', b"\0" * 4,
+     "more than one __metadata__"),
+    ('{"__metadata__":{},"__metadata__":{}}', b"", "more than one __metadata__"),
+    ('{"__metadata__":{"a":"1","a":"2"}}', b"", "'a' appears twice"),
+    ('{"__metadata__":{"a":1}}', b"", "not a string"),
+    ('{"__metadata__":[1,2,3]}', b"", "not an object"),
+    ('{' + T4 + ',' + T4 + '}', b"\0" * 4, "appears twice"),
+    ('{"x":{"dtype":"F32","shape":[4294967296,0],"data_offsets":[0,0]}}', b"", "exceeds"),
+    ('{"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', b"\0" * 4, "not a non-negative integer"),
+    ('{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', b"\0" * 4, "need 8 bytes"),
+    ('{"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', b"\0" * 4, "runs past the end"),
+    ('{"x":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}', b"\0" * 8, "begin <= end"),
+])
+def test_bad_safetensors_header(mixatt_asan, tmp_path, header, data, needle):
+    f = write_st(tmp_path / "bad.safetensors", header, data)
+    r = run(mixatt_asan, "info", "-m", f)
+    assert_clean_failure(r, str(f), needle)
+
+
+# ---- Hugging Face configs ----
+
+def hf_copy(tmp_path, name, **changes):
+    d = tmp_path / name
+    shutil.copytree(os.path.join(HF, name), d)
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def model_commands(m, tmp_path):
+    return [["info", "-m", m], ["logits", "-m", m, "--ids", "1,2,3", "-o", tmp_path / "l.npy"],
+            ["run", "-m", m, "--ids", "1,2,3", "-n", "2", "-q"]]
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"num_local_experts": 0}, "num_local_experts 0"),
+    ({"num_local_experts": 1, "num_experts_per_tok": 2}, "num_experts_per_tok 2"),
+    ({"num_experts_per_tok": 9}, "num_experts_per_tok 9"),
+    ({"num_experts_per_tok": 8 + 1000}, "num_experts_per_tok 1008"),
+    ({"num_experts_per_tok": 0}, "num_experts_per_tok 0"),
+    ({"num_experts_per_tok": -1}, "num_experts_per_tok"),
+    ({"num_local_experts": -8}, "num_local_experts"),
+    ({"num_local_experts": 1 << 20}, "num_local_experts"),
+    ({"num_local_experts": None}, "num_local_experts"),
+    ({"vocab_size": 0}, "vocab_size 0"),
+    ({"vocab_size": 1}, "vocab_size 1"),
+    ({"vocab_size": 255}, "vocab_size 255"),
+    ({"vocab_size": 257}, "vocab_size 257"),
+    ({"head_dim": 2048}, "rotary dims"),
+])
+def test_bad_mixtral_config(mixatt_asan, tmp_path, changes, needle):
+    m = hf_copy(tmp_path, "mixtral", **changes)
+    for cmd in model_commands(m, tmp_path):
+        assert_clean_failure(run(mixatt_asan, *cmd), needle)
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"num_experts_per_tok": 0}, "num_experts_per_tok 0"),
+    ({"num_experts_per_tok": 99}, "num_experts_per_tok 99"),
+    ({"n_routed_experts": 1 << 20}, "n_routed_experts"),
+    ({"qk_rope_head_dim": 4096}, "rotary dims"),
+    ({"kv_lora_rank": 0}, "kv_lora_rank"),
+    ({"v_head_dim": 0}, "v_head_dim"),
+])
+def test_bad_deepseek_config(mixatt_asan, tmp_path, changes, needle):
+    m = hf_copy(tmp_path, "deepseek_v2", **changes)
+    assert_clean_failure(run(mixatt_asan, "info", "-m", m), needle)
+
+
+@pytest.mark.parametrize("text,where", [
+    ('{"model_type": "llama",\n  "hidden_size": }', "line 2, column 18"),
+    ('{"model_type": "llama"', "line 1, column 23"),
+    ('{"model_type": "llama"} trailing', "line 1, column 25"),
+    ('[1, 2]', "top level is not a JSON object"),
+    ('{"model_type": "llama"}\0{"x": 1}', "a NUL byte"),
+])
+def test_bad_json_config_names_the_position(mixatt_asan, tmp_path, text, where):
+    d = hf_copy(tmp_path, "llama")
+    (d / "config.json").write_bytes(text.encode())
+    assert_clean_failure(run(mixatt_asan, "info", "-m", d), str(d / "config.json"), where)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("expert_used_count", 9, "top-k"),
+    ("expert_used_count", 0, "top-k"),
+    ("expert_count", 0, None),  # a dense reading of MoE tensors: the binder names the missing tensor
+    ("rope.dimension_count", 1 << 20, "rotary dims"),
+])
+def test_bad_gguf_hyperparameters(mixatt, mixatt_asan, tmp_path, key, value, needle):
+    from gguf import GGUFReader
+    g = tmp_path / "mixtral.gguf"
+    r = run(mixatt, "convert", "-m", os.path.join(HF, "mixtral"), "-o", g)
+    assert r.returncode == 0, r.stderr
+    reader = GGUFReader(str(g), "r+")
+    field = reader.fields[f"llama.{key}"]
+    field.parts[field.data[0]][0] = value
+    del reader
+    for cmd in model_commands(g, tmp_path):
+        r = run(mixatt_asan, *cmd)
+        assert_clean_failure(r, *([needle] if needle else []))
+
+
+# ---- training checkpoints ----
+
+def read_ckpt(path):
+    b = path.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(b[8:8 + n]), b[8 + n:]
+
+
+def write_ckpt(path, header, data, fix_checksum=True):
+    """Writes header (dict, metadata first) and data; with fix_checksum the stored checksum is recomputed the way
+    mixatt computes it (so that the range checks behind it are what is tested)."""
+    meta = header["__metadata__"]
+    if fix_checksum and "checksum" in meta:
+        crc = 0
+        for k, v in meta.items():
+            if k != "checksum":
+                crc = zlib.crc32(k.encode() + b"\0" + v.encode() + b"\0", crc)
+        meta["checksum"] = "crc32:%08x" % zlib.crc32(data, crc)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mixatt):
+    """A run of 3 of 6 steps (checkpoint at step 3) to resume from; tests copy it."""
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    r = run(mixatt, "train", *TINY, "-o", out, "--max-steps", "3", "-q")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def copy_run(trained, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(trained, d)
+    return d
+
+
+def resume(binary, d, *extra):
+    return run(binary, "train", "--resume", d, "-o", d, "-q", *extra)
+
+
+def shard_tokens(d):
+    return (d / "data" / "train_000.bin").stat().st_size // 2 - 512
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("data_pos", "9223372036854775800", "past the shard"),
+    ("data_pos", "9223372036854775807", "past the shard"),
+    ("data_pos", "9223372036854775808", "not an integer"),
+    ("data_pos", "-1", "outside 0.."),
+    ("data_pos", "-9223372036854775793", "outside 0.."),
+    ("data_pos", "PAST_END", "past the shard"),
+    ("data_pos", "1e3", "not an integer"),
+    ("data_pos", "", "not an integer"),
+    ("data_pos", " 7", "not an integer"),
+    ("data_pos", "0x10", "not an integer"),
+    ("data_shard", "1", "outside the 1 shards"),
+    ("data_shard", "4294967296", "outside 0.."),
+    ("data_shard", "-1", "outside 0.."),
+    ("step", "-7", "outside 0.."),
+    ("step", "99999999999", "outside 0.."),
+    ("step", "2147483648", "outside 0.."),
+    ("step", "7", "past the run's 6 steps"),
+    ("step", "three", "not an integer"),
+])
+def test_resume_rejects_bad_state(mixatt_asan, trained, tmp_path, key, value, needle):
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    header["__metadata__"][key] = str(shard_tokens(d) + 1) if value == "PAST_END" else value
+    write_ckpt(ckpt, header, data)
+    r = resume(mixatt_asan, d)
+    assert_clean_failure(r, needle)
+
+
+def test_resume_at_the_last_step_position_works(mixatt_asan, trained, tmp_path):
+    """The boundary inside the range: the cursor at the shard's end passes to the next batch (the first shard)."""
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    header["__metadata__"]["data_pos"] = str(shard_tokens(d))
+    write_ckpt(ckpt, header, data)
+    r = resume(mixatt_asan, d)
+    assert r.returncode == 0, r.stderr
+    header, _ = read_ckpt(ckpt)
+    assert header["__metadata__"]["step"] == "6"
+    assert 0 <= int(header["__metadata__"]["data_pos"]) <= shard_tokens(d)
+
+
+def test_duplicate_metadata_block_in_a_checkpoint(mixatt_asan, trained, tmp_path):
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    b = ckpt.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    text = b[8:8 + n].rstrip()
+    assert text.endswith(b"}")
+    text = text[:-1] + b',"__metadata__":{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7","h":"8"}}'
+    text += b" " * (-len(text) % 8)
+    ckpt.write_bytes(struct.pack("<Q", len(text)) + text + b[8 + n:])
+    assert_clean_failure(resume(mixatt_asan, d), "more than one __metadata__")
+    assert_clean_failure(run(mixatt_asan, "run", "-m", d, "--ids", "1,2", "-n", "2", "-q"),
+                         "more than one __metadata__")
+
+
+@pytest.mark.parametrize("damage", ["data_word", "data_1000_words", "last_byte", "metadata_value", "no_checksum",
+                                    "bad_checksum_syntax", "appended_byte"])
+def test_checkpoint_damage_is_detected(mixatt_asan, trained, tmp_path, damage):
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    data = bytearray(data)
+    meta = header["__metadata__"]
+    rng = np.random.default_rng(15)
+    if damage == "data_word":
+        data[len(data) // 2] ^= 0x40
+    elif damage == "data_1000_words":
+        for i in rng.choice(len(data) // 4, 1000, replace=False):
+            data[4 * i + 3] ^= 0x01
+    elif damage == "last_byte":
+        data[-1] ^= 0x80
+    elif damage == "metadata_value":
+        meta["data_pos"] = str(int(meta["data_pos"]) - 16)
+    elif damage == "no_checksum":
+        del meta["checksum"]
+    elif damage == "bad_checksum_syntax":
+        meta["checksum"] = "crc32:xyz"
+    elif damage == "appended_byte":
+        data += b"\0"
+    write_ckpt(ckpt, header, bytes(data), fix_checksum=False)
+    needle = {"no_checksum": "no checksum", "bad_checksum_syntax": "not crc32:"}.get(damage, "checksum mismatch")
+    assert_clean_failure(resume(mixatt_asan, d), str(ckpt), needle)
+    assert_clean_failure(run(mixatt_asan, "run", "-m", d, "--ids", "1,2", "-n", "2", "-q"), str(ckpt), needle)
+
+
+def test_leftover_temp_file_is_removed_at_start(mixatt, trained, tmp_path):
+    d = copy_run(trained, tmp_path)
+    tmp = d / "checkpoint.safetensors.tmp"
+    tmp.write_bytes(b"\0" * 12345)  # what a kill -9 in the middle of a write leaves
+    r = resume(mixatt, d, "--max-steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert not tmp.exists()
+
+
+def test_resumed_log_has_each_step_once(mixatt, trained, tmp_path):
+    """The run went on past its checkpoint (steps 4 and 5 logged) and was killed before the next one: the resumed
+    run's log holds steps 1..6 once each, and steps 1..3 as they were."""
+    d = copy_run(trained, tmp_path)
+    saved = (d / "checkpoint.safetensors").read_bytes()
+    before = (d / "log.jsonl").read_text().splitlines()
+    r = resume(mixatt, d, "--max-steps", "2")
+    assert r.returncode == 0, r.stderr
+    (d / "checkpoint.safetensors").write_bytes(saved)  # the kill: the step-5 checkpoint never landed
+    with open(d / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 1.0')  # and a torn line
+    r = resume(mixatt, d)
+    assert r.returncode == 0, r.stderr
+    lines = (d / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == [1, 2, 3, 4, 5, 6], steps
+    assert lines[:3] == before[:3]
+
+
+@pytest.mark.parametrize("lr", ["1e30", "1e38"])
+def test_nonfinite_run_keeps_a_finite_checkpoint(mixatt, tmp_path, lr):
+    """However the run diverges (a NaN loss, or weights that overflow in the update), the checkpoint on disk holds
+    only finite numbers and the message names its step."""
+    from safetensors.numpy import load_file
+    out = tmp_path / "run"
+    r = run(mixatt, "train", *TINY, "--set", f"lr={lr}", "--set", "warmup=0", "--set", "ckpt_every=1", "-o", out)
+    assert r.returncode == 1, r.stderr
+    assert "stopping" in r.stderr, r.stderr
+    ckpt = out / "checkpoint.safetensors"
+    if ckpt.exists():
+        tensors = load_file(ckpt)
+        assert all(np.isfinite(v).all() for v in tensors.values())
+        step = read_ckpt(ckpt)[0]["__metadata__"]["step"]
+        assert f"(step {step})" in r.stderr, r.stderr
+    else:
+        assert "No checkpoint was written before it" in r.stderr, r.stderr
