@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 #include "../backend/backend.h"
-#include "../model/model.h"
+#include "../model/config.h"
 
 typedef struct {
     void *k, *v; /* [n_slots, G*D] and [n_slots, G*Dv] of be->kv_elem_bytes each; the writer's when shared */

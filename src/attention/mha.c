@@ -4,11 +4,10 @@
  * Shapes: h (T, C) → q (T, H*D); k, v (T, G*D); att (T, H*D) → h (T, C). */
 #include <math.h>
 
-#include "../model/session.h"
+#include "../model/session_state.h"
+#include "attention.h"
 
 /* The attention spec for T queries at the session's position against layer l's store. */
-mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
-
 mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head) {
     const mx_config *c = &s->m->cfg;
     const mx_kv_layer *kv = &s->kv.layers[l];

@@ -5,9 +5,8 @@
  * and k2, v2), o_i = attn(q, K_i, V_i), o_3 = bv; h = Wo · Σ_i r_i o_i + bo FastMKA: mem = r_1 x + r_2 L2;
  * K/V from mem (cached); h = Wo · attn(q, K, V) + bo Layers reading another layer's cache compute neither K/V
  * nor prefix sums. */
-#include "../model/session.h"
-
-mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
+#include "../model/session_state.h"
+#include "attention.h"
 
 /* r (T, 3) = the router's mixing weights; tmp scratch of (T, C). */
 static void mka_router(mx_session *s, int l, int T, float *r, float *tmp) {

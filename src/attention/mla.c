@@ -13,9 +13,8 @@
 #include <math.h>
 
 #include "../io/dtype.h"
-#include "../model/session.h"
-
-mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
+#include "../model/session_state.h"
+#include "attention.h"
 
 typedef struct {
     int H, R, r, n, v; /* heads, kv_rank, rope, nope, v dims */

@@ -13,9 +13,8 @@
 
 #include <string.h>
 
-#include "../model/session.h"
-
-mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
+#include "../model/session_state.h"
+#include "attention.h"
 
 int mx_star_init(mx_star *st, mx_comm *comm, mx_backend *be, int n_local, bool query_host, int rows,
                  int n_head, int v_dim, mx_err *err) {

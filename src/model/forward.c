@@ -3,6 +3,7 @@
  * Embedding: token rows (+ learned position rows for GPT-2). Attention is the plan's kind for the layer
  * (attention/mha.c, mla.c, mka.c); the MLP is dense (mlp.c) or mixture-of-experts (moe.c). Under tensor
  * parallelism (tp.h) each block output is summed over ranks and the head's vocabulary slices gathered. */
+#include "../attention/attention.h"
 #include "session.h"
 #include "tp.h"
 

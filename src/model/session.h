@@ -1,39 +1,13 @@
-/* session.h: one conversation with a model on a backend: the KV cache, the position, scratch buffers.
- * mx_session_eval runs the transformer over new tokens (a prompt at once, or one token at a time) and returns
+/* session.h: one conversation with a model on a backend: the KV cache, the position, scratch buffers (the
+ * struct is in session_state.h). mx_session_eval runs the transformer over new tokens (a prompt at once, or one token at a time) and returns
  * logits; the model code behind it (forward.c and the blocks it calls) is backend-agnostic. */
 #ifndef MX_SESSION_H
 #define MX_SESSION_H
 
 #include <stdbool.h>
 
-#include "../attention/kvcache.h"
 #include "model.h"
-
-enum { MX_N_SCRATCH = 6 };
-
-typedef struct {
-    const mx_model *m;
-    mx_backend *be;
-    int n_ctx;  /* tokens the cache holds */
-    int ubatch; /* tokens per forward chunk */
-    int pos;    /* tokens already in the cache */
-    mx_kvcache kv;
-    size_t width; /* floats per token row of each scratch buffer (the widest activation of the model) */
-    float *x;     /* residual stream [ubatch, C] */
-    float *h;     /* normed input / block output [ubatch, width] */
-    float *buf[MX_N_SCRATCH]; /* scratch for the blocks, each [ubatch, width] */
-    float *logits;            /* [ubatch, vocab] */
-    int *moe_counts; /* [n_layer, n_expert]: tokens routed to each expert (mixatt info --moe-stats) */
-    /* Star Attention (attention/star_attend.h, run/star_pipeline.c); both 0/NULL otherwise. The token in slot p sits at
-     * position p + pos_offset (RoPE, learned positions): a block after its anchor, or the query after a rank's
-     * compact context. MHA layers only (run/star_pipeline.c refuses the others). */
-    int pos_offset;
-    struct mx_star *star; /* set: MHA layers attend through mx_attention_star (phase 2) */
-    /* Tensor parallelism (tp.h): the output head's allgather buffers in backend memory, [ubatch, vocab_max]
-     * and [ranks, ubatch, vocab_max]; NULL without --tp. */
-    float *tp_send, *tp_recv;
-    int *tok; /* [1] in backend memory: the token be->sample drew, read by the next mx_session_eval_keep */
-} mx_session;
+#include "session_state.h"
 
 int mx_session_create(const mx_model *m, mx_backend *be, int n_ctx, mx_session **out, mx_err *err);
 void mx_session_free(mx_session *s);
@@ -59,13 +33,8 @@ int mx_session_truncate(mx_session *s, int pos);
 void mx_forward(mx_session *s, const int *tokens, int T, float *logits, bool all_logits);
 /* The same, the last token's logits left in s->logits; tokens NULL: the one token at s->tok. */
 void mx_forward_keep(mx_session *s, const int *tokens, int T);
-/* The blocks it calls: attention of layer l by the plan's kind (attention/mha.c, mla.c, mka.c) reads
- * s->h (normed input) and leaves the block output in s->h; the MLP (mlp.c, moe.c) likewise. */
-void mx_attention_mha(mx_session *s, int l, int T);
-void mx_attention_mla(mx_session *s, int l, int T);
-void mx_attention_mka(mx_session *s, int l, int T);
-/* Star Attention's phase-2 attention of layer l for q (T, H*D) into att (T, H*D) (attention/star_attend.c). */
-void mx_attention_star(mx_session *s, int l, int T, const float *q, float *att);
+/* The blocks it calls: attention of layer l by the plan's kind (attention/attention.h) reads s->h (normed
+ * input) and leaves the block output in s->h; the MLP (mlp.c, moe.c) likewise. */
 void mx_mlp_dense(mx_session *s, int l, int T);
 void mx_mlp_moe(mx_session *s, int l, int T);
 /* Norm of the model's kind (RMSNorm or LayerNorm with bias) over T rows of C. */
