@@ -18,7 +18,7 @@ NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -gencode=arch=compute_90a,code=sm_90a -ge
 CUDA_DEFS  := -DMX_HAVE_CUDA
 EXTRA_OBJ  := $(CU_OBJ)
 EXTRA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
-CUDA_INC   := -I$(CUDA_HOME)/include
+CUDA_INC   := -isystem $(CUDA_HOME)/include  # system headers: nccl.h is not -Wstrict-prototypes clean
 
 # NCCL (src/dist/comm_nccl.c: collectives on GPU buffers between ranks) when nccl.h is found and Open MPI is there
 # to bootstrap it; only that file sees -DMX_HAVE_NCCL and the CUDA headers.
