@@ -12,9 +12,10 @@
  * (mx_comm_attach): host memory until then. Control calls (*_host, mx_comm_agree) always take host memory.
  *
  * Failure: a rank that fails calls mx_comm_agree(comm, false, message) (or mx_comm_abort); every rank then
- * learns the first failing rank's message and exits with it. No collective blocks forever: MPI jobs are ended
- * by mpirun when a rank dies, and NCCL collectives are aborted after a timeout (MIXATT_COMM_TIMEOUT seconds,
- * default 60). */
+ * learns the first failing rank's message and exits with it. No collective blocks forever: every MPI operation
+ * and NCCL collective is waited for against MIXATT_COMM_TIMEOUT seconds (default 60), after which the job is
+ * aborted with a message naming the rank and the operation; MPI jobs are ended by mpirun when a rank dies (the
+ * survivors print a mixatt line on its SIGTERM). */
 #ifndef MX_COMM_H
 #define MX_COMM_H
 
