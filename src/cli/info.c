@@ -151,6 +151,24 @@ static int info_flag(void *ctx, const char *a, const char *val, int *i) {
     return 1;
 }
 
+/* The blocks as the config says they are: norm, positions, MLP (dense or experts), attention weights, head. */
+static void print_architecture(const mx_config *c) {
+    char pos[96], mlp[96];
+    if (c->use_rope)
+        snprintf(pos, sizeof pos, "RoPE theta %g over %d dims", c->rope_theta, c->rope_dim);
+    else
+        snprintf(pos, sizeof pos, "learned positions");
+    const char *act = c->mlp == MX_MLP_SWIGLU ? "SwiGLU" : "GELU";
+    if (c->n_expert > 0)
+        snprintf(mlp, sizeof mlp, "%s experts (top-%d of %d%s)", act, c->n_expert_used, c->n_expert,
+                 c->n_shared_expert ? ", plus shared" : "");
+    else
+        snprintf(mlp, sizeof mlp, "%s", act);
+    printf("architecture:   %s (%s, %s, %s%s, %s embeddings)\n", c->arch_name,
+           c->norm == MX_NORM_LAYER ? "LayerNorm" : "RMSNorm", pos, mlp,
+           c->arch == MX_ARCH_DEEPSEEK2 ? ", MLA attention" : "", c->tied_embeddings ? "tied" : "separate");
+}
+
 int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
     mx_common_opts o;
     mx_common_defaults(&o);
@@ -175,8 +193,7 @@ int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
     mx_plan_to_string(c->plan, c->n_layer, plan, sizeof plan);
     printf("model:          %s\n", m->path);
     printf("name:           %s\n", c->name);
-    printf("architecture:   %s (RMSNorm, RoPE theta %g over %d dims, SwiGLU, %s embeddings)\n", c->arch_name,
-           c->rope_theta, c->rope_dim, c->tied_embeddings ? "tied" : "separate");
+    print_architecture(c);
     const mx_tp *tp = m->tp; /* sharded: the config holds this rank's counts, tp the model's */
     printf(
         "shape:          %d layers, width %d, %d query heads / %d KV heads (head dim %d), MLP %d, vocab %d\n",

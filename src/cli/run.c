@@ -168,7 +168,13 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     if (rc) return rc < 0 ? 0 : rc;
 
     char *file_text = NULL;
-    if (o.file && !(file_text = mx_read_file(o.file, NULL))) return 1;
+    size_t file_len = 0;
+    if (o.file && !(file_text = mx_read_file(o.file, &file_len))) return 1;
+    if (file_text && strlen(file_text) < file_len) { /* the prompt is a C string: a NUL would cut it short */
+        fprintf(stderr, "mixatt run: %s has a NUL byte at offset %zu: a prompt must be text\n", o.file,
+                strlen(file_text));
+        return free(file_text), 1;
+    }
     mx_model *m = NULL;
     mx_backend *be = NULL;
     if (mx_open_model(&o.c, &m, &be)) return free(file_text), 1;

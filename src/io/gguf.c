@@ -53,7 +53,9 @@ static int read_u32(reader *r, uint32_t *v, const char *what) {
 }
 
 static int read_u64(reader *r, uint64_t *v, const char *what) {
-    uint32_t lo, hi;
+    *v = 0;
+    if (left(r) < 8) return truncated(r, what, 8); /* the whole value, not its second half */
+    uint32_t lo = 0, hi = 0;
     int rc = read_u32(r, &lo, what);
     if (!rc) rc = read_u32(r, &hi, what);
     if (!rc) *v = (uint64_t)hi << 32 | lo;
@@ -230,7 +232,7 @@ static int read_value(reader *r, uint32_t t, mx_gguf_kv *kv, const char *what) {
 }
 
 static int read_kv(reader *r, mx_gguf_kv *kv, uint64_t index) {
-    mx_gguf_str key;
+    mx_gguf_str key = {0};
     char what[64];
     snprintf(what, sizeof what, "metadata key %llu", (unsigned long long)index);
     int rc = read_str(r, &key, what);

@@ -17,7 +17,7 @@ static int get_int(const mx_gguf *g, const char *arch, const char *key, int *out
         *out = def;
         return MX_OK;
     }
-    if (rc) return mx_err_wrap(err, "%s", g->path);
+    if (rc) return rc; /* the message names the file */
     if (v < 0 || v > (1 << 30))
         return mx_err_set(err, MX_ERR_FORMAT, "%s: %s = %lld is out of range", g->path, full, (long long)v);
     *out = (int)v;
@@ -34,14 +34,14 @@ static int get_float(const mx_gguf *g, const char *arch, const char *key, float 
         *out = def;
         return MX_OK;
     }
-    if (rc) return mx_err_wrap(err, "%s", g->path);
+    if (rc) return rc; /* the message names the file */
     *out = (float)v;
     return MX_OK;
 }
 
 static int read_arch(const mx_gguf *g, mx_config *c, mx_err *err) {
     char *arch = NULL;
-    if (mx_gguf_get_str(g, "general.architecture", &arch, err)) return mx_err_wrap(err, "%s", g->path);
+    if (mx_gguf_get_str(g, "general.architecture", &arch, err)) return err->code;
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
     free(arch);
     if (!strcmp(c->arch_name, "llama"))

@@ -16,6 +16,14 @@ typedef struct {
     mx_err *err;
 } binder;
 
+/* "[a, b]": the first nd dims of ne (nd <= 4), as many as the tensor has. */
+static void shape_text(char *buf, size_t size, const int64_t *ne, int nd) {
+    int k = snprintf(buf, size, "[");
+    for (int i = 0; i < nd && i < 4 && k > 0 && (size_t)k < size; i++)
+        k += snprintf(buf + k, size - (size_t)k, "%s%lld", i ? ", " : "", (long long)ne[i]);
+    if (k > 0 && (size_t)k < size) snprintf(buf + k, size - (size_t)k, "]");
+}
+
 /* Binds `name` into *t when present. Expected dims: d[i] > 0 must match ne[i]; nd the number of dims.
  * A missing tensor is an error when required. Vectors (nd == 1) stored in a non-F32 type are converted. */
 static int bind(binder *b, const char *name, int nd, int64_t d0, int64_t d1, int64_t d2, bool required,
@@ -29,13 +37,13 @@ static int bind(binder *b, const char *name, int nd, int64_t d0, int64_t d1, int
     int64_t want[3] = {d0, d1, d2};
     bool ok = src->n_dims == nd || (nd == 1 && src->n_dims == 2 && src->ne[1] == 1);
     for (int i = 0; i < nd && ok; i++) ok = want[i] <= 0 || src->ne[i] == want[i];
-    if (!ok)
-        return mx_err_set(
-            b->err, MX_ERR_FORMAT,
-            "%s: tensor '%s' has shape [%lld, %lld, %lld] (%d dims); the config implies [%lld, %lld, "
-            "%lld] (%d dims)",
-            b->m->path, name, (long long)src->ne[0], (long long)src->ne[1], (long long)src->ne[2],
-            src->n_dims, (long long)d0, (long long)d1, (long long)d2, nd);
+    if (!ok) {
+        char got[96], implied[96];
+        shape_text(got, sizeof got, src->ne, src->n_dims);
+        shape_text(implied, sizeof implied, want, nd);
+        return mx_err_set(b->err, MX_ERR_FORMAT, "%s: tensor '%s' has shape %s; the config implies %s",
+                          b->m->path, name, got, implied);
+    }
     if (!mx_dtype_get(src->type))
         return mx_err_set(b->err, MX_ERR_UNSUPPORTED, "%s: tensor '%s' has unknown type %u", b->m->path, name,
                           src->type);

@@ -2,6 +2,8 @@
 #include "plan.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +85,18 @@ static int preset(const char *name, int n, int window, mx_layer_plan *p, mx_err 
     return MX_OK;
 }
 
+/* A decimal number at *s (advanced past it) into [lo, hi]; false when there are no digits or it is outside. The
+ * digits read are kept in txt for the message. */
+static bool parse_num(const char **s, long lo, long hi, long *out, char *txt, size_t txt_size) {
+    const char *p = *s;
+    char *end;
+    errno = 0;
+    long v = strtol(p, &end, 10);
+    snprintf(txt, txt_size, "%.*s", (int)(end - p), p);
+    *s = end;
+    return end != p && errno != ERANGE && v >= lo && v <= hi && (*out = v, true);
+}
+
 static int parse_token(const char *tok, int l, int n, int window, mx_layer_plan *out, mx_err *err) {
     const char *s = tok;
     char type = *s++;
@@ -92,14 +106,28 @@ static int parse_token(const char *tok, int l, int n, int window, mx_layer_plan 
                           "ma, ma-endslide, ma-offset, ma-pairs, ma-offset-slideshare)",
                           l, tok);
     int w = type == 'G' ? 0 : window, src = l;
-    if (type == 'S' && isdigit((unsigned char)*s)) w = (int)strtol(s, (char **)&s, 10);
+    long v = 0;
+    char num[32];
+    if (type == 'S' && isdigit((unsigned char)*s)) {
+        if (!parse_num(&s, 1, INT_MAX, &v, num, sizeof num))
+            return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: window %s in '%s' is out of range (1..%d)", l,
+                              num, tok, INT_MAX);
+        w = (int)v;
+    }
     if (*s == '@') {
-        char *end;
         s++;
-        src = (int)strtol(s, &end, 10);
-        if (end == s)
+        const char *at = s;
+        bool ok = parse_num(&s, 0, n - 1, &v, num, sizeof num);
+        if (s == at)
             return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: '%s' needs a layer number after @", l, tok);
-        s = end;
+        if (!ok)
+            return mx_err_set(err, MX_ERR_ARG,
+                              "plan: layer %d reads layer %s's cache, which does not exist (%d layers)", l,
+                              num, n);
+        if (v > l)
+            return mx_err_set(err, MX_ERR_ARG,
+                              "plan: layer %d reads layer %s's cache, which is written later", l, num);
+        src = (int)v;
     }
     if (*s) return mx_err_set(err, MX_ERR_ARG, "plan: layer %d: unexpected '%s' in '%s'", l, s, tok);
     if (type == 'S' && w <= 0)
@@ -128,9 +156,13 @@ int mx_plan_parse(const char *s, int n, int window, mx_attn_kind kind, mx_layer_
         char *star = strchr(tok, '*');
         if (star) {
             *star = 0;
-            reps = atoi(star + 1);
-            if (reps < 1)
-                rc = mx_err_set(err, MX_ERR_ARG, "plan: bad repeat count in '%s*%s'", tok, star + 1);
+            const char *r = star + 1;
+            long v = 0;
+            char num[32];
+            if (!parse_num(&r, 1, n, &v, num, sizeof num) || *r)
+                rc = mx_err_set(err, MX_ERR_ARG, "plan: bad repeat count in '%s*%s' (1..%d layers)", tok,
+                                star + 1, n);
+            reps = (int)v;
         }
         for (int r = 0; r < reps && !rc; r++, l++) {
             if (l >= n) {

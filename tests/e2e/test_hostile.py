@@ -336,3 +336,62 @@ def test_nonfinite_run_keeps_a_finite_checkpoint(mixatt, tmp_path, lr):
         assert f"(step {step})" in r.stderr, r.stderr
     else:
         assert "No checkpoint was written before it" in r.stderr, r.stderr
+
+
+# ---- the smaller defects ----
+
+@pytest.mark.parametrize("plan,needle", [
+    ("S2147483648,G", "window 2147483648 in 'S2147483648' is out of range"),
+    ("S99999999999999999999,G", "is out of range"),
+    ("G@-1", "layer 0 reads layer -1's cache, which does not exist (3 layers)"),
+    ("G,G@-5", "layer 1 reads layer -5's cache, which does not exist"),
+    ("G,G@4294967296", "layer 1 reads layer 4294967296's cache, which does not exist"),
+    ("G,G@1x", "unexpected 'x'"),
+    ("G*99999999999", "bad repeat count"),
+    ("G*2x", "bad repeat count"),
+])
+def test_plan_messages_name_the_bad_value(mixatt_asan, plan, needle):
+    r = run(mixatt_asan, "info", "-m", os.path.join(HF, "llama"), "--plan", plan)
+    assert_clean_failure(r, needle)
+
+
+@pytest.mark.parametrize("cut", [9, 12, 20, 23])
+def test_truncated_gguf_says_how_many_bytes_a_u64_needs(mixatt_asan, tmp_path, cut):
+    """Header: magic, version (4 bytes each), then the tensor and key counts (8 bytes each): a file that ends
+    inside a count needs 8 bytes there, not 4."""
+    head = b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 0) + struct.pack("<Q", 0)
+    f = tmp_path / "cut.gguf"
+    f.write_bytes(head[:cut])
+    r = run(mixatt_asan, "info", "-m", f)
+    at = 8 if cut < 16 else 16
+    assert_clean_failure(r, "needs 8 bytes at offset %d" % at)
+
+
+def test_run_prompt_file_with_a_nul_byte_is_refused(mixatt_asan, model, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_bytes(b"Hello\0 world, this is a prompt")
+    r = run(mixatt_asan, "run", "-m", model, "-f", f, "-n", "1")
+    assert_clean_failure(r, f"{f} has a NUL byte at offset 5")
+
+
+@pytest.mark.parametrize("name,want", [
+    ("gpt2", "(LayerNorm, learned positions, GELU, tied embeddings)"),
+    ("llama", "(RMSNorm, RoPE theta"),
+    ("mixtral", "SwiGLU experts (top-2 of 8)"),
+    ("deepseek_v2", "MLA attention"),
+])
+def test_info_architecture_line_says_what_the_model_is(mixatt, name, want):
+    r = run(mixatt, "info", "-m", os.path.join(HF, name))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("architecture:"))
+    assert want in line, line
+    if name == "gpt2":
+        assert "RMSNorm" not in line and "RoPE" not in line and "SwiGLU" not in line, line
+
+
+def test_shape_mismatch_prints_the_tensor_dims_only(mixatt_asan, tmp_path):
+    m = hf_copy(tmp_path, "llama", intermediate_size=48)
+    r = run(mixatt_asan, "info", "-m", m)
+    assert_clean_failure(r)
+    import re
+    assert re.search(r"has shape \[\d+, \d+\]; the config implies \[\d+, 48\]", r.stderr), r.stderr

@@ -8,6 +8,13 @@
 #include "../../src/io/dtype.h"
 #include "../../src/io/gguf.h"
 
+/* The bits of a double: converting a negative or huge double to uint64_t is undefined behaviour. */
+static uint64_t double_bits(double d) {
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+}
+
 static uint64_t touch_kv(const mx_gguf_kv *kv) {
     uint64_t h = kv->count + kv->type;
     if (kv->type == MX_GGUF_STRING)
@@ -19,7 +26,7 @@ static uint64_t touch_kv(const mx_gguf_kv *kv) {
         else if (kv->elem == MX_GGUF_ARRAY)
             h += touch_kv(&kv->items[i]);
         else
-            h += (uint64_t)mx_gguf_arr_i64(kv, i) + (uint64_t)mx_gguf_arr_f64(kv, i);
+            h += (uint64_t)mx_gguf_arr_i64(kv, i) + double_bits(mx_gguf_arr_f64(kv, i));
     }
     return h;
 }
