@@ -190,6 +190,9 @@ struct mx_backend {
     int (*sample_wait)(mx_backend *be, int ticket);
     /* embed with the T ids in backend memory (e.g. the token sample wrote). */
     void (*embed_dev)(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
+
+    /* ---- training (backend_train.h; NULL: this backend cannot train) ---- */
+    const struct mx_train_ops *train;
 };
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */

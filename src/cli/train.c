@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../backend/backend.h"
 #include "../dist/agree.h"
 #include "../train/ckpt.h"
 #include "../train/dp.h"
@@ -40,16 +41,17 @@ enum { MAX_SETS = 64, SYNTH_MAX_STEPS = 2000 };
 
 typedef struct {
     const char *config, *resume, *out, *dump_grads;
+    const char *device, *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
     const char *sets[MAX_SETS];
-    int n_sets, threads, max_steps;
+    int n_sets, threads, max_steps, gpu;
     bool quiet, dp, zero1, act_rms;
 } train_opts;
 
 static void help(FILE *f) {
     fprintf(
         f,
-        "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] -o RUN_DIR\n\n"
-        "Trains a GPT-2- or Llama-shaped model on the CPU (fp32). Attention: key attn = mha (MHA/GQA/MQA "
+        "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] [--device cpu|cuda] -o RUN_DIR\n\n"
+        "Trains a GPT-2- or Llama-shaped model on the CPU (fp32) or one NVIDIA GPU. Attention: key attn = mha (MHA/GQA/MQA "
         "with\n"
         "the plan's windows and shared K/V), mla (explicit form, llama; mla_* keys), mka or fastmka "
         "(causal);\n"
@@ -64,6 +66,13 @@ static void help(FILE *f) {
         "  -o, --out DIR       run directory: log.jsonl, checkpoint.safetensors, data/ (created)\n"
         "  --max-steps N       stop after N steps of this run (checkpoint written; the schedule still spans\n"
         "                      `steps`): continue later with --resume\n"
+        "  --device cpu|cuda   where the steps run (default cpu). cuda: parameters, gradients, fp32 AdamW\n"
+        "                      state and activations on the GPU; gpt2 and llama with attn = mha (MHA, GQA,\n"
+        "                      MQA, windows, shared K/V) and dense MLPs; mla, mka, fastmka and experts\n"
+        "                      train on the CPU only for now. Checkpoints are the same files either way\n"
+        "  --gpu N             which GPU (default 0)\n"
+        "  --precision P       bf16 (the default on a GPU: matmuls on bf16 tensor cores with fp32\n"
+        "                      accumulation; norms, softmax, loss and AdamW in fp32) or fp32\n"
         "  -t, --threads N     threads (default: all cores)\n"
         "  -q, --quiet         no progress lines\n"
         "  --log-act-rms       add \"act_rms\" to each step's log line: the RMS of the residual stream "
@@ -86,7 +95,8 @@ static int parse(train_opts *o, int argc, char **argv) {
         bool takes = !strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "--set") ||
                      !strcmp(a, "--resume") || !strcmp(a, "-o") || !strcmp(a, "--out") ||
                      !strcmp(a, "--dump-grads") || !strcmp(a, "-t") || !strcmp(a, "--threads") ||
-                     !strcmp(a, "--max-steps");
+                     !strcmp(a, "--max-steps") || !strcmp(a, "--device") || !strcmp(a, "--precision") ||
+                     !strcmp(a, "--gpu");
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return help(stdout), -1;
         if (!strcmp(a, "--log-act-rms")) {
             o->act_rms = true;
@@ -112,6 +122,13 @@ static int parse(train_opts *o, int argc, char **argv) {
             o->out = val;
         else if (!strcmp(a, "--dump-grads"))
             o->dump_grads = val;
+        else if (!strcmp(a, "--device"))
+            o->device = val;
+        else if (!strcmp(a, "--precision"))
+            o->precision = val;
+        else if (!strcmp(a, "--gpu")) {
+            if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return 2;
+        }
         else if (!strcmp(a, "--set")) {
             if (o->n_sets == MAX_SETS)
                 return fprintf(stderr, "mixatt train: at most %d --set\n", MAX_SETS), 2;
@@ -126,6 +143,14 @@ static int parse(train_opts *o, int argc, char **argv) {
     if (!o->config && !o->resume)
         return fprintf(stderr,
                        "mixatt train: give -c CONFIG.json or --resume DIR (see mixatt train --help)\n"),
+               2;
+    if (o->device && strcmp(o->device, "cpu") && strcmp(o->device, "cuda"))
+        return fprintf(stderr, "mixatt train: --device is cpu or cuda, not '%s'\n", o->device), 2;
+    if (o->precision && strcmp(o->precision, "bf16") && strcmp(o->precision, "fp32"))
+        return fprintf(stderr, "mixatt train: --precision is bf16 or fp32, not '%s'\n", o->precision), 2;
+    if (o->device && !strcmp(o->device, "cuda") && o->dp)
+        return fprintf(stderr, "mixatt train: --dp with --device cuda is not implemented yet (NCCL gradient "
+                               "averaging on the GPU is the next step); use --dp on the CPU\n"),
                2;
     if (o->zero1 && !o->dp)
         return fprintf(stderr, "mixatt train: --zero1 shards the optimizer of --dp training: add --dp\n"), 2;
@@ -210,6 +235,7 @@ static int prepare_data(const mx_train_config *cfg, const char *run_dir, bool wr
 
 typedef struct {
     mx_tmodel *m;
+    mx_backend *be; /* where the steps run */
     mx_comm *comm;
     mx_dp *dp; /* NULL without --dp */
     mx_loader train, val;
@@ -252,7 +278,10 @@ static double now(void) {
 
 static int save(trainer *t, int step, mx_err *err) {
     mx_ckpt_state st = {.step = step, .shard = t->train.shard, .pos = t->train.pos};
-    if (mx_dp_save(t->dp, t->m, t->ckpt_path, &st, err)) return err->code;
+    mx_tmodel_to_host(t->m); /* the checkpoint reads host buffers */
+    int rc = mx_dp_save(t->dp, t->m, t->ckpt_path, &st, err);
+    mx_tmodel_to_device(t->m);
+    if (rc) return err->code;
     t->last_ckpt = step;
     return MX_OK;
 }
@@ -285,7 +314,9 @@ static double train_step(trainer *t, int step, const char *dump, double *norm, f
     if (mx_dp_reduce(t->dp, m, rc, &loss, err)) return NAN;
     if (!isfinite(loss)) return loss;
     if (dump) {
+        mx_tmodel_to_host(m);
         rc = mx_dist_is_root(t->comm) ? mx_grads_save(m, dump, loss, err) : 0;
+        mx_tmodel_to_device(m);
         if (mx_dp_agree(t->dp, rc, err)) return NAN;
     }
     *norm = mx_grad_norm(m);
@@ -382,6 +413,15 @@ static int setup_local(trainer *t, const train_opts *o, mx_train_config *cfg, co
         return mx_err_wrap(err, "init");
     }
     *start = st.step;
+    bool gpu = o->device && !strcmp(o->device, "cuda");
+    bool bf16 = o->precision ? !strcmp(o->precision, "bf16") : gpu;
+    if (!gpu && bf16)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--precision bf16 needs --device cuda; the CPU trains in fp32");
+    /* the CPU trains on the model's own host buffers and OpenMP threads (no backend object needed) */
+    if (gpu && (mx_backend_create("cuda", o->gpu, 1, &t->be, err) || mx_tmodel_place(t->m, t->be, bf16, err)))
+        return err->code;
+    if (o->act_rms && t->m->on_device)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--log-act-rms reads activations on the host: use --device cpu");
     size_t n = (size_t)cfg->batch * cfg->seq;
     t->inputs = malloc(sizeof(int) * n), t->targets = malloc(sizeof(int) * n);
     if (!t->inputs || !t->targets) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
@@ -488,6 +528,7 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     mx_loader_close(&t.val);
     free(t.inputs), free(t.targets);
     mx_tmodel_free(t.m);
+    mx_backend_destroy(t.be);
     mx_dp_free(t.dp);
     return rc;
 }

@@ -47,6 +47,7 @@ int mx_dp_agree(const mx_dp *dp, int rc, mx_err *err) {
 /* Points every parameter's moments into whole-vector buffers (NULL: none). */
 static void bind_moments(mx_tmodel *m, float *mom, float *var) {
     m->m = mom, m->v = var;
+    m->host[2] = mom, m->host[3] = var; /* (host buffers: --zero1 trains on the CPU) */
     for (int i = 0; i < m->n_params; i++) {
         mx_param *p = &m->params[i];
         p->m = mom ? mom + p->off : NULL;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backend/backend.h"
 #include "../base/rng.h"
 #include "mla_train.h"
 #include "mka_train.h"
@@ -466,7 +467,8 @@ void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed) {
 
 /* ---- activations ---- */
 
-static int alloc_acts(mx_tmodel *m, mx_err *err) {
+/* The activations of one batch: host memory (be NULL) or be's. */
+static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     const mx_train_config *c = &m->cfg;
     mx_tacts *a = &m->acts;
     a->B = c->batch, a->T = c->seq;
@@ -486,20 +488,90 @@ static int alloc_acts(mx_tmodel *m, mx_err *err) {
         {&a->dv, L * N * GD},     {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
         {&a->tmp, N * C},
     };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (!(*bufs[i].p = calloc(bufs[i].n, sizeof(float))))
-            return mx_err_set(err, MX_ERR_NOMEM, "out of memory for the activations of batch %d x %d", a->B,
-                              a->T);
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) total += bufs[i].n;
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = be ? be->alloc(be, sizeof(float) * bufs[i].n) : calloc(bufs[i].n, sizeof(float));
+        if (!*bufs[i].p)
+            return mx_err_set(err, MX_ERR_NOMEM,
+                              "out of %s memory for the activations of batch %d x %d (%.1f MiB in all; a smaller "
+                              "batch, or --recompute when it exists)",
+                              be ? be->name : "host", a->B, a->T, total * 4.0 / 1048576.0);
+        if (be) m->ops->zero(be, *bufs[i].p, bufs[i].n);
+    }
     return MX_OK;
 }
 
-static void free_acts(mx_tacts *a) {
+static void free_acts(mx_tacts *a, mx_backend *be) {
     float *bufs[] = {a->x,        a->xm,       a->ln1, a->ln2,  a->ln1_mean, a->ln1_rstd,
                      a->ln2_mean, a->ln2_rstd, a->q,   a->k,    a->v,        a->att,
                      a->lse,      a->pre,      a->up,  a->act,  a->lnf,      a->lnf_mean,
                      a->lnf_rstd, a->dx,       a->dln, a->dq,   a->datt,     a->dk,
                      a->dv,       a->dpre,     a->dup, a->dact, a->tmp};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (be)
+            be->free(be, bufs[i]);
+        else
+            free(bufs[i]);
+    }
+}
+
+/* Points m->w, g, m, v and every parameter's w, g, m, v into base[0..3] (a NULL base: NULL pointers, as
+ * ZeRO-1 leaves the moments). */
+static void bind(mx_tmodel *m, float *const base[4]) {
+    float **flat[] = {&m->w, &m->g, &m->m, &m->v};
+    for (int i = 0; i < 4; i++) *flat[i] = base[i];
+    for (int i = 0; i < m->n_params; i++) {
+        mx_param *p = &m->params[i];
+        float **pp[] = {&p->w, &p->g, &p->m, &p->v};
+        for (int j = 0; j < 4; j++) *pp[j] = base[j] ? base[j] + p->off : NULL;
+    }
+}
+
+/* What the device training path does not cover yet, named; NULL when it covers the model. */
+static const char *device_gap(const mx_tmodel *m) {
+    if (m->cfg.n_expert > 0) return "mixture-of-experts layers";
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        if (m->plan[l].kind != MX_ATTN_MHA) return mx_attn_kind_name(m->plan[l].kind);
+    return NULL;
+}
+
+int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
+    if (!be->train) return mx_err_set(err, MX_ERR_UNSUPPORTED, "the %s backend cannot train", be->name);
+    if (bf16 && !be->train->set_bf16)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--precision bf16 needs a GPU; the %s backend trains in fp32",
+                          be->name);
+    m->be = be, m->ops = be->train;
+    if (m->ops->set_bf16) m->ops->set_bf16(be, bf16);
+    if (be->caps & MX_CAP_HOST_MEMORY) return MX_OK;
+    const char *gap = device_gap(m);
+    if (gap)
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "training %s on %s is not implemented yet (MHA, GQA, MQA, windows and shared KV are); "
+                          "use --device cpu",
+                          gap, be->name);
+    for (int i = 0; i < 4; i++) {
+        if (!m->host[i]) continue; /* ZeRO-1's moments */
+        if (!(m->dev[i] = be->alloc(be, sizeof(float) * m->n_floats)))
+            return mx_err_set(err, MX_ERR_NOMEM, "out of %s memory for %zu parameters (%.1f MiB per copy)",
+                              be->name, m->n_floats, m->n_floats * 4.0 / 1048576.0);
+        m->ops->upload(be, m->dev[i], m->host[i], m->n_floats);
+    }
+    free_acts(&m->acts, NULL);
+    m->on_device = true;
+    bind(m, m->dev);
+    return alloc_acts(m, be, err);
+}
+
+void mx_tmodel_to_host(mx_tmodel *m) {
+    if (!m->on_device) return;
+    for (int i = 0; i < 4; i++)
+        if (m->dev[i]) m->be->to_host(m->be, m->host[i], m->dev[i], m->n_floats);
+    bind(m, m->host);
+}
+
+void mx_tmodel_to_device(mx_tmodel *m) {
+    if (m->on_device) bind(m, m->dev);
 }
 
 int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err) {
@@ -518,15 +590,13 @@ int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err) {
     if (cfg->plan[0] && mx_plan_parse(cfg->plan, cfg->n_layer, cfg->window, cfg->attn, m->plan, err))
         goto fail;
     layout_params(m, &lo);
-    float **bufs[] = {&m->w, &m->g, &m->m, &m->v};
     for (int i = 0; i < 4; i++)
-        if (!(*bufs[i] = calloc(m->n_floats, sizeof(float)))) goto nomem;
-    for (int i = 0; i < m->n_params; i++) {
-        mx_param *p = &m->params[i];
-        p->w = m->w + p->off, p->g = m->g + p->off, p->m = m->m + p->off, p->v = m->v + p->off;
-    }
+        if (!(m->host[i] = calloc(m->n_floats, sizeof(float)))) goto nomem;
+    m->ops = &mx_cpu_train_ops;
+    bind(m, m->host);
     mx_mup_setup(m);
-    if (alloc_acts(m, err) || mx_mla_tacts_alloc(m, err) || mx_mka_tacts_alloc(m, err) ||
+    if (!(m->segs = calloc((size_t)m->n_params, sizeof *m->segs))) goto nomem;
+    if (alloc_acts(m, NULL, err) || mx_mla_tacts_alloc(m, err) || mx_mka_tacts_alloc(m, err) ||
         mx_moe_tacts_alloc(m, err))
         goto fail;
     mx_tmodel_init_random(m, cfg->seed);
@@ -541,11 +611,15 @@ fail:
 
 void mx_tmodel_free(mx_tmodel *m) {
     if (!m) return;
-    free_acts(&m->acts);
+    free_acts(&m->acts, m->on_device ? m->be : NULL);
     mx_mla_tacts_free(m);
     mx_mka_tacts_free(m);
     mx_moe_tacts_free(m);
-    free(m->w), free(m->g), free(m->m), free(m->v);
+    for (int i = 0; i < 4; i++) {
+        free(m->host[i]);
+        if (m->dev[i]) m->be->free(m->be, m->dev[i]);
+    }
+    free(m->segs);
     free(m->params), free(m->layers), free(m->plan);
     free(m);
 }

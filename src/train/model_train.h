@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "../base/status.h"
+#include "../backend/backend_train.h"
 #include "../model/plan.h"
 
 typedef enum { MX_TARCH_GPT2, MX_TARCH_LLAMA } mx_tarch;
@@ -139,6 +140,15 @@ typedef struct {
     float attn_scale_pow; /* attention scores scaled by head_dim^-attn_scale_pow: 0.5, or 1 under muP */
     float logit_scale;    /* logits = logit_scale · lnf · Wᵀ: 1, or base / width under muP */
     double aux_loss;      /* the last forward's load-balancing loss (unweighted; 0 without experts) */
+    /* where the step runs: the training ops of a backend (backend_train.h). After mx_tmodel_create the CPU's,
+     * on host buffers; mx_tmodel_place moves parameters, gradients, moments and activations to a backend
+     * whose memory the host cannot read (on_device), and the host copies below are then refreshed only by
+     * mx_tmodel_to_host (checkpoints). m->w, g, m, v and every mx_param's pointers are the bound copy. */
+    mx_backend *be;
+    const mx_train_ops *ops;
+    bool on_device;
+    float *host[4], *dev[4]; /* w, g, m, v */
+    mx_tr_seg *segs;         /* n_params AdamW segments (off, n, lr_mult, decay) */
 } mx_tmodel;
 
 /* Builds the model of a checked config: parameters laid out, randomly initialized from cfg.seed (or read
@@ -149,6 +159,16 @@ mx_param *mx_tmodel_find(mx_tmodel *m, const char *name);
 /* GPT-2-style random init: N(0, std) matrices and embeddings, residual projections std / sqrt(2 n_layer),
  * biases 0, norm weights 1. */
 void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed);
+
+/* Runs the model's steps on be (its training ops; bf16 matmuls where the backend has them and bf16 is set).
+ * A backend with host memory keeps the buffers as they are; another gets copies of the parameters, gradients
+ * and AdamW moments and its own activations. Refuses, naming the feature, what be cannot train (MLA, MKA,
+ * FastMKA or experts on a device: not written yet). */
+int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err);
+/* On a device: copies parameters, gradients and moments back into the host buffers and binds them (the host
+ * code of checkpoints reads them); mx_tmodel_to_device binds the device copies again. No-ops on the host. */
+void mx_tmodel_to_host(mx_tmodel *m);
+void mx_tmodel_to_device(mx_tmodel *m);
 
 /* Forward over a batch tokens (B, T); with targets returns the mean cross-entropy plus moe_aux_weight times
  * the load-balancing loss (the objective; m->aux_loss keeps the unweighted aux), else 0. With backward,

@@ -15,44 +15,40 @@ float mx_lr_at(const mx_train_config *c, int step) {
 }
 
 double mx_grad_norm(const mx_tmodel *m) {
-    double ss = 0.0;
-    for (size_t i = 0; i < m->n_floats; i++) ss += (double)m->g[i] * m->g[i];
-    return sqrt(ss);
+    return sqrt(m->ops->sumsq(m->be, m->g, m->n_floats));
 }
 
 float mx_clip_grads(mx_tmodel *m, double norm, float max_norm) {
     if (max_norm <= 0) return 1.0f;
     float coef = (float)(max_norm / (norm + 1e-6));
     if (coef >= 1.0f) return 1.0f;
-#pragma omp parallel for
-    for (size_t i = 0; i < m->n_floats; i++) m->g[i] *= coef;
+    m->ops->scale(m->be, m->g, m->g, coef, (long)m->n_floats);
     return coef;
 }
 
-void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, float *mom, float *var) {
-    const mx_train_config *c = &m->cfg;
-    float b1 = c->beta1, b2 = c->beta2, eps = c->adam_eps;
-    float bc1 = 1.0f - powf(b1, (float)t), bc2 = 1.0f - powf(b2, (float)t);
-    float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
+static mx_tr_adamw adamw_hyper(const mx_train_config *c, float lr, int t) {
+    return (mx_tr_adamw){.lr = lr, .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps,
+                         .weight_decay = c->weight_decay, .t = t};
+}
+
+/* The parameters' segments of [lo, hi) of the flat vector, offsets relative to lo; returns their count. */
+static int segments(mx_tmodel *m, size_t lo, size_t hi) {
+    int n = 0;
     for (int i = 0; i < m->n_params; i++) {
         const mx_param *p = &m->params[i];
         size_t a = p->off > lo ? p->off : lo, b = p->off + (size_t)p->rows * p->cols;
         if (b > hi) b = hi;
         if (a >= b) continue;
-        size_t n = b - a;
-        float *w = m->w + a, *pm = mom + (a - lo), *pv = var + (a - lo);
-        const float *pg = m->g + a;
-        float plr = lr * p->lr_mult, ps = step_size * p->lr_mult; /* muP's per-tensor rates (mup.h) */
-        float decay = p->decay ? 1.0f - plr * c->weight_decay : 1.0f;
-#pragma omp parallel for if (n > 65536)
-        for (size_t j = 0; j < n; j++) {
-            float g = pg[j];
-            w[j] *= decay;
-            pm[j] = pm[j] * b1 + (1.0f - b1) * g; /* PyTorch: lerp(m, g, 1 - b1) */
-            pv[j] = pv[j] * b2 + (1.0f - b2) * g * g;
-            w[j] -= ps * (pm[j] / (sqrtf(pv[j]) / bc2_sqrt + eps));
-        }
+        m->segs[n++] = (mx_tr_seg){.off = a - lo, .n = b - a, .lr_mult = p->lr_mult, .decay = p->decay};
     }
+    return n;
+}
+
+void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, float *mom, float *var) {
+    mx_tr_adamw h = adamw_hyper(&m->cfg, lr, t);
+    int n = segments(m, lo, hi);
+    /* w and g are offset by lo like the slice's moments, so one segment table serves all four */
+    m->ops->adamw(m->be, m->segs, n, m->w + lo, m->g + lo, mom, var, &h);
 }
 
 void mx_adamw_step(mx_tmodel *m, float lr, int t) {
@@ -60,5 +56,5 @@ void mx_adamw_step(mx_tmodel *m, float lr, int t) {
 }
 
 void mx_zero_grads(mx_tmodel *m) {
-    memset(m->g, 0, sizeof(float) * m->n_floats);
+    m->ops->zero(m->be, m->g, m->n_floats);
 }

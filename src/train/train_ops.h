@@ -16,6 +16,8 @@
 
 #include <stdbool.h>
 
+#include "../backend/backend_train.h" /* mx_tr_attn_shape */
+
 /* ---- forward (forward_train.c) ---- */
 
 /* out[b, t, :] = wte[tok[b, t], :] (+ wpe[t, :] when wpe != NULL). out (N, C). */
@@ -37,10 +39,6 @@ void mx_tr_attention_fwd(float *out, float *lse, const float *q, const float *k,
                          int H, int G, int D, int window);
 /* The general form: keys of Dk, values of Dv elements, a given score scale (1/sqrt(Dk) standard, 1/Dk
  * under muP). q (B, T, H, Dk), k (B, T, G, Dk), v (B, T, G, Dv), out (B, T, H, Dv), lse (B, T, H). */
-typedef struct {
-    int B, T, H, G, Dk, Dv, window;
-    float scale;
-} mx_tr_attn_shape;
 void mx_tr_attn_fwd(const mx_tr_attn_shape *s, float *out, float *lse, const float *q, const float *k,
                     const float *v);
 /* out = gelu(x), tanh approximation (GPT-2's "gelu_new"), n elements. */

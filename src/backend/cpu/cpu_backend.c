@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <string.h>
 
+#include "../backend_train.h"
 #include "cpu_ops.h"
 
 static void *cpu_alloc(mx_backend *be, size_t bytes) {
@@ -76,5 +77,6 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->kv_write = mx_cpu_kv_write;
     be->to_host = cpu_to_host;
     mx_cpu_blocks_register(be);
+    be->train = &mx_cpu_train_ops;
     return be;
 }
