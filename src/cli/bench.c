@@ -15,6 +15,7 @@
 
 #include "../base/rng.h"
 #include "../io/dtype.h"
+#include "../base/clock.h"
 #include "../run/generate.h"
 #include "../run/star_pipeline.h"
 #include "../model/tp.h"

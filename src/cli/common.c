@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include "../attention/kvcache.h"
+#include "../base/file.h"
 #include "../dist/agree.h"
 #include "../model/tp.h"
 
@@ -358,30 +359,8 @@ void mx_print_quoted(FILE *f, const char *s, size_t n) {
 }
 
 char *mx_read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "mixatt: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (n + 1 >= cap) {
-            char *b = realloc(buf, cap *= 2);
-            if (!b) free(buf);
-            buf = b;
-        }
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        fprintf(stderr, "mixatt: cannot read %s\n", path);
-        return NULL;
-    }
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
+    mx_err err = {0};
+    char *text = mx_file_read(path, len, &err);
+    if (!text) fprintf(stderr, "mixatt: %s\n", err.msg);
+    return text;
 }

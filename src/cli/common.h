@@ -51,7 +51,7 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be);
 void mx_close_model(mx_model *m, mx_backend *be);
 /* Prints n bytes quoted, with C escapes for quotes, backslashes and control bytes (UTF-8 bytes as they are). */
 void mx_print_quoted(FILE *f, const char *s, size_t n);
-/* Reads a whole file into a malloc'd NUL-terminated buffer; prints a message and returns NULL on failure. */
+/* mx_file_read (base/file.h) for a command: prints the message and returns NULL on failure. */
 char *mx_read_file(const char *path, size_t *len);
 /* Parses an int flag value, printing "--flag expects ..." on error. */
 int mx_parse_int(const char *flag, const char *s, int lo, int hi, int *out);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../base/clock.h"
 #include "../run/generate.h"
 #include "commands.h"
 #include "common.h"

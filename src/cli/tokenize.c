@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../base/file.h"
 #include "../io/gguf.h"
 #include "../tok/tokenizer.h"
 #include "commands.h"
@@ -156,41 +157,15 @@ static int parse_args(int argc, char **argv, tokenize_opts *o) {
     return 0;
 }
 
-/* Reads a whole stream; returns a malloc'd buffer (NUL-terminated) or NULL with errno set. */
-static char *read_stream(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (ferror(f)) break;
-        if (n + 1 < cap) {
-            buf[n] = '\0';
-            *len = n;
-            return buf;
-        }
-        char *nb = realloc(buf, cap *= 2);
-        if (!nb) break;
-        buf = nb;
-    }
-    int e = errno;
-    free(buf);
-    errno = e ? e : EIO;
-    return NULL;
-}
-
 static char *read_input(const tokenize_opts *o, size_t *len) {
     if (o->prompt) {
         *len = strlen(o->prompt);
         return strdup(o->prompt);
     }
-    FILE *f = strcmp(o->file, "-") ? fopen(o->file, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "mixatt tokenize: cannot open %s: %s\n", o->file, strerror(errno));
-        return NULL;
-    }
-    char *buf = read_stream(f, len);
-    if (!buf) fprintf(stderr, "mixatt tokenize: cannot read %s: %s\n", o->file, strerror(errno));
-    if (f != stdin) fclose(f);
+    mx_err err = {0};
+    char *buf = strcmp(o->file, "-") ? mx_file_read(o->file, len, &err)
+                                     : mx_file_read_stream(stdin, "stdin", len, &err);
+    if (!buf) fprintf(stderr, "mixatt tokenize: %s\n", err.msg);
     return buf;
 }
 

@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
+#include "../base/clock.h"
 #include "../io/gguf.h"
 #include "../tok/tokenizer.h"
 #include "../train/shards.h"
@@ -44,12 +44,6 @@ typedef struct {
     double t0, last;
     bool quiet;
 } progress;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int add_path(file_list *l, const char *path) {
     char **p = realloc(l->paths, sizeof *p * (size_t)(l->n + 1));
@@ -114,7 +108,7 @@ static void fmt_size(char *buf, size_t n, long long b) {
 }
 
 static void progress_draw(progress *p, bool final) {
-    double t = now_s();
+    double t = mx_now();
     if (p->quiet || (!final && t - p->last < 0.2)) return;
     p->last = t;
     double frac = p->bytes_total ? (double)p->bytes_done / (double)p->bytes_total : 1, dt = t - p->t0;
@@ -200,7 +194,7 @@ static int tokenize_all(const mx_tokenizer *t, const file_list *l, const mx_shar
     split_writer train, val;
     int rc = init_writer(&train, o->out, "train", wide, o->shard_tokens);
     if (!rc) rc = init_writer(&val, o->out, "val", wide, o->shard_tokens);
-    progress p = {.bytes_total = l->bytes, .t0 = now_s(), .quiet = o->quiet};
+    progress p = {.bytes_total = l->bytes, .t0 = mx_now(), .quiet = o->quiet};
     for (int i = 0; !rc && i < l->n; i++) rc = add_file(t, l->paths[i], o, &train, &val, &p);
     if (!rc && train.n) rc = flush_shard(&train);
     if (!rc && val.n) rc = flush_shard(&val);

@@ -30,9 +30,9 @@ int mx_comm_nccl_attach(mx_comm *c, mx_backend *be, mx_err *err) {
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <sched.h>
-#include <time.h>
 
 #include "../backend/cuda/cuda_stream.h"
+#include "../base/clock.h"
 
 typedef struct {
     ncclComm_t nc;
@@ -49,12 +49,6 @@ static nccl_state *st_of(mx_comm *c) {
     return (nccl_state *)c->ctx;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void abort_nccl(nccl_state *st) {
     if (!st->aborted) ncclCommAbort(st->nc);
     st->aborted = 1;
@@ -64,7 +58,7 @@ static void abort_nccl(nccl_state *st) {
  * error or the timeout aborts the communicator. */
 static int wait_done(mx_comm *c, const char *what, int stream, mx_err *err) {
     nccl_state *st = st_of(c);
-    double t0 = now_s();
+    double t0 = mx_now();
     for (;;) {
         ncclResult_t async = ncclSuccess;
         ncclResult_t r = ncclCommGetAsyncError(st->nc, &async);
@@ -85,7 +79,7 @@ static int wait_done(mx_comm *c, const char *what, int stream, mx_err *err) {
                                   cudaGetErrorString(e));
             }
         }
-        if (now_s() - t0 > st->timeout_s) {
+        if (mx_now() - t0 > st->timeout_s) {
             abort_nccl(st);
             return mx_err_set(
                 err, MX_ERR_IO,

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "../base/file.h"
 #include "dtype.h"
 
 #define ST_MAX_HEADER (100u << 20)       /* the format's own limit on the JSON header */
@@ -341,23 +342,6 @@ static int set_add(mx_st_set *s, const char *name, mx_err *err) {
     return rc;
 }
 
-static char *read_text(const char *path, mx_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno)), NULL;
-    char *buf = NULL;
-    long n = fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
-    if (n >= 0 && fseek(fp, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
-        fread(buf, 1, (size_t)n, fp) == (size_t)n) {
-        buf[n] = '\0';
-    } else {
-        free(buf);
-        buf = NULL;
-        mx_err_set(err, MX_ERR_IO, "%s: cannot read", path);
-    }
-    fclose(fp);
-    return buf;
-}
-
 /* Every shard of the weight map, then a check that each tensor is where the map says. */
 static int open_index(mx_st_set *s, const char *index_path, const cJSON *map, mx_err *err) {
     if (!cJSON_IsObject(map))
@@ -381,7 +365,7 @@ static int open_index(mx_st_set *s, const char *index_path, const cJSON *map, mx
 }
 
 static int open_sharded(mx_st_set *s, const char *index_path, mx_err *err) {
-    char *text = read_text(index_path, err);
+    char *text = mx_file_read(index_path, NULL, err);
     if (!text) return err->code;
     cJSON *root = cJSON_Parse(text);
     free(text);

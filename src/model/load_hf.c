@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../base/file.h"
 #include "../io/dtype.h"
 #include "../io/safetensors.h"
 #include "config_check.h"
@@ -615,24 +616,14 @@ static void text_position(const char *text, size_t at, int *line, int *col) {
 
 static int open_config(hf_loader *h) {
     snprintf(h->cfg_path, sizeof h->cfg_path, "%s/config.json", h->m->path);
-    FILE *f = fopen(h->cfg_path, "rb");
-    if (!f)
-        return mx_err_set(h->err, MX_ERR_IO, "%s: cannot open (not a Hugging Face model directory?)",
-                          h->cfg_path);
-    char *text = NULL;
-    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1)) &&
-        fread(text, 1, (size_t)n, f) == (size_t)n)
-        text[n] = '\0';
-    else
-        free(text), text = NULL;
-    fclose(f);
-    if (!text) return mx_err_set(h->err, MX_ERR_IO, "%s: cannot read", h->cfg_path);
-    const char *end = strlen(text) < (size_t)n ? text + strlen(text) : NULL; /* a NUL byte ends the text */
+    size_t n;
+    char *text = mx_file_read(h->cfg_path, &n, h->err);
+    if (!text) return mx_err_wrap(h->err, "%s as a Hugging Face model directory", h->m->path);
+    const char *end = strlen(text) < n ? text + strlen(text) : NULL; /* a NUL byte ends the text */
     if (!end) h->cfg = cJSON_ParseWithOpts(text, &end, true);
     int line = 0, col = 0;
     if (!h->cfg && end) text_position(text, (size_t)(end - text), &line, &col);
-    bool nul = !h->cfg && end && !*end && (size_t)(end - text) < (size_t)n;
+    bool nul = !h->cfg && end && !*end && (size_t)(end - text) < n;
     free(text);
     if (!h->cfg)
         return mx_err_set(h->err, MX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d%s", h->cfg_path,

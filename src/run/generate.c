@@ -4,13 +4,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-double mx_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "../base/clock.h"
 
 typedef struct {
     char *buf;

@@ -29,6 +29,4 @@ int mx_generate(mx_session *s, mx_sampler *smp, const int *prompt, int n_prompt,
                 mx_gen_result *res, mx_err *err);
 void mx_gen_result_free(mx_gen_result *r);
 
-double mx_now(void); /* monotonic seconds */
-
 #endif
