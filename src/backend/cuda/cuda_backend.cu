@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cuda_common.h"
+#include "cuda_train.h"
 
 extern "C" {
 int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err);
@@ -314,6 +315,7 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     be->sync = cu_sync;
     be->to_host = cu_to_host;
     mx_cuda_graph_init(be); /* the ops */
+    be->train = &mx_cuda_train_ops;
     *out = be;
     return MX_OK;
 }
@@ -339,6 +341,7 @@ void mx_backend_cuda_destroy(mx_backend *be) {
         mx_cuda_moe_free(c);
         mx_cuda_matmul_cache_free(c);
         mx_cuda_sample_free(c);
+        mx_cuda_train_free(c);
         cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);
         free(c);

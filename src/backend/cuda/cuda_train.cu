@@ -1,0 +1,592 @@
+/* cuda_train.cu: the CUDA implementation of the training op contract (backend_train.h), except attention
+ * (cuda_train_attn.cu). fp32 buffers throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F)
+ * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF: the inputs are
+ * rounded to bf16 inside the GEMM). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
+ * two runs with one seed give the same bits (no atomics; column sums are per-chunk partials summed in order).
+ * Shapes as in backend_train.h: N rows, C width, V vocabulary; weights [out, in] row-major. */
+#include <cublas_v2.h>
+#include <math.h>
+#include <string.h>
+
+#include "cuda_train.h"
+
+enum { ROW_WARPS = 8, CHUNKS = 64, SUMSQ_BLOCKS = 1024, XENT_ROWS = 2048 };
+
+/* ---- the training state of a CUDA backend (mx_cuda_ctx.train) ---- */
+
+typedef struct {
+    cublasHandle_t blas;
+    bool bf16;
+    int *tok;      /* tokens of the step (embedding forward) */
+    size_t tok_cap;
+    int *csr;      /* embedding backward: rows grouped by token (uniq tokens, offsets, rows) */
+    size_t csr_cap;
+    int *csr_host; /* staging, same layout */
+    size_t csr_host_cap;
+    float *part; /* column-sum partials (CHUNKS x width) */
+    size_t part_cap;
+    double *dsum; /* sum-of-squares partials, per-row losses */
+    size_t dsum_cap;
+    double *dsum_host;
+    size_t dsum_host_cap;
+    float *logits; /* XENT_ROWS x V */
+    size_t logits_cap;
+    mx_tr_seg *segs; /* adamw segments */
+    int segs_cap;
+} cu_train;
+
+template <typename T> static T *grow(T *p, size_t *cap, size_t n) {
+    if (n <= *cap) return p;
+    if (p) CU_CHECK(cudaFree(p));
+    CU_CHECK(cudaMalloc((void **)&p, sizeof(T) * n));
+    *cap = n;
+    return p;
+}
+
+template <typename T> static T *grow_host(T *p, size_t *cap, size_t n) {
+    if (n <= *cap) return p;
+    free(p);
+    p = (T *)malloc(sizeof(T) * n);
+    if (!p) mx_cuda_fatal("malloc", "out of host memory", __FILE__, __LINE__);
+    *cap = n;
+    return p;
+}
+
+static cu_train *tr(mx_backend *be) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!c->train) {
+        cu_train *t = (cu_train *)calloc(1, sizeof *t);
+        if (!t) mx_cuda_fatal("calloc", "out of host memory", __FILE__, __LINE__);
+        if (cublasCreate(&t->blas) != CUBLAS_STATUS_SUCCESS)
+            mx_cuda_fatal("cublasCreate", "cannot initialize cuBLAS", __FILE__, __LINE__);
+        LT_CHECK(cublasSetStream(t->blas, c->stream));
+        c->train = t;
+    }
+    return (cu_train *)c->train;
+}
+
+void mx_cuda_train_free(mx_cuda_ctx *c) {
+    cu_train *t = (cu_train *)c->train;
+    if (!t) return;
+    cublasDestroy(t->blas);
+    cudaFree(t->tok), cudaFree(t->csr), cudaFree(t->part), cudaFree(t->dsum), cudaFree(t->logits);
+    free(t->csr_host), free(t->dsum_host), free(t->segs);
+    free(t);
+    c->train = NULL;
+}
+
+static cudaStream_t stream_of(mx_backend *be) {
+    return cu_ctx(be)->stream;
+}
+
+static unsigned blocks_for(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 65535u * 16u ? b : 65535u * 16u);
+}
+
+/* ---- reductions inside a warp and a block ---- */
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* ---- GEMMs (row-major through column-major cuBLAS: a row-major (r, c) matrix is a column-major (c, r)) ---- */
+
+/* C (m_rows, n_cols) row-major = alpha · op(A) · op(B) + beta · C, written as cuBLAS sees the transposes. */
+static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    cu_train *t = tr(be);
+    float alpha = 1.0f;
+    cublasComputeType_t ct = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                          CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+/* y (N, out) = x (N, in) · Wᵀ: column-major yᵀ (out, N) = W' (out, in) · xᵀ, W' = the stored (in, out)ᵀ */
+static void gemm_xwt(mx_backend *be, float *y, const float *x, const float *W, int N, int in, int out, float beta) {
+    gemm(be, CUBLAS_OP_T, CUBLAS_OP_N, out, N, in, W, in, x, in, beta, y, out);
+}
+/* dx (N, in) = dy (N, out) · W (out, in) */
+static void gemm_dyw(mx_backend *be, float *dx, const float *dy, const float *W, int N, int in, int out,
+                     float beta) {
+    gemm(be, CUBLAS_OP_N, CUBLAS_OP_N, in, N, out, W, in, dy, out, beta, dx, in);
+}
+/* dW (out, in) += dyᵀ (out, N) · x (N, in) */
+static void gemm_dytx(mx_backend *be, float *dW, const float *dy, const float *x, int N, int in, int out) {
+    gemm(be, CUBLAS_OP_N, CUBLAS_OP_T, in, out, N, x, in, dy, out, 1.0f, dW, in);
+}
+
+/* ---- column sums: dst[c] += Σ_rows f(row, c), as CHUNKS partials summed in order (deterministic) ---- */
+
+/* part[chunk, c] = Σ_{n in chunk} src[n, c] (and, with x: Σ src·xhat for the norms' weight gradient, xhat =
+ * (x - mean) * rstd; mean NULL for RMSNorm). */
+static __global__ void k_colsum_partial(float *part, float *part2, const float *src, const float *x, const float *mean,
+                                 const float *rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (c >= C) return;
+    int per = (N + CHUNKS - 1) / CHUNKS, n0 = chunk * per, n1 = min(N, n0 + per);
+    float s = 0.0f, s2 = 0.0f;
+    for (int n = n0; n < n1; n++) {
+        float d = src[(size_t)n * C + c];
+        s += d;
+        if (x) s2 += d * ((x[(size_t)n * C + c] - (mean ? mean[n] : 0.0f)) * rstd[n]);
+    }
+    part[(size_t)chunk * C + c] = s;
+    if (part2) part2[(size_t)chunk * C + c] = s2;
+}
+
+static __global__ void k_colsum_finish(float *dst, const float *part, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int k = 0; k < CHUNKS; k++) s += part[(size_t)k * C + c];
+    dst[c] += s;
+}
+
+/* db[c] += Σ_n src[n, c]; with x also dw[c] += Σ_n src[n, c] · xhat[n, c] (db may be NULL then). */
+static void column_sums(mx_backend *be, float *db, float *dw, const float *src, const float *x, const float *mean,
+                        const float *rstd, int N, int C) {
+    cu_train *t = tr(be);
+    t->part = grow(t->part, &t->part_cap, (size_t)2 * CHUNKS * C);
+    float *p1 = t->part, *p2 = t->part + (size_t)CHUNKS * C;
+    dim3 grid((C + 127) / 128, CHUNKS);
+    k_colsum_partial<<<grid, 128, 0, stream_of(be)>>>(p1, x ? p2 : NULL, src, x, mean, rstd, N, C);
+    CU_LAUNCHED();
+    if (db) k_colsum_finish<<<(C + 127) / 128, 128, 0, stream_of(be)>>>(db, p1, C);
+    if (x) k_colsum_finish<<<(C + 127) / 128, 128, 0, stream_of(be)>>>(dw, p2, C);
+    CU_LAUNCHED();
+}
+
+/* ---- forward ---- */
+
+static __global__ void k_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int T, int C) {
+    int row = blockIdx.x;
+    const float *e = wte + (size_t)tok[row] * C, *p = wpe ? wpe + (size_t)(row % T) * C : NULL;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[(size_t)row * C + i] = e[i] + (p ? p[i] : 0.0f);
+}
+
+static void t_embed_fwd(mx_backend *be, float *out, const float *wte, const float *wpe, const int *tok, int B,
+                        int T, int C) {
+    cu_train *t = tr(be);
+    size_t N = (size_t)B * T;
+    t->tok = grow(t->tok, &t->tok_cap, N);
+    CU_CHECK(cudaMemcpyAsync(t->tok, tok, sizeof(int) * N, cudaMemcpyHostToDevice, stream_of(be)));
+    k_embed_fwd<<<(unsigned)N, 256, 0, stream_of(be)>>>(out, wte, wpe, t->tok, T, C);
+    CU_LAUNCHED();
+}
+
+/* One warp per row: mean and variance in fp32 (two passes over the row, which stays in L1). */
+static __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+                                const float *b, int N, int C, float eps) {
+    int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *xr = x + (size_t)n * C;
+    float s = 0.0f;
+    for (int i = lane; i < C; i += 32) s += xr[i];
+    float mu = warp_sum_f(s) / C, v = 0.0f;
+    for (int i = lane; i < C; i += 32) v += (xr[i] - mu) * (xr[i] - mu);
+    float r = rsqrtf(warp_sum_f(v) / C + eps);
+    for (int i = lane; i < C; i += 32) out[(size_t)n * C + i] = (xr[i] - mu) * r * w[i] + (b ? b[i] : 0.0f);
+    if (lane == 0) mean[n] = mu, rstd[n] = r;
+}
+
+static void t_layernorm_fwd(mx_backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
+                            const float *b, int N, int C, float eps) {
+    k_layernorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, mean, rstd, x, w,
+                                                                                           b, N, C, eps);
+    CU_LAUNCHED();
+}
+
+static __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *xr = x + (size_t)n * C;
+    float s = 0.0f;
+    for (int i = lane; i < C; i += 32) s += xr[i] * xr[i];
+    float r = rsqrtf(warp_sum_f(s) / C + eps);
+    for (int i = lane; i < C; i += 32) out[(size_t)n * C + i] = xr[i] * r * w[i];
+    if (lane == 0) rstd[n] = r;
+}
+
+static void t_rmsnorm_fwd(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
+                          float eps) {
+    k_rmsnorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, rstd, x, w, N, C,
+                                                                                         eps);
+    CU_LAUNCHED();
+}
+
+static __global__ void k_add_bias(float *y, const float *b, size_t rows, int n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < rows * n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] += b[i % n];
+}
+
+static void t_matmul_fwd(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N, int in,
+                         int out) {
+    gemm_xwt(be, y, x, W, N, in, out, 0.0f);
+    if (!b) return;
+    size_t n = (size_t)N * out;
+    k_add_bias<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(y, b, (size_t)N, out);
+    CU_LAUNCHED();
+}
+
+/* Rotate-half RoPE; the frequency as Hugging Face forms it (fp32 of a double power), the angle in fp32. */
+static __global__ void k_rope(float *x, int T, int nh, int D, float theta, bool inverse, size_t total) {
+    int half = D / 2;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % half);
+        size_t rh = idx / half; /* (row, head) */
+        int t = (int)((rh / nh) % T);
+        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
+        float ang = (float)t * inv_freq, c = cosf(ang), s = inverse ? -sinf(ang) : sinf(ang);
+        float *v = x + rh * D;
+        float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * c - x1 * s;
+        v[i + half] = x0 * s + x1 * c;
+    }
+}
+
+static void t_rope(mx_backend *be, float *x, int B, int T, int nh, int D, float theta, bool inverse) {
+    size_t total = (size_t)B * T * nh * (D / 2);
+    k_rope<<<blocks_for(total, 256), 256, 0, stream_of(be)>>>(x, T, nh, D, theta, inverse, total);
+    CU_LAUNCHED();
+}
+
+/* GPT-2's tanh GELU and its derivative, in fp32 as the CPU's vmath. */
+__device__ __forceinline__ float gelu_f(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float gelu_grad(float x) {
+    const float k = 0.7978845608028654f;
+    float u = k * (x + 0.044715f * x * x * x), th = tanhf(u);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+#define ELEMENTWISE(name, params, body)                                                                       \
+    static __global__ void name params {                                                                            \
+        for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) \
+            body;                                                                                            \
+    }
+
+ELEMENTWISE(k_gelu_fwd, (float *out, const float *x, long n), out[i] = gelu_f(x[i]))
+ELEMENTWISE(k_gelu_bwd, (float *dx, const float *dout, const float *x, long n), dx[i] = gelu_grad(x[i]) * dout[i])
+ELEMENTWISE(k_swiglu_fwd, (float *out, const float *g, const float *u, long n),
+            out[i] = g[i] / (1.0f + expf(-g[i])) * u[i])
+ELEMENTWISE(k_add, (float *out, const float *a, const float *b, long n), out[i] = a[i] + b[i])
+ELEMENTWISE(k_scale, (float *out, const float *x, float s, long n), out[i] = s * x[i])
+
+static __global__ void k_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float sig = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * sig;
+        dg[i] = dout[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+        du[i] = dout[i] * silu;
+    }
+}
+
+static void t_gelu_fwd(mx_backend *be, float *out, const float *x, long n) {
+    k_gelu_fwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(out, x, n);
+    CU_LAUNCHED();
+}
+static void t_swiglu_fwd(mx_backend *be, float *out, const float *g, const float *u, long n) {
+    k_swiglu_fwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(out, g, u, n);
+    CU_LAUNCHED();
+}
+static void t_add(mx_backend *be, float *out, const float *a, const float *b, long n) {
+    k_add<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(out, a, b, n);
+    CU_LAUNCHED();
+}
+static void t_scale(mx_backend *be, float *out, const float *x, float s, long n) {
+    k_scale<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(out, x, s, n);
+    CU_LAUNCHED();
+}
+
+/* ---- backward ---- */
+
+/* Block u sums the rows of token uniq[u] (rows[off[u] .. off[u+1])) in order into dwte's row. */
+static __global__ void k_embed_bwd_wte(float *dwte, const float *dout, const int *uniq, const int *off, const int *rows,
+                                int C) {
+    int u = blockIdx.x, tok = uniq[u];
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float s = 0.0f;
+        for (int r = off[u]; r < off[u + 1]; r++) s += dout[(size_t)rows[r] * C + i];
+        dwte[(size_t)tok * C + i] += s;
+    }
+}
+
+static __global__ void k_embed_bwd_wpe(float *dwpe, const float *dout, int B, int T, int C) {
+    int t = blockIdx.x;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += dout[((size_t)b * T + t) * C + i];
+        dwpe[(size_t)t * C + i] += s;
+    }
+}
+
+/* The rows of each token, grouped on the host (a counting sort of N ids): [uniq (U) | off (U+1) | rows (N)]. */
+static int group_rows(cu_train *t, const int *tok, int N, int *U) {
+    int vmax = 0;
+    for (int i = 0; i < N; i++) vmax = tok[i] > vmax ? tok[i] : vmax;
+    size_t need = (size_t)N + (size_t)vmax + 2 + (size_t)N + 1 + (size_t)N;
+    t->csr_host = grow_host(t->csr_host, &t->csr_host_cap, need + (size_t)vmax + 1);
+    int *count = t->csr_host + need; /* vmax + 1 counters after the layout */
+    memset(count, 0, sizeof(int) * ((size_t)vmax + 1));
+    for (int i = 0; i < N; i++) count[tok[i]]++;
+    int u = 0;
+    for (int v = 0; v <= vmax; v++) u += count[v] > 0;
+    int *uniq = t->csr_host, *off = uniq + u, *rows = off + u + 1;
+    int k = 0, pos = 0;
+    for (int v = 0; v <= vmax; v++) {
+        if (!count[v]) continue;
+        uniq[k] = v, off[k] = pos;
+        pos += count[v];
+        count[v] = off[k++]; /* now the next slot of token v */
+    }
+    off[u] = pos;
+    for (int i = 0; i < N; i++) rows[count[tok[i]]++] = i; /* rows of a token in increasing order */
+    *U = u;
+    return u + (u + 1) + N;
+}
+
+static void t_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T,
+                        int C) {
+    cu_train *t = tr(be);
+    int N = B * T, U = 0, len = group_rows(t, tok, N, &U);
+    t->csr = grow(t->csr, &t->csr_cap, (size_t)len);
+    CU_CHECK(cudaMemcpyAsync(t->csr, t->csr_host, sizeof(int) * len, cudaMemcpyHostToDevice, stream_of(be)));
+    CU_CHECK(cudaStreamSynchronize(stream_of(be))); /* csr_host is reused by the next call */
+    k_embed_bwd_wte<<<U, 256, 0, stream_of(be)>>>(dwte, dout, t->csr, t->csr + U, t->csr + 2 * U + 1, C);
+    CU_LAUNCHED();
+    if (dwpe) {
+        k_embed_bwd_wpe<<<T, 256, 0, stream_of(be)>>>(dwpe, dout, B, T, C);
+        CU_LAUNCHED();
+    }
+}
+
+/* dx += LayerNorm (mean != NULL) or RMSNorm backward, one warp per row; the means of g = dout·w and g·xhat in
+ * fp32 (the CPU sums them in double). */
+static __global__ void k_norm_bwd_dx(float *dx, const float *dout, const float *x, const float *mean, const float *rstd,
+                              const float *w, int N, int C) {
+    int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *d = dout + (size_t)n * C, *xr = x + (size_t)n * C;
+    float mu = mean ? mean[n] : 0.0f, r = rstd[n], sg = 0.0f, sgx = 0.0f;
+    for (int i = lane; i < C; i += 32) {
+        float g = d[i] * w[i];
+        sg += g;
+        sgx += g * (xr[i] - mu) * r;
+    }
+    sg = mean ? warp_sum_f(sg) / C : 0.0f;
+    sgx = warp_sum_f(sgx) / C;
+    float *o = dx + (size_t)n * C;
+    for (int i = lane; i < C; i += 32) {
+        float xhat = (xr[i] - mu) * r;
+        o[i] += r * (d[i] * w[i] - sg - xhat * sgx);
+    }
+}
+
+static void t_layernorm_bwd(mx_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                            const float *mean, const float *rstd, const float *w, int N, int C) {
+    column_sums(be, db, dw, dout, x, mean, rstd, N, C);
+    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, mean, rstd,
+                                                                                         w, N, C);
+    CU_LAUNCHED();
+}
+
+static void t_rmsnorm_bwd(mx_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                          const float *rstd, const float *w, int N, int C) {
+    column_sums(be, NULL, dw, dout, x, NULL, rstd, N, C);
+    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, NULL, rstd,
+                                                                                         w, N, C);
+    CU_LAUNCHED();
+}
+
+static void t_matmul_bwd(mx_backend *be, float *dx, float *dW, float *db, const float *dy, const float *x,
+                         const float *W, int N, int in, int out, bool accumulate) {
+    if (dx) gemm_dyw(be, dx, dy, W, N, in, out, accumulate ? 1.0f : 0.0f);
+    gemm_dytx(be, dW, dy, x, N, in, out);
+    if (db) column_sums(be, db, NULL, dy, NULL, NULL, NULL, N, out);
+}
+
+static void t_gelu_bwd(mx_backend *be, float *dx, const float *dout, const float *x, long n) {
+    k_gelu_bwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(dx, dout, x, n);
+    CU_LAUNCHED();
+}
+static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
+                         long n) {
+    k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(dg, du, dout, g, u, n);
+    CU_LAUNCHED();
+}
+
+/* ---- the head with softmax cross-entropy ---- */
+
+/* One block per row of logits (V): loss[r] = log Σ exp(l - max) + max - l[y] (double); with grad the row
+ * becomes scale · (softmax - onehot(y)). */
+static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, bool grad, float scale) {
+    __shared__ float red[32];
+    __shared__ double redd[32];
+    int r = blockIdx.x, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    float *lr = logits + (size_t)r * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, lr[i]);
+    mx = warp_max_f(mx);
+    if (lane == 0) red[wid] = mx;
+    __syncthreads();
+    if (wid == 0) {
+        float v = lane < nw ? red[lane] : -INFINITY;
+        v = warp_max_f(v);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    mx = red[0];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += (double)expf(lr[i] - mx);
+    s = warp_sum_d(s);
+    if (lane == 0) redd[wid] = s;
+    __syncthreads();
+    if (wid == 0) {
+        double v = lane < nw ? redd[lane] : 0.0;
+        v = warp_sum_d(v);
+        if (lane == 0) redd[0] = v;
+    }
+    __syncthreads();
+    double sum = redd[0];
+    int y = targets[r];
+    float ly = lr[y];
+    __syncthreads(); /* every thread has read lr[y] before it is overwritten */
+    if (threadIdx.x == 0) loss[r] = log(sum) + mx - ly;
+    if (!grad) return;
+    float k = (float)(scale / sum);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) lr[i] = expf(lr[i] - mx) * k - (i == y ? scale : 0.0f);
+}
+
+static double t_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C, int V,
+                          float scale, float *dx, float *dW) {
+    cu_train *t = tr(be);
+    int R = N < XENT_ROWS ? N : XENT_ROWS;
+    t->logits = grow(t->logits, &t->logits_cap, (size_t)R * V);
+    t->dsum = grow(t->dsum, &t->dsum_cap, (size_t)N);
+    int *dtarget = NULL;
+    CU_CHECK(cudaMallocAsync((void **)&dtarget, sizeof(int) * N, stream_of(be)));
+    CU_CHECK(cudaMemcpyAsync(dtarget, targets, sizeof(int) * N, cudaMemcpyHostToDevice, stream_of(be)));
+    for (int r0 = 0; r0 < N; r0 += R) {
+        int rows = N - r0 < R ? N - r0 : R;
+        const float *xr = x + (size_t)r0 * C;
+        gemm_xwt(be, t->logits, xr, W, rows, C, V, 0.0f);
+        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, dx != NULL, scale);
+        CU_LAUNCHED();
+        if (!dx) continue;
+        gemm_dyw(be, dx + (size_t)r0 * C, t->logits, W, rows, C, V, 0.0f);
+        gemm_dytx(be, dW, t->logits, xr, rows, C, V);
+    }
+    t->dsum_host = grow_host(t->dsum_host, &t->dsum_host_cap, (size_t)N);
+    CU_CHECK(cudaMemcpyAsync(t->dsum_host, t->dsum, sizeof(double) * N, cudaMemcpyDeviceToHost, stream_of(be)));
+    CU_CHECK(cudaFreeAsync(dtarget, stream_of(be)));
+    CU_CHECK(cudaStreamSynchronize(stream_of(be)));
+    double loss = 0.0;
+    for (int i = 0; i < N; i++) loss += t->dsum_host[i];
+    return loss;
+}
+
+/* ---- buffers and the optimizer ---- */
+
+static void t_upload(mx_backend *be, float *dst, const float *src, size_t n) {
+    CU_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyHostToDevice, stream_of(be)));
+    CU_CHECK(cudaStreamSynchronize(stream_of(be)));
+}
+
+static void t_zero(mx_backend *be, float *x, size_t n) {
+    CU_CHECK(cudaMemsetAsync(x, 0, sizeof(float) * n, stream_of(be)));
+}
+
+/* SUMSQ_BLOCKS partial sums in double, each over a fixed stride of elements, then summed in order. */
+static __global__ void k_sumsq(double *part, const float *x, size_t n) {
+    __shared__ double red[32];
+    double s = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = warp_sum_d(s);
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+    if (lane == 0) red[wid] = s;
+    __syncthreads();
+    if (wid == 0) {
+        double v = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
+        v = warp_sum_d(v);
+        if (lane == 0) part[blockIdx.x] = v;
+    }
+}
+
+static double t_sumsq(mx_backend *be, const float *x, size_t n) {
+    cu_train *t = tr(be);
+    t->dsum = grow(t->dsum, &t->dsum_cap, (size_t)SUMSQ_BLOCKS);
+    k_sumsq<<<SUMSQ_BLOCKS, 256, 0, stream_of(be)>>>(t->dsum, x, n);
+    CU_LAUNCHED();
+    t->dsum_host = grow_host(t->dsum_host, &t->dsum_host_cap, (size_t)SUMSQ_BLOCKS);
+    CU_CHECK(cudaMemcpyAsync(t->dsum_host, t->dsum, sizeof(double) * SUMSQ_BLOCKS, cudaMemcpyDeviceToHost,
+                             stream_of(be)));
+    CU_CHECK(cudaStreamSynchronize(stream_of(be)));
+    double s = 0.0;
+    for (int i = 0; i < SUMSQ_BLOCKS; i++) s += t->dsum_host[i];
+    return s;
+}
+
+/* One launch for every parameter: blockIdx.y is the segment, the x blocks stride over its elements. */
+static __global__ void k_adamw(const mx_tr_seg *segs, float *w, const float *g, float *m, float *v, mx_tr_adamw h,
+                        float step_size, float bc2_sqrt) {
+    mx_tr_seg s = segs[blockIdx.y];
+    float plr = h.lr * s.lr_mult, ps = step_size * s.lr_mult;
+    float decay = s.decay ? 1.0f - plr * h.weight_decay : 1.0f;
+    for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < s.n; j += (size_t)gridDim.x * blockDim.x) {
+        size_t i = s.off + j;
+        float gj = g[i], wj = w[i] * decay;
+        float mj = m[i] * h.beta1 + (1.0f - h.beta1) * gj;
+        float vj = v[i] * h.beta2 + (1.0f - h.beta2) * gj * gj;
+        m[i] = mj, v[i] = vj;
+        w[i] = wj - ps * (mj / (sqrtf(vj) / bc2_sqrt + h.eps));
+    }
+}
+
+static void t_adamw(mx_backend *be, const mx_tr_seg *segs, int n_seg, float *w, const float *g, float *m, float *v,
+                    const mx_tr_adamw *h) {
+    cu_train *t = tr(be);
+    size_t cap = (size_t)t->segs_cap;
+    t->segs = grow(t->segs, &cap, (size_t)n_seg);
+    t->segs_cap = (int)cap;
+    CU_CHECK(cudaMemcpyAsync(t->segs, segs, sizeof *segs * n_seg, cudaMemcpyHostToDevice, stream_of(be)));
+    float bc1 = 1.0f - powf(h->beta1, (float)h->t), bc2 = 1.0f - powf(h->beta2, (float)h->t);
+    dim3 grid(64, n_seg);
+    k_adamw<<<grid, 256, 0, stream_of(be)>>>(t->segs, w, g, m, v, *h, h->lr / bc1, sqrtf(bc2));
+    CU_LAUNCHED();
+    CU_CHECK(cudaStreamSynchronize(stream_of(be))); /* segs (host) may change before the next call */
+}
+
+static void t_set_bf16(mx_backend *be, bool bf16) {
+    tr(be)->bf16 = bf16;
+}
+
+const mx_train_ops mx_cuda_train_ops = {
+    /* .embed_fwd = */ t_embed_fwd,
+    /* .layernorm_fwd = */ t_layernorm_fwd,
+    /* .rmsnorm_fwd = */ t_rmsnorm_fwd,
+    /* .matmul_fwd = */ t_matmul_fwd,
+    /* .rope = */ t_rope,
+    /* .attn_fwd = */ mx_cuda_train_attn_fwd,
+    /* .gelu_fwd = */ t_gelu_fwd,
+    /* .swiglu_fwd = */ t_swiglu_fwd,
+    /* .add = */ t_add,
+    /* .scale = */ t_scale,
+    /* .embed_bwd = */ t_embed_bwd,
+    /* .layernorm_bwd = */ t_layernorm_bwd,
+    /* .rmsnorm_bwd = */ t_rmsnorm_bwd,
+    /* .matmul_bwd = */ t_matmul_bwd,
+    /* .attn_bwd = */ mx_cuda_train_attn_bwd,
+    /* .gelu_bwd = */ t_gelu_bwd,
+    /* .swiglu_bwd = */ t_swiglu_bwd,
+    /* .head_xent = */ t_head_xent,
+    /* .upload = */ t_upload,
+    /* .zero = */ t_zero,
+    /* .sumsq = */ t_sumsq,
+    /* .adamw = */ t_adamw,
+    /* .set_bf16 = */ t_set_bf16,
+};

@@ -1,0 +1,32 @@
+/* cuda_train.h: internal to src/backend/cuda. The training ops (backend_train.h) of the CUDA backend:
+ * cuda_train.cu holds the table and every op but attention, cuda_train_attn.cu the attention kernels. */
+#ifndef MX_CUDA_TRAIN_H
+#define MX_CUDA_TRAIN_H
+
+#include "cuda_common.h"
+
+extern "C" {
+#include "../backend_train.h"
+}
+
+/* The table the backend installs in be->train. */
+extern "C" const mx_train_ops mx_cuda_train_ops;
+/* Frees the training state (cuBLAS handle, scratch) of a context; nothing when it never trained. */
+void mx_cuda_train_free(mx_cuda_ctx *c);
+
+void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
+                            const float *k, const float *v);
+void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
+                            const float *dout, const float *q, const float *k, const float *v, const float *out,
+                            const float *lse);
+
+__device__ __forceinline__ float warp_sum_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

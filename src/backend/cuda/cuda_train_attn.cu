@@ -1,0 +1,232 @@
+/* cuda_train_attn.cu: causal (optionally windowed) attention of training on CUDA, forward and backward in fp32
+ * (backend_train.h: attn_fwd, attn_bwd), the portable form: one warp per query row (forward, dQ) or key row
+ * (dK, dV), tiles of 32 keys or queries staged in shared memory, online softmax, the log-sum-exp kept for the
+ * backward instead of the probabilities (FlashAttention-2's recurrences, on CUDA cores):
+ *   forward:  s_j = scale q·k_j; out = Σ_j softmax(s)_j v_j; lse = log Σ_j exp(s_j)
+ *   backward: p_j = exp(s_j - lse); Δ = dout·out; dq = scale Σ_j p_j (dout·v_j - Δ) k_j;
+ *             dk_j += scale Σ_{t,h} p (dout_t·v_j - Δ_t) q_t; dv_j += Σ_{t,h} p dout_t
+ * Every dK/dV row is owned by one warp, which sums its query heads (GQA) and queries in order: deterministic,
+ * and accumulating, so a layer reading another's cache adds into the writer's gradient.
+ * Shapes: q (B, T, H, Dk), k (B, T, G, Dk), v (B, T, G, Dv), out (B, T, H, Dv), lse (B, T, H); Dk, Dv <= 128.
+ * A Hopper wgmma/TMA form (like cuda_fa_wgmma.cu for inference) is the next step for speed. */
+#include <math.h>
+
+#include "cuda_train.h"
+
+enum { AW = 8, TILE = 32, DMAX = 128, PAD = DMAX + 1 };
+
+/* The keys query t sees: [first_key(t), t]. */
+__device__ __forceinline__ int first_key(int t, int window) {
+    return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+}
+
+/* grid (ceil(T / AW), H, B), AW warps; warp w: query row t = blockIdx.x * AW + w of head h. */
+static __global__ void __launch_bounds__(AW * 32) k_attn_fwd(mx_tr_attn_shape s, float *out, float *lse, const float *q,
+                                                     const float *k, const float *v) {
+    __shared__ float Ks[TILE][PAD], Vs[TILE][PAD], Qs[AW][DMAX];
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
+    int g = h / (s.H / s.G), t0 = blockIdx.x * AW, t = t0 + w;
+    int t_last = min(s.T - 1, t0 + AW - 1), lo = first_key(t0, s.window);
+    bool live = t < s.T;
+    if (live)
+        for (int d = lane; d < s.Dk; d += 32) Qs[w][d] = q[(((size_t)b * s.T + t) * s.H + h) * s.Dk + d];
+    float m = -INFINITY, l = 0.0f, o[DMAX / 32];
+    for (int i = 0; i < DMAX / 32; i++) o[i] = 0.0f;
+    int my_lo = live ? first_key(t, s.window) : 0;
+    for (int j0 = lo; j0 <= t_last; j0 += TILE) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < TILE * DMAX; e += AW * 32) {
+            int jj = e / DMAX, d = e % DMAX, j = j0 + jj;
+            if (j > t_last) continue;
+            size_t row = ((size_t)b * s.T + j) * s.G + g;
+            if (d < s.Dk) Ks[jj][d] = k[row * s.Dk + d];
+            if (d < s.Dv) Vs[jj][d] = v[row * s.Dv + d];
+        }
+        __syncthreads();
+        if (!live) continue;
+        int j = j0 + lane;
+        bool ok = j >= my_lo && j <= t;
+        float sc = -INFINITY;
+        if (ok) {
+            float acc = 0.0f;
+            for (int d = 0; d < s.Dk; d++) acc += Qs[w][d] * Ks[lane][d];
+            sc = acc * s.scale;
+        }
+        float mt = warp_max_f(sc);
+        if (mt == -INFINITY) continue;
+        float mn = fmaxf(m, mt), alpha = expf(m - mn), p = ok ? expf(sc - mn) : 0.0f;
+        l = l * alpha + warp_sum_f(p);
+        m = mn;
+        for (int i = 0; i < DMAX / 32; i++) o[i] *= alpha;
+        for (int jj = 0; jj < TILE; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+            if (pj == 0.0f) continue;
+            for (int i = 0; i < DMAX / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < s.Dv) o[i] += pj * Vs[jj][d];
+            }
+        }
+    }
+    if (!live) return;
+    size_t r = ((size_t)b * s.T + t) * s.H + h;
+    for (int i = 0; i < DMAX / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < s.Dv) out[r * s.Dv + d] = o[i] / l;
+    }
+    if (lane == 0) lse[r] = m + logf(l);
+}
+
+/* delta[b, t, h] = dout · out of the row (one warp per row and head). */
+static __global__ void k_attn_delta(float *delta, const float *dout, const float *out, size_t rows, int Dv) {
+    size_t r = blockIdx.x * (size_t)AW + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    float acc = 0.0f;
+    for (int d = lane; d < Dv; d += 32) acc += dout[r * Dv + d] * out[r * Dv + d];
+    acc = warp_sum_f(acc);
+    if (lane == 0) delta[r] = acc;
+}
+
+/* dq, one warp per query row (the forward's tiling). */
+static __global__ void __launch_bounds__(AW * 32) k_attn_dq(mx_tr_attn_shape s, float *dq, const float *dout,
+                                                    const float *q, const float *k, const float *v,
+                                                    const float *lse, const float *delta) {
+    __shared__ float Ks[TILE][PAD], Vs[TILE][PAD], Qs[AW][DMAX], Os[AW][DMAX];
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
+    int g = h / (s.H / s.G), t0 = blockIdx.x * AW, t = t0 + w;
+    int t_last = min(s.T - 1, t0 + AW - 1), lo = first_key(t0, s.window);
+    bool live = t < s.T;
+    size_t r = ((size_t)b * s.T + (live ? t : 0)) * s.H + h;
+    if (live) {
+        for (int d = lane; d < s.Dk; d += 32) Qs[w][d] = q[r * s.Dk + d];
+        for (int d = lane; d < s.Dv; d += 32) Os[w][d] = dout[r * s.Dv + d];
+    }
+    float L = live ? lse[r] : 0.0f, D = live ? delta[r] : 0.0f, acc[DMAX / 32];
+    for (int i = 0; i < DMAX / 32; i++) acc[i] = 0.0f;
+    int my_lo = live ? first_key(t, s.window) : 0;
+    for (int j0 = lo; j0 <= t_last; j0 += TILE) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < TILE * DMAX; e += AW * 32) {
+            int jj = e / DMAX, d = e % DMAX, j = j0 + jj;
+            if (j > t_last) continue;
+            size_t row = ((size_t)b * s.T + j) * s.G + g;
+            if (d < s.Dk) Ks[jj][d] = k[row * s.Dk + d];
+            if (d < s.Dv) Vs[jj][d] = v[row * s.Dv + d];
+        }
+        __syncthreads();
+        if (!live) continue;
+        int j = j0 + lane;
+        float ds = 0.0f;
+        if (j >= my_lo && j <= t) {
+            float sc = 0.0f, dp = 0.0f;
+            for (int d = 0; d < s.Dk; d++) sc += Qs[w][d] * Ks[lane][d];
+            for (int d = 0; d < s.Dv; d++) dp += Os[w][d] * Vs[lane][d];
+            float p = expf(sc * s.scale - L);
+            ds = p * (dp - D) * s.scale;
+        }
+        for (int jj = 0; jj < TILE; jj++) {
+            float dj = __shfl_sync(0xffffffffu, ds, jj);
+            if (dj == 0.0f) continue;
+            for (int i = 0; i < DMAX / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < s.Dk) acc[i] += dj * Ks[jj][d];
+            }
+        }
+    }
+    if (!live) return;
+    for (int i = 0; i < DMAX / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < s.Dk) dq[r * s.Dk + d] = acc[i];
+    }
+}
+
+/* dk, dv: grid (ceil(T / AW), G, B); warp w owns key row j = blockIdx.x * AW + w of KV head g and sums, in order,
+ * every query head of its group and every query that sees it (t in [j, j + W - 1] under a window). */
+static __global__ void __launch_bounds__(AW * 32) k_attn_dkv(mx_tr_attn_shape s, float *dk, float *dv,
+                                                     const float *dout, const float *q, const float *k,
+                                                     const float *v, const float *lse, const float *delta) {
+    __shared__ float Qs[TILE][PAD], Os[TILE][PAD], Ls[TILE], Ds[TILE], Kw[AW][DMAX], Vw[AW][DMAX];
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = blockIdx.y, b = blockIdx.z, rep = s.H / s.G;
+    int j0 = blockIdx.x * AW, j = j0 + w;
+    bool live = j < s.T;
+    int q_hi = s.window > 0 ? min(s.T - 1, min(s.T - 1, j0 + AW - 1) + s.window - 1) : s.T - 1;
+    size_t kr = ((size_t)b * s.T + (live ? j : 0)) * s.G + g;
+    if (live) {
+        for (int d = lane; d < s.Dk; d += 32) Kw[w][d] = k[kr * s.Dk + d];
+        for (int d = lane; d < s.Dv; d += 32) Vw[w][d] = v[kr * s.Dv + d];
+    }
+    float ak[DMAX / 32], av[DMAX / 32];
+    for (int i = 0; i < DMAX / 32; i++) ak[i] = av[i] = 0.0f;
+    for (int hh = 0; hh < rep; hh++) {
+        int h = g * rep + hh;
+        for (int t0 = j0; t0 <= q_hi; t0 += TILE) {
+            __syncthreads();
+            for (int e = threadIdx.x; e < TILE * DMAX; e += AW * 32) {
+                int tt = e / DMAX, d = e % DMAX, t = t0 + tt;
+                if (t > q_hi) continue;
+                size_t r = ((size_t)b * s.T + t) * s.H + h;
+                if (d < s.Dk) Qs[tt][d] = q[r * s.Dk + d];
+                if (d < s.Dv) Os[tt][d] = dout[r * s.Dv + d];
+                if (d == 0) Ls[tt] = lse[r], Ds[tt] = delta[r];
+            }
+            __syncthreads();
+            if (!live) continue;
+            int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t >= j && t <= q_hi && (s.window <= 0 || t - s.window + 1 <= j)) {
+                float sc = 0.0f, dp = 0.0f;
+                for (int d = 0; d < s.Dk; d++) sc += Qs[lane][d] * Kw[w][d];
+                for (int d = 0; d < s.Dv; d++) dp += Os[lane][d] * Vw[w][d];
+                p = expf(sc * s.scale - Ls[lane]);
+                ds = p * (dp - Ds[lane]) * s.scale;
+            }
+            for (int tt = 0; tt < TILE; tt++) {
+                float pt = __shfl_sync(0xffffffffu, p, tt), dt = __shfl_sync(0xffffffffu, ds, tt);
+                if (pt == 0.0f && dt == 0.0f) continue;
+                for (int i = 0; i < DMAX / 32; i++) {
+                    int d = lane + 32 * i;
+                    if (d < s.Dv) av[i] += pt * Os[tt][d];
+                    if (d < s.Dk) ak[i] += dt * Qs[tt][d];
+                }
+            }
+        }
+    }
+    if (!live) return;
+    for (int i = 0; i < DMAX / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < s.Dk) dk[kr * s.Dk + d] += ak[i];
+        if (d < s.Dv) dv[kr * s.Dv + d] += av[i];
+    }
+}
+
+static void check_shape(const mx_tr_attn_shape *s) {
+    if (s->Dk > DMAX || s->Dv > DMAX || s->G <= 0 || s->H % s->G)
+        mx_cuda_fatal("training attention", "head dim above 128 or heads not a multiple of KV heads", __FILE__,
+                      __LINE__);
+}
+
+void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
+                            const float *k, const float *v) {
+    check_shape(s);
+    dim3 grid((s->T + AW - 1) / AW, s->H, s->B);
+    k_attn_fwd<<<grid, AW * 32, 0, cu_ctx(be)->stream>>>(*s, out, lse, q, k, v);
+    CU_LAUNCHED();
+}
+
+void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
+                            const float *dout, const float *q, const float *k, const float *v, const float *out,
+                            const float *lse) {
+    check_shape(s);
+    cudaStream_t st = cu_ctx(be)->stream;
+    size_t rows = (size_t)s->B * s->T * s->H;
+    float *delta = NULL;
+    CU_CHECK(cudaMallocAsync((void **)&delta, sizeof(float) * rows, st));
+    k_attn_delta<<<(unsigned)((rows + AW - 1) / AW), AW * 32, 0, st>>>(delta, dout, out, rows, s->Dv);
+    CU_LAUNCHED();
+    dim3 gq((s->T + AW - 1) / AW, s->H, s->B), gk((s->T + AW - 1) / AW, s->G, s->B);
+    k_attn_dq<<<gq, AW * 32, 0, st>>>(*s, dq, dout, q, k, v, lse, delta);
+    CU_LAUNCHED();
+    k_attn_dkv<<<gk, AW * 32, 0, st>>>(*s, dk, dv, dout, q, k, v, lse, delta);
+    CU_LAUNCHED();
+    CU_CHECK(cudaFreeAsync(delta, st));
+}
