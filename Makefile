@@ -6,7 +6,7 @@
 #   make model        fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF) into models/
 #   make demo         build, fetch the model, generate an answer
 #   make bench        llama-bench-style table for the default model on this machine
-#   make fuzz         fuzz the GGUF reader with libFuzzer for FUZZ_SECONDS (default 60)
+#   make fuzz         fuzz every reader (tests/fuzz: GGUF, safetensors, HF, tokenizer, shards, checkpoints) for FUZZ_SECONDS each
 #   make study        the attention-variant training study (scripts/study.py; about an hour on 2 cores)
 #   make fixtures     regenerate tests/fixtures from Hugging Face references (needs torch + transformers)
 
@@ -98,12 +98,41 @@ demo: build/mixatt $(MODEL)
 bench: build/mixatt $(MODEL)
 	./build/mixatt bench
 
+# Fuzzing (tests/fuzz/fuzz_*.c, libFuzzer): the library built again by clang with ASan, UBSan that does not
+# recover, and coverage instrumentation; one binary per target in build/fuzz/. `make fuzz` runs each target for
+# FUZZ_SECONDS (default 60) from its committed seed corpus tests/fuzz/corpus/TARGET (new inputs go to
+# build/fuzz/corpus/TARGET, a crash to build/fuzz/crash-TARGET-*); `make fuzz-build` only builds;
+# `make fuzz-one FUZZ_TARGET=hf` runs one. The hf and ckpt targets read tests/fixtures/hf from the repo root.
 FUZZ_SECONDS ?= 60
-fuzz:
-	@mkdir -p build/fuzz tests/fuzz/corpus-run
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -o build/fuzz/fuzz_gguf \
-	    tests/fuzz/fuzz_gguf.c src/io/gguf.c src/io/dtype.c src/base/status.c
-	./build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=65536 tests/fuzz/corpus-run tests/fuzz/corpus
+FUZZ_TARGETS := gguf safetensors hf tokenizer shards ckpt
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fno-omit-frame-pointer -Wno-pass-failed -fsanitize=address,undefined \
+                -fno-sanitize-recover=all $(shell pkg-config --cflags libcjson libutf8proc 2>/dev/null)
+FUZZ_OBJ     := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_LIBS    := $(filter-out $(MPI_LIBS),$(LDLIBS))
+FUZZ_MAXLEN_gguf := 65536
+FUZZ_MAXLEN_tokenizer := 65536
+FUZZ_MAXLEN_ckpt := 65536
+FUZZ_MAXLEN_hf := 8192
+FUZZ_MAXLEN_safetensors := 8192
+FUZZ_MAXLEN_shards := 8192
+.PHONY: fuzz-build fuzz-one
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build/fuzz/libmixatt.a: $(FUZZ_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h build/fuzz/libmixatt.a
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libmixatt.a $(FUZZ_LIBS)
+fuzz-one: build/fuzz/fuzz_$(FUZZ_TARGET)
+	@mkdir -p build/fuzz/corpus/$(FUZZ_TARGET)
+	ASAN_OPTIONS=allocator_may_return_null=1 OMP_NUM_THREADS=1 ./build/fuzz/fuzz_$(FUZZ_TARGET) \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAXLEN_$(FUZZ_TARGET)) -timeout=20 -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/crash-$(FUZZ_TARGET)- build/fuzz/corpus/$(FUZZ_TARGET) \
+	    tests/fuzz/corpus/$(FUZZ_TARGET)
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory fuzz-one FUZZ_TARGET=$$t; done
+-include $(FUZZ_OBJ:.o=.d)
 
 study: build/mixatt $(MODEL)
 	python3 scripts/study.py --out study

@@ -4,7 +4,7 @@
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libcjson-dev libutf8proc-dev libmicrohttpd-dev zlib1g-dev libcriterion-dev clang clang-format libclang-rt-dev gnuplot-nox python3 python3-pip"
+PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libcjson-dev libutf8proc-dev libmicrohttpd-dev zlib1g-dev libcriterion-dev clang clang-format libclang-rt-dev libomp-dev gnuplot-nox python3 python3-pip"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

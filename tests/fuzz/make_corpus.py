@@ -1,14 +1,27 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the GGUF fuzzer (tests/fuzz/corpus/): a few tiny valid GGUF files made with the
-`gguf` package's GGUFWriter (every metadata value type, nested arrays, several tensor types). Run from anywhere:
-python3 tests/fuzz/make_corpus.py"""
+"""Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/TARGET/), small valid inputs of each kind:
+  gguf         tiny GGUF files made with the `gguf` package's GGUFWriter (every metadata value type, nested
+               arrays, several tensor types);
+  safetensors  files laid out by hand per the format (dtypes, scalar and 4-D shapes, metadata, no tensors);
+  hf           the config.json of every committed Hugging Face fixture (tests/fixtures/hf/*);
+  tokenizer    GGUFs holding only a tokenizer: a byte-level BPE vocabulary (the 256 GPT-2 byte symbols, a few
+               merges, ChatML special tokens) with a ChatML chat template, under each supported pre-tokenizer;
+  shards       llm.c token shards (uint16 and uint32 tokens, an empty one);
+  ckpt         real checkpoints of `mixatt train` (tiny dense, MoE and GPT-2 configs; needs build/mixatt).
+Run from anywhere: python3 tests/fuzz/make_corpus.py"""
+import json
+import struct
+import subprocess
+import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-OUT = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
+ROOT = CORPUS.parent.parent.parent
+OUT = CORPUS / "gguf"
 
 
 def write(name, fill):
@@ -45,12 +58,133 @@ def tensors(w):
                  raw_dtype=QT.Q4_1)
 
 
+def safetensors_file(path, tensors, meta=None):
+    """tensors: name -> (dtype string, shape, raw bytes); laid out in order."""
+    header, off, blob = {}, 0, b""
+    if meta is not None:
+        header["__metadata__"] = meta
+    for name, (dt, shape, raw) in tensors.items():
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blob += raw
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + blob)
+
+
+def safetensors_seeds():
+    d = CORPUS / "safetensors"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    f32 = rng.standard_normal((2, 3)).astype(np.float32)
+    safetensors_file(d / "mixed.safetensors", {
+        "a.weight": ("F32", [2, 3], f32.tobytes()),
+        "b.bias": ("F16", [4], np.ones(4, np.float16).tobytes()),
+        "c": ("BF16", [1, 2, 1, 2], b"\x80\x3f" * 4),
+        "ids": ("I64", [2], np.arange(2, dtype=np.int64).tobytes()),
+        "scalar": ("F32", [], np.float32(1).tobytes()),
+        "empty": ("F32", [0, 5], b""),
+    }, {"format": "pt", "note": "seed"})
+    safetensors_file(d / "meta_only.safetensors", {}, {"format": "mixatt-train-1", "step": "3",
+                                                     "checksum": "crc32:00000000"})
+    safetensors_file(d / "none.safetensors", {})
+
+
+def hf_seeds():
+    d = CORPUS / "hf"
+    d.mkdir(parents=True, exist_ok=True)
+    for cfg in sorted((ROOT / "tests" / "fixtures" / "hf").glob("*/config.json")):
+        (d / f"{cfg.parent.name}.json").write_bytes(cfg.read_bytes())
+
+
+def byte_symbols():
+    """GPT-2's byte -> printable symbol map (bytes_to_unicode)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(cs[bs.index(b)]) for b in range(256)]
+
+
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\\nYou are a tiny test model.<|im_end|>\\n' }}{% endif %}"
+          "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def tokenizer_seeds():
+    d = CORPUS / "tokenizer"
+    d.mkdir(parents=True, exist_ok=True)
+    sym = byte_symbols()
+    merges = ["\u0120 t", "h e", "\u0120t he", "i n", "e r", "\u0120 a", "o n", "\u0120 w", "r e", "l l"]
+    merged = ["".join(m.split(" ")) for m in merges]
+    tokens = sym + merged + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types = [1] * (len(tokens) - 3) + [3, 3, 3]
+    for pre in ["smollm", "gpt2", None]:
+        w = gguf.GGUFWriter(str(d / f"bpe_{pre or 'nopre'}.gguf"), arch="llama")
+        w.add_string("tokenizer.ggml.model", "gpt2")
+        if pre:
+            w.add_string("tokenizer.ggml.pre", pre)
+        w.add_array("tokenizer.ggml.tokens", tokens)
+        w.add_array("tokenizer.ggml.token_type", types)
+        w.add_array("tokenizer.ggml.merges", merges)
+        w.add_uint32("tokenizer.ggml.bos_token_id", len(tokens) - 2)
+        w.add_uint32("tokenizer.ggml.eos_token_id", len(tokens) - 1)
+        w.add_bool("tokenizer.ggml.add_bos_token", False)
+        w.add_string("tokenizer.chat_template", CHATML)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+
+def shard(path, tokens, wide):
+    hdr = [20240801 if wide else 20240520, 7 if wide else 1, len(tokens)] + [0] * 253
+    path.write_bytes(struct.pack("<256i", *hdr) + np.asarray(tokens, dtype="<u4" if wide else "<u2").tobytes())
+
+
+def shard_seeds():
+    d = CORPUS / "shards"
+    d.mkdir(parents=True, exist_ok=True)
+    shard(d / "u16.bin", list(range(40)), False)
+    shard(d / "u32.bin", [i * 7 % 300 for i in range(25)], True)
+    shard(d / "empty.bin", [], False)
+
+
+TINY = {"vocab": 16, "d_model": 8, "n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_ff": 16, "max_ctx": 8, "seq": 8,
+        "batch": 1, "steps": 2, "warmup": 0, "val_every": 0, "log_every": 0, "train_data": "synthetic:copy"}
+
+
+def ckpt_seeds():
+    d = CORPUS / "ckpt"
+    d.mkdir(parents=True, exist_ok=True)
+    mixatt = ROOT / "build" / "mixatt"
+    assert mixatt.exists(), f"{mixatt} missing: make it first (the checkpoint seeds are written by mixatt train)"
+    variants = {"llama": {"arch": "llama"}, "gpt2": {"arch": "gpt2", "n_kv_head": 2},
+                "moe": {"arch": "llama", "n_expert": 2, "n_expert_used": 1},
+                "plan": {"arch": "llama", "plan": "G,S@0", "window": 2}}
+    for name, extra in variants.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = Path(tmp) / "c.json"
+            cfg.write_text(json.dumps({**TINY, **extra}))
+            subprocess.run([str(mixatt), "train", "-c", str(cfg), "-o", str(Path(tmp) / "run"), "-q"], check=True)
+            (d / f"{name}.safetensors").write_bytes((Path(tmp) / "run" / "checkpoint.safetensors").read_bytes())
+
+
 def main():
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     write("metadata_only.gguf", metadata)
     write("tensors_only.gguf", tensors)
     write("both.gguf", lambda w: (metadata(w), tensors(w)))
     write("empty.gguf", lambda w: None)
+    safetensors_seeds()
+    hf_seeds()
+    tokenizer_seeds()
+    shard_seeds()
+    ckpt_seeds()
 
 
 if __name__ == "__main__":

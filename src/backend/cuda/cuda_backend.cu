@@ -235,6 +235,10 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     cudaRuntimeGetVersion(&rt);
     if (e != cudaSuccess || n == 0) {
         cudaGetLastError();
+        if (drv == 0) /* no libcuda at all: the runtime reports it as an old driver of version 0.0 */
+            return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                              "no NVIDIA GPU or driver found on this machine (%s); use --device cpu",
+                              cudaGetErrorString(e));
         if (e == cudaErrorInsufficientDriver)
             return mx_err_set(
                 err, MX_ERR_UNSUPPORTED,
