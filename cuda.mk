@@ -39,6 +39,10 @@ build/obj/%.o: %.cu
 build/cuda/test_cuda: tests/cuda/test_cuda.c build/libmixatt.a $(CU_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
+# every CUDA training op against the CPU's, whole GPU training steps against the CPU, determinism
+build/cuda/test_cuda_train: tests/cuda/test_cuda_train.c build/libmixatt.a $(CU_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
 build/cuda/bench_cuda: bench/cuda/bench_cuda.c build/libmixatt.a $(CU_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_INC) -o $@ $< build/libmixatt.a $(CU_OBJ) $(LDLIBS) $(EXTRA_LIBS)
@@ -55,8 +59,9 @@ test-nccl: build/cuda/test_nccl
 	$(MPIRUN_NCCL) -x MIXATT_COMM_TIMEOUT=3 ./build/cuda/test_nccl timeout
 
 .PHONY: test-cuda bench-cuda test-nccl
-test-cuda: build/cuda/test_cuda $(MODEL)
+test-cuda: build/cuda/test_cuda build/cuda/test_cuda_train $(MODEL)
 	./build/cuda/test_cuda $(MODEL)
+	./build/cuda/test_cuda_train
 bench-cuda: build/cuda/bench_cuda build/mixatt $(MODEL)
 	./build/cuda/bench_cuda $(MODEL)
 	python3 bench/cuda/peer.py

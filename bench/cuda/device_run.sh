@@ -43,7 +43,7 @@ tar -C "$M/lib" -xzf "$DC/lib.tar.gz" && tar -C "$M/raw" -xzf "$DC/bin.tar.gz" |
 NCCL_DIR=/usr/local/cuda/lib64
 [ -e "$NCCL_DIR/libnccl.so.2" ] || NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
 echo "device_run: libnccl from ${NCCL_DIR:-(not found)}"
-for b in mixatt test_cuda bench_cuda; do
+for b in mixatt test_cuda test_cuda_train bench_cuda; do
     printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib:/usr/local/cuda/lib64:%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s/raw/%s "$@"\n' \
         "$M" "$NCCL_DIR" "$M" "$b" > "$M/bin/$b"
     chmod +x "$M/bin/$b"

@@ -27,11 +27,11 @@ test -f "$MODEL" || { echo "stage.sh: no model at $MODEL (make model)" >&2; exit
 mkdir -p "$B"
 # a scratch copy of the sources (tracked and untracked files, not build outputs or models)
 tar --exclude=./build --exclude=./models --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -C "$B" -xf -
-make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/bench_cuda
+make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda
 rm -rf "$DC"
 mkdir -p "$DC" "$TMPB"
 rm -f "$TMPB"/*
-for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do
+for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda; do
     strip -o "$TMPB/$(basename "$b")" "$B/$b"
 done
 tar -C "$TMPB" -czf "$DC/bin.tar.gz" .
@@ -39,7 +39,7 @@ tar -C "$TMPB" -czf "$DC/bin.tar.gz" .
 # the compiler runtime's and CUDA's own (the device has those, CUDA's under /usr/local/cuda; NCCL, 218 MB, is found
 # there by device_run.sh, in /usr/local/cuda or PyTorch's nvidia-nccl wheel). device_run.sh puts
 # them on LD_LIBRARY_PATH for mixatt's binaries only (wrappers), never for python3 there.
-libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/bench_cuda; do ldd "$B/$b"; done |
+libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda; do ldd "$B/$b"; done |
        awk '$3 ~ /^\// {print $3}' | sort -u |
        grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcudart|libcublas[A-Za-z]*|libnccl)\.so' || true)
 mkdir -p "$TMPL" && rm -f "$TMPL"/*
