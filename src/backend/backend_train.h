@@ -44,14 +44,14 @@ typedef struct mx_train_ops {
     void (*embed_fwd)(mx_backend *be, float *out, const float *wte, const float *wpe, const int *tok, int B,
                       int T, int C);
     /* out = (x - mean) * rstd * w + b per row; saves mean, rstd (N). b may be NULL. */
-    void (*layernorm_fwd)(mx_backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
-                          const float *b, int N, int C, float eps);
+    void (*layernorm_fwd)(mx_backend *be, float *out, float *mean, float *rstd, const float *x,
+                          const float *w, const float *b, int N, int C, float eps);
     /* out = x * rstd * w, rstd = 1 / sqrt(mean(x²) + eps); saves rstd (N). */
     void (*rmsnorm_fwd)(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
                         float eps);
     /* y (N, out) = x (N, in) · Wᵀ (+ b), W (out, in), b (out) or NULL. */
-    void (*matmul_fwd)(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N, int in,
-                       int out);
+    void (*matmul_fwd)(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N,
+                       int in, int out);
     /* Rotary embedding in place on x (B, T, nh, D), rotate-half pairs (i, i + D/2), position of row (b, t) = t;
      * inverse rotates by the negative angle (the backward of the rotation). */
     void (*rope)(mx_backend *be, float *x, int B, int T, int nh, int D, float theta, bool inverse);
@@ -69,8 +69,8 @@ typedef struct mx_train_ops {
 
     /* ---- backward ---- */
     /* dwte[tok[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (dwpe may be NULL); tok HOST. Deterministic. */
-    void (*embed_bwd)(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T,
-                      int C);
+    void (*embed_bwd)(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B,
+                      int T, int C);
     /* dx (N, C) += LayerNorm backward of dout; dw, db (C) accumulated (db may be NULL). */
     void (*layernorm_bwd)(mx_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                           const float *mean, const float *rstd, const float *w, int N, int C);
@@ -89,14 +89,14 @@ typedef struct mx_train_ops {
     /* dx = gelu'(x) * dout */
     void (*gelu_bwd)(mx_backend *be, float *dx, const float *dout, const float *x, long n);
     /* dg = dout * u * silu'(g), du = dout * silu(g) */
-    void (*swiglu_bwd)(mx_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
-                       long n);
+    void (*swiglu_bwd)(mx_backend *be, float *dg, float *du, const float *dout, const float *g,
+                       const float *u, long n);
     /* The output head with softmax cross-entropy, fused: logits = x (N, C) · Wᵀ (W (V, C)), loss = Σ_rows
      * -log p[target] (returned, summed in double; targets HOST). When dx != NULL also the backward of
      * loss · scale: dx (N, C) overwritten, dW (V, C) accumulated. Logits are formed in chunks of rows, never
      * N × V at once. */
-    double (*head_xent)(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C, int V,
-                        float scale, float *dx, float *dW);
+    double (*head_xent)(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C,
+                        int V, float scale, float *dx, float *dW);
 
     /* ---- buffers and the optimizer ---- */
     /* dst[0..n) (backend memory) = src[0..n) (HOST); be->to_host is the way back */

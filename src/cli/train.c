@@ -41,7 +41,8 @@ enum { MAX_SETS = 64, SYNTH_MAX_STEPS = 2000 };
 
 typedef struct {
     const char *config, *resume, *out, *dump_grads;
-    const char *device, *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
+    const char *device,
+        *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
     const char *sets[MAX_SETS];
     int n_sets, threads, max_steps, gpu;
     bool quiet, dp, zero1, act_rms;
@@ -50,8 +51,10 @@ typedef struct {
 static void help(FILE *f) {
     fprintf(
         f,
-        "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] [--device cpu|cuda] -o RUN_DIR\n\n"
-        "Trains a GPT-2- or Llama-shaped model on the CPU (fp32) or one NVIDIA GPU. Attention: key attn = mha (MHA/GQA/MQA "
+        "usage: mixatt train -c CONFIG.json [--set key=value ...] [--resume DIR] [--device cpu|cuda] -o "
+        "RUN_DIR\n\n"
+        "Trains a GPT-2- or Llama-shaped model on the CPU (fp32) or one NVIDIA GPU. Attention: key attn = "
+        "mha (MHA/GQA/MQA "
         "with\n"
         "the plan's windows and shared K/V), mla (explicit form, llama; mla_* keys), mka or fastmka "
         "(causal);\n"
@@ -128,8 +131,7 @@ static int parse(train_opts *o, int argc, char **argv) {
             o->precision = val;
         else if (!strcmp(a, "--gpu")) {
             if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return 2;
-        }
-        else if (!strcmp(a, "--set")) {
+        } else if (!strcmp(a, "--set")) {
             if (o->n_sets == MAX_SETS)
                 return fprintf(stderr, "mixatt train: at most %d --set\n", MAX_SETS), 2;
             o->sets[o->n_sets++] = val;
@@ -416,12 +418,14 @@ static int setup_local(trainer *t, const train_opts *o, mx_train_config *cfg, co
     bool gpu = o->device && !strcmp(o->device, "cuda");
     bool bf16 = o->precision ? !strcmp(o->precision, "bf16") : gpu;
     if (!gpu && bf16)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--precision bf16 needs --device cuda; the CPU trains in fp32");
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--precision bf16 needs --device cuda; the CPU trains in fp32");
     /* the CPU trains on the model's own host buffers and OpenMP threads (no backend object needed) */
     if (gpu && (mx_backend_create("cuda", o->gpu, 1, &t->be, err) || mx_tmodel_place(t->m, t->be, bf16, err)))
         return err->code;
     if (o->act_rms && t->m->on_device)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--log-act-rms reads activations on the host: use --device cpu");
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--log-act-rms reads activations on the host: use --device cpu");
     size_t n = (size_t)cfg->batch * cfg->seq;
     t->inputs = malloc(sizeof(int) * n), t->targets = malloc(sizeof(int) * n);
     if (!t->inputs || !t->targets) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");

@@ -177,11 +177,13 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
         mx_moe_tr_bwd(m, l);
     } else if (c->arch == MX_TARCH_GPT2) {
-        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
+        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
+                           false);
         m->ops->gelu_bwd(m->be, a->dpre, a->dact, pre, (long)nf);
         m->ops->matmul_bwd(m->be, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
-        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C, false);
+        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
+                           false);
         m->ops->swiglu_bwd(m->be, a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
         m->ops->matmul_bwd(m->be, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
         m->ops->matmul_bwd(m->be, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
@@ -213,8 +215,8 @@ static void attention_bwd(mx_tmodel *m, int l) {
     const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
     m->ops->matmul_bwd(m->be, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
-    m->ops->attn_bwd(m->be, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq, a->k + src * nkv,
-                   a->v + src * nkv, att, a->lse + (size_t)l * N * H);
+    m->ops->attn_bwd(m->be, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq,
+                     a->k + src * nkv, a->v + src * nkv, att, a->lse + (size_t)l * N * H);
     if (rope) m->ops->rope(m->be, a->dq, B, T, H, D, c->rope_theta, true);
     m->ops->matmul_bwd(m->be, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */
@@ -242,5 +244,6 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
         mlp_bwd(m, l);
         attention_bwd(m, l);
     }
-    m->ops->embed_bwd(m->be, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T, C);
+    m->ops->embed_bwd(m->be, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T,
+                      C);
 }

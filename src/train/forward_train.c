@@ -159,7 +159,8 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
     mx_tacts *a = &m->acts;
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
-    m->ops->embed_fwd(m->be, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T, C);
+    m->ops->embed_fwd(m->be, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T,
+                      C);
     for (int l = 0; l < c->n_layer; l++) {
         const mx_tlayer *L = &m->layers[l];
         float *x = a->x + l * nc, *xm = a->xm + l * nc;
@@ -190,10 +191,10 @@ double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool 
         m->ops->scale(m->be, x, a->lnf, s, (long)N * C);
     }
     /* the mean over N rows: the per-row gradient scale is grad_scale / N */
-    double loss = m->ops->head_xent(m->be, x, m->output->w, targets, N, C, m->cfg.vocab, grad_scale / (float)N,
-                                  backward ? a->dln : NULL, backward ? m->output->g : NULL);
-    if (backward && s != 1.0f)
-        m->ops->scale(m->be, a->dln, a->dln, s, (long)N * C);
+    double loss =
+        m->ops->head_xent(m->be, x, m->output->w, targets, N, C, m->cfg.vocab, grad_scale / (float)N,
+                          backward ? a->dln : NULL, backward ? m->output->g : NULL);
+    if (backward && s != 1.0f) m->ops->scale(m->be, a->dln, a->dln, s, (long)N * C);
     if (backward) mx_tmodel_backward(m, tokens);
     return loss / N + m->cfg.moe_aux_weight * m->aux_loss;
 }

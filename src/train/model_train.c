@@ -493,10 +493,11 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         *bufs[i].p = be ? be->alloc(be, sizeof(float) * bufs[i].n) : calloc(bufs[i].n, sizeof(float));
         if (!*bufs[i].p)
-            return mx_err_set(err, MX_ERR_NOMEM,
-                              "out of %s memory for the activations of batch %d x %d (%.1f MiB in all; a smaller "
-                              "batch, or --recompute when it exists)",
-                              be ? be->name : "host", a->B, a->T, total * 4.0 / 1048576.0);
+            return mx_err_set(
+                err, MX_ERR_NOMEM,
+                "out of %s memory for the activations of batch %d x %d (%.1f MiB in all; a smaller "
+                "batch, or --recompute when it exists)",
+                be ? be->name : "host", a->B, a->T, total * 4.0 / 1048576.0);
         if (be) m->ops->zero(be, *bufs[i].p, bufs[i].n);
     }
     return MX_OK;
@@ -539,17 +540,18 @@ static const char *device_gap(const mx_tmodel *m) {
 int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
     if (!be->train) return mx_err_set(err, MX_ERR_UNSUPPORTED, "the %s backend cannot train", be->name);
     if (bf16 && !be->train->set_bf16)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED, "--precision bf16 needs a GPU; the %s backend trains in fp32",
-                          be->name);
+        return mx_err_set(err, MX_ERR_UNSUPPORTED,
+                          "--precision bf16 needs a GPU; the %s backend trains in fp32", be->name);
     m->be = be, m->ops = be->train;
     if (m->ops->set_bf16) m->ops->set_bf16(be, bf16);
     if (be->caps & MX_CAP_HOST_MEMORY) return MX_OK;
     const char *gap = device_gap(m);
     if (gap)
-        return mx_err_set(err, MX_ERR_UNSUPPORTED,
-                          "training %s on %s is not implemented yet (MHA, GQA, MQA, windows and shared KV are); "
-                          "use --device cpu",
-                          gap, be->name);
+        return mx_err_set(
+            err, MX_ERR_UNSUPPORTED,
+            "training %s on %s is not implemented yet (MHA, GQA, MQA, windows and shared KV are); "
+            "use --device cpu",
+            gap, be->name);
     for (int i = 0; i < 4; i++) {
         if (!m->host[i]) continue; /* ZeRO-1's moments */
         if (!(m->dev[i] = be->alloc(be, sizeof(float) * m->n_floats)))

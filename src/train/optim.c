@@ -27,8 +27,12 @@ float mx_clip_grads(mx_tmodel *m, double norm, float max_norm) {
 }
 
 static mx_tr_adamw adamw_hyper(const mx_train_config *c, float lr, int t) {
-    return (mx_tr_adamw){.lr = lr, .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps,
-                         .weight_decay = c->weight_decay, .t = t};
+    return (mx_tr_adamw){.lr = lr,
+                         .beta1 = c->beta1,
+                         .beta2 = c->beta2,
+                         .eps = c->adam_eps,
+                         .weight_decay = c->weight_decay,
+                         .t = t};
 }
 
 /* The parameters' segments of [lo, hi) of the flat vector, offsets relative to lo; returns their count. */

@@ -15,12 +15,12 @@ static void c_layernorm_fwd(mx_backend *be, float *out, float *mean, float *rstd
                             const float *w, const float *b, int N, int C, float eps) {
     mx_tr_layernorm_fwd(out, mean, rstd, x, w, b, N, C, eps);
 }
-static void c_rmsnorm_fwd(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
-                          float eps) {
+static void c_rmsnorm_fwd(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N,
+                          int C, float eps) {
     mx_tr_rmsnorm_fwd(out, rstd, x, w, N, C, eps);
 }
-static void c_matmul_fwd(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N, int in,
-                         int out) {
+static void c_matmul_fwd(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N,
+                         int in, int out) {
     mx_tr_matmul_fwd(y, x, W, b, N, in, out);
 }
 static void c_rope(mx_backend *be, float *x, int B, int T, int nh, int D, float theta, bool inverse) {
@@ -43,12 +43,13 @@ static void c_scale(mx_backend *be, float *out, const float *x, float s, long n)
 #pragma omp parallel for if (n > 65536)
     for (long i = 0; i < n; i++) out[i] = s * x[i];
 }
-static void c_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T,
-                        int C) {
+static void c_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B,
+                        int T, int C) {
     mx_tr_embed_bwd(dwte, dwpe, dout, tok, B, T, C);
 }
-static void c_layernorm_bwd(mx_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                            const float *mean, const float *rstd, const float *w, int N, int C) {
+static void c_layernorm_bwd(mx_backend *be, float *dx, float *dw, float *db, const float *dout,
+                            const float *x, const float *mean, const float *rstd, const float *w, int N,
+                            int C) {
     mx_tr_layernorm_bwd(dx, dw, db, dout, x, mean, rstd, w, N, C);
 }
 static void c_rmsnorm_bwd(mx_backend *be, float *dx, float *dw, const float *dout, const float *x,
@@ -67,12 +68,12 @@ static void c_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, flo
 static void c_gelu_bwd(mx_backend *be, float *dx, const float *dout, const float *x, long n) {
     mx_tr_gelu_bwd(dx, dout, x, n);
 }
-static void c_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
-                         long n) {
+static void c_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout, const float *g,
+                         const float *u, long n) {
     mx_tr_swiglu_bwd(dg, du, dout, g, u, n);
 }
-static double c_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C, int V,
-                          float scale, float *dx, float *dW) {
+static double c_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C,
+                          int V, float scale, float *dx, float *dW) {
     return mx_tr_head_xent(x, W, targets, N, C, V, scale, dx, dW);
 }
 static void c_upload(mx_backend *be, float *dst, const float *src, size_t n) {

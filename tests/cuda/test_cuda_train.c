@@ -56,7 +56,8 @@ static void expect_scalar(const char *what, double cpu, double gpu, double tol) 
     bool ok = rel <= tol;
     checks++;
     if (!ok) failures++;
-    printf("%s %-44s cpu %.9g gpu %.9g rel %.2e (tol %.0e)\n", ok ? "PASS" : "FAIL", what, cpu, gpu, rel, tol);
+    printf("%s %-44s cpu %.9g gpu %.9g rel %.2e (tol %.0e)\n", ok ? "PASS" : "FAIL", what, cpu, gpu, rel,
+           tol);
 }
 
 static void test_norms(ctx *x) {
@@ -65,7 +66,8 @@ static void test_norms(ctx *x) {
     float *in = rnd(x, n, 1.0f), *w = rnd(x, C, 1.0f), *b = rnd(x, C, 0.5f), *dout = rnd(x, n, 1.0f);
     float *o = calloc(n, 4), *mean = calloc(N, 4), *rstd = calloc(N, 4);
     float *din = calloc(n, 4), *dw = rnd(x, C, 0.1f), *db = rnd(x, C, 0.1f);
-    float *g_in = dev_of(x, in, n), *g_w = dev_of(x, w, C), *g_b = dev_of(x, b, C), *g_dout = dev_of(x, dout, n);
+    float *g_in = dev_of(x, in, n), *g_w = dev_of(x, w, C), *g_b = dev_of(x, b, C),
+          *g_dout = dev_of(x, dout, n);
     float *g_o = dev_of(x, o, n), *g_mean = dev_of(x, mean, N), *g_rstd = dev_of(x, rstd, N);
     float *g_din = dev_of(x, din, n), *g_dw = dev_of(x, dw, C), *g_db = dev_of(x, db, C);
     x->c->layernorm_fwd(NULL, o, mean, rstd, in, w, b, N, C, 1e-5f);
@@ -96,7 +98,8 @@ static void test_matmul(ctx *x, bool bf16) {
     float *dx = rnd(x, (size_t)N * in, 1.0f), *dW = rnd(x, (size_t)out * in, 1.0f), *db = rnd(x, out, 1.0f);
     float *gX = dev_of(x, X, (size_t)N * in), *gW = dev_of(x, W, (size_t)out * in), *gb = dev_of(x, b, out);
     float *gdy = dev_of(x, dy, (size_t)N * out), *gy = dev_of(x, y, (size_t)N * out);
-    float *gdx = dev_of(x, dx, (size_t)N * in), *gdW = dev_of(x, dW, (size_t)out * in), *gdb = dev_of(x, db, out);
+    float *gdx = dev_of(x, dx, (size_t)N * in), *gdW = dev_of(x, dW, (size_t)out * in),
+          *gdb = dev_of(x, db, out);
     double tol = bf16 ? 1e-2 : 2e-5;
     x->g->set_bf16(x->gpu, bf16);
     x->c->matmul_fwd(NULL, y, X, W, b, N, in, out);
@@ -115,7 +118,8 @@ static void test_matmul(ctx *x, bool bf16) {
 
 static void test_elementwise(ctx *x) {
     long n = 100003;
-    float *a = rnd(x, n, 2.0f), *b = rnd(x, n, 2.0f), *d = rnd(x, n, 1.0f), *o = calloc(n, 4), *o2 = calloc(n, 4);
+    float *a = rnd(x, n, 2.0f), *b = rnd(x, n, 2.0f), *d = rnd(x, n, 1.0f), *o = calloc(n, 4),
+          *o2 = calloc(n, 4);
     float *ga = dev_of(x, a, n), *gb = dev_of(x, b, n), *gd = dev_of(x, d, n), *go = dev_of(x, o, n),
           *go2 = dev_of(x, o2, n);
     x->c->gelu_fwd(NULL, o, a, n), x->g->gelu_fwd(x->gpu, go, ga, n);
@@ -148,15 +152,19 @@ static void test_elementwise(ctx *x) {
 
 static void test_embed_and_head(ctx *x) {
     int B = 3, T = 41, C = 64, V = 301, N = B * T;
-    float *wte = rnd(x, (size_t)V * C, 1.0f), *wpe = rnd(x, (size_t)T * C, 1.0f), *out = calloc((size_t)N * C, 4);
+    float *wte = rnd(x, (size_t)V * C, 1.0f), *wpe = rnd(x, (size_t)T * C, 1.0f),
+          *out = calloc((size_t)N * C, 4);
     int *tok = malloc(sizeof(int) * N), *tgt = malloc(sizeof(int) * N);
-    for (int i = 0; i < N; i++) tok[i] = (int)(mx_rng_u64(&x->rng) % 17) * 13, tgt[i] = (int)(mx_rng_u64(&x->rng) % V);
+    for (int i = 0; i < N; i++)
+        tok[i] = (int)(mx_rng_u64(&x->rng) % 17) * 13, tgt[i] = (int)(mx_rng_u64(&x->rng) % V);
     float *gwte = dev_of(x, wte, (size_t)V * C), *gwpe = dev_of(x, wpe, (size_t)T * C),
           *gout = dev_of(x, out, (size_t)N * C);
-    x->c->embed_fwd(NULL, out, wte, wpe, tok, B, T, C), x->g->embed_fwd(x->gpu, gout, gwte, gwpe, tok, B, T, C);
+    x->c->embed_fwd(NULL, out, wte, wpe, tok, B, T, C),
+        x->g->embed_fwd(x->gpu, gout, gwte, gwpe, tok, B, T, C);
     expect_close(x, "embed_fwd", out, gout, (size_t)N * C, 0);
     float *dout = rnd(x, (size_t)N * C, 1.0f), *gdout = dev_of(x, dout, (size_t)N * C);
-    x->c->embed_bwd(NULL, wte, wpe, dout, tok, B, T, C), x->g->embed_bwd(x->gpu, gwte, gwpe, gdout, tok, B, T, C);
+    x->c->embed_bwd(NULL, wte, wpe, dout, tok, B, T, C),
+        x->g->embed_bwd(x->gpu, gwte, gwpe, gdout, tok, B, T, C);
     expect_close(x, "embed_bwd dwte +=", wte, gwte, (size_t)V * C, 2e-6);
     expect_close(x, "embed_bwd dwpe +=", wpe, gwpe, (size_t)T * C, 2e-6);
     /* the fused head: loss, dx, dW */
@@ -178,9 +186,10 @@ static void test_attention(ctx *x, int H, int G, int D, int window, const char *
     float *q = rnd(x, nq, 1.0f), *k = rnd(x, nkv, 1.0f), *v = rnd(x, nkv, 1.0f), *dout = rnd(x, nq, 1.0f);
     float *out = calloc(nq, 4), *lse = calloc(nl, 4), *dq = calloc(nq, 4), *dk = rnd(x, nkv, 0.1f),
           *dv = rnd(x, nkv, 0.1f);
-    float *gq = dev_of(x, q, nq), *gk = dev_of(x, k, nkv), *gv = dev_of(x, v, nkv), *gdout = dev_of(x, dout, nq);
-    float *gout = dev_of(x, out, nq), *glse = dev_of(x, lse, nl), *gdq = dev_of(x, dq, nq), *gdk = dev_of(x, dk, nkv),
-          *gdv = dev_of(x, dv, nkv);
+    float *gq = dev_of(x, q, nq), *gk = dev_of(x, k, nkv), *gv = dev_of(x, v, nkv),
+          *gdout = dev_of(x, dout, nq);
+    float *gout = dev_of(x, out, nq), *glse = dev_of(x, lse, nl), *gdq = dev_of(x, dq, nq),
+          *gdk = dev_of(x, dk, nkv), *gdv = dev_of(x, dv, nkv);
     char what[96];
     x->c->attn_fwd(NULL, &s, out, lse, q, k, v), x->g->attn_fwd(x->gpu, &s, gout, glse, gq, gk, gv);
     snprintf(what, sizeof what, "attn_fwd out %s", name), expect_close(x, what, out, gout, nq, 2e-5);
@@ -288,10 +297,11 @@ static void train_steps(mx_tmodel *m, int steps, double *losses) {
 static void test_training_runs(ctx *x, const char *json) {
     enum { STEPS = 100 };
     double lc[STEPS], lg[STEPS], lg2[STEPS], lb[STEPS];
-    mx_tmodel *mc = model(json, NULL, false), *mg = model(json, x->gpu, false), *mg2 = model(json, x->gpu, false),
-              *mb = model(json, x->gpu, true);
+    mx_tmodel *mc = model(json, NULL, false), *mg = model(json, x->gpu, false),
+              *mg2 = model(json, x->gpu, false), *mb = model(json, x->gpu, true);
     if (!mc || !mg || !mg2 || !mb) return;
-    train_steps(mc, STEPS, lc), train_steps(mg, STEPS, lg), train_steps(mg2, STEPS, lg2), train_steps(mb, STEPS, lb);
+    train_steps(mc, STEPS, lc), train_steps(mg, STEPS, lg), train_steps(mg2, STEPS, lg2),
+        train_steps(mb, STEPS, lb);
     bool same = memcmp(lg, lg2, sizeof lg) == 0;
     checks++, failures += !same;
     printf("%s two GPU runs of %d steps, one seed: bit-identical losses\n", same ? "PASS" : "FAIL", STEPS);
@@ -300,8 +310,8 @@ static void test_training_runs(ctx *x, const char *json) {
         worst32 = fmax(worst32, fabs(lg[s] - lc[s]) / lc[s]);
         worstbf = fmax(worstbf, fabs(lb[s] - lc[s]) / lc[s]);
     }
-    printf("     losses: step 1 cpu %.5f gpu %.5f bf16 %.5f; step %d cpu %.5f gpu %.5f bf16 %.5f\n", lc[0], lg[0],
-           lb[0], STEPS, lc[STEPS - 1], lg[STEPS - 1], lb[STEPS - 1]);
+    printf("     losses: step 1 cpu %.5f gpu %.5f bf16 %.5f; step %d cpu %.5f gpu %.5f bf16 %.5f\n", lc[0],
+           lg[0], lb[0], STEPS, lc[STEPS - 1], lg[STEPS - 1], lb[STEPS - 1]);
     checks += 2;
     failures += !(worst32 <= 1e-3) + !(worstbf <= 3e-2);
     printf("%s %d GPU fp32 steps follow the CPU: worst relative loss gap %.2e (band 1e-3)\n",
@@ -330,11 +340,13 @@ int main(void) {
     test_attention(&x, 6, 1, 128, 0, "MQA D128");
     test_attention(&x, 4, 2, 64, 37, "GQA window 37");
     test_adamw(&x);
-    const char *gpt2 = "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
-                       "\"n_kv_head\": 4, \"d_ff\": 256, \"max_ctx\": 64, \"batch\": 3, \"seq\": 48, \"steps\": 100}";
-    const char *llama = "{\"arch\": \"llama\", \"vocab\": 101, \"d_model\": 64, \"n_layer\": 4, \"n_head\": 4, "
-                        "\"n_kv_head\": 2, \"d_ff\": 160, \"max_ctx\": 64, \"batch\": 2, \"seq\": 64, "
-                        "\"plan\": \"G,S,G@0,S@1\", \"window\": 16, \"steps\": 100}";
+    const char *gpt2 =
+        "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
+        "\"n_kv_head\": 4, \"d_ff\": 256, \"max_ctx\": 64, \"batch\": 3, \"seq\": 48, \"steps\": 100}";
+    const char *llama =
+        "{\"arch\": \"llama\", \"vocab\": 101, \"d_model\": 64, \"n_layer\": 4, \"n_head\": 4, "
+        "\"n_kv_head\": 2, \"d_ff\": 160, \"max_ctx\": 64, \"batch\": 2, \"seq\": 64, "
+        "\"plan\": \"G,S,G@0,S@1\", \"window\": 16, \"steps\": 100}";
     test_step(&x, gpt2, "gpt2 MHA");
     test_step(&x, llama, "llama GQA, window, shared KV");
     test_training_runs(&x, gpt2);

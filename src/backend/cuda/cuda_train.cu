@@ -17,9 +17,9 @@ enum { ROW_WARPS = 8, CHUNKS = 64, SUMSQ_BLOCKS = 1024, XENT_ROWS = 2048 };
 typedef struct {
     cublasHandle_t blas;
     bool bf16;
-    int *tok;      /* tokens of the step (embedding forward) */
+    int *tok; /* tokens of the step (embedding forward) */
     size_t tok_cap;
-    int *csr;      /* embedding backward: rows grouped by token (uniq tokens, offsets, rows) */
+    int *csr; /* embedding backward: rows grouped by token (uniq tokens, offsets, rows) */
     size_t csr_cap;
     int *csr_host; /* staging, same layout */
     size_t csr_host_cap;
@@ -94,8 +94,8 @@ __device__ __forceinline__ double warp_sum_d(double v) {
 /* ---- GEMMs (row-major through column-major cuBLAS: a row-major (r, c) matrix is a column-major (c, r)) ---- */
 
 /* C (m_rows, n_cols) row-major = alpha · op(A) · op(B) + beta · C, written as cuBLAS sees the transposes. */
-static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A,
-                 int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     cu_train *t = tr(be);
     float alpha = 1.0f;
     cublasComputeType_t ct = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
@@ -104,7 +104,8 @@ static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int
 }
 
 /* y (N, out) = x (N, in) · Wᵀ: column-major yᵀ (out, N) = W' (out, in) · xᵀ, W' = the stored (in, out)ᵀ */
-static void gemm_xwt(mx_backend *be, float *y, const float *x, const float *W, int N, int in, int out, float beta) {
+static void gemm_xwt(mx_backend *be, float *y, const float *x, const float *W, int N, int in, int out,
+                     float beta) {
     gemm(be, CUBLAS_OP_T, CUBLAS_OP_N, out, N, in, W, in, x, in, beta, y, out);
 }
 /* dx (N, in) = dy (N, out) · W (out, in) */
@@ -121,8 +122,8 @@ static void gemm_dytx(mx_backend *be, float *dW, const float *dy, const float *x
 
 /* part[chunk, c] = Σ_{n in chunk} src[n, c] (and, with x: Σ src·xhat for the norms' weight gradient, xhat =
  * (x - mean) * rstd; mean NULL for RMSNorm). */
-static __global__ void k_colsum_partial(float *part, float *part2, const float *src, const float *x, const float *mean,
-                                 const float *rstd, int N, int C) {
+static __global__ void k_colsum_partial(float *part, float *part2, const float *src, const float *x,
+                                        const float *mean, const float *rstd, int N, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
     if (c >= C) return;
     int per = (N + CHUNKS - 1) / CHUNKS, n0 = chunk * per, n1 = min(N, n0 + per);
@@ -145,8 +146,8 @@ static __global__ void k_colsum_finish(float *dst, const float *part, int C) {
 }
 
 /* db[c] += Σ_n src[n, c]; with x also dw[c] += Σ_n src[n, c] · xhat[n, c] (db may be NULL then). */
-static void column_sums(mx_backend *be, float *db, float *dw, const float *src, const float *x, const float *mean,
-                        const float *rstd, int N, int C) {
+static void column_sums(mx_backend *be, float *db, float *dw, const float *src, const float *x,
+                        const float *mean, const float *rstd, int N, int C) {
     cu_train *t = tr(be);
     t->part = grow(t->part, &t->part_cap, (size_t)2 * CHUNKS * C);
     float *p1 = t->part, *p2 = t->part + (size_t)CHUNKS * C;
@@ -160,7 +161,8 @@ static void column_sums(mx_backend *be, float *db, float *dw, const float *src, 
 
 /* ---- forward ---- */
 
-static __global__ void k_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int T, int C) {
+static __global__ void k_embed_fwd(float *out, const float *wte, const float *wpe, const int *tok, int T,
+                                   int C) {
     int row = blockIdx.x;
     const float *e = wte + (size_t)tok[row] * C, *p = wpe ? wpe + (size_t)(row % T) * C : NULL;
     for (int i = threadIdx.x; i < C; i += blockDim.x) out[(size_t)row * C + i] = e[i] + (p ? p[i] : 0.0f);
@@ -178,7 +180,7 @@ static void t_embed_fwd(mx_backend *be, float *out, const float *wte, const floa
 
 /* One warp per row: mean and variance in fp32 (two passes over the row, which stays in L1). */
 static __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
-                                const float *b, int N, int C, float eps) {
+                                       const float *b, int N, int C, float eps) {
     int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (size_t)n * C;
@@ -191,14 +193,15 @@ static __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, con
     if (lane == 0) mean[n] = mu, rstd[n] = r;
 }
 
-static void t_layernorm_fwd(mx_backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
-                            const float *b, int N, int C, float eps) {
-    k_layernorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, mean, rstd, x, w,
-                                                                                           b, N, C, eps);
+static void t_layernorm_fwd(mx_backend *be, float *out, float *mean, float *rstd, const float *x,
+                            const float *w, const float *b, int N, int C, float eps) {
+    k_layernorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, mean, rstd, x,
+                                                                                           w, b, N, C, eps);
     CU_LAUNCHED();
 }
 
-static __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+static __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                                     float eps) {
     int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (size_t)n * C;
@@ -209,20 +212,21 @@ static __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, co
     if (lane == 0) rstd[n] = r;
 }
 
-static void t_rmsnorm_fwd(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
-                          float eps) {
-    k_rmsnorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, rstd, x, w, N, C,
-                                                                                         eps);
+static void t_rmsnorm_fwd(mx_backend *be, float *out, float *rstd, const float *x, const float *w, int N,
+                          int C, float eps) {
+    k_rmsnorm_fwd<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(out, rstd, x, w, N,
+                                                                                         C, eps);
     CU_LAUNCHED();
 }
 
 static __global__ void k_add_bias(float *y, const float *b, size_t rows, int n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < rows * n; i += (size_t)gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < rows * n;
+         i += (size_t)gridDim.x * blockDim.x)
         y[i] += b[i % n];
 }
 
-static void t_matmul_fwd(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N, int in,
-                         int out) {
+static void t_matmul_fwd(mx_backend *be, float *y, const float *x, const float *W, const float *b, int N,
+                         int in, int out) {
     gemm_xwt(be, y, x, W, N, in, out, 0.0f);
     if (!b) return;
     size_t n = (size_t)N * out;
@@ -264,20 +268,22 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
-#define ELEMENTWISE(name, params, body)                                                                       \
-    static __global__ void name params {                                                                            \
+#define ELEMENTWISE(name, params, body)                                                                      \
+    static __global__ void name params {                                                                     \
         for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) \
             body;                                                                                            \
     }
 
 ELEMENTWISE(k_gelu_fwd, (float *out, const float *x, long n), out[i] = gelu_f(x[i]))
-ELEMENTWISE(k_gelu_bwd, (float *dx, const float *dout, const float *x, long n), dx[i] = gelu_grad(x[i]) * dout[i])
+ELEMENTWISE(k_gelu_bwd, (float *dx, const float *dout, const float *x, long n),
+            dx[i] = gelu_grad(x[i]) * dout[i])
 ELEMENTWISE(k_swiglu_fwd, (float *out, const float *g, const float *u, long n),
             out[i] = g[i] / (1.0f + expf(-g[i])) * u[i])
 ELEMENTWISE(k_add, (float *out, const float *a, const float *b, long n), out[i] = a[i] + b[i])
 ELEMENTWISE(k_scale, (float *out, const float *x, float s, long n), out[i] = s * x[i])
 
-static __global__ void k_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
+static __global__ void k_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, const float *u,
+                                    long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float sig = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * sig;
         dg[i] = dout[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
@@ -305,8 +311,8 @@ static void t_scale(mx_backend *be, float *out, const float *x, float s, long n)
 /* ---- backward ---- */
 
 /* Block u sums the rows of token uniq[u] (rows[off[u] .. off[u+1])) in order into dwte's row. */
-static __global__ void k_embed_bwd_wte(float *dwte, const float *dout, const int *uniq, const int *off, const int *rows,
-                                int C) {
+static __global__ void k_embed_bwd_wte(float *dwte, const float *dout, const int *uniq, const int *off,
+                                       const int *rows, int C) {
     int u = blockIdx.x, tok = uniq[u];
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         float s = 0.0f;
@@ -349,8 +355,8 @@ static int group_rows(cu_train *t, const int *tok, int N, int *U) {
     return u + (u + 1) + N;
 }
 
-static void t_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T,
-                        int C) {
+static void t_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *dout, const int *tok, int B,
+                        int T, int C) {
     cu_train *t = tr(be);
     int N = B * T, U = 0, len = group_rows(t, tok, N, &U);
     t->csr = grow(t->csr, &t->csr_cap, (size_t)len);
@@ -366,8 +372,8 @@ static void t_embed_bwd(mx_backend *be, float *dwte, float *dwpe, const float *d
 
 /* dx += LayerNorm (mean != NULL) or RMSNorm backward, one warp per row; the means of g = dout·w and g·xhat in
  * fp32 (the CPU sums them in double). */
-static __global__ void k_norm_bwd_dx(float *dx, const float *dout, const float *x, const float *mean, const float *rstd,
-                              const float *w, int N, int C) {
+static __global__ void k_norm_bwd_dx(float *dx, const float *dout, const float *x, const float *mean,
+                                     const float *rstd, const float *w, int N, int C) {
     int n = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *d = dout + (size_t)n * C, *xr = x + (size_t)n * C;
@@ -386,19 +392,20 @@ static __global__ void k_norm_bwd_dx(float *dx, const float *dout, const float *
     }
 }
 
-static void t_layernorm_bwd(mx_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                            const float *mean, const float *rstd, const float *w, int N, int C) {
+static void t_layernorm_bwd(mx_backend *be, float *dx, float *dw, float *db, const float *dout,
+                            const float *x, const float *mean, const float *rstd, const float *w, int N,
+                            int C) {
     column_sums(be, db, dw, dout, x, mean, rstd, N, C);
-    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, mean, rstd,
-                                                                                         w, N, C);
+    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, mean,
+                                                                                         rstd, w, N, C);
     CU_LAUNCHED();
 }
 
 static void t_rmsnorm_bwd(mx_backend *be, float *dx, float *dw, const float *dout, const float *x,
                           const float *rstd, const float *w, int N, int C) {
     column_sums(be, NULL, dw, dout, x, NULL, rstd, N, C);
-    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, NULL, rstd,
-                                                                                         w, N, C);
+    k_norm_bwd_dx<<<(N + ROW_WARPS - 1) / ROW_WARPS, 32 * ROW_WARPS, 0, stream_of(be)>>>(dx, dout, x, NULL,
+                                                                                         rstd, w, N, C);
     CU_LAUNCHED();
 }
 
@@ -413,8 +420,8 @@ static void t_gelu_bwd(mx_backend *be, float *dx, const float *dout, const float
     k_gelu_bwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(dx, dout, x, n);
     CU_LAUNCHED();
 }
-static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
-                         long n) {
+static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout, const float *g,
+                         const float *u, long n) {
     k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(dg, du, dout, g, u, n);
     CU_LAUNCHED();
 }
@@ -423,7 +430,8 @@ static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout
 
 /* One block per row of logits (V): loss[r] = log Σ exp(l - max) + max - l[y] (double); with grad the row
  * becomes scale · (softmax - onehot(y)). */
-static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, bool grad, float scale) {
+static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, bool grad,
+                                   float scale) {
     __shared__ float red[32];
     __shared__ double redd[32];
     int r = blockIdx.x, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
@@ -461,8 +469,8 @@ static __global__ void k_xent_rows(float *logits, double *loss, const int *targe
     for (int i = threadIdx.x; i < V; i += blockDim.x) lr[i] = expf(lr[i] - mx) * k - (i == y ? scale : 0.0f);
 }
 
-static double t_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C, int V,
-                          float scale, float *dx, float *dW) {
+static double t_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C,
+                          int V, float scale, float *dx, float *dW) {
     cu_train *t = tr(be);
     int R = N < XENT_ROWS ? N : XENT_ROWS;
     t->logits = grow(t->logits, &t->logits_cap, (size_t)R * V);
@@ -474,14 +482,16 @@ static double t_head_xent(mx_backend *be, const float *x, const float *W, const 
         int rows = N - r0 < R ? N - r0 : R;
         const float *xr = x + (size_t)r0 * C;
         gemm_xwt(be, t->logits, xr, W, rows, C, V, 0.0f);
-        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, dx != NULL, scale);
+        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, dx != NULL,
+                                                     scale);
         CU_LAUNCHED();
         if (!dx) continue;
         gemm_dyw(be, dx + (size_t)r0 * C, t->logits, W, rows, C, V, 0.0f);
         gemm_dytx(be, dW, t->logits, xr, rows, C, V);
     }
     t->dsum_host = grow_host(t->dsum_host, &t->dsum_host_cap, (size_t)N);
-    CU_CHECK(cudaMemcpyAsync(t->dsum_host, t->dsum, sizeof(double) * N, cudaMemcpyDeviceToHost, stream_of(be)));
+    CU_CHECK(
+        cudaMemcpyAsync(t->dsum_host, t->dsum, sizeof(double) * N, cudaMemcpyDeviceToHost, stream_of(be)));
     CU_CHECK(cudaFreeAsync(dtarget, stream_of(be)));
     CU_CHECK(cudaStreamSynchronize(stream_of(be)));
     double loss = 0.0;
@@ -532,12 +542,13 @@ static double t_sumsq(mx_backend *be, const float *x, size_t n) {
 }
 
 /* One launch for every parameter: blockIdx.y is the segment, the x blocks stride over its elements. */
-static __global__ void k_adamw(const mx_tr_seg *segs, float *w, const float *g, float *m, float *v, mx_tr_adamw h,
-                        float step_size, float bc2_sqrt) {
+static __global__ void k_adamw(const mx_tr_seg *segs, float *w, const float *g, float *m, float *v,
+                               mx_tr_adamw h, float step_size, float bc2_sqrt) {
     mx_tr_seg s = segs[blockIdx.y];
     float plr = h.lr * s.lr_mult, ps = step_size * s.lr_mult;
     float decay = s.decay ? 1.0f - plr * h.weight_decay : 1.0f;
-    for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < s.n; j += (size_t)gridDim.x * blockDim.x) {
+    for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < s.n;
+         j += (size_t)gridDim.x * blockDim.x) {
         size_t i = s.off + j;
         float gj = g[i], wj = w[i] * decay;
         float mj = m[i] * h.beta1 + (1.0f - h.beta1) * gj;
@@ -547,8 +558,8 @@ static __global__ void k_adamw(const mx_tr_seg *segs, float *w, const float *g, 
     }
 }
 
-static void t_adamw(mx_backend *be, const mx_tr_seg *segs, int n_seg, float *w, const float *g, float *m, float *v,
-                    const mx_tr_adamw *h) {
+static void t_adamw(mx_backend *be, const mx_tr_seg *segs, int n_seg, float *w, const float *g, float *m,
+                    float *v, const mx_tr_adamw *h) {
     cu_train *t = tr(be);
     size_t cap = (size_t)t->segs_cap;
     t->segs = grow(t->segs, &cap, (size_t)n_seg);

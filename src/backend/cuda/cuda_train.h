@@ -17,8 +17,8 @@ void mx_cuda_train_free(mx_cuda_ctx *c);
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v);
 void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
-                            const float *dout, const float *q, const float *k, const float *v, const float *out,
-                            const float *lse);
+                            const float *dout, const float *q, const float *k, const float *v,
+                            const float *out, const float *lse);
 
 __device__ __forceinline__ float warp_sum_f(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -21,8 +21,8 @@ __device__ __forceinline__ int first_key(int t, int window) {
 }
 
 /* grid (ceil(T / AW), H, B), AW warps; warp w: query row t = blockIdx.x * AW + w of head h. */
-static __global__ void __launch_bounds__(AW * 32) k_attn_fwd(mx_tr_attn_shape s, float *out, float *lse, const float *q,
-                                                     const float *k, const float *v) {
+static __global__ void __launch_bounds__(AW * 32)
+    k_attn_fwd(mx_tr_attn_shape s, float *out, float *lse, const float *q, const float *k, const float *v) {
     __shared__ float Ks[TILE][PAD], Vs[TILE][PAD], Qs[AW][DMAX];
     int w = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
     int g = h / (s.H / s.G), t0 = blockIdx.x * AW, t = t0 + w;
@@ -88,9 +88,9 @@ static __global__ void k_attn_delta(float *delta, const float *dout, const float
 }
 
 /* dq, one warp per query row (the forward's tiling). */
-static __global__ void __launch_bounds__(AW * 32) k_attn_dq(mx_tr_attn_shape s, float *dq, const float *dout,
-                                                    const float *q, const float *k, const float *v,
-                                                    const float *lse, const float *delta) {
+static __global__ void __launch_bounds__(AW * 32)
+    k_attn_dq(mx_tr_attn_shape s, float *dq, const float *dout, const float *q, const float *k,
+              const float *v, const float *lse, const float *delta) {
     __shared__ float Ks[TILE][PAD], Vs[TILE][PAD], Qs[AW][DMAX], Os[AW][DMAX];
     int w = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
     int g = h / (s.H / s.G), t0 = blockIdx.x * AW, t = t0 + w;
@@ -142,9 +142,9 @@ static __global__ void __launch_bounds__(AW * 32) k_attn_dq(mx_tr_attn_shape s, 
 
 /* dk, dv: grid (ceil(T / AW), G, B); warp w owns key row j = blockIdx.x * AW + w of KV head g and sums, in order,
  * every query head of its group and every query that sees it (t in [j, j + W - 1] under a window). */
-static __global__ void __launch_bounds__(AW * 32) k_attn_dkv(mx_tr_attn_shape s, float *dk, float *dv,
-                                                     const float *dout, const float *q, const float *k,
-                                                     const float *v, const float *lse, const float *delta) {
+static __global__ void __launch_bounds__(AW * 32)
+    k_attn_dkv(mx_tr_attn_shape s, float *dk, float *dv, const float *dout, const float *q, const float *k,
+               const float *v, const float *lse, const float *delta) {
     __shared__ float Qs[TILE][PAD], Os[TILE][PAD], Ls[TILE], Ds[TILE], Kw[AW][DMAX], Vw[AW][DMAX];
     int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = blockIdx.y, b = blockIdx.z, rep = s.H / s.G;
     int j0 = blockIdx.x * AW, j = j0 + w;
@@ -201,8 +201,8 @@ static __global__ void __launch_bounds__(AW * 32) k_attn_dkv(mx_tr_attn_shape s,
 
 static void check_shape(const mx_tr_attn_shape *s) {
     if (s->Dk > DMAX || s->Dv > DMAX || s->G <= 0 || s->H % s->G)
-        mx_cuda_fatal("training attention", "head dim above 128 or heads not a multiple of KV heads", __FILE__,
-                      __LINE__);
+        mx_cuda_fatal("training attention", "head dim above 128 or heads not a multiple of KV heads",
+                      __FILE__, __LINE__);
 }
 
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
@@ -214,8 +214,8 @@ void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *ou
 }
 
 void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
-                            const float *dout, const float *q, const float *k, const float *v, const float *out,
-                            const float *lse) {
+                            const float *dout, const float *q, const float *k, const float *v,
+                            const float *out, const float *lse) {
     check_shape(s);
     cudaStream_t st = cu_ctx(be)->stream;
     size_t rows = (size_t)s->B * s->T * s->H;
