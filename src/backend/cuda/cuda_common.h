@@ -102,8 +102,8 @@ typedef struct {
     size_t host_stage_cap; /* bytes */
     int *dec_cnt; /* decode attention: per-KV-head tickets of the last-block merge (zeroed, self-resetting) */
     void *moe;    /* cuda_moe.cu: side streams, workspaces and scratch of the grouped MoE experts */
-    void *sample_ring;      /* cuda_sample.cu: the pinned ring the sampled tokens come back through */
-    void *train;            /* cuda_train.cu: cuBLAS handle and scratch of the training ops (NULL until used) */
+    void *sample_ring; /* cuda_sample.cu: the pinned ring the sampled tokens come back through */
+    void *train;       /* cuda_train.cu: cuBLAS handle and scratch of the training ops (NULL until used) */
     mx_cuda_placed *placed; /* every placed weight, sorted by q */
     int n_placed, placed_cap;
 } mx_cuda_ctx;
