@@ -180,8 +180,9 @@ static void test_embed_and_head(ctx *x) {
     free(wte), free(wpe), free(out), free(tok), free(tgt), free(dout), free(dx), free(dW);
 }
 
-static void test_attention(ctx *x, int H, int G, int D, int window, const char *name) {
-    mx_tr_attn_shape s = {2, 150, H, G, D, D, window, 1.0f / sqrtf((float)D)};
+/* B x T scores beyond 1 GiB per head take the warp kernels, below it the tensor-core GEMM form. */
+static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window, const char *name) {
+    mx_tr_attn_shape s = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
     size_t nq = (size_t)s.B * s.T * H * D, nkv = (size_t)s.B * s.T * G * D, nl = (size_t)s.B * s.T * H;
     float *q = rnd(x, nq, 1.0f), *k = rnd(x, nkv, 1.0f), *v = rnd(x, nkv, 1.0f), *dout = rnd(x, nq, 1.0f);
     float *out = calloc(nq, 4), *lse = calloc(nl, 4), *dq = calloc(nq, 4), *dk = rnd(x, nkv, 0.1f),
@@ -335,10 +336,12 @@ int main(void) {
     test_matmul(&x, true);
     test_elementwise(&x);
     test_embed_and_head(&x);
-    test_attention(&x, 4, 4, 64, 0, "MHA D64");
-    test_attention(&x, 8, 2, 32, 0, "GQA 8/2 D32");
-    test_attention(&x, 6, 1, 128, 0, "MQA D128");
-    test_attention(&x, 4, 2, 64, 37, "GQA window 37");
+    test_attention(&x, 2, 150, 4, 4, 64, 0, "MHA D64");
+    test_attention(&x, 2, 150, 8, 2, 32, 0, "GQA 8/2 D32");
+    test_attention(&x, 2, 150, 6, 1, 128, 0, "MQA D128");
+    test_attention(&x, 2, 150, 4, 2, 64, 37, "GQA window 37");
+    test_attention(&x, 1, 16500, 2, 1, 64, 0, "warp kernels T16500 MQA");
+    test_attention(&x, 1, 16500, 2, 2, 64, 300, "warp kernels T16500 window 300");
     test_adamw(&x);
     const char *gpt2 =
         "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "

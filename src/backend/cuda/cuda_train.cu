@@ -65,6 +65,12 @@ static cu_train *tr(mx_backend *be) {
     return (cu_train *)c->train;
 }
 
+cublasHandle_t mx_cuda_train_blas(mx_backend *be, cublasComputeType_t *compute) {
+    cu_train *t = tr(be);
+    *compute = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    return t->blas;
+}
+
 void mx_cuda_train_free(mx_cuda_ctx *c) {
     cu_train *t = (cu_train *)c->train;
     if (!t) return;

@@ -3,6 +3,8 @@
 #ifndef MX_CUDA_TRAIN_H
 #define MX_CUDA_TRAIN_H
 
+#include <cublas_v2.h>
+
 #include "cuda_common.h"
 
 extern "C" {
@@ -13,6 +15,9 @@ extern "C" {
 extern "C" const mx_train_ops mx_cuda_train_ops;
 /* Frees the training state (cuBLAS handle, scratch) of a context; nothing when it never trained. */
 void mx_cuda_train_free(mx_cuda_ctx *c);
+/* The cuBLAS handle of the training ops (on the backend's stream) and the compute type of their GEMMs (fp32, or
+ * bf16 tensor cores after set_bf16). */
+cublasHandle_t mx_cuda_train_blas(mx_backend *be, cublasComputeType_t *compute);
 
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v);

@@ -8,7 +8,9 @@
  * Every dK/dV row is owned by one warp, which sums its query heads (GQA) and queries in order: deterministic,
  * and accumulating, so a layer reading another's cache adds into the writer's gradient.
  * Shapes: q (B, T, H, Dk), k (B, T, G, Dk), v (B, T, G, Dv), out (B, T, H, Dv), lse (B, T, H); Dk, Dv <= 128.
- * A Hopper wgmma/TMA form (like cuda_fa_wgmma.cu for inference) is the next step for speed. */
+ * While a head's (B, T, T) scores fit 1 GiB, the products run on tensor cores instead (the GEMM form below); the
+ * warp kernels serve longer sequences. A fused Hopper wgmma/TMA form (like cuda_fa_wgmma.cu for inference) is the
+ * next step for speed and memory. */
 #include <math.h>
 
 #include "cuda_train.h"
@@ -199,6 +201,132 @@ static __global__ void __launch_bounds__(AW * 32)
     }
 }
 
+/* ---- the tensor-core form: per head, batched over B, the scores as a (T, T) matrix ----
+ * S = scale Q Kᵀ (cuBLAS), a masked softmax kernel (P and lse), O = P V; the backward recomputes P from lse,
+ * dP = dO Vᵀ, dS = P ∘ (dP − Δ) · scale, dQ = dS K, dK += dSᵀ Q, dV += Pᵀ dO. Full T × T products (the
+ * masked half computed and zeroed); every GEMM of a KV head's gradient accumulates in head order, so the result
+ * stays deterministic. Used while a head's scores for the whole batch fit SCORE_BYTES. */
+enum { SCORE_BYTES = 1 << 30 };
+
+/* Row-major C (M, N) = alpha op(A) op(B) + beta C, batched with element strides sA, sB, sC (cuBLAS is column-major:
+ * it computes Cᵀ = op(B)ᵀ op(A)ᵀ on the same memory). */
+static void rm_gemm(mx_backend *be, bool ta, bool tb, int M, int N, int K, float alpha, const float *A,
+                    int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
+                    int ldc, long long sC, int batch) {
+    cublasComputeType_t ct;
+    cublasHandle_t h = mx_cuda_train_blas(be, &ct);
+    LT_CHECK(cublasGemmStridedBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N,
+                                        M, K, &alpha, B, CUDA_R_32F, ldb, sB, A, CUDA_R_32F, lda, sA, &beta,
+                                        C, CUDA_R_32F, ldc, sC, batch, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+/* Row t of batch b (blockIdx.y) of the scores S (B, T, T): the keys outside [first_key(t), t] are masked; with
+ * lse_in (the backward) P = exp(S - lse), else P = softmax and lse_out[b, t, h] is written. One block per row. */
+static __global__ void k_masked_softmax(float *S, int T, int H, int h, int window, const float *lse_in,
+                                        float *lse_out) {
+    __shared__ float red[32];
+    int t = blockIdx.x, b = blockIdx.y, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    float *row = S + ((size_t)b * T + t) * T;
+    int lo = first_key(t, window);
+    size_t li = ((size_t)b * T + t) * H + h;
+    float L;
+    if (lse_in) {
+        L = lse_in[li];
+    } else {
+        float mx = -INFINITY;
+        for (int j = lo + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, row[j]);
+        mx = warp_max_f(mx);
+        if (lane == 0) red[wid] = mx;
+        __syncthreads();
+        if (wid == 0) {
+            float v = lane < nw ? red[lane] : -INFINITY;
+            v = warp_max_f(v);
+            if (lane == 0) red[0] = v;
+        }
+        __syncthreads();
+        mx = red[0];
+        __syncthreads();
+        float sum = 0.0f;
+        for (int j = lo + threadIdx.x; j <= t; j += blockDim.x) sum += expf(row[j] - mx);
+        sum = warp_sum_f(sum);
+        if (lane == 0) red[wid] = sum;
+        __syncthreads();
+        if (wid == 0) {
+            float v = lane < nw ? red[lane] : 0.0f;
+            v = warp_sum_f(v);
+            if (lane == 0) red[0] = v;
+        }
+        __syncthreads();
+        L = mx + logf(red[0]);
+        if (threadIdx.x == 0) lse_out[li] = L;
+    }
+    for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j >= lo && j <= t ? expf(row[j] - L) : 0.0f;
+}
+
+/* dS = P ∘ (dP − Δ_t) · scale, in place in dP (zero where P is). */
+static __global__ void k_softmax_grad(float *dP, const float *P, const float *delta, int T, int H, int h,
+                                      float scale) {
+    int t = blockIdx.x, b = blockIdx.y;
+    size_t r = ((size_t)b * T + t) * T;
+    float D = delta[((size_t)b * T + t) * H + h];
+    for (int j = threadIdx.x; j < T; j += blockDim.x) dP[r + j] = P[r + j] * (dP[r + j] - D) * scale;
+}
+
+static bool gemm_form(const mx_tr_attn_shape *s) {
+    return (size_t)s->B * s->T * s->T * sizeof(float) <= SCORE_BYTES;
+}
+
+static void attn_fwd_gemm(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
+                          const float *k, const float *v) {
+    cudaStream_t st = cu_ctx(be)->stream;
+    int T = s->T, H = s->H, G = s->G, rep = H / G;
+    float *S = NULL;
+    CU_CHECK(cudaMallocAsync((void **)&S, sizeof(float) * s->B * T * T, st));
+    for (int h = 0; h < H; h++) {
+        int g = h / rep;
+        rm_gemm(be, false, true, T, T, s->Dk, s->scale, q + (size_t)h * s->Dk, H * s->Dk,
+                (long long)T * H * s->Dk, k + (size_t)g * s->Dk, G * s->Dk, (long long)T * G * s->Dk, 0.0f, S,
+                T, (long long)T * T, s->B);
+        k_masked_softmax<<<dim3(T, s->B), 256, 0, st>>>(S, T, H, h, s->window, NULL, lse);
+        CU_LAUNCHED();
+        rm_gemm(be, false, false, T, s->Dv, T, 1.0f, S, T, (long long)T * T, v + (size_t)g * s->Dv, G * s->Dv,
+                (long long)T * G * s->Dv, 0.0f, out + (size_t)h * s->Dv, H * s->Dv, (long long)T * H * s->Dv,
+                s->B);
+    }
+    CU_CHECK(cudaFreeAsync(S, st));
+}
+
+static void attn_bwd_gemm(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
+                          const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                          const float *delta) {
+    cudaStream_t st = cu_ctx(be)->stream;
+    int T = s->T, H = s->H, G = s->G, rep = H / G, Dk = s->Dk, Dv = s->Dv;
+    long long sT = (long long)T * T, sq = (long long)T * H * Dk, so = (long long)T * H * Dv,
+              sk = (long long)T * G * Dk, sv = (long long)T * G * Dv;
+    float *P = NULL, *dP = NULL;
+    CU_CHECK(cudaMallocAsync((void **)&P, sizeof(float) * s->B * T * T, st));
+    CU_CHECK(cudaMallocAsync((void **)&dP, sizeof(float) * s->B * T * T, st));
+    for (int h = 0; h < H; h++) {
+        int g = h / rep;
+        const float *qh = q + (size_t)h * Dk, *kg = k + (size_t)g * Dk, *vg = v + (size_t)g * Dv,
+                    *doh = dout + (size_t)h * Dv;
+        rm_gemm(be, false, true, T, T, Dk, s->scale, qh, H * Dk, sq, kg, G * Dk, sk, 0.0f, P, T, sT, s->B);
+        k_masked_softmax<<<dim3(T, s->B), 256, 0, st>>>(P, T, H, h, s->window, lse, NULL);
+        CU_LAUNCHED();
+        rm_gemm(be, true, false, T, Dv, T, 1.0f, P, T, sT, doh, H * Dv, so, 1.0f, dv + (size_t)g * Dv, G * Dv,
+                sv, s->B);
+        rm_gemm(be, false, true, T, T, Dv, 1.0f, doh, H * Dv, so, vg, G * Dv, sv, 0.0f, dP, T, sT, s->B);
+        k_softmax_grad<<<dim3(T, s->B), 256, 0, st>>>(dP, P, delta, T, H, h, s->scale);
+        CU_LAUNCHED();
+        rm_gemm(be, false, false, T, Dk, T, 1.0f, dP, T, sT, kg, G * Dk, sk, 0.0f, dq + (size_t)h * Dk,
+                H * Dk, sq, s->B);
+        rm_gemm(be, true, false, T, Dk, T, 1.0f, dP, T, sT, qh, H * Dk, sq, 1.0f, dk + (size_t)g * Dk, G * Dk,
+                sk, s->B);
+    }
+    CU_CHECK(cudaFreeAsync(P, st));
+    CU_CHECK(cudaFreeAsync(dP, st));
+}
+
 static void check_shape(const mx_tr_attn_shape *s) {
     if (s->Dk > DMAX || s->Dv > DMAX || s->G <= 0 || s->H % s->G)
         mx_cuda_fatal("training attention", "head dim above 128 or heads not a multiple of KV heads",
@@ -207,6 +335,7 @@ static void check_shape(const mx_tr_attn_shape *s) {
 
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v) {
+    if (gemm_form(s)) return attn_fwd_gemm(be, s, out, lse, q, k, v);
     check_shape(s);
     dim3 grid((s->T + AW - 1) / AW, s->H, s->B);
     k_attn_fwd<<<grid, AW * 32, 0, cu_ctx(be)->stream>>>(*s, out, lse, q, k, v);
@@ -216,17 +345,22 @@ void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *ou
 void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
                             const float *dout, const float *q, const float *k, const float *v,
                             const float *out, const float *lse) {
-    check_shape(s);
+    bool gemm = gemm_form(s);
+    if (!gemm) check_shape(s);
     cudaStream_t st = cu_ctx(be)->stream;
     size_t rows = (size_t)s->B * s->T * s->H;
     float *delta = NULL;
     CU_CHECK(cudaMallocAsync((void **)&delta, sizeof(float) * rows, st));
     k_attn_delta<<<(unsigned)((rows + AW - 1) / AW), AW * 32, 0, st>>>(delta, dout, out, rows, s->Dv);
     CU_LAUNCHED();
-    dim3 gq((s->T + AW - 1) / AW, s->H, s->B), gk((s->T + AW - 1) / AW, s->G, s->B);
-    k_attn_dq<<<gq, AW * 32, 0, st>>>(*s, dq, dout, q, k, v, lse, delta);
-    CU_LAUNCHED();
-    k_attn_dkv<<<gk, AW * 32, 0, st>>>(*s, dk, dv, dout, q, k, v, lse, delta);
-    CU_LAUNCHED();
+    if (gemm) {
+        attn_bwd_gemm(be, s, dq, dk, dv, dout, q, k, v, lse, delta);
+    } else {
+        dim3 gq((s->T + AW - 1) / AW, s->H, s->B), gk((s->T + AW - 1) / AW, s->G, s->B);
+        k_attn_dq<<<gq, AW * 32, 0, st>>>(*s, dq, dout, q, k, v, lse, delta);
+        CU_LAUNCHED();
+        k_attn_dkv<<<gk, AW * 32, 0, st>>>(*s, dk, dv, dout, q, k, v, lse, delta);
+        CU_LAUNCHED();
+    }
     CU_CHECK(cudaFreeAsync(delta, st));
 }
