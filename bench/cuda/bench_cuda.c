@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../../src/backend/backend.h"
+#include "../../src/base/clock.h"
 #include "../../src/base/rng.h"
 #include "../../src/io/quant.h"
 #include "../../src/model/session.h"
