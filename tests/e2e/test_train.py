@@ -242,3 +242,16 @@ def test_synthetic_tasks_are_what_they_say(mixatt, tmp_path, task):
             pairs = d[1:q]
             pairs = pairs[pairs != 3].reshape(-1, 2)
             assert list(pairs[:, 0]).count(key) == 1 and pairs[list(pairs[:, 0]).index(key), 1] == val
+
+
+def test_device_and_precision_flags_are_checked(mixatt, tmp_path):
+    """--device and --precision: bad values and impossible combinations are refused before any work (the GPU
+    path itself is checked on a GPU machine by tests/cuda/check_train_gpu.py)."""
+    r = run(mixatt, "train", *fixture_args("gpt2"), "-o", tmp_path / "a", "--device", "tpu")
+    assert r.returncode == 2 and "--device is cpu or cuda" in r.stderr
+    r = run(mixatt, "train", *fixture_args("gpt2"), "-o", tmp_path / "b", "--precision", "fp8")
+    assert r.returncode == 2 and "--precision is bf16 or fp32" in r.stderr
+    r = run(mixatt, "train", *fixture_args("gpt2"), "-o", tmp_path / "c", "--precision", "bf16")
+    assert r.returncode != 0 and "needs --device cuda" in r.stderr
+    r = run(mixatt, "train", *fixture_args("gpt2"), "-o", tmp_path / "d", "--device", "cuda", "--dp")
+    assert r.returncode == 2 and "not implemented yet" in r.stderr
