@@ -76,7 +76,8 @@ void mx_cuda_train_free(mx_cuda_ctx *c) {
     if (!t) return;
     cublasDestroy(t->blas);
     cudaFree(t->tok), cudaFree(t->csr), cudaFree(t->part), cudaFree(t->dsum), cudaFree(t->logits);
-    free(t->csr_host), free(t->dsum_host), free(t->segs);
+    cudaFree(t->segs); /* device memory too (grow) */
+    free(t->csr_host), free(t->dsum_host);
     free(t);
     c->train = NULL;
 }
