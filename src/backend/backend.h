@@ -193,6 +193,18 @@ struct mx_backend {
 
     /* ---- training (backend_train.h; NULL: this backend cannot train) ---- */
     const struct mx_train_ops *train;
+
+    /* ---- batched decode for the server (serve/batch.c; optional: NULL where a backend has none, and the
+     * server then calls matmul and attention instead, which may round a row differently in a batch) ---- */
+    /* matmul with decode numerics at any T: row t of y[T, n_out] is bitwise what matmul gives for x's row t
+     * alone (T = 1), so putting sequences in one batch changes none of their tokens. */
+    void (*matmul_rows)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
+    /* Decode attention of n sequences, one query each, over their own KV stores: row i of q[n, H*D] (rows
+     * specs[0].q_stride apart) attends by specs[i] (n_q = 1) to k[i], v[i] into row i of out[n, H*Dv] (rows
+     * specs[0].o_stride apart); each row bitwise what attention(&specs[i], ...) gives alone. k, v: n store
+     * pointers in HOST memory; specs in HOST memory. */
+    void (*attention_batch)(mx_backend *be, int n, const mx_attn_spec *specs, const float *q,
+                            const void *const *k, const void *const *v, float *out);
 };
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */

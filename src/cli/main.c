@@ -13,6 +13,7 @@ typedef struct {
 static const command COMMANDS[] = {
     {"run", mx_cmd_run, "generate text from a prompt (or a chat turn with --chat)"},
     {"chat", mx_cmd_chat, "interactive chat with an instruct model"},
+    {"serve", mx_cmd_serve, "OpenAI-compatible HTTP server with continuous batching and a chat page"},
     {"info", mx_cmd_info, "architecture, parameters, tensor types, KV cache size"},
     {"perplexity", mx_cmd_perplexity, "perplexity of a model on a text file"},
     {"bench", mx_cmd_bench, "prefill (pp) and decode (tg) speed, llama-bench style"},

@@ -78,5 +78,6 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->to_host = cpu_to_host;
     mx_cpu_blocks_register(be);
     be->train = &mx_cpu_train_ops;
+    mx_cpu_batch_register(be);
     return be;
 }

@@ -22,5 +22,7 @@ void mx_cpu_lse_merge(mx_backend *be, const float *outs, const float *lses, size
                       int H, int Dv, float *out, float *lse);
 /* Fills the slots of the MoE/MLA/MKA ops (cpu_blocks.c). */
 void mx_cpu_blocks_register(mx_backend *be);
+/* Fills the server's batched decode ops (cpu_batch.c). */
+void mx_cpu_batch_register(mx_backend *be);
 
 #endif
