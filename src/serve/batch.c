@@ -12,8 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* attention/mha.c: the spec of T queries at s->pos against layer l's store */
-mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head);
+#include "../attention/attention.h"
 
 size_t mx_seq_bytes(const mx_model *m, const mx_backend *be, int n_ctx, int chunk) {
     return mx_kv_bytes_at(&m->cfg, n_ctx, chunk < n_ctx ? chunk : n_ctx, be->kv_elem_bytes);
