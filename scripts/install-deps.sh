@@ -12,8 +12,8 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
-if ! python3 -c "import numpy, gguf, pytest" 2>/dev/null; then
-    echo "install-deps: pip install numpy gguf pytest"
-    python3 -m pip install -q numpy gguf pytest 2>/dev/null || python3 -m pip install -q --break-system-packages numpy gguf pytest
+if ! python3 -c "import numpy, gguf, pytest, openai" 2>/dev/null; then
+    echo "install-deps: pip install numpy gguf pytest openai"
+    python3 -m pip install -q numpy gguf pytest openai 2>/dev/null || python3 -m pip install -q --break-system-packages numpy gguf pytest openai
 fi
 echo "install-deps: done"

@@ -1,7 +1,8 @@
 /* kvtable.c: KV cache accounting across attention variants, for `mixatt info --kv-table`: bytes per token and
  * totals at 4K, 32K and 128K tokens for a model's shape under MHA, GQA, MQA, MLA and the MixAttention plans.
  * Window layers are counted at their steady-state ring of W slots (decode); a prefill in chunks of U tokens
- * holds W + U - 1 while it runs. Elements are counted at 2 bytes (bf16, the GPU's cache). */
+ * holds W + U - 1 while it runs. Elements are counted at 2 bytes (bf16, the GPU's cache). The last column is how
+ * many mixatt serve slots (each one sequence of the full context) a GiB of such cache holds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,8 +65,9 @@ int mx_print_kv_table(const mx_config *c, const char *title, FILE *f) {
     mx_err err = {0};
     fprintf(f, "\nKV cache of %s: %d layers, %d query heads, head dim %d, bf16, windows of %d as rings\n\n",
             title, c->n_layer, c->n_head, c->head_dim, MX_DEFAULT_WINDOW);
-    fprintf(f, "| variant | KV heads | bytes/token (at 128K) | 4K | 32K | 128K | vs standard GQA at 32K |\n");
-    fprintf(f, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    fprintf(f, "| variant | KV heads | bytes/token (at 128K) | 4K | 32K | 128K | vs standard GQA at 32K | "
+               "server slots per GiB at 4K / 32K |\n");
+    fprintf(f, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     double per_tok, gqa32 = bytes_at(c, &vs[1], CTXS[1], &per_tok, &err);
     for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++) {
         char cells[3][32];
@@ -78,8 +80,10 @@ int mx_print_kv_table(const mx_config *c, const char *title, FILE *f) {
         char heads[16];
         snprintf(heads, sizeof heads, "%d", vs[i].mla ? 0 : vs[i].n_kv_head);
         double r = gqa32 / at[1];
-        fprintf(f, "| %s | %s | %.0f | %s | %s | %s | %s%.2f |\n", vs[i].name, vs[i].mla ? "latent" : heads,
-                at[2] / CTXS[2], cells[0], cells[1], cells[2], r >= 1 ? "1/" : "x", r >= 1 ? r : 1 / r);
+        /* mixatt serve: each slot holds one sequence's cache of the full context (--kv-budget) */
+        fprintf(f, "| %s | %s | %.0f | %s | %s | %s | %s%.2f | %.1f / %.2f |\n", vs[i].name,
+                vs[i].mla ? "latent" : heads, at[2] / CTXS[2], cells[0], cells[1], cells[2], r >= 1 ? "1/" : "x",
+                r >= 1 ? r : 1 / r, (1 << 30) / at[0], (1 << 30) / at[1]);
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../serve/batch.h"
 #include "../serve/serve.h"
@@ -104,6 +105,33 @@ static int serve_flag(void *ctx, const char *a, const char *val, int *i) {
     return rc ? -1 : 1;
 }
 
+/* The signal that stops the server. A process-directed signal goes to any thread that does not block it, and
+ * the OpenBLAS and OpenMP threads exist before main can block anything, so a handler (on every thread) records
+ * it here: the one piece of static state in the server, as a signal handler can reach nothing else. */
+static volatile sig_atomic_t g_stop_signal;
+
+static void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+}
+
+/* The handler for SIGTERM and SIGINT (before the server starts: from then on they drain, never kill). */
+static void catch_stop_signals(void) {
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Waits until a stop signal has arrived; returns it. A second one while the server drains changes nothing. */
+static int wait_for_signal(void) {
+    while (!g_stop_signal) {
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return g_stop_signal;
+}
+
 /* The model's name in responses: the file name without its directory and .gguf. */
 static void model_name(const char *path, char *out, size_t n) {
     const char *base = strrchr(path, '/');
@@ -169,14 +197,7 @@ int mx_cmd_serve(int argc, char **argv, mx_comm *comm) {
                         .model_name = o.alias ? o.alias : name,
                         .max_body = o.max_body,
                         .sched = {.n_slots = slots, .n_ctx = n_ctx, .chunk = chunk, .queue_cap = o.queue}};
-    /* SIGTERM and SIGINT are taken by sigwait below: blocked here, before any thread starts, in every thread
-     */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    catch_stop_signals();
     mx_server *srv = NULL;
     mx_err err = {0};
     if (mx_server_start(m, be, &so, &srv, &err)) {
@@ -191,8 +212,7 @@ int mx_cmd_serve(int argc, char **argv, mx_comm *comm) {
             chunk, o.queue, o.api_key ? ", API key required" : "");
     printf("mixatt serve: listening on http://%s:%d\n", o.host, mx_server_port(srv));
     fflush(stdout);
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    int sig = wait_for_signal();
     fprintf(stderr, "mixatt serve: %s: finishing the requests in flight\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT");
     mx_server_stop(srv);

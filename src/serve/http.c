@@ -8,12 +8,13 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
-#include "../run/generate.h"
+#include "../base/clock.h"
 #include "api.h"
 #include "serve.h"
 

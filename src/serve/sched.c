@@ -9,11 +9,12 @@
 #include "sched.h"
 
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "../run/generate.h"
+#include "../base/clock.h"
 #include "batch.h"
 #include "text.h"
 
