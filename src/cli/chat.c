@@ -55,8 +55,8 @@ static void conv_free(conversation *c) {
 static int render_fitting(const mx_model *m, conversation *c, int first, int n_ctx, int reserve, int **ids,
                           int *n_ids, mx_err *err) {
     for (;;) {
-        char *text = mx_chat_render(m->chat, c->msgs, c->n, true);
-        if (!text) return mx_err_set(err, MX_ERR_NOMEM, "out of memory");
+        char *text = mx_chat_render(m->chat, c->msgs, c->n, true, err);
+        if (!text) return err->code;
         free(*ids);
         *ids = NULL;
         int rc = mx_tokenize(m->tok, text, strlen(text), true, ids, n_ids, err);

@@ -3,7 +3,9 @@
  * GGUF names. Metadata: general.architecture (llama, gpt2, deepseek2) with llama.cpp's standard keys, and
  * mixatt's own keys for what GGUF has no name for: mixatt.rope_half (Hugging Face Llama/Mistral weights are
  * not permuted the way llama.cpp's converter permutes them) and mixatt.plan (the attention plan string).
- * From a GGUF source every other key (tokenizer, chat template, general.*) is copied as it is. */
+ * From a GGUF source every other key (tokenizer, chat template, general.*) is copied as it is; from a Hugging
+ * Face directory with a tokenizer.json, the tokenizer and chat template are written by
+ * mx_tokenizer_write_gguf (llama.cpp's tokenizer.ggml.* keys plus the tokenizer.json whole). */
 #include <stdio.h>
 #include <string.h>
 
@@ -25,8 +27,10 @@ static void help(FILE *f) {
         "                     converted file then runs with it as its own plan\n\n"
         "Tensors keep their stored type (F32, F16, BF16; quantized types from a GGUF); nothing is\n"
         "re-quantized. Keys: general.architecture llama | gpt2 | deepseek2 with llama.cpp's names, plus\n"
-        "mixatt.rope_half and mixatt.plan. A Hugging Face tokenizer is not converted (mixatt cannot read\n"
-        "tokenizer.json yet): the GGUF then has no tokenizer and takes token ids (logits --ids).\n");
+        "mixatt.rope_half and mixatt.plan. A Hugging Face tokenizer (tokenizer.json, tokenizer_config.json)\n"
+        "goes in as llama.cpp's tokenizer.ggml.* keys, tokenizer.chat_template, and the tokenizer.json whole\n"
+        "(tokenizer.huggingface.json), so the GGUF tokenizes exactly as the directory did. A directory\n"
+        "without tokenizer.json gives a GGUF without a tokenizer, which takes token ids (logits --ids).\n");
 }
 
 typedef struct {
@@ -120,7 +124,8 @@ static int convert(const char *in, const char *out, const mx_load_opts *opts) {
     mx_gguf_writer *w = mx_gguf_writer_new();
     int rc = !w ? mx_err_set(&err, MX_ERR_NOMEM, "out of memory") : MX_OK;
     if (!rc)
-        rc = write_config(w, m, &err) || copy_source_keys(w, m->gguf, &err) || write_tensors(w, m, &err) ||
+        rc = write_config(w, m, &err) || copy_source_keys(w, m->gguf, &err) ||
+             (!m->gguf && m->tok && mx_tokenizer_write_gguf(m->tok, m->chat, w, &err)) || write_tensors(w, m, &err) ||
              mx_gguf_writer_save(w, out, &err);
     if (rc)
         fprintf(stderr, "mixatt convert: %s: %s\n", out, err.msg);

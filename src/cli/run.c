@@ -114,7 +114,10 @@ static char *prompt_text(const run_opts *o, const mx_model *m, const char *promp
     int n = 0;
     if (o->system) msgs[n++] = (mx_chat_msg){"system", o->system};
     msgs[n++] = (mx_chat_msg){"user", prompt};
-    return mx_chat_render(m->chat, msgs, n, true);
+    mx_err err = {0};
+    char *text = mx_chat_render(m->chat, msgs, n, true, &err);
+    if (!text) fprintf(stderr, "mixatt run: --chat: %s\n", err.msg);
+    return text;
 }
 
 /* Parses the --ids list into a malloc'd array; every id must be in [0, vocab). */
@@ -200,6 +203,13 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     } else if (mx_tokenize(m->tok, text, strlen(text), o.parse_special, &ids, &n_ids, &err)) {
         fprintf(stderr, "mixatt run: %s\n", err.msg);
         goto done;
+    }
+    if (!o.chat && m->tok && mx_tokenizer_add_bos(m->tok) && (n_ids == 0 || ids[0] != mx_tokenizer_bos(m->tok))) {
+        int *with = realloc(ids, sizeof *ids * (size_t)(n_ids + 1)); /* as Hugging Face's add_special_tokens */
+        if (!with) goto done;
+        memmove(with + 1, with, sizeof *with * (size_t)n_ids);
+        with[0] = mx_tokenizer_bos(m->tok);
+        ids = with, n_ids++;
     }
     if (n_ids == 0) {
         fprintf(stderr, "mixatt run: the prompt is empty\n");

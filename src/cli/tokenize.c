@@ -223,11 +223,9 @@ int mx_cmd_tokenize(int argc, char **argv, mx_comm *comm) {
     char *text = read_input(&o, &len);
     if (!text) return 1;
     mx_err err = {0};
-    mx_gguf *g = NULL;
     mx_tokenizer *t = NULL;
     int *ids = NULL, n = 0;
-    rc = mx_gguf_open(path, &g, &err);
-    if (!rc) rc = mx_tokenizer_from_gguf(g, &t, &err);
+    rc = mx_tokenizer_open(path, &t, &err);
     if (!rc) rc = mx_tokenize(t, text, len, !o.no_special, &ids, &n, &err);
     if (rc) {
         fprintf(stderr, "mixatt tokenize: %s\n", err.msg);
@@ -247,7 +245,6 @@ int mx_cmd_tokenize(int argc, char **argv, mx_comm *comm) {
     }
     free(ids);
     mx_tokenizer_free(t);
-    if (g) mx_gguf_close(g);
     free(text);
     return rc ? 1 : 0;
 }

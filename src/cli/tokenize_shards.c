@@ -231,10 +231,8 @@ int mx_tokenize_to_shards(const char *model_path, const char *const *inputs, int
     if (check_out_dir(o->out)) return 1;
     if (list_inputs(&l, inputs, n_inputs)) return free_list(&l), 1;
     mx_err err = {0};
-    mx_gguf *g = NULL;
     mx_tokenizer *t = NULL;
-    int rc = mx_gguf_open(model_path, &g, &err);
-    if (!rc) rc = mx_tokenizer_from_gguf(g, &t, &err);
+    int rc = mx_tokenizer_open(model_path, &t, &err);
     if (rc) fprintf(stderr, "mixatt tokenize: %s\n", err.msg);
     if (!rc && mx_tokenizer_eos(t) < 0) {
         fprintf(stderr, "mixatt tokenize: %s: the tokenizer has no EOS token to separate documents\n",
@@ -243,7 +241,6 @@ int mx_tokenize_to_shards(const char *model_path, const char *const *inputs, int
     }
     if (!rc) rc = tokenize_all(t, &l, o);
     mx_tokenizer_free(t);
-    if (g) mx_gguf_close(g);
     free_list(&l);
     return rc ? 1 : 0;
 }

@@ -125,6 +125,35 @@ int mx_gguf_w_str(mx_gguf_writer *w, const char *key, const char *v, mx_err *err
     return end(&w->kv, err);
 }
 
+int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens, size_t n,
+                      mx_err *err) {
+    if (begin_kv(w, key, MX_GGUF_ARRAY, err)) return err->code;
+    put_le(&w->kv, MX_GGUF_STRING, 4);
+    put_le(&w->kv, n, 8);
+    for (size_t i = 0; i < n; i++) put_str(&w->kv, strs[i], lens ? lens[i] : strlen(strs[i]));
+    return end(&w->kv, err);
+}
+
+static int put_arr32(mx_gguf_writer *w, const char *key, uint32_t type, const void *v, size_t n, mx_err *err) {
+    if (begin_kv(w, key, MX_GGUF_ARRAY, err)) return err->code;
+    put_le(&w->kv, type, 4);
+    put_le(&w->kv, n, 8);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, (const char *)v + 4 * i, 4);
+        put_le(&w->kv, u, 4);
+    }
+    return end(&w->kv, err);
+}
+
+int mx_gguf_w_arr_i32(mx_gguf_writer *w, const char *key, const int32_t *v, size_t n, mx_err *err) {
+    return put_arr32(w, key, MX_GGUF_I32, v, n, err);
+}
+
+int mx_gguf_w_arr_f32(mx_gguf_writer *w, const char *key, const float *v, size_t n, mx_err *err) {
+    return put_arr32(w, key, MX_GGUF_F32, v, n, err);
+}
+
 /* The value of kv (without key and type for arrays' items: `typed` writes the type first). */
 static void put_value(bytes *b, const mx_gguf_kv *kv, bool typed) {
     if (typed) put_le(b, kv->type, 4);
@@ -200,8 +229,8 @@ static bool write_all(mx_gguf_writer *w, FILE *f) {
     put_le(&h, 3, 4);
     put_le(&h, w->n_tensors, 8);
     put_le(&h, w->n_kv, 8);
-    bool ok = !h.oom && fwrite(h.p, 1, h.n, f) == h.n && fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n &&
-              fwrite(w->info.p, 1, w->info.n, f) == w->info.n;
+    bool ok = !h.oom && fwrite(h.p, 1, h.n, f) == h.n && (!w->kv.n || fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n) &&
+              (!w->info.n || fwrite(w->info.p, 1, w->info.n, f) == w->info.n); /* no tensors: info.p is NULL */
     uint64_t pos = h.n + w->kv.n + w->info.n;
     free(h.p);
     ok = ok && write_pad(f, &pos);

@@ -277,6 +277,10 @@ int mx_model_load(const char *path, const mx_load_opts *opts, mx_model **out, mx
         }
     }
     int rc = dir ? mx_load_hf(m, err) : ckpt ? mx_load_ckpt(m, err) : mx_load_gguf(m, err);
+    if (!rc && dir) rc = mx_hf_load_tokenizer(m->path, &m->tok, &m->chat, err); /* tokenizer.json, if any */
+    if (!rc && dir && m->tok && mx_tokenizer_vocab_size(m->tok) > m->cfg.vocab)
+        rc = mx_err_set(err, MX_ERR_FORMAT, "%s: tokenizer.json has %d tokens, more than the model's %d",
+                        m->path, mx_tokenizer_vocab_size(m->tok), m->cfg.vocab);
     if (!rc) rc = apply_plan(m, opts, err);
     if (!rc) rc = bind_weights(m, err);
     if (rc) {

@@ -1,66 +1,111 @@
-/* chat.c: chat templates (see tokenizer.h). The ChatML family is recognised by '<|im_start|>' in
- * tokenizer.chat_template and rendered directly, without a Jinja engine:
- *   [<|im_start|>system\n{default}<|im_end|>\n]   when the template has a default system prompt and the
- *                                                first message is not a system one
- *   <|im_start|>{role}\n{content}<|im_end|>\n     for each message
- *   <|im_start|>assistant\n                      with add_generation_prompt
- * The default system prompt is read out of the template's string literal at load time, not hard-coded. */
+/* chat.c: chat templates (see tokenizer.h): the model's Jinja template, parsed once by jinja_parse.c and
+ * rendered by jinja_eval.c with the variables transformers' apply_chat_template gives a template: messages
+ * ([{role, content}]), add_generation_prompt, bos_token, eos_token, tools and documents (None).
+ * The end of an assistant turn is not guessed from the template's text: a probe conversation (user, then
+ * assistant "MXPROBE") is rendered, and what the template writes right after the assistant's text, up to the
+ * first whitespace, is the end-of-turn text ("<|im_end|>", "<|eot_id|>", "</s>"); when it writes nothing
+ * there, the EOS token's text. */
+#include "jinja.h"
 #include "tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define IM_START "<|im_start|>"
-#define IM_END   "<|im_end|>"
+#define PROBE "MXPROBE"
 
 struct mx_chat_template {
-    char *default_system; /* NULL when the template has none */
+    char *source, *bos, *eos, *end_of_turn;
+    mx_jinja *j;
 };
 
-/* Undoes the escapes of a Jinja string literal (\n, \t, \r, \\, \', \") of s[0..n) into a new string. */
-static char *unescape_literal(const char *s, size_t n) {
-    char *out = malloc(n + 1), *w = out;
-    if (!out) return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '\\' || i + 1 == n) {
-            *w++ = s[i];
-            continue;
-        }
-        char c = s[++i];
-        *w++ = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c;
-    }
-    *w = '\0';
-    return out;
+void mx_chat_template_free(mx_chat_template *ct) {
+    if (!ct) return;
+    mx_jinja_free(ct->j);
+    free(ct->source);
+    free(ct->bos);
+    free(ct->eos);
+    free(ct->end_of_turn);
+    free(ct);
 }
 
-/* Finds a string literal '<|im_start|>system\n...<|im_end|>' (newline written as \n or raw) whose text is
- * fixed: the template's default system turn. Returns 0 and *out (malloc'd, or NULL when there is none). */
-static int find_default_system(const char *tmpl, char **out) {
-    static const char head[] = IM_START "system";
-    *out = NULL;
-    for (const char *p = strstr(tmpl, head); p; p = strstr(p + 1, head)) {
-        if (p == tmpl || (p[-1] != '\'' && p[-1] != '"')) continue; /* must open a literal */
-        const char quote = p[-1], *q = p + strlen(head);
-        if (q[0] == '\\' && q[1] == 'n')
-            q += 2;
-        else if (q[0] == '\n')
-            q += 1;
-        else
-            continue;
-        const char *end = strstr(q, IM_END);
-        if (!end) continue;
-        bool literal = true; /* no closing quote (unescaped) before <|im_end|> */
-        for (const char *r = q; r < end && literal; r++) {
-            if (*r == '\\')
-                r++;
-            else if (*r == quote)
-                literal = false;
-        }
-        if (!literal) continue;
-        *out = unescape_literal(q, (size_t)(end - q));
-        return *out ? 0 : MX_ERR_NOMEM;
+const char *mx_chat_template_source(const mx_chat_template *ct) {
+    return ct->source;
+}
+
+const char *mx_chat_end_of_turn(const mx_chat_template *ct) {
+    return ct->end_of_turn;
+}
+
+static cJSON *chat_vars(const mx_chat_template *ct, const mx_chat_msg *msgs, int n, bool gen) {
+    cJSON *v = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(v, "messages");
+    bool ok = v && list && cJSON_AddBoolToObject(v, "add_generation_prompt", gen) &&
+              cJSON_AddStringToObject(v, "bos_token", ct->bos) &&
+              cJSON_AddStringToObject(v, "eos_token", ct->eos) && cJSON_AddNullToObject(v, "tools") &&
+              cJSON_AddNullToObject(v, "documents");
+    for (int i = 0; i < n && ok; i++) {
+        cJSON *m = cJSON_CreateObject();
+        ok = m && cJSON_AddItemToArray(list, m) &&
+             cJSON_AddStringToObject(m, "role", msgs[i].role ? msgs[i].role : "") &&
+             cJSON_AddStringToObject(m, "content", msgs[i].content ? msgs[i].content : "");
     }
+    if (!ok) cJSON_Delete(v), v = NULL;
+    return v;
+}
+
+char *mx_chat_render(const mx_chat_template *ct, const mx_chat_msg *msgs, int n, bool add_generation_prompt,
+                     mx_err *err) {
+    cJSON *vars = chat_vars(ct, msgs, n, add_generation_prompt);
+    if (!vars) return mx_err_set(err, MX_ERR_NOMEM, "chat template: out of memory"), NULL;
+    char *s = mx_jinja_render(ct->j, vars, err);
+    cJSON_Delete(vars);
+    return s;
+}
+
+/* What the template writes after an assistant message, up to the first whitespace (see the top comment). */
+static char *find_end_of_turn(const mx_chat_template *ct) {
+    static const mx_chat_msg with_system[] = {{"system", "S"}, {"user", "U"}, {"assistant", PROBE}};
+    for (int tries = 0; tries < 2; tries++) {
+        mx_err err = {0};
+        char *r = mx_chat_render(ct, with_system + (tries == 0), tries == 0 ? 2 : 3, false, &err);
+        char *p = r ? strstr(r, PROBE) : NULL;
+        if (!p) {
+            free(r);
+            continue;
+        }
+        p += strlen(PROBE);
+        size_t k = strcspn(p, " \t\r\n");
+        char *eot = k ? strndup(p, k) : NULL;
+        free(r);
+        if (k) return eot;
+        break;
+    }
+    return strdup(ct->eos);
+}
+
+int mx_chat_template_new(const char *source, const char *bos, const char *eos, const char *where,
+                         mx_chat_template **out, mx_err *err) {
+    *out = NULL;
+    mx_chat_template *ct = calloc(1, sizeof *ct);
+    if (!ct || !(ct->source = strdup(source)) || !(ct->bos = strdup(bos ? bos : "")) ||
+        !(ct->eos = strdup(eos ? eos : "")))
+        return mx_chat_template_free(ct), mx_err_set(err, MX_ERR_NOMEM, "chat template: out of memory");
+    int rc = mx_jinja_parse(source, where, &ct->j, err);
+    if (!rc && !(ct->end_of_turn = find_end_of_turn(ct)))
+        rc = mx_err_set(err, MX_ERR_NOMEM, "chat template: out of memory");
+    if (rc) return mx_chat_template_free(ct), rc;
+    *out = ct;
     return 0;
+}
+
+/* The text of token `key`'s id in the GGUF's token list, or "" (malloc'd). */
+static char *token_text(const mx_gguf *g, const char *key) {
+    int64_t id;
+    const mx_gguf_kv *toks = mx_gguf_kv_find(g, "tokenizer.ggml.tokens");
+    if (!mx_gguf_kv_find(g, key) || mx_gguf_get_i64(g, key, &id, NULL) || !toks ||
+        toks->type != MX_GGUF_ARRAY || toks->elem != MX_GGUF_STRING || id < 0 || (uint64_t)id >= toks->count)
+        return strdup("");
+    return strndup(toks->strs[id].ptr, toks->strs[id].len);
 }
 
 int mx_chat_template_from_gguf(const mx_gguf *g, mx_chat_template **out, mx_err *err) {
@@ -71,68 +116,14 @@ int mx_chat_template_from_gguf(const mx_gguf *g, mx_chat_template **out, mx_err 
                           g->path);
     int rc = mx_gguf_get_str(g, "tokenizer.chat_template", &tmpl, err);
     if (rc) return rc;
-    if (!strstr(tmpl, IM_START)) {
-        size_t n = strcspn(tmpl, "\n");
-        rc = mx_err_set(err, MX_ERR_UNSUPPORTED, "%s: unsupported chat template (only ChatML is): %.*s%s",
-                        g->path, (int)(n > 200 ? 200 : n), tmpl, n > 200 ? "..." : "");
-        free(tmpl);
-        return rc;
-    }
-    mx_chat_template *ct = calloc(1, sizeof *ct);
-    if (!ct || find_default_system(tmpl, &ct->default_system)) {
-        free(tmpl);
-        mx_chat_template_free(ct);
-        return mx_err_set(err, MX_ERR_NOMEM, "chat template: no memory");
-    }
+    char *bos = token_text(g, "tokenizer.ggml.bos_token_id"),
+         *eos = token_text(g, "tokenizer.ggml.eos_token_id");
+    char where[1200];
+    snprintf(where, sizeof where, "%s: tokenizer.chat_template", g->path);
+    rc = bos && eos ? mx_chat_template_new(tmpl, bos, eos, where, out, err)
+                    : mx_err_set(err, MX_ERR_NOMEM, "chat template: out of memory");
     free(tmpl);
-    *out = ct;
-    return 0;
-}
-
-void mx_chat_template_free(mx_chat_template *ct) {
-    if (!ct) return;
-    free(ct->default_system);
-    free(ct);
-}
-
-const char *mx_chat_end_of_turn(const mx_chat_template *ct) {
-    return IM_END;
-}
-
-/* Appends one turn "<|im_start|>role\ncontent<|im_end|>\n" at w (or only counts its length when w is NULL).
- */
-static size_t put_turn(char *w, const char *role, const char *content) {
-    const char *parts[] = {IM_START, role ? role : "", "\n", content ? content : "", IM_END "\n"};
-    size_t n = 0;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        size_t len = strlen(parts[i]);
-        if (w) memcpy(w + n, parts[i], len);
-        n += len;
-    }
-    return n;
-}
-
-/* Writes the whole conversation at w (or counts it when w is NULL); returns its length. */
-static size_t render(const mx_chat_template *ct, const mx_chat_msg *msgs, int n, bool gen, char *w) {
-    static const char gen_prompt[] = IM_START "assistant\n";
-    size_t len = 0;
-    for (int i = 0; i < n; i++) {
-        if (i == 0 && ct->default_system && (!msgs[0].role || strcmp(msgs[0].role, "system") != 0))
-            len += put_turn(w ? w + len : NULL, "system", ct->default_system);
-        len += put_turn(w ? w + len : NULL, msgs[i].role, msgs[i].content);
-    }
-    if (gen) {
-        if (w) memcpy(w + len, gen_prompt, sizeof gen_prompt - 1);
-        len += sizeof gen_prompt - 1;
-    }
-    return len;
-}
-
-char *mx_chat_render(const mx_chat_template *ct, const mx_chat_msg *msgs, int n, bool add_generation_prompt) {
-    size_t len = render(ct, msgs, n, add_generation_prompt, NULL);
-    char *s = malloc(len + 1);
-    if (!s) return NULL;
-    render(ct, msgs, n, add_generation_prompt, s);
-    s[len] = '\0';
-    return s;
+    free(bos);
+    free(eos);
+    return rc;
 }

@@ -1,7 +1,8 @@
-/* pretok.c: the pre-tokenizers of byte-level BPE (see pretok.h): GPT-2's regex, SmolLM's digit split followed
- * by GPT-2's regex, and Llama 3's regex, written as direct matchers over UTF-8 (no regex engine). Each
- * matcher returns the end of the regex's match at a position, trying the alternatives in the regex's order
- * with its greedy/backtracking results worked out by hand. Character classes come from utf8proc. */
+/* pretok.c: the pre-tokenizer splits (see pretok.h): GPT-2's regex, Llama 3's regex,
+ * Qwen 2's variant of it, and the Digits pre-tokenizer, written as direct matchers over UTF-8 (no regex
+ * engine). Each matcher returns the end of the regex's match at a position, trying the alternatives in the
+ * regex's order with its greedy/backtracking results worked out by hand. Character classes come from
+ * utf8proc. */
 #include "pretok.h"
 
 #include <stdint.h>
@@ -158,7 +159,7 @@ static size_t match_gpt2(const seg *g, size_t i) {
     return match_spaces(g, i);
 }
 
-static size_t match_llama3(const seg *g, size_t i) {
+static size_t match_llama3(const seg *g, size_t i, size_t max_digits) {
     size_t end = match_contraction(g, i, 1);
     if (end) return end;
     size_t len;
@@ -168,7 +169,7 @@ static size_t match_llama3(const seg *g, size_t i) {
         size_t len2;
         if (cls_at(g, i + len, &len2) & C_L) return run_of(g, i + len, C_L, SIZE_MAX);
     }
-    if (c & C_N) return run_of(g, i, C_N, 3);
+    if (c & C_N) return run_of(g, i, C_N, max_digits);
     size_t j = i;
     if (g->s[i] == ' ' && i + 1 < g->e) {
         size_t len2;
@@ -192,12 +193,14 @@ static size_t match_llama3(const seg *g, size_t i) {
     return match_spaces(g, i);
 }
 
-static int split_regex(mx_pretok_kind kind, const unsigned char *s, size_t b, size_t e, mx_pretok_emit emit,
+static int split_regex(mx_pretok_kind kind, const unsigned char *s, size_t len, mx_pretok_emit emit,
                        void *ctx) {
-    seg g = {s, e};
-    size_t i = b;
-    while (i < e) {
-        size_t end = kind == MX_PRETOK_LLAMA3 ? match_llama3(&g, i) : match_gpt2(&g, i);
+    seg g = {s, len};
+    size_t i = 0;
+    while (i < len) {
+        size_t end = kind == MX_PRETOK_LLAMA3  ? match_llama3(&g, i, 3)
+                     : kind == MX_PRETOK_QWEN2 ? match_llama3(&g, i, 1)
+                                               : match_gpt2(&g, i);
         int rc = emit(ctx, (const char *)s + i, end - i);
         if (rc) return rc;
         i = end;
@@ -205,45 +208,49 @@ static int split_regex(mx_pretok_kind kind, const unsigned char *s, size_t b, si
     return 0;
 }
 
-/* Digits(individual_digits=True): each \p{N} character is a piece; the text between goes through GPT-2's
- * regex on its own (so lookaheads stop at the digit). */
-static int split_digits_then_gpt2(const unsigned char *s, size_t len, mx_pretok_emit emit, void *ctx) {
+/* Digits: each \p{N} character (or run of them) is a piece, and so is each stretch between. */
+static int split_digits(const unsigned char *s, size_t len, bool runs, mx_pretok_emit emit, void *ctx) {
     seg g = {s, len};
     size_t start = 0, i = 0;
     while (i < len) {
         size_t clen;
         unsigned c = cls_at(&g, i, &clen);
         if (c & C_N) {
-            int rc = split_regex(MX_PRETOK_GPT2, s, start, i, emit, ctx);
-            if (!rc) rc = emit(ctx, (const char *)s + i, clen);
+            size_t end = runs ? run_of(&g, i, C_N, SIZE_MAX) : i + clen;
+            int rc = start < i ? emit(ctx, (const char *)s + start, i - start) : 0;
+            if (!rc) rc = emit(ctx, (const char *)s + i, end - i);
             if (rc) return rc;
-            start = i + clen;
+            start = i = end;
+            continue;
         }
         i += clen;
     }
-    return split_regex(MX_PRETOK_GPT2, s, start, len, emit, ctx);
+    return start < len ? emit(ctx, (const char *)s + start, len - start) : 0;
 }
 
 int mx_pretok_split(mx_pretok_kind kind, const char *text, size_t len, mx_pretok_emit emit, void *ctx) {
     const unsigned char *s = (const unsigned char *)text;
-    if (kind == MX_PRETOK_SMOLLM) return split_digits_then_gpt2(s, len, emit, ctx);
-    return split_regex(kind, s, 0, len, emit, ctx);
+    if (kind == MX_PRETOK_DIGITS || kind == MX_PRETOK_DIGIT_RUNS)
+        return split_digits(s, len, kind == MX_PRETOK_DIGIT_RUNS, emit, ctx);
+    return split_regex(kind, s, len, emit, ctx);
 }
 
-int mx_pretok_from_name(const char *name, mx_pretok_kind *out) {
+int mx_pretok_from_regex(const char *regex) {
     static const struct {
-        const char *name;
+        const char *regex;
         mx_pretok_kind kind;
-    } names[] = {
-        {"gpt2", MX_PRETOK_GPT2},        {"default", MX_PRETOK_GPT2},     {"gpt-2", MX_PRETOK_GPT2},
-        {"smollm", MX_PRETOK_SMOLLM},    {"starcoder", MX_PRETOK_SMOLLM}, {"llama3", MX_PRETOK_LLAMA3},
-        {"llama-bpe", MX_PRETOK_LLAMA3}, {"llama-v3", MX_PRETOK_LLAMA3},
+    } known[] = {
+        {"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+         MX_PRETOK_GPT2},
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+         "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+         "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+         MX_PRETOK_LLAMA3},
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+         "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+         MX_PRETOK_QWEN2},
     };
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        if (strcmp(name, names[k].name) == 0) {
-            *out = names[k].kind;
-            return 0;
-        }
-    }
+    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+        if (strcmp(regex, known[k].regex) == 0) return (int)known[k].kind;
     return -1;
 }

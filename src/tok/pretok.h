@@ -9,14 +9,16 @@
 #include <stddef.h>
 
 typedef enum {
-    MX_PRETOK_GPT2,   /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-    MX_PRETOK_SMOLLM, /* every \p{N} character alone (Digits(individual_digits)), then GPT2 on the rest */
-    MX_PRETOK_LLAMA3, /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
-                         ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
+    MX_PRETOK_GPT2,       /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+    MX_PRETOK_LLAMA3,     /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+                             ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
+    MX_PRETOK_QWEN2,      /* Llama 3's regex with \p{N} instead of \p{N}{1,3} (one digit a piece) */
+    MX_PRETOK_DIGITS,     /* Digits(individual_digits=true): every \p{N} character alone, the rest between */
+    MX_PRETOK_DIGIT_RUNS, /* Digits(individual_digits=false): runs of \p{N} characters, the rest between */
 } mx_pretok_kind;
 
-/* Maps a tokenizer.ggml.pre name to a kind; returns 0, or -1 when the name is not supported. */
-int mx_pretok_from_name(const char *name, mx_pretok_kind *out);
+/* The kind whose regex is exactly `regex` (as tokenizer.json writes a Split's pattern), or -1. */
+int mx_pretok_from_regex(const char *regex);
 
 /* Called once per piece, in order; a nonzero return stops the split and is returned by mx_pretok_split. */
 typedef int (*mx_pretok_emit)(void *ctx, const char *piece, size_t len);

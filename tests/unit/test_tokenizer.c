@@ -194,7 +194,8 @@ Test(tokenizer, chat_renders) {
             cm[i++].content = cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring;
         }
         bool gen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(chat, "add_generation_prompt"));
-        char *r = mx_chat_render(ct, cm, n, gen);
+        char *r = mx_chat_render(ct, cm, n, gen, &err);
+        cr_assert(r, "%s", err.msg);
         const char *want = cJSON_GetObjectItemCaseSensitive(chat, "text")->valuestring;
         cr_assert_str_eq(r, want);
         int *ids, nid;
@@ -339,12 +340,7 @@ Test(tokenizer, pretokenizer_pieces) {
         expect_pieces(MX_PRETOK_GPT2, "gpt2", text, cJSON_GetObjectItemCaseSensitive(c, "gpt2"));
         expect_pieces(MX_PRETOK_LLAMA3, "llama3", text, cJSON_GetObjectItemCaseSensitive(c, "llama3"));
     }
-    mx_pretok_kind k;
-    cr_assert_eq(mx_pretok_from_name("smollm", &k), 0);
-    cr_assert_eq(k, MX_PRETOK_SMOLLM);
-    cr_assert_eq(mx_pretok_from_name("llama-bpe", &k), 0);
-    cr_assert_eq(k, MX_PRETOK_LLAMA3);
-    cr_assert_eq(mx_pretok_from_name("qwen2", &k), -1);
+    cr_assert_eq(mx_pretok_from_regex("\\w+|[^\\w\\s]+"), -1); /* an unknown Split regex */
 }
 
 /* ---- unsupported tokenizers, through small GGUFs built in memory ---- */
@@ -400,10 +396,10 @@ Test(tokenizer_meta, unsupported_model_and_pre) {
     cr_assert_null(t);
     cr_assert(strstr(err.msg, "'llama'") && strstr(err.msg, "tiny.gguf"), "%s", err.msg);
     mx_gguf_close(g);
-    const char *k2[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre"}, *v2[] = {"gpt2", "qwen2"};
+    const char *k2[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre"}, *v2[] = {"gpt2", "deepseek-llm"};
     g = tiny_gguf(&b, k2, v2, 2);
     cr_assert_eq(mx_tokenizer_from_gguf(g, &t, &err), MX_ERR_UNSUPPORTED);
-    cr_assert(strstr(err.msg, "'qwen2'"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "'deepseek-llm'"), "%s", err.msg);
     mx_gguf_close(g);
     const char *v3[] = {"gpt2", "smollm"};
     g = tiny_gguf(&b, k2, v3, 2);
@@ -416,33 +412,23 @@ Test(tokenizer_meta, chat_templates) {
     mx_err err = {0};
     mx_chat_template *ct;
     const char *k[] = {"tokenizer.chat_template"};
-    const char *v1[] = {"{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}\nsecond line"};
+    /* a construct outside the Jinja subset is refused by name and line */
+    const char *v1[] = {"{% for m in messages %}{{ m['content'] }}{% endfor %}\n{% macro f() %}x{% endmacro %}"};
     mx_gguf *g = tiny_gguf(&b, k, v1, 1);
     cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), MX_ERR_UNSUPPORTED);
-    cr_assert(strstr(err.msg, "[INST]") && !strstr(err.msg, "second line"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "'macro'") && strstr(err.msg, "line 2") && strstr(err.msg, "tiny.gguf"), "%s", err.msg);
     mx_gguf_close(g);
-    /* ChatML without a default system prompt: nothing is added before the first message */
-    const char *v2[] = {"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-                        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"};
+    /* raise_exception's message comes back from the render */
+    const char *v2[] = {"{% if messages[0]['role'] != 'user' %}{{ raise_exception('users first') }}{% endif %}ok"};
     g = tiny_gguf(&b, k, v2, 1);
     cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), 0, "%s", err.msg);
-    mx_chat_msg m = {"user", "hi"};
-    char *r = mx_chat_render(ct, &m, 1, true);
-    cr_assert_str_eq(r, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-    free(r);
+    mx_chat_msg m = {"assistant", "hi"};
+    char *r = mx_chat_render(ct, &m, 1, true, &err);
+    cr_assert_null(r);
+    cr_assert(strstr(err.msg, "raise_exception: users first"), "%s", err.msg);
     mx_chat_template_free(ct);
     mx_gguf_close(g);
-    /* a default system prompt with escaped quotes is read out of the template */
-    const char *v3[] = {"{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou\\'re \"kind\"."
-                        "<|im_end|>\\n' }}{% endif %}{% for message in messages %}...{% endfor %}"};
-    g = tiny_gguf(&b, k, v3, 1);
-    cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), 0, "%s", err.msg);
-    r = mx_chat_render(ct, &m, 1, false);
-    cr_assert_str_eq(r, "<|im_start|>system\nYou're \"kind\".<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n");
-    free(r);
-    mx_chat_template_free(ct);
-    mx_gguf_close(g);
-    g = tiny_gguf(&b, k, v3, 0);
+    g = tiny_gguf(&b, k, v2, 0);
     cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), MX_ERR_MISSING);
     mx_gguf_close(g);
 }
