@@ -140,6 +140,7 @@ study: build/mixatt $(MODEL)
 fixtures:
 	python3 scripts/make_fixtures.py
 	python3 scripts/fixtures_tokenizer.py
+	python3 scripts/fixtures_hf_tokenizers.py
 	python3 scripts/fixtures_blocks.py
 	python3 scripts/fixtures_hf.py
 	python3 scripts/fixtures_train.py

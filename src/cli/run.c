@@ -16,7 +16,10 @@ static void help(FILE *f) {
     fprintf(
         f,
         "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE | --ids \"ID ...\") [-n N] [--chat] [options]\n\n"
-        "Generates a continuation of PROMPT and streams it to stdout. MODEL may also be a run directory of\n"
+        "Generates a continuation of PROMPT and streams it to stdout. A Hugging Face directory's tokenizer is\n"
+        "its tokenizer.json (with tokenizer_config.json: BOS, the chat template); the BOS token is added when\n"
+        "the tokenizer adds one (as Hugging Face's add_special_tokens), except with --chat, whose template\n"
+        "writes its own. MODEL may also be a run directory of\n"
         "mixatt train (or its checkpoint.safetensors): it has no tokenizer, so give the prompt as --ids and\n"
         "read ids back (\"ID \" each), or take a tokenizer from a GGUF with --tokenizer.\n\n"
         "  -p, --prompt TEXT    the prompt\n"
@@ -25,7 +28,8 @@ static void help(FILE *f) {
         "  --tokenizer GGUF     use this GGUF file's tokenizer (and chat template) instead of the model's;\n"
         "                       its vocabulary must fit the model's\n"
         "  -n, --n-predict N    tokens to generate at most (default 128; -1 = until the context is full)\n"
-        "  --chat               render the prompt as a user turn with the model's chat template\n"
+        "  --chat               render the prompt as a user turn with the model's chat template (a Jinja\n"
+        "                       subset, docs/formats.md) and stop at the end of the assistant's turn\n"
         "  --system TEXT        system message for --chat (default: the template's own)\n"
         "  --stop TEXT          stop when TEXT is generated (not printed); repeatable, up to 16\n"
         "  --no-special         treat special-token text in the prompt (\"<|im_start|>\") as plain text\n"

@@ -9,45 +9,20 @@
  * A chat template that cannot be read (a construct outside mixatt's Jinja subset) is reported on stderr and
  * leaves *chat NULL: the tokenizer still loads. tokenizer_config.json's add_bos_token wins over the
  * post-processor's, as transformers' fast tokenizers rebuild their post-processor from it. */
+#include "../base/file.h"
 #include "tok_impl.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* The whole file, NUL-terminated; NULL with *missing set when it does not exist. */
 static char *read_file(const char *path, size_t *len, bool *missing, mx_err *err) {
-    *missing = false;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *missing = errno == ENOENT;
-        if (!*missing) mx_err_set(err, MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 65536 + 1 > cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf), fclose(f);
-                return mx_err_set(err, MX_ERR_NOMEM, "%s: no memory to read it", path), NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) return free(buf), mx_err_set(err, MX_ERR_IO, "%s: read error", path), NULL;
-    buf[n] = '\0';
-    if (len) *len = n;
-    return buf;
+    *missing = access(path, F_OK) != 0 && errno == ENOENT;
+    return *missing ? NULL : mx_file_read(path, len, err);
 }
 
 static cJSON *read_json(const char *dir, const char *name, mx_err *err, int *rc) {

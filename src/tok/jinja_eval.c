@@ -21,8 +21,11 @@ struct jeval {
     mx_err *err;
     bool failed;
     int line;
-    int ctl; /* 1 after break, 2 after continue, until the loop sees it */
+    int ctl;    /* 1 after break, 2 after continue, until the loop sees it */
+    long steps; /* expressions evaluated: a render is bounded (MAX_STEPS) so that no template runs away */
 };
+
+enum { MAX_STEPS = 20000000, MAX_OUTPUT = 64 << 20 };
 
 jarena *je_arena(jeval *ev) {
     return &ev->a;
@@ -260,7 +263,7 @@ static int arith(jeval *ev, int op, const jval *a, const jval *b, jval *out) {
         const jval *s = a->t == JV_STR ? a : b;
         int64_t k = a->t == JV_INT ? a->u.i : b->u.i;
         jbuf sb = {0};
-        for (int64_t i = 0; i < k; i++) jb_put(&sb, s->u.s.s, s->u.s.n);
+        for (int64_t i = 0; i < k && s->u.s.n && !sb.oom; i++) jb_put(&sb, s->u.s.s, s->u.s.n);
         if (sb.oom) return free(sb.s), oom(ev);
         *out = jv_strn(ev, sb.s ? sb.s : "", sb.n);
         free(sb.s);
@@ -275,7 +278,7 @@ static int arith(jeval *ev, int op, const jval *a, const jval *b, jval *out) {
     bool ints = a->t != JV_FLOAT && b->t != JV_FLOAT;
     double x = num(a), y = num(b);
     if ((op == '/' || op == OP_FLOORDIV || op == '%') && y == 0) return je_fail(ev, "division by zero");
-    if (ints && op != '/' && !(op == OP_POW && inum(b) < 0)) {
+    if (ints && op != '/' && !(op == OP_POW && (inum(b) < 0 || inum(b) > 62))) {
         int64_t i = inum(a), j = inum(b), r = 0;
         switch (op) {
         case '+':
@@ -341,6 +344,7 @@ static int eval_args(jeval *ev, const jnode *n, jval *args) {
 
 static int eval(jeval *ev, const jnode *n, jval *out) {
     if (ev->failed) return MX_ERR_ARG;
+    if (++ev->steps > MAX_STEPS) return je_fail(ev, "the template ran for more than %d steps", MAX_STEPS);
     ev->line = n->line;
     jval a, b, args[32];
     bool r;
@@ -592,6 +596,8 @@ static int exec_list(jeval *ev, const jnode *n) {
         }
         if (rc) return rc;
         if (ev->out.oom) return oom(ev);
+        if (ev->out.n > MAX_OUTPUT)
+            return je_fail(ev, "the template wrote more than %d MiB", MAX_OUTPUT >> 20);
     }
     return 0;
 }

@@ -84,7 +84,10 @@ typedef struct {
     mx_err *err;
     bool failed;
     int loop_depth;
+    int depth; /* nesting of expressions and statements, bounded so that no input exhausts the stack */
 } parser;
+
+enum { MAX_DEPTH = 200 };
 
 static int fail(parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(parser *p, int line, const char *fmt, ...) {
@@ -612,7 +615,10 @@ static jnode *parse_unary(parser *p) {
     int line = peek(p)->line;
     if (accept_op(p, '-') || accept_op(p, '+')) {
         int op = p->tk[p->at - 1].op;
+        if (++p->depth > MAX_DEPTH)
+            return fail(p, line, "expressions nested more than %d deep", MAX_DEPTH), NULL;
         jnode *x = parse_unary(p), *n = x ? new_node(p, JN_UNARY, line) : NULL;
+        p->depth--;
         if (n) n->op = op, n->a = x;
         return parse_filters(p, n);
     }
@@ -676,7 +682,10 @@ static jnode *parse_compare(parser *p) {
 static jnode *parse_not(parser *p) {
     int line = peek(p)->line;
     if (accept_name(p, "not")) {
+        if (++p->depth > MAX_DEPTH)
+            return fail(p, line, "expressions nested more than %d deep", MAX_DEPTH), NULL;
         jnode *x = parse_not(p), *n = x ? new_node(p, JN_NOT, line) : NULL;
+        p->depth--;
         if (n) n->a = x;
         return n;
     }
@@ -706,7 +715,16 @@ static jnode *parse_or(parser *p) {
 }
 
 /* a if cond [else b]; also a bare tuple `a, b` is not an expression here. */
+static jnode *parse_expr_inner(parser *p);
 static jnode *parse_expr(parser *p) {
+    if (++p->depth > MAX_DEPTH)
+        return fail(p, peek(p)->line, "expressions nested more than %d deep", MAX_DEPTH), NULL;
+    jnode *x = parse_expr_inner(p);
+    p->depth--;
+    return x;
+}
+
+static jnode *parse_expr_inner(parser *p) {
     jnode *x = parse_or(p);
     while (x && is_name(p, "if")) {
         int line = next_tok(p)->line;
@@ -801,7 +819,16 @@ static jnode *parse_set(parser *p, int line) {
     return n;
 }
 
+static jnode *parse_statement_inner(parser *p);
 static jnode *parse_statement(parser *p) {
+    if (++p->depth > MAX_DEPTH)
+        return fail(p, peek(p)->line, "statements nested more than %d deep", MAX_DEPTH), NULL;
+    jnode *n = parse_statement_inner(p);
+    p->depth--;
+    return n;
+}
+
+static jnode *parse_statement_inner(parser *p) {
     token *k = next_tok(p);
     if (k->t == TK_TEXT) {
         jnode *n = new_node(p, JN_TEXT, k->line);

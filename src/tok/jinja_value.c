@@ -15,6 +15,11 @@
 
 void jb_put(jbuf *b, const char *s, size_t n) {
     if (b->oom) return;
+    if (b->n + n >
+        ((size_t)1 << 28)) { /* 256 MiB: a runaway template (`'x' * 10**9`), reported as no memory */
+        b->oom = true;
+        return;
+    }
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1) cap *= 2;

@@ -55,7 +55,8 @@ static int load_tokens(mx_tokenizer **out, const mx_gguf *g, mx_err *err) {
 static int load_merges(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
     const mx_gguf_kv *m;
     int rc = find_array(g, "tokenizer.ggml.merges", MX_GGUF_STRING, &m, err);
-    if (!rc) rc = mx_tok_merges_reserve(t, m->count, err);
+    if (rc) return rc;
+    rc = mx_tok_merges_reserve(t, m->count, err);
     for (uint64_t r = 0; r < m->count && !rc; r++) {
         const mx_gguf_str *s = &m->strs[r];
         const char *sp = memchr(s->ptr, ' ', s->len);

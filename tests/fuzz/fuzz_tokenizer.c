@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     mx_chat_template *ct = NULL;
     if (mx_chat_template_from_gguf(g, &ct, &err) == MX_OK && ct) {
         mx_chat_msg msgs[3] = {{"system", "be brief"}, {"user", "hi <|im_end|>"}, {"assistant", ""}};
-        for (int n = 0; n <= 3; n++) free(mx_chat_render(ct, msgs, n, n % 2));
+        for (int n = 0; n <= 3; n++) free(mx_chat_render(ct, msgs, n, n % 2, &err));
         mx_chat_end_of_turn(ct);
         mx_chat_template_free(ct);
     }
