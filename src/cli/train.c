@@ -45,7 +45,7 @@ typedef struct {
         *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
     const char *sets[MAX_SETS];
     int n_sets, threads, max_steps, gpu;
-    bool quiet, dp, zero1, act_rms;
+    bool quiet, dp, zero1, act_rms, gpu_given;
 } train_opts;
 
 static void help(FILE *f) {
@@ -73,7 +73,7 @@ static void help(FILE *f) {
         "                      state and activations on the GPU; gpt2 and llama with attn = mha (MHA, GQA,\n"
         "                      MQA, windows, shared K/V) and dense MLPs; mla, mka, fastmka and experts\n"
         "                      train on the CPU only for now. Checkpoints are the same files either way\n"
-        "  --gpu N             which GPU (default 0)\n"
+        "  --gpu N             which GPU (default 0; under mpirun, rank r takes GPU r)\n"
         "  --precision P       bf16 (the default on a GPU: matmuls on bf16 tensor cores with fp32\n"
         "                      accumulation; norms, softmax, loss and AdamW in fp32) or fp32\n"
         "  -t, --threads N     threads (default: all cores)\n"
@@ -88,6 +88,8 @@ static void help(FILE *f) {
         "                      writes log.jsonl and checkpoints (RUN_DIR on a file system every rank sees).\n"
         "                      The result equals one process training the same global batch, up to the\n"
         "                      order of fp32 sums. --resume works with any N that divides the batch\n"
+        "                      With --device cuda: one GPU per rank (GPU r for rank r unless --gpu),\n"
+        "                      gradients averaged by NCCL\n"
         "  --zero1             with --dp: shard the AdamW moments over the ranks (ZeRO stage 1): each rank\n"
         "                      updates its slice of the parameters, then the slices are allgathered\n");
 }
@@ -131,6 +133,7 @@ static int parse(train_opts *o, int argc, char **argv) {
             o->precision = val;
         else if (!strcmp(a, "--gpu")) {
             if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return 2;
+            o->gpu_given = true;
         } else if (!strcmp(a, "--set")) {
             if (o->n_sets == MAX_SETS)
                 return fprintf(stderr, "mixatt train: at most %d --set\n", MAX_SETS), 2;
@@ -150,9 +153,9 @@ static int parse(train_opts *o, int argc, char **argv) {
         return fprintf(stderr, "mixatt train: --device is cpu or cuda, not '%s'\n", o->device), 2;
     if (o->precision && strcmp(o->precision, "bf16") && strcmp(o->precision, "fp32"))
         return fprintf(stderr, "mixatt train: --precision is bf16 or fp32, not '%s'\n", o->precision), 2;
-    if (o->device && !strcmp(o->device, "cuda") && o->dp)
-        return fprintf(stderr, "mixatt train: --dp with --device cuda is not implemented yet (NCCL gradient "
-                               "averaging on the GPU is the next step); use --dp on the CPU\n"),
+    if (o->device && !strcmp(o->device, "cuda") && o->zero1)
+        return fprintf(stderr, "mixatt train: --zero1 with --device cuda is not implemented yet (the AdamW "
+                               "moments are sharded in host memory); use --dp alone on GPUs\n"),
                2;
     if (o->zero1 && !o->dp)
         return fprintf(stderr, "mixatt train: --zero1 shards the optimizer of --dp training: add --dp\n"), 2;
@@ -421,7 +424,8 @@ static int setup_local(trainer *t, const train_opts *o, mx_train_config *cfg, co
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
                           "--precision bf16 needs --device cuda; the CPU trains in fp32");
     /* the CPU trains on the model's own host buffers and OpenMP threads (no backend object needed) */
-    if (gpu && (mx_backend_create("cuda", o->gpu, 1, &t->be, err) || mx_tmodel_place(t->m, t->be, bf16, err)))
+    int dev = o->gpu_given || t->comm->size == 1 ? o->gpu : t->comm->rank;
+    if (gpu && (mx_backend_create("cuda", dev, 1, &t->be, err) || mx_tmodel_place(t->m, t->be, bf16, err)))
         return err->code;
     if (o->act_rms && t->m->on_device)
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
@@ -452,6 +456,10 @@ static int setup(trainer *t, const train_opts *o, mx_train_config *cfg, const ch
     data_paths dp;
     if (setup_data(t, o, cfg, &dp, err)) return err->code;
     if (mx_dp_agree(t->dp, setup_local(t, o, cfg, resume_ckpt, &dp, start, err), err)) return err->code;
+    /* --dp on GPUs: the gradient allreduce and the parameter broadcast run through NCCL on the backend's
+     * stream (collective: every rank attaches or every rank fails) */
+    if (t->dp && t->m->on_device && t->comm->attach(t->comm, t->be, err))
+        return mx_err_wrap(err, "--dp: attaching the ranks' collectives to %s", t->be->name);
     return mx_dp_start(t->dp, t->m, err);
 }
 

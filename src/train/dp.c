@@ -106,7 +106,10 @@ int mx_dp_reduce(mx_dp *dp, mx_tmodel *m, int rc, double *loss, mx_err *err) {
     if (dp->comm->allreduce_sum(dp->comm, m->g, m->n_floats, err))
         return mx_err_wrap(err, "summing the gradients");
     float n = (float)dp->size;
-    for (size_t i = 0; i < m->n_floats; i++) m->g[i] /= n;
+    if (m->on_device) /* (the collective ran on the device through NCCL: comm->attach) */
+        m->ops->scale(m->be, m->g, m->g, 1.0f / n, (long)m->n_floats);
+    else
+        for (size_t i = 0; i < m->n_floats; i++) m->g[i] /= n;
     return mx_dp_mean(dp, loss, err);
 }
 

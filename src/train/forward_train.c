@@ -181,6 +181,7 @@ double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool 
     mx_tacts *a = &m->acts;
     int N = a->B * a->T;
     int C = m->cfg.d_model;
+    if (m->ops->set_bf16) m->ops->set_bf16(m->be, m->bf16);
     mx_tmodel_forward(m, tokens);
     m->aux_loss = m->cfg.n_expert > 0 ? mx_moe_tr_aux(m, grad_scale) : 0.0;
     if (!targets) return 0.0;

@@ -542,8 +542,7 @@ int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
     if (bf16 && !be->train->set_bf16)
         return mx_err_set(err, MX_ERR_UNSUPPORTED,
                           "--precision bf16 needs a GPU; the %s backend trains in fp32", be->name);
-    m->be = be, m->ops = be->train;
-    if (m->ops->set_bf16) m->ops->set_bf16(be, bf16);
+    m->be = be, m->ops = be->train, m->bf16 = bf16;
     if (be->caps & MX_CAP_HOST_MEMORY) return MX_OK;
     const char *gap = device_gap(m);
     if (gap)

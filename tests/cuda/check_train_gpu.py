@@ -2,7 +2,7 @@
 
 1. One step's loss and every gradient against PyTorch (tests/fixtures/train/, made by scripts/fixtures_train.py
    from Hugging Face transformers in float64), and the 10 AdamW losses: fp32 within the CPU's tolerance (1e-4 of
-   each tensor's norm), bf16 within BF16_TOL, a band set from the error measured on these fixtures (printed).
+   each tensor's norm), bf16 within bands set from the error measured on these fixtures (printed).
 2. --resume on the GPU gives the same losses and checkpoint bytes as the run that was never stopped.
 3. A run trained on the GPU resumes on the CPU and the other way round, and `mixatt run -m RUN --device cuda`
    gives the CPU's greedy ids.
@@ -21,7 +21,9 @@ from safetensors.numpy import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tests", "fixtures", "train")
 MIXATT = os.environ.get("MIXATT", os.path.join(ROOT, "build", "mixatt"))
-BF16_TOL = 3e-2  # worst tensor's relative L2 error of bf16 GEMM inputs (measured ~1e-2 here; see the log)
+# bf16 bands, about 3x the worst error measured on these fixtures on the H200 (2026-12-02): one step's gradients
+# 1.8e-3 (gpt2 blk.1.attn_k), its loss 1.5e-6; the 10-step AdamW losses 1.4e-2 (llama)
+BF16_GRAD_TOL, BF16_LOSS_TOL = 5e-3, 4e-2
 failures = 0
 
 
@@ -46,7 +48,7 @@ def losses(run_dir):
         return [json.loads(x)["loss"] for x in f if '"loss"' in x]
 
 
-def grads_vs_torch(tmp, case, precision, tol):
+def grads_vs_torch(tmp, case, precision, tol, steps_tol):
     grads = os.path.join(tmp, f"{case}-{precision}.safetensors")
     r = run("train", *fixture_args(case), "--device", "cuda", "--precision", precision,
             "-o", os.path.join(tmp, f"{case}-{precision}"), "--dump-grads", grads, "-q")
@@ -71,7 +73,8 @@ def grads_vs_torch(tmp, case, precision, tol):
     check(worst <= tol, f"{case} {precision}: gradients, worst tensor {worst_name} rel L2 {worst:.2e} (tol {tol:.0e})")
     ls, ref_ls = losses(os.path.join(tmp, f"{case}-{precision}")), json.loads(meta["losses"])
     gap = max(abs(a - b) / b for a, b in zip(ls, ref_ls))
-    check(len(ls) == len(ref_ls) and gap <= tol, f"{case} {precision}: {len(ls)} AdamW losses vs torch, worst rel gap {gap:.1e}")
+    check(len(ls) == len(ref_ls) and gap <= steps_tol,
+          f"{case} {precision}: {len(ls)} AdamW losses vs torch, worst rel gap {gap:.1e} (tol {steps_tol:.0e})")
 
 
 def resume_is_bit_identical(tmp):
@@ -111,6 +114,16 @@ def across_devices(tmp):
           + gpu.stderr.strip()[-200:])
 
 
+def dp_on_one_gpu(tmp):
+    """--dp with one rank on the GPU trains exactly as without it (the gradient mean over one rank is itself)."""
+    base = fixture_args("llama") + ["--set", "steps=4", "-q", "--device", "cuda"]
+    a, b = os.path.join(tmp, "nodp"), os.path.join(tmp, "dp1")
+    r1, r2 = run("train", *base, "-o", a), run("train", *base, "-o", b, "--dp")
+    ok = r1.returncode == 0 and r2.returncode == 0
+    check(ok and losses(a) == losses(b), "--dp on one GPU equals the run without it (bit-identical losses) "
+          + (r1.stderr + r2.stderr).strip()[-200:])
+
+
 def refuses_experts(tmp):
     r = run("train", *fixture_args("mixtral"), "-o", os.path.join(tmp, "moe"), "--device", "cuda", "-q")
     check(r.returncode != 0 and "not implemented yet" in r.stderr,
@@ -120,10 +133,11 @@ def refuses_experts(tmp):
 def main():
     tmp = tempfile.mkdtemp()
     for case in ("gpt2", "llama", "mistral"):
-        grads_vs_torch(tmp, case, "fp32", 1e-4)
-        grads_vs_torch(tmp, case, "bf16", BF16_TOL)
+        grads_vs_torch(tmp, case, "fp32", 1e-4, 1e-4)
+        grads_vs_torch(tmp, case, "bf16", BF16_GRAD_TOL, BF16_LOSS_TOL)
     resume_is_bit_identical(tmp)
     across_devices(tmp)
+    dp_on_one_gpu(tmp)
     refuses_experts(tmp)
     print(f"check_train_gpu: {'all passed' if not failures else f'{failures} FAILED'}")
     sys.exit(1 if failures else 0)
