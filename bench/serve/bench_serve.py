@@ -7,7 +7,8 @@ its own) and records when each SSE chunk arrives. Printed per C:
   agg tok/s   tokens received by all clients / wall time from the first request to the last chunk
   TTFT        request sent -> first token, p50 and p99 over the requests
   ITL         gap between consecutive tokens of one stream, p50 and p99 over all gaps
-Tokens are counted as content chunks (one per token on both servers for the ASCII text these prompts give).
+mixatt runs with OMP_WAIT_POLICY=passive unless the environment sets it: on a CPU other jobs share, OpenMP's
+spinning waits make every step many times slower. Tokens are counted as content chunks (one per token on both servers for the ASCII text these prompts give).
 
 The peer is llama-cpp-python's OpenAI server (`pip install 'llama-cpp-python[server]'`, which compiles
 llama.cpp), on the same GGUF with the same threads and as many sequences: python -m llama_cpp.server
@@ -38,7 +39,8 @@ WORDS = ["apple", "river", "music", "stone", "cloud", "tiger", "bread", "light",
 
 
 def prompt_for(i):
-    return f"Write a long story about a {WORDS[i % len(WORDS)]} and a {WORDS[(i * 7 + 3) % len(WORDS)]} number {i}."
+    # an unfinished sentence, so that neither server meets EOS early (both count the tokens they sent)
+    return f"Chapter {i}. The {WORDS[i % len(WORDS)]} and the {WORDS[(i * 7 + 3) % len(WORDS)]} walked along the"
 
 
 def free_port():
@@ -127,7 +129,8 @@ def start_mixatt(args, port, conc_max):
     binary = os.path.join(ROOT, "build", "mixatt")
     cmd = [binary, "serve", "-m", args.model, "--port", str(port), "-t", str(args.threads), "--ctx",
            str(args.ctx), "--parallel", str(conc_max), *shlex.split(args.mixatt_flags)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     wait_ready(port, "/health", proc)
     return proc
 

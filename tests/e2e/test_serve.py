@@ -28,7 +28,8 @@ class Server:
     """A mixatt serve process on 127.0.0.1 with a port of its choosing (--port 0, read from its stdout)."""
 
     def __init__(self, binary, model, *args):
-        env = dict(os.environ, OMP_NUM_THREADS="2", ASAN_OPTIONS="detect_leaks=1")
+        # passive OpenMP waits: on a CPU shared with other jobs, spinning threads slow every step tenfold or more
+        env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="passive", ASAN_OPTIONS="detect_leaks=1")
         self.proc = subprocess.Popen([binary, "serve", "-m", model, "--port", "0", "-t", "2", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
@@ -99,7 +100,7 @@ def tight(mixatt, model):
 KEY = {"Authorization": "Bearer sekrit"}
 
 
-N_GEN = 4  # tokens per request in the batching tests (kept small: CI has 2 cores)
+N_GEN = 8  # tokens per request in the batching tests
 
 
 def completion(server, prompt, n=N_GEN, **kw):
@@ -110,7 +111,8 @@ def completion(server, prompt, n=N_GEN, **kw):
 
 def run_text(mixatt, model, prompt, n, *extra):
     """What `mixatt run` generates for the prompt (its stdout ends with one newline of its own)."""
-    r = run(mixatt, "run", "-m", model, "-p", prompt, "-n", n, "-t", 2, "--ctx", CTX, "-q", *extra)
+    r = run(mixatt, "run", "-m", model, "-p", prompt, "-n", n, "-t", 2, "--ctx", CTX, "-q", *extra,
+            env={"OMP_WAIT_POLICY": "passive"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("\n")
     return r.stdout[:-1]
