@@ -12,6 +12,7 @@
  * scaling the query projection by 1/sqrt(D) (RoPE is linear), its logit multiplier by scaling the output head
  * (a tied head becomes an untied, scaled copy). The checkpoint carries no tokenizer (m->tok stays NULL). */
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,9 @@ typedef struct {
 static int cfg_int(ckpt_loader *h, const char *k, int def, int *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(h->cfg, k);
     if (!j) return *out = def, MX_OK;
-    if (!cJSON_IsNumber(j) || j->valuedouble != (double)(int)j->valuedouble || j->valuedouble < 0)
+    /* the range first: converting a double outside int's range to int is undefined */
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0 && j->valuedouble <= INT_MAX) ||
+        j->valuedouble != (double)(int)j->valuedouble)
         return mx_err_set(h->err, MX_ERR_FORMAT, "%s: config key '%s' is not a non-negative integer",
                           h->m->path, k);
     *out = (int)j->valuedouble;

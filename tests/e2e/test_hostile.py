@@ -395,3 +395,26 @@ def test_shape_mismatch_prints_the_tensor_dims_only(mixatt_asan, tmp_path):
     assert_clean_failure(r)
     import re
     assert re.search(r"has shape \[\d+, \d+\]; the config implies \[\d+, 48\]", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("d_model", 1e20, "'d_model' is not a non-negative integer"),
+    ("d_model", -4, "'d_model' is not a non-negative integer"),
+    ("n_layer", 2.5, "'n_layer' is not a non-negative integer"),
+    ("n_expert", 4, "experts used per token"),  # with n_expert_used 5 (set below)
+    ("n_head", 0, "impossible shape"),
+])
+def test_run_m_rejects_a_bad_stored_config(mixatt_asan, trained, tmp_path, key, value, needle):
+    """The run -m path reads the training config stored in the checkpoint (with a valid checksum here, so the
+    range checks are what is tested)."""
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    cfg = json.loads(header["__metadata__"]["config"])
+    cfg[key] = value
+    if key == "n_expert":
+        cfg["n_expert_used"] = 5
+    header["__metadata__"]["config"] = json.dumps(cfg)
+    write_ckpt(ckpt, header, data)
+    r = run(mixatt_asan, "run", "-m", ckpt, "--ids", "1,2", "-n", "2", "-q")
+    assert_clean_failure(r, needle)
