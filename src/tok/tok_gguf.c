@@ -2,7 +2,9 @@
  * tokenizer.json whole (tokenizer.huggingface.json, as `mixatt convert` writes it) is read through tok_hf.c,
  * so it encodes exactly as the directory it came from. Otherwise the llama.cpp keys: tokenizer.ggml.model
  * "gpt2" (byte-level BPE) with tokens, token types, ranked merges, the pre-tokenizer named by
- * tokenizer.ggml.pre, BOS/EOS and add_bos_token. */
+ * tokenizer.ggml.pre; or "llama" (SentencePiece-style BPE, byte fallback) with tokens, token types and
+ * scores (merges derived from them as llama.cpp does, or the merges when the file has them); BOS/EOS and
+ * add_bos_token. */
 #include "tok_impl.h"
 
 #include <limits.h>
@@ -25,7 +27,7 @@ static int find_array(const mx_gguf *g, const char *key, mx_gguf_vtype elem, con
     return 0;
 }
 
-static int load_tokens(mx_tokenizer **out, const mx_gguf *g, mx_err *err) {
+static int load_tokens(mx_tokenizer **out, mx_tok_kind kind, const mx_gguf *g, mx_err *err) {
     const mx_gguf_kv *toks, *types = NULL;
     int rc = find_array(g, "tokenizer.ggml.tokens", MX_GGUF_STRING, &toks, err);
     if (rc) return rc;
@@ -42,7 +44,7 @@ static int load_tokens(mx_tokenizer **out, const mx_gguf *g, mx_err *err) {
     uint64_t total = 0;
     for (int i = 0; i < n; i++) total += toks->strs[i].len + 1;
     if (total > UINT32_MAX / 2) return mx_err_set(err, MX_ERR_FORMAT, "%s: token texts too large", g->path);
-    mx_tokenizer *t = *out = mx_tok_new(MX_TOK_BYTE_LEVEL, n, total);
+    mx_tokenizer *t = *out = mx_tok_new(kind, n, total);
     if (!t) return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
     for (int i = 0; i < n; i++) {
         int64_t ty = types ? mx_gguf_arr_i64(types, (uint64_t)i) : TT_NORMAL;
@@ -66,6 +68,68 @@ static int load_merges(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
         rc = mx_tok_add_merge(t, (int)r, s->ptr, (size_t)(sp - s->ptr), sp + 1,
                               (size_t)(s->ptr + s->len - sp - 1), g->path, err);
     }
+    return rc;
+}
+
+/* SentencePiece GGUFs (model "llama") carry scores, not merges: as llama.cpp does, any two tokens whose texts
+ * join into a normal token merge into it, the higher the merged token's score the earlier. */
+typedef struct {
+    float score;
+    int id;
+} scored;
+
+static int by_score(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    return x->score != y->score ? (x->score < y->score ? 1 : -1) : x->id - y->id;
+}
+
+static int derive_merges(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
+    const mx_gguf_kv *sc;
+    int rc = find_array(g, "tokenizer.ggml.scores", MX_GGUF_F32, &sc, err);
+    if (rc) return rc;
+    if (sc->count != (uint64_t)t->n_vocab)
+        return mx_err_set(err, MX_ERR_FORMAT, "%s: %llu scores for %d tokens", g->path,
+                          (unsigned long long)sc->count, t->n_vocab);
+    scored *order = malloc(sizeof *order * (size_t)t->n_vocab);
+    if (!order) return mx_err_set(err, MX_ERR_NOMEM, "tokenizer: no memory");
+    size_t n_pairs = 0;
+    for (int i = 0; i < t->n_vocab; i++) {
+        order[i] = (scored){(float)mx_gguf_arr_f64(sc, (uint64_t)i), i};
+        n_pairs += t->type[i] == TT_NORMAL ? t->tok[i].len : 0;
+    }
+    qsort(order, (size_t)t->n_vocab, sizeof *order, by_score);
+    rc = mx_tok_merges_reserve(t, n_pairs, err);
+    for (int r = 0; r < t->n_vocab && !rc; r++) {
+        int id = order[r].id;
+        if (t->type[id] != TT_NORMAL) continue;
+        const char *s = t->bytes + t->tok[id].off;
+        size_t n = t->tok[id].len;
+        for (size_t k = 1; k < n && !rc; k++) {
+            if (((unsigned char)s[k] & 0xC0) == 0x80) continue; /* inside a character */
+            int a = mx_tok_vocab_lookup(t, s, k), b = mx_tok_vocab_lookup(t, s + k, n - k);
+            if (a < 0 || b < 0) continue;
+            uint32_t slot = mx_tok_merge_slot(t, a, b);
+            if (t->merges[slot].key) continue;
+            t->merges[slot] = (merge_ent){((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1, r, id};
+            t->n_merges++;
+        }
+    }
+    free(order);
+    return rc;
+}
+
+/* SentencePiece's pipeline as llama.cpp runs it: ' ' -> ▁, a ▁ before the text's start
+ * (tokenizer.ggml.add_space_prefix, default true), byte fallback, the decoder's leading-space strip. */
+static int spm_setup(mx_tokenizer *t, const mx_gguf *g, mx_err *err) {
+    bool prefix = true;
+    int rc = 0;
+    if (mx_gguf_kv_find(g, "tokenizer.ggml.add_space_prefix"))
+        rc = mx_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, err);
+    t->pre[t->n_pre++] = (pre_step){.kind = PRE_METASPACE, .scheme = prefix ? PREPEND_FIRST : PREPEND_NEVER};
+    t->byte_fallback = true;
+    t->strip_lead_space = prefix;
+    for (int i = 0; i < t->n_vocab && t->unk < 0; i++)
+        if (t->type[i] == TT_UNKNOWN) t->unk = i;
     return rc;
 }
 
@@ -112,17 +176,18 @@ static int set_pre(mx_tokenizer *t, const char *name) {
     return -1;
 }
 
-static int check_kind(const mx_gguf *g, char **pre, mx_err *err) {
+static int check_kind(const mx_gguf *g, char **pre, mx_tok_kind *kind, mx_err *err) {
     char *model = NULL;
     *pre = NULL;
     int rc = mx_gguf_get_str(g, "tokenizer.ggml.model", &model, err);
     if (rc) return rc == MX_ERR_MISSING ? mx_err_set(err, rc, "%s: no tokenizer.ggml.model", g->path) : rc;
-    if (strcmp(model, "gpt2") != 0)
+    *kind = strcmp(model, "llama") == 0 ? MX_TOK_SPM : MX_TOK_BYTE_LEVEL;
+    if (strcmp(model, "gpt2") != 0 && strcmp(model, "llama") != 0)
         rc = mx_err_set(err, MX_ERR_UNSUPPORTED,
-                        "%s: tokenizer.ggml.model '%s' is not supported (only 'gpt2', byte-level BPE; a GGUF "
-                        "written by mixatt convert carries its Hugging Face tokenizer.json instead)",
+                        "%s: tokenizer.ggml.model '%s' is not supported (only 'gpt2', byte-level BPE, and "
+                        "'llama', SentencePiece-style BPE)",
                         g->path, model);
-    else if (mx_gguf_kv_find(g, "tokenizer.ggml.pre"))
+    else if (*kind == MX_TOK_BYTE_LEVEL && mx_gguf_kv_find(g, "tokenizer.ggml.pre"))
         rc = mx_gguf_get_str(g, "tokenizer.ggml.pre", pre, err);
     free(model);
     return rc;
@@ -131,16 +196,21 @@ static int check_kind(const mx_gguf *g, char **pre, mx_err *err) {
 static int from_ggml_keys(const mx_gguf *g, mx_tokenizer **out, mx_err *err) {
     char *pre = NULL;
     mx_tokenizer *t = NULL;
-    int rc = check_kind(g, &pre, err);
-    if (!rc && set_pre(NULL, pre ? pre : "gpt2") != 0) /* no key: llama.cpp's default, GPT-2's regex */
+    mx_tok_kind kind = MX_TOK_BYTE_LEVEL;
+    int rc = check_kind(g, &pre, &kind, err);
+    if (!rc && kind == MX_TOK_BYTE_LEVEL &&
+        set_pre(NULL, pre ? pre : "gpt2") != 0) /* no key: GPT-2's regex */
         rc = mx_err_set(err, MX_ERR_UNSUPPORTED,
                         "%s: pre-tokenizer tokenizer.ggml.pre '%s' is not supported (supported: smollm, "
                         "starcoder, gpt2, default, llama-bpe, llama3, qwen2)",
                         g->path, pre);
-    if (!rc) rc = load_tokens(&t, g, err);
-    if (!rc) set_pre(t, pre ? pre : "gpt2");
+    if (!rc) rc = load_tokens(&t, kind, g, err);
+    if (!rc && kind == MX_TOK_BYTE_LEVEL) set_pre(t, pre ? pre : "gpt2");
     free(pre);
-    if (!rc) rc = load_merges(t, g, err);
+    if (!rc && kind == MX_TOK_SPM) rc = spm_setup(t, g, err);
+    if (!rc) /* a SentencePiece GGUF written by mixatt convert has merges too: they are exact */
+        rc = kind == MX_TOK_SPM && !mx_gguf_kv_find(g, "tokenizer.ggml.merges") ? derive_merges(t, g, err)
+                                                                                : load_merges(t, g, err);
     if (!rc) rc = mx_tok_finish(t, err);
     if (!rc) rc = read_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err);
     if (!rc) rc = read_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err);

@@ -4,7 +4,9 @@
  * BPE with byte fallback) the ids of `tokenizers` with and without BOS and with special tokens not parsed,
  * its decode, transformers' apply_chat_template renders (and their ids), the template's end of turn; jinja2's
  * renders of small templates; and the refusal of constructs outside the subset, by name. Also: the written
- * GGUF tokenizer (tokenizer.huggingface.json) reads back to the same ids. Runs from tests/. */
+ * GGUF tokenizer (tokenizer.huggingface.json) reads back to the same ids, and so do llama.cpp's SentencePiece
+ * keys alone (model "llama": tokens, types, scores, with or without merges) for Mistral's configuration,
+ * whose pipeline llama.cpp's keys describe fully. Runs from tests/. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 
@@ -265,6 +267,52 @@ Test(hf_tokenizer, gguf_round_trip) {
         mx_tokenizer_free(t);
         cJSON_Delete(ref);
     }
+}
+
+/* A GGUF with only llama.cpp's keys (no tokenizer.json inside): model "llama", merges derived from the scores
+ * when the file has no merges. */
+Test(hf_tokenizer, gguf_sentencepiece_keys) {
+    mx_tokenizer *t;
+    mx_chat_template *ct;
+    cJSON *ref;
+    load_family("mistral", &t, &ct, &ref);
+    mx_err err = {0};
+    char full[128], keys[128];
+    snprintf(full, sizeof full, "/tmp/mixatt_test_spm_%d.gguf", (int)getpid());
+    snprintf(keys, sizeof keys, "/tmp/mixatt_test_spm_keys_%d.gguf", (int)getpid());
+    mx_gguf_writer *w = mx_gguf_writer_new();
+    cr_assert_eq(mx_tokenizer_write_gguf(t, ct, w, &err), 0, "%s", err.msg);
+    cr_assert_eq(mx_gguf_writer_save(w, full, &err), 0, "%s", err.msg);
+    mx_gguf_writer_free(w);
+    mx_gguf *g;
+    cr_assert_eq(mx_gguf_open(full, &g, &err), 0, "%s", err.msg);
+    for (int with_merges = 1; with_merges >= 0; with_merges--) {
+        w = mx_gguf_writer_new();
+        for (uint64_t i = 0; i < g->n_kv; i++) {
+            const char *k = g->kv[i].key;
+            if (!strcmp(k, MX_GGUF_HF_JSON_KEY) || !strcmp(k, "general.alignment") ||
+                (!with_merges && !strcmp(k, "tokenizer.ggml.merges")))
+                continue;
+            cr_assert_eq(mx_gguf_w_copy(w, &g->kv[i], &err), 0, "%s", err.msg);
+        }
+        cr_assert_eq(mx_gguf_writer_save(w, keys, &err), 0, "%s", err.msg);
+        mx_gguf_writer_free(w);
+        mx_gguf *g2;
+        mx_tokenizer *back;
+        cr_assert_eq(mx_gguf_open(keys, &g2, &err), 0, "%s", err.msg);
+        cr_assert_eq(mx_tokenizer_from_gguf(g2, &back, &err), 0, "%s", err.msg);
+        cr_assert(mx_tokenizer_byte_fallback(back));
+        check_cases(with_merges ? "mistral (ggml keys)" : "mistral (ggml keys, merges from scores)", back,
+                    ref);
+        mx_tokenizer_free(back);
+        mx_gguf_close(g2);
+    }
+    mx_gguf_close(g);
+    remove(full);
+    remove(keys);
+    mx_chat_template_free(ct);
+    mx_tokenizer_free(t);
+    cJSON_Delete(ref);
 }
 
 Test(hf_tokenizer, refuses_unsupported_parts_by_name) {
