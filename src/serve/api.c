@@ -268,8 +268,11 @@ static int chat_prompt(const mx_api_env *env, const cJSON *req, mx_job *j, mx_ap
                               contents[i]};
         i++;
     }
-    char *text = rc ? NULL : mx_chat_render(m->chat, cm, n, true);
-    if (!rc && !text) rc = mx_api_fail(e, 500, NULL, "out of memory");
+    mx_err terr = {0};
+    char *text = rc ? NULL : mx_chat_render(m->chat, cm, n, true, &terr);
+    if (!rc && !text)
+        rc = terr.code == MX_ERR_NOMEM || !terr.code ? mx_api_fail(e, 500, NULL, "out of memory")
+                                                     : mx_api_fail(e, 400, NULL, "%s", terr.msg);
     if (!rc) rc = tokenize(env, text, j, e);
     if (!rc) j->stop_token = mx_tokenizer_find(m->tok, mx_chat_end_of_turn(m->chat));
     free(text);
