@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "../../src/backend/backend.h"
+#include "../../src/backend/cuda/cuda_stream.h"
 #include "../../src/base/rng.h"
 #include "../../src/io/quant.h"
 #include "../../src/model/session.h"
@@ -335,6 +336,7 @@ static void test_kv_write(void) {
 typedef struct {
     const char *name;
     int n_q, H, G, D, Dv, q_pos0, n_slots, window, causal, kv_lo, kv_hi;
+    int scale_kind; /* 0: 1/sqrt(D); 1: 0 (uniform weights); 2: -0.3 (the prefill kernels take scale > 0 only) */
 } attn_case;
 
 static void test_attention_case(const attn_case *c) {
@@ -349,7 +351,9 @@ static void test_attention_case(const attn_case *c) {
                        .causal = c->causal,
                        .kv_lo = c->kv_lo,
                        .kv_hi = c->kv_hi,
-                       .scale = 1.0f / sqrtf((float)c->D),
+                       .scale = c->scale_kind == 1   ? 0.0f
+                                : c->scale_kind == 2 ? -0.3f
+                                                     : 1.0f / sqrtf((float)c->D),
                        .q_stride = (size_t)c->H * c->D,
                        .k_stride = (size_t)c->G * c->D,
                        .v_stride = (size_t)c->G * c->Dv,
@@ -400,40 +404,45 @@ static void test_attention_case(const attn_case *c) {
 
 static void test_attention(void) {
     const attn_case cases[] = {
-        /* name                              T    H   G    D   Dv  pos0  slots  W  causal lo   hi */
-        {"prefill causal D64 GQA 9/3", 300, 9, 3, 64, 64, 0, 300, 0, 1, 0, 299},
-        {"prefill causal D128 GQA 8/2", 257, 8, 2, 128, 128, 0, 257, 0, 1, 0, 256},
-        {"prefill chunk at pos 200 D64", 100, 6, 2, 64, 64, 200, 512, 0, 1, 0, 299},
-        {"prefill window 50 D128 MHA", 300, 4, 4, 128, 128, 0, 300, 50, 1, 0, 299},
-        {"prefill ring W64 slots163 D64", 100, 9, 3, 64, 64, 400, 163, 64, 1, 337, 499},
-        {"prefill non-causal [10,400] D64", 130, 4, 2, 64, 64, 50, 512, 0, 0, 10, 400},
-        {"prefill non-causal D128 1 row", 1, 4, 4, 128, 128, 0, 700, 0, 0, 0, 699},
-        {"prefill empty rows (kv_lo 5)", 40, 2, 1, 64, 64, 0, 64, 0, 1, 5, 39},
+        /* name                              T    H   G    D   Dv  pos0  slots  W  causal lo   hi  scale */
+        {"prefill causal D64 GQA 9/3", 300, 9, 3, 64, 64, 0, 300, 0, 1, 0, 299, 0},
+        {"prefill causal D128 GQA 8/2", 257, 8, 2, 128, 128, 0, 257, 0, 1, 0, 256, 0},
+        {"prefill chunk at pos 200 D64", 100, 6, 2, 64, 64, 200, 512, 0, 1, 0, 299, 0},
+        {"prefill window 50 D128 MHA", 300, 4, 4, 128, 128, 0, 300, 50, 1, 0, 299, 0},
+        {"prefill ring W64 slots163 D64", 100, 9, 3, 64, 64, 400, 163, 64, 1, 337, 499, 0},
+        {"prefill non-causal [10,400] D64", 130, 4, 2, 64, 64, 50, 512, 0, 0, 10, 400, 0},
+        {"prefill non-causal D128 1 row", 1, 4, 4, 128, 128, 0, 700, 0, 0, 0, 699, 0},
+        {"prefill empty rows (kv_lo 5)", 40, 2, 1, 64, 64, 0, 64, 0, 1, 5, 39, 0},
         /* several query blocks per head (the wgmma kernel's 128/192-row blocks and 128-key tiles) */
-        {"prefill causal D128 T1000 GQA 8/2", 1000, 8, 2, 128, 128, 0, 1000, 0, 1, 0, 999},
-        {"prefill causal D64 T2048 GQA 8/2", 2048, 8, 2, 64, 64, 0, 2048, 0, 1, 0, 2047},
-        {"prefill causal D64 T1024 pos 1500 GQA 4/1", 1024, 4, 1, 64, 64, 1500, 4096, 0, 1, 0, 2523},
-        {"prefill causal D128 T1000 pos 777 GQA 4/1", 1000, 4, 1, 128, 128, 777, 2048, 0, 1, 0, 1776},
-        {"prefill non-causal D128 T1000 [0,699]", 1000, 4, 1, 128, 128, 0, 700, 0, 0, 0, 699},
-        {"prefill non-causal D64 T2048 [100,899]", 2048, 4, 2, 64, 64, 0, 1024, 0, 0, 100, 899},
-        {"prefill window 300 D64 T2048 GQA 4/2", 2048, 4, 2, 64, 64, 0, 2048, 300, 1, 0, 2047},
-        {"prefill ring W512 slots1200 D128 T600", 600, 4, 2, 128, 128, 3100, 1200, 512, 1, 2500, 3699},
-        {"decode T1 KV5001 D128 GQA 32/8", 1, 32, 8, 128, 128, 5000, 6000, 0, 1, 0, 5000},
-        {"decode T1 KV70 D64 GQA 9/3", 1, 9, 3, 64, 64, 69, 100, 0, 1, 0, 69},
-        {"decode T1 ring W100 D64", 1, 9, 3, 64, 64, 1000, 100, 100, 1, 901, 1000},
-        {"decode T3 D64 MQA 4/1", 3, 4, 1, 64, 64, 77, 128, 0, 1, 0, 79},
-        {"decode T2 KV20000 D64 window 3000", 2, 8, 2, 64, 64, 19998, 20000, 3000, 1, 0, 19999},
-        {"decode T1 KV40000 D128 GQA 8/8", 1, 8, 8, 128, 128, 39999, 40000, 0, 1, 0, 39999},
-        {"decode T1 D128 GQA 10/2 (R 5)", 1, 10, 2, 128, 128, 3000, 4096, 0, 1, 0, 3000},
-        {"decode T2 D128 ring W700 GQA 8/2", 2, 8, 2, 128, 128, 5000, 700, 700, 1, 4302, 5001},
-        {"decode T1 D64 kv_lo 1000 GQA 12/3", 1, 12, 3, 64, 64, 9000, 9100, 0, 1, 1000, 9000},
+        {"prefill causal D128 T1000 GQA 8/2", 1000, 8, 2, 128, 128, 0, 1000, 0, 1, 0, 999, 0},
+        {"prefill causal D64 T2048 GQA 8/2", 2048, 8, 2, 64, 64, 0, 2048, 0, 1, 0, 2047, 0},
+        {"prefill causal D64 T1024 pos 1500 GQA 4/1", 1024, 4, 1, 64, 64, 1500, 4096, 0, 1, 0, 2523, 0},
+        {"prefill causal D128 T1000 pos 777 GQA 4/1", 1000, 4, 1, 128, 128, 777, 2048, 0, 1, 0, 1776, 0},
+        {"prefill non-causal D128 T1000 [0,699]", 1000, 4, 1, 128, 128, 0, 700, 0, 0, 0, 699, 0},
+        {"prefill non-causal D64 T2048 [100,899]", 2048, 4, 2, 64, 64, 0, 1024, 0, 0, 100, 899, 0},
+        {"prefill window 300 D64 T2048 GQA 4/2", 2048, 4, 2, 64, 64, 0, 2048, 300, 1, 0, 2047, 0},
+        {"prefill ring W512 slots1200 D128 T600", 600, 4, 2, 128, 128, 3100, 1200, 512, 1, 2500, 3699, 0},
+        {"decode T1 KV5001 D128 GQA 32/8", 1, 32, 8, 128, 128, 5000, 6000, 0, 1, 0, 5000, 0},
+        {"decode T1 KV70 D64 GQA 9/3", 1, 9, 3, 64, 64, 69, 100, 0, 1, 0, 69, 0},
+        {"decode T1 ring W100 D64", 1, 9, 3, 64, 64, 1000, 100, 100, 1, 901, 1000, 0},
+        {"decode T3 D64 MQA 4/1", 3, 4, 1, 64, 64, 77, 128, 0, 1, 0, 79, 0},
+        {"decode T2 KV20000 D64 window 3000", 2, 8, 2, 64, 64, 19998, 20000, 3000, 1, 0, 19999, 0},
+        {"decode T1 KV40000 D128 GQA 8/8", 1, 8, 8, 128, 128, 39999, 40000, 0, 1, 0, 39999, 0},
+        {"decode T1 D128 GQA 10/2 (R 5)", 1, 10, 2, 128, 128, 3000, 4096, 0, 1, 0, 3000, 0},
+        {"decode T2 D128 ring W700 GQA 8/2", 2, 8, 2, 128, 128, 5000, 700, 700, 1, 4302, 5001, 0},
+        {"decode T1 D64 kv_lo 1000 GQA 12/3", 1, 12, 3, 64, 64, 9000, 9100, 0, 1, 1000, 9000, 0},
         /* every row count k_decode2 is compiled for (RM 2, 3, 4, 8), with and without split merges */
-        {"decode T1 D128 GQA 8/4 (R 2) KV9000", 1, 8, 4, 128, 128, 8999, 9000, 0, 1, 0, 8999},
-        {"decode T1 D64 GQA 9/3 (R 3) KV12000", 1, 9, 3, 64, 64, 11999, 12000, 0, 1, 0, 11999},
-        {"decode T1 D128 GQA 6/2 (R 3) ring W500", 1, 6, 2, 128, 128, 2000, 600, 500, 1, 1401, 2000},
-        {"decode T1 D64 GQA 8/4 (R 2) KV40", 1, 8, 4, 64, 64, 39, 64, 0, 1, 0, 39},
-        {"generic D96", 20, 4, 2, 96, 96, 10, 64, 0, 1, 0, 29},
-        {"generic MLA-like D576 Dv512", 5, 4, 1, 576, 512, 30, 64, 0, 1, 0, 34},
+        {"decode T1 D128 GQA 8/4 (R 2) KV9000", 1, 8, 4, 128, 128, 8999, 9000, 0, 1, 0, 8999, 0},
+        {"decode T1 D64 GQA 9/3 (R 3) KV12000", 1, 9, 3, 64, 64, 11999, 12000, 0, 1, 0, 11999, 0},
+        {"decode T1 D128 GQA 6/2 (R 3) ring W500", 1, 6, 2, 128, 128, 2000, 600, 500, 1, 1401, 2000, 0},
+        {"decode T1 D64 GQA 8/4 (R 2) KV40", 1, 8, 4, 64, 64, 39, 64, 0, 1, 0, 39, 0},
+        {"generic D96", 20, 4, 2, 96, 96, 10, 64, 0, 1, 0, 29, 0},
+        {"generic MLA-like D576 Dv512", 5, 4, 1, 576, 512, 30, 64, 0, 1, 0, 34, 0},
+        /* a scale that is not positive: prefill shapes go to k_generic, decode kernels scale before the max */
+        {"prefill causal D128 scale 0", 200, 4, 2, 128, 128, 0, 200, 0, 1, 0, 199, 1},
+        {"prefill causal D64 scale -0.3 GQA 8/2", 300, 8, 2, 64, 64, 0, 300, 0, 1, 0, 299, 2},
+        {"decode T1 D128 scale -0.3 GQA 8/2", 1, 8, 2, 128, 128, 999, 1000, 0, 1, 0, 999, 2},
+        {"decode T1 D64 scale 0 GQA 9/3", 1, 9, 3, 64, 64, 499, 512, 0, 1, 0, 499, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention_case(&cases[i]);
 }
@@ -860,13 +869,38 @@ static void test_moe_ffn(void) {
 }
 
 /* ---------------------------------------------------------------- decode fusions
- * One Llama layer at T = 1 through the op sequence forward.c issues (rmsnorm, q/k/v matmuls, ropes, KV
- * writes, attention, o matmul + residual, rmsnorm, gate/up, swiglu, down + residual, final norm + head),
- * three tokens in a row: with graphs on, cuda_graph.cu runs these as fused kernels (eagerly, then captured,
- * then replayed); every buffer the ops write is compared with the CPU's. */
+ * One Llama layer at T = 1 (rmsnorm, q/k/v matmuls, ropes, KV writes, attention, o matmul + residual, rmsnorm,
+ * gate/up, swiglu, down + residual, final norm + head), four tokens in a row: with graphs on, cuda_graph.cu
+ * runs these as fused kernels (eagerly, then captured, then replayed); every buffer the ops write is compared
+ * with the CPU's, and the backend's count of fused groups (cuda_fusion.cu) with what the order of the calls
+ * allows. Three orders of the same calls:
+ *   ORDER_MHA      as attention/mha.c and forward.c issue them;
+ *   ORDER_SWAPPED  independent calls swapped (v's matmul first, v's KV write before k's rope, q's rope after
+ *                  k's, up's matmul before gate's): the fusions are matched by data flow, so all still fuse;
+ *   ORDER_READER   an extra call that reads q between its matmul and its rope (q += ... into the attention
+ *                  output buffer, which attention then overwrites): q/k/v must not fuse (q's un-rotated value
+ *                  is read outside the group); the norm fuses with q's matmul instead. */
+enum { ORDER_MHA, ORDER_SWAPPED, ORDER_READER, N_ORDERS };
+
+static bool fusions_on(void) {
+    const char *g = getenv("MX_CUDA_GRAPHS"), *f = getenv("MX_CUDA_FUSE");
+    return !(g && !strcmp(g, "0")) && !(f && !strcmp(f, "0"));
+}
+
+/* The fused groups run since the last call, by kind (cuda_stream.h: mx_cuda_backend_fusions). */
+static void fusions_since(long *last, long *delta) {
+    long now[4];
+    mx_cuda_backend_fusions(gpu, now);
+    for (int k = 0; k < 4; k++) delta[k] = now[k] - last[k], last[k] = now[k];
+}
+
 static void test_fused_decode(void) {
     uint32_t types[] = {MX_Q4_1, MX_Q8_0, MX_Q6_K};
-    for (size_t ti = 0; ti < 3; ti++) {
+    long last[4];
+    mx_cuda_backend_fusions(gpu, last);
+    for (size_t tc = 0; tc < 3 * N_ORDERS; tc++) {
+        const size_t ti = tc / N_ORDERS;
+        const int order = (int)(tc % N_ORDERS);
         int C = 512, H = 8, G = 2, D = 64, F = 1024, S = 64, V = 3000;
         uint32_t ty = types[ti];
         mx_tensor wq = make_tensor(ty, C, H * D, "wq"), wk = make_tensor(ty, C, G * D, "wk"),
@@ -904,6 +938,8 @@ static void test_fused_decode(void) {
                 CK(cudaDeviceSynchronize());
             }
             /* CPU, then the same calls on the GPU */
+            long delta[4];
+            fusions_since(last, delta); /* the earlier steps' groups (flushed by the sync above) */
             for (int side = 0; side < 2; side++) {
                 mx_backend *be = side ? gpu : cpu;
                 float *X = side ? dx : x, *Hb = side ? dh : hh, *Q = side ? dq : hq, *K = side ? dk : hk,
@@ -911,13 +947,24 @@ static void test_fused_decode(void) {
                       *L = side ? dl : hl;
                 void *KS = side ? gk : (void *)kc, *VS = side ? gv : (void *)vc;
                 be->rmsnorm(be, X, &n1, Hb, 1, C, 1e-5f);
-                be->matmul(be, &wq, Hb, Q, 1);
-                be->rope(be, Q, 1, H, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
-                be->matmul(be, &wk, Hb, K, 1);
-                be->matmul(be, &wv, Hb, Vb, 1);
-                be->rope(be, K, 1, G, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
-                be->kv_write(be, KS, K, 1, G * D, pos, S);
-                be->kv_write(be, VS, Vb, 1, G * D, pos, S);
+                if (order == ORDER_SWAPPED) {
+                    be->matmul(be, &wv, Hb, Vb, 1);
+                    be->matmul(be, &wq, Hb, Q, 1);
+                    be->matmul(be, &wk, Hb, K, 1);
+                    be->kv_write(be, VS, Vb, 1, G * D, pos, S);
+                    be->rope(be, K, 1, G, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
+                    be->rope(be, Q, 1, H, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
+                    be->kv_write(be, KS, K, 1, G * D, pos, S);
+                } else {
+                    be->matmul(be, &wq, Hb, Q, 1);
+                    if (order == ORDER_READER) be->add(be, A, Q, H * D);
+                    be->rope(be, Q, 1, H, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
+                    be->matmul(be, &wk, Hb, K, 1);
+                    be->matmul(be, &wv, Hb, Vb, 1);
+                    be->rope(be, K, 1, G, D, D, pos, 10000.0f, MX_ROPE_ADJACENT);
+                    be->kv_write(be, KS, K, 1, G * D, pos, S);
+                    be->kv_write(be, VS, Vb, 1, G * D, pos, S);
+                }
                 if (!side) /* the reference stores the new row as the GPU does (bf16), so that attention
                             * compares like with like; random weights made the fp32-vs-bf16 row differ by up
                             * to ~4e-2 */
@@ -946,27 +993,45 @@ static void test_fused_decode(void) {
                 be->matmul(be, &wo, A, Hb, 1);
                 be->add(be, X, Hb, C);
                 be->rmsnorm(be, X, &n2, Hb, 1, C, 1e-5f);
-                be->matmul(be, &wg, Hb, Gb, 1);
-                be->matmul(be, &wu, Hb, U, 1);
+                if (order == ORDER_SWAPPED) {
+                    be->matmul(be, &wu, Hb, U, 1);
+                    be->matmul(be, &wg, Hb, Gb, 1);
+                } else {
+                    be->matmul(be, &wg, Hb, Gb, 1);
+                    be->matmul(be, &wu, Hb, U, 1);
+                }
                 be->swiglu(be, Gb, U, F);
                 be->matmul(be, &wd, Gb, Hb, 1);
                 be->add(be, X, Hb, C);
                 be->rmsnorm(be, X, &n1, Hb, 1, C, 1e-5f);
                 be->matmul(be, &wh, Hb, L, 1);
             }
+            static const char *order_names[] = {"mha order", "swapped", "q read before rope"};
             const char *what[] = {"x", "q", "k", "v", "attn", "gate*", "up", "head logits"};
             float *hs[] = {x, hq, hk, hv, ha, hg, hu, hl}, *ds[] = {dx, dq, dk, dv, da, dg, du, dl};
             size_t ns[] = {C, (size_t)H * D, (size_t)G * D, (size_t)G * D, (size_t)H * D, F, F, V};
             for (int b = 0; b < 8; b++) {
                 to_host(got, ds[b], ns[b]);
                 char name[96];
-                snprintf(name, sizeof name, "fused decode layer %s token %d: %s", mx_dtype_name(ty), step,
-                         what[b]);
+                snprintf(name, sizeof name, "fused decode layer %s %s token %d: %s", mx_dtype_name(ty),
+                         order_names[order], step, what[b]);
                 /* token 0's q/k/v come from exact inputs: the fused norm/GEMV/RoPE must match the fp32
                  * reference closely; everything after the first attention differs by the GPU's bf16 KV store
                  * (the CPU keeps fp32), which the attention tolerance (2e-2) covers */
                 check(name, got, hs[b], ns[b], step == 0 && b >= 1 && b <= 3 ? 1e-5 : 2e-2);
             }
+            /* the step's fused groups: q/k/v, gate/up, norm + GEMV (the head; q's matmul too when q/k/v cannot
+             * fuse), GEMV + add (o and down projections); none without recording or with MX_CUDA_FUSE=0 */
+            fusions_since(last, delta);
+            long want[4] = {order == ORDER_READER ? 0 : 1, 1, order == ORDER_READER ? 2 : 1, 2};
+            if (!fusions_on()) memset(want, 0, sizeof want);
+            bool same = !memcmp(delta, want, sizeof want);
+            printf(
+                "%s fused decode layer %s %s token %d: fused groups q/k/v %ld, gate/up %ld, norm+gemv %ld, "
+                "gemv+add %ld (want %ld %ld %ld %ld)\n",
+                same ? "PASS" : "FAIL", mx_dtype_name(ty), order_names[order], step, delta[0], delta[1],
+                delta[2], delta[3], want[0], want[1], want[2], want[3]);
+            same ? n_pass++ : n_fail++;
         }
         /* the KV stores, every slot */
         uint16_t *kb = malloc((size_t)S * G * D * 2);
@@ -977,7 +1042,10 @@ static void test_fused_decode(void) {
             if (i >= (P + 4) * G * D) kf[i] = kc[i] = 0.0f; /* unwritten slots: poison on the GPU */
         }
         char name[96];
-        snprintf(name, sizeof name, "fused decode layer %s: K store", mx_dtype_name(ty));
+        snprintf(name, sizeof name, "fused decode layer %s %s: K store", mx_dtype_name(ty),
+                 order == ORDER_MHA       ? "mha order"
+                 : order == ORDER_SWAPPED ? "swapped"
+                                          : "q read before rope");
         check(name, kf, kc, (size_t)S * G * D, 4e-3);
         free(kb), free(kf);
         mx_tensor *ws[] = {&wq, &wk, &wv, &wo, &wg, &wu, &wd, &wh, &n1, &n2};
@@ -1107,6 +1175,42 @@ static void test_generate_device(mx_model *m, const int *ids, int n) {
     }
 }
 
+/* The model's decode step takes the fused path (cuda_fusion.cu): for a Llama without biases, per layer one
+ * q/k/v group, one gate/up group and two GEMV + residual groups, and the head's norm + GEMV; counted over one
+ * decode step after a prefill (none when recording or fusion is off). */
+static void test_model_fusions(mx_model *m, const int *ids, int n) {
+    const mx_config *c = &m->cfg;
+    if (c->arch != MX_ARCH_LLAMA || c->attn_bias || c->mlp_bias || c->n_expert > 0) {
+        printf("NOTE model decode fusions: not checked (the expected groups are stated for a bias-free dense "
+               "Llama)\n");
+        return;
+    }
+    mx_err err = {0};
+    mx_session *s;
+    if (mx_session_create(m, gpu, 512, &s, &err)) {
+        printf("FAIL session: %s\n", err.msg);
+        n_fail++;
+        return;
+    }
+    float *lg = malloc(sizeof(float) * c->vocab);
+    mx_session_eval(s, ids, n, lg, false, &err);
+    long last[4], d[4];
+    mx_cuda_backend_fusions(gpu, last);
+    int tok = argmax(lg, c->vocab);
+    mx_session_eval(s, &tok, 1, lg, false, &err);
+    fusions_since(last, d);
+    long L = c->n_layer, want[4] = {L, L, 1, 2 * L};
+    if (!fusions_on()) memset(want, 0, sizeof want);
+    bool same = !memcmp(d, want, sizeof want);
+    printf("%s model decode step fused groups: q/k/v %ld, gate/up %ld, norm+gemv %ld, gemv+add %ld (want %ld "
+           "%ld "
+           "%ld %ld: %d layers)\n",
+           same ? "PASS" : "FAIL", d[0], d[1], d[2], d[3], want[0], want[1], want[2], want[3], c->n_layer);
+    same ? n_pass++ : n_fail++;
+    free(lg);
+    mx_session_free(s);
+}
+
 static void test_model(const char *path) {
     mx_err err = {0};
     mx_model *m;
@@ -1173,6 +1277,7 @@ static void test_model(const char *path) {
         mx_session_free(sc);
         mx_session_free(sg);
         if (pi == 0) test_generate_device(m, ids, n);
+        if (pi == 0) test_model_fusions(m, ids, n);
         free(ids);
     }
     free(lc), free(lg);

@@ -2,10 +2,11 @@
  *
  * forward.c calls ~17 ops per layer per token; launched one by one, a SmolLM2 decode step is ~520 kernel
  * launches and host launch overhead dominates. So by default (MX_CUDA_GRAPHS unset or not "0") every op call
- * is recorded, not launched: its arguments go into a record, and its position arguments (rope/kv_write pos0,
- * attention q_pos0/kv_lo/kv_hi) and embedding ids into a small host table (pinned). At a flush (to_host,
- * sync, free, upload, release, or a full record list) the records run:
+ * is recorded, not launched: its arguments go into a typed record (cuda_records.h), and its position
+ * arguments (rope/kv_write pos0, attention q_pos0/kv_lo/kv_hi) and embedding ids into a small host table
+ * (pinned). At a flush (to_host, sync, free, upload, release, or a full record list) the records run:
  *   - the table is uploaded in one copy; kernels read their position arguments from it (the dyn pointers);
+ *   - groups of one-token records that cuda_fusion.cu matches by data flow run as one fused kernel each;
  *   - a sequence seen for the first time runs eagerly; seen a second time it is captured into a CUDA graph;
  *     from then on, the same sequence (same ops, pointers, shapes; positions may differ) replays the graph.
  * Decode attention sizes its KV split from n_slots (fixed) in this mode so that the launch shapes do not
@@ -14,52 +15,15 @@
 #include <string.h>
 #include <time.h>
 
-#include "cuda_common.h"
-
-typedef enum {
-    R_MATMUL,
-    R_EMBED,
-    R_RMSNORM,
-    R_LAYERNORM,
-    R_ROPE,
-    R_SWIGLU,
-    R_GELU,
-    R_ADD,
-    R_ADD_BIAS,
-    R_ATTN,
-    R_KV,
-    R_FILL,
-    R_COPY3D,
-    R_MATMUL_T,
-    R_KV_READ,
-    R_GATHER,
-    R_SCATTER,
-    R_TANH,
-    R_SOFTMAX,
-    R_SCALE_ADD,
-    R_PREFIX_MEAN,
-    R_LSE_MERGE,
-    R_EMBED_DEV,
-    R_SAMPLE
-} rkind;
-
-typedef struct {
-    int kind;
-    int dyn_off; /* offset of this op's dynamic ints in the table */
-    mx_cuda_weight w;
-    const void *a, *b, *c, *d, *e;
-    int i0, i1, i2, i3, i4, i5;
-    size_t z0, z1, z2, z3;
-    float f0;
-    mx_attn_spec spec; /* with q_pos0, kv_lo, kv_hi zeroed (they are dynamic) */
-} rec;
+#include "cuda_records.h"
 
 typedef struct {
     rec *recs;
     int n_recs, n_dyn;
     uint64_t hash; /* of recs, n_recs and n_dyn: the lookup's first test */
     unsigned gen;
-    cudaGraphExec_t exec; /* NULL: seen once, not captured yet */
+    cudaGraphExec_t exec;     /* NULL: seen once, not captured yet */
+    long n_fused[FUSE_KINDS]; /* the fused groups one run of the sequence launches (counted at replays) */
     unsigned long long last_use;
     /* MX_CUDA_TIMING=1: replays timed with events (gpu_s), host time in cudaGraphLaunch (launch_s), and the
      * host clock from one replay's flush to the next replay's (period_s, replays that follow one another
@@ -88,6 +52,10 @@ typedef struct {
     cudaEvent_t t0, t1;
     gentry *timed; /* the replay whose events are pending */
     gentry *last_replay;
+    int plan[MAX_RECS]; /* run_all's fusion plan (cuda_records.h: mx_cuda_fuse_plan) */
+    fuse_group groups[MAX_RECS];
+    long run_fused[FUSE_KINDS];   /* the groups of the last run_all */
+    long total_fused[FUSE_KINDS]; /* every group launched or replayed since the backend was created */
 } gstate;
 
 static double now_s(void) {
@@ -126,174 +94,117 @@ static void run_rec(mx_cuda_ctx *c, const rec *r, const int *dyn) {
     const int *d = dyn + r->dyn_off;
     switch (r->kind) {
     case R_MATMUL:
-        mx_cuda_matmul_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0);
-        break;
-    case R_EMBED:
-        mx_cuda_embed_k(c, &r->w, d, r->i0, (float *)r->b);
-        break;
-    case R_RMSNORM:
-        mx_cuda_rmsnorm_k(c, (const float *)r->a, (const float *)r->c, (float *)r->b, r->i0, r->i1, r->f0);
-        break;
-    case R_LAYERNORM:
-        mx_cuda_layernorm_k(c, (const float *)r->a, (const float *)r->c, (const float *)r->d, (float *)r->b,
-                            r->i0, r->i1, r->f0);
-        break;
-    case R_ROPE:
-        mx_cuda_rope_k(c, (float *)r->a, r->i0, r->i1, r->i2, r->i3, 0, r->f0, (mx_rope_mode)r->i4, d);
-        break;
-    case R_SWIGLU:
-        mx_cuda_swiglu_k(c, (float *)r->a, (const float *)r->b, r->i0);
-        break;
-    case R_GELU:
-        mx_cuda_gelu_k(c, (float *)r->a, r->i0);
-        break;
-    case R_ADD:
-        mx_cuda_add_k(c, (float *)r->a, (const float *)r->b, r->i0);
-        break;
-    case R_ADD_BIAS:
-        mx_cuda_add_bias_k(c, (float *)r->a, (const float *)r->c, r->i0, r->i1);
-        break;
-    case R_ATTN:
-        mx_cuda_attention_k(c, &r->spec, (const float *)r->a, r->c, r->d, (float *)r->b, (float *)r->e, d,
-                            true);
-        break;
-    case R_KV:
-        mx_cuda_kv_write_k(c, (void *)r->b, (const float *)r->a, r->i0, r->i1, 0, r->i2, d);
-        break;
-    case R_FILL:
-        mx_cuda_fill_k(c, (float *)r->a, r->z0, r->f0);
-        break;
-    case R_COPY3D:
-        mx_cuda_copy3d_k(c, (float *)r->a, (const float *)r->b, r->i0, r->i1, r->i2, r->z0, r->z1, r->z2,
-                         r->z3);
+        mx_cuda_matmul_k(c, &r->u.mm.w, r->u.mm.x, r->u.mm.y, r->u.mm.T);
         break;
     case R_MATMUL_T:
-        mx_cuda_matmul_t_k(c, &r->w, (const float *)r->a, (float *)r->b, r->i0);
+        mx_cuda_matmul_t_k(c, &r->u.mm.w, r->u.mm.x, r->u.mm.y, r->u.mm.T);
         break;
-    case R_KV_READ:
-        mx_cuda_kv_read_k(c, r->a, (float *)r->b, r->i0, r->i1, 0, r->i2, d);
-        break;
-    case R_GATHER:
-        mx_cuda_gather_rows_k(c, (float *)r->a, (const float *)r->b, d, r->i0, r->i1);
-        break;
-    case R_SCATTER:
-        mx_cuda_scatter_add_rows_k(c, (float *)r->a, (const float *)r->b, d, (const float *)(d + r->i0),
-                                   r->i0, r->i1, r->i2);
-        break;
-    case R_TANH:
-        mx_cuda_tanh_k(c, (float *)r->a, r->i0);
-        break;
-    case R_SOFTMAX:
-        mx_cuda_softmax_rows_k(c, (float *)r->a, r->i0, r->i1);
-        break;
-    case R_SCALE_ADD:
-        mx_cuda_scale_add_rows_k(c, (float *)r->a, (const float *)r->b, r->z0, (const float *)r->c, r->z1,
-                                 r->i0, r->i1);
-        break;
-    case R_PREFIX_MEAN:
-        mx_cuda_prefix_mean_k(c, (const float *)r->a, r->i0, r->i1, (float *)r->c, 0, r->i2, (float *)r->b,
-                              d);
-        break;
-    case R_LSE_MERGE:
-        mx_cuda_lse_merge_k(c, (const float *)r->a, (const float *)r->c, r->z0, r->i0, r->i1, r->i2, r->i3,
-                            (float *)r->b, (float *)r->d);
+    case R_EMBED:
+        mx_cuda_embed_k(c, &r->u.embed.w, d, r->u.embed.T, r->u.embed.out);
         break;
     case R_EMBED_DEV:
-        mx_cuda_embed_k(c, &r->w, (const int *)r->a, r->i0, (float *)r->b);
+        mx_cuda_embed_k(c, &r->u.embed.w, r->u.embed.ids, r->u.embed.T, r->u.embed.out);
+        break;
+    case R_RMSNORM:
+        mx_cuda_rmsnorm_k(c, r->u.norm.x, r->u.norm.w, r->u.norm.out, r->u.norm.T, r->u.norm.C,
+                          r->u.norm.eps);
+        break;
+    case R_LAYERNORM:
+        mx_cuda_layernorm_k(c, r->u.norm.x, r->u.norm.w, r->u.norm.b, r->u.norm.out, r->u.norm.T, r->u.norm.C,
+                            r->u.norm.eps);
+        break;
+    case R_ROPE:
+        mx_cuda_rope_k(c, r->u.rope.x, r->u.rope.T, r->u.rope.n_head, r->u.rope.head_dim, r->u.rope.rope_dim,
+                       0, r->u.rope.theta, r->u.rope.mode, d);
+        break;
+    case R_SWIGLU:
+        mx_cuda_swiglu_k(c, r->u.swiglu.g, r->u.swiglu.u, r->u.swiglu.n);
+        break;
+    case R_GELU:
+        mx_cuda_gelu_k(c, r->u.unary.x, r->u.unary.n);
+        break;
+    case R_TANH:
+        mx_cuda_tanh_k(c, r->u.unary.x, r->u.unary.n);
+        break;
+    case R_ADD:
+        mx_cuda_add_k(c, r->u.add.y, r->u.add.x, r->u.add.n);
+        break;
+    case R_ADD_BIAS:
+        mx_cuda_add_bias_k(c, r->u.add_bias.y, r->u.add_bias.b, r->u.add_bias.T, r->u.add_bias.n);
+        break;
+    case R_ATTN:
+        mx_cuda_attention_k(c, &r->u.attn.spec, r->u.attn.q, r->u.attn.k, r->u.attn.v, r->u.attn.out,
+                            r->u.attn.lse, d, true);
+        break;
+    case R_KV:
+        mx_cuda_kv_write_k(c, r->u.kv.store, r->u.kv.src, r->u.kv.T, r->u.kv.n, 0, r->u.kv.n_slots, d);
+        break;
+    case R_KV_READ:
+        mx_cuda_kv_read_k(c, r->u.kv_read.store, r->u.kv_read.dst, r->u.kv_read.T, r->u.kv_read.n, 0,
+                          r->u.kv_read.n_slots, d);
+        break;
+    case R_FILL:
+        mx_cuda_fill_k(c, r->u.fill.x, r->u.fill.n, r->u.fill.value);
+        break;
+    case R_COPY3D:
+        mx_cuda_copy3d_k(c, r->u.copy3d.dst, r->u.copy3d.src, r->u.copy3d.n0, r->u.copy3d.n1, r->u.copy3d.n2,
+                         r->u.copy3d.ds1, r->u.copy3d.ss1, r->u.copy3d.ds2, r->u.copy3d.ss2);
+        break;
+    case R_GATHER:
+        mx_cuda_gather_rows_k(c, r->u.gather.dst, r->u.gather.src, d, r->u.gather.rows, r->u.gather.n);
+        break;
+    case R_SCATTER:
+        mx_cuda_scatter_add_rows_k(c, r->u.scatter.dst, r->u.scatter.src, d,
+                                   (const float *)(d + r->u.scatter.rows), r->u.scatter.rows, r->u.scatter.n,
+                                   r->u.scatter.distinct);
+        break;
+    case R_SOFTMAX:
+        mx_cuda_softmax_rows_k(c, r->u.softmax.x, r->u.softmax.T, r->u.softmax.n);
+        break;
+    case R_SCALE_ADD:
+        mx_cuda_scale_add_rows_k(c, r->u.scale_add.y, r->u.scale_add.x, r->u.scale_add.x_stride,
+                                 r->u.scale_add.w, r->u.scale_add.w_stride, r->u.scale_add.T,
+                                 r->u.scale_add.n);
+        break;
+    case R_PREFIX_MEAN:
+        mx_cuda_prefix_mean_k(c, r->u.prefix_mean.x, r->u.prefix_mean.T, r->u.prefix_mean.C,
+                              r->u.prefix_mean.sums, 0, r->u.prefix_mean.n_slots, r->u.prefix_mean.mean, d);
+        break;
+    case R_LSE_MERGE:
+        mx_cuda_lse_merge_k(c, r->u.lse_merge.outs, r->u.lse_merge.lses, r->u.lse_merge.part_stride,
+                            r->u.lse_merge.R, r->u.lse_merge.T, r->u.lse_merge.H, r->u.lse_merge.Dv,
+                            r->u.lse_merge.out, r->u.lse_merge.lse);
         break;
     case R_SAMPLE: {
-        mx_sample_spec sp = {r->f0, 0.0f, 0.0f, r->i1, 0.0f};
-        memcpy(&sp.top_p, &r->z0,
-               sizeof(float)); /* top_p and min_p ride in z0/z1 (f0 holds the temperature) */
-        memcpy(&sp.min_p, &r->z1, sizeof(float));
-        mx_cuda_sample_k(c, (const float *)r->a, r->i0, &sp, d, (int *)r->b);
+        mx_sample_spec sp;
+        memset(&sp, 0, sizeof sp);
+        sp.temperature = r->u.sample.temperature, sp.top_k = r->u.sample.top_k;
+        sp.top_p = r->u.sample.top_p, sp.min_p = r->u.sample.min_p; /* u: dyn[0], read on the device */
+        mx_cuda_sample_k(c, r->u.sample.logits, r->u.sample.vocab, &sp, d, r->u.sample.tok);
         break;
     }
     }
 }
 
-/* ---- decode fusions ----
- * At run time (eagerly or while capturing), runs of records of one token (T = 1) that match these patterns
- * run as one fused kernel (cuda_matmul.cu: k_fused) that writes every output the records would have written:
- *   QKV:    rmsnorm(x->h), matmul(wq,h->q), rope(q), matmul(wk,h->k), matmul(wv,h->v), rope(k), kv_write(k),
- *           kv_write(v)                                   (Llama attention input: 8 launches -> 1)
- *   GATEUP: rmsnorm(x->h), matmul(wg,h->g), matmul(wu,h->u), swiglu(g,u)              (4 -> 1)
- *   NORMMM: rmsnorm(x->h), matmul(w,h->y)                                              (2 -> 1; the head)
- *   MMADD:  matmul(w,a->y), add(r += y)                    (o/down projection + residual: 2 -> 1)
- * MX_CUDA_FUSE=0 turns them off (every op then runs as its own kernel). */
-static bool fuse_enabled(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MX_CUDA_FUSE");
-        v = e && !strcmp(e, "0") ? 0 : 1;
-    }
-    return v == 1;
-}
-
-static bool is_mm1(const rec *r, const void *in, int n_in) {
-    return r->kind == R_MATMUL && r->i0 == 1 && r->a == in && ((uintptr_t)in & 15) == 0 &&
-           mx_cuda_fused_ok(&r->w, n_in);
-}
-
-static int try_fuse(mx_cuda_ctx *c, const rec *r, int left, const int *dyn) {
-    if (r[0].kind == R_RMSNORM && r[0].i0 == 1 && r[0].a != r[0].b) {
-        const void *x = r[0].a, *h = r[0].b;
-        int C = r[0].i1;
-        if (left >= 8 && is_mm1(&r[1], h, C) && r[2].kind == R_ROPE && r[2].a == r[1].b &&
-            is_mm1(&r[3], h, C) && is_mm1(&r[4], h, C) && r[5].kind == R_ROPE && r[5].a == r[3].b &&
-            r[6].kind == R_KV && r[6].a == r[3].b && r[7].kind == R_KV && r[7].a == r[4].b) {
-            int H = r[2].i1, G = r[5].i1, D = r[2].i2, rd = r[2].i3;
-            const void *q = r[1].b, *k = r[3].b, *v = r[4].b;
-            bool ok = r[2].i0 == 1 && r[5].i0 == 1 && r[5].i2 == D && r[5].i3 == rd && r[5].i4 == r[2].i4 &&
-                      r[5].f0 == r[2].f0 && D % 2 == 0 && rd % 2 == 0 && rd <= D && rd > 0 &&
-                      r[1].w.n_out == (int64_t)H * D && r[3].w.n_out == (int64_t)G * D &&
-                      r[4].w.n_out == (int64_t)G * D && r[6].i0 == 1 && r[7].i0 == 1 && r[6].i1 == G * D &&
-                      r[7].i1 == G * D && r[6].i2 == r[7].i2 && q != k && q != v && k != v && q != x &&
-                      k != x && v != x && q != h && k != h && v != h && r[6].b != r[7].b;
-            if (ok) {
-                mx_cuda_fused_qkv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
-                                  (float *)q, &r[3].w, (float *)k, &r[4].w, (float *)v, H, G, D, rd,
-                                  r[2].i4 == MX_ROPE_ADJACENT, r[2].f0, 1, 1, dyn + r[2].dyn_off,
-                                  dyn + r[5].dyn_off, (void *)r[6].b, (void *)r[7].b, r[6].i2,
-                                  dyn + r[6].dyn_off, dyn + r[7].dyn_off);
-                return 8;
-            }
-        }
-        if (left >= 4 && is_mm1(&r[1], h, C) && is_mm1(&r[2], h, C) && r[3].kind == R_SWIGLU &&
-            r[3].a == r[1].b && r[3].b == r[2].b && r[1].w.n_out == r[2].w.n_out && r[3].i0 == r[1].w.n_out &&
-            r[1].b != r[2].b && r[1].b != x && r[2].b != x && r[1].b != h && r[2].b != h) {
-            mx_cuda_fused_gateup(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
-                                 (float *)r[1].b, &r[2].w, (float *)r[2].b);
-            return 4;
-        }
-        if (left >= 2 && is_mm1(&r[1], h, C) && r[1].b != x && r[1].b != h) {
-            mx_cuda_fused_gemv(c, (const float *)x, (const float *)r[0].c, (float *)h, r[0].f0, &r[1].w,
-                               (float *)r[1].b, NULL);
-            return 2;
-        }
-        return 0;
-    }
-    if (r[0].kind == R_MATMUL && left >= 2 && r[1].kind == R_ADD && r[1].b == r[0].b && r[0].i0 == 1 &&
-        r[1].i0 == r[0].w.n_out && r[1].a != r[0].a && r[1].a != r[0].b &&
-        is_mm1(&r[0], r[0].a, (int)r[0].w.n_in)) {
-        mx_cuda_fused_gemv(c, (const float *)r[0].a, NULL, NULL, 0.0f, &r[0].w, (float *)r[0].b,
-                           (float *)r[1].a);
-        return 2;
-    }
-    return 0;
-}
-
+/* Runs the flush's records in order, each fused group (cuda_fusion.cu) as one kernel at its first record's
+ * place; the groups' counts by kind go to g->run_fused (the caller adds them to the totals once the sequence
+ * has run). */
 static void run_all(mx_cuda_ctx *c, gstate *g) {
-    bool fuse = fuse_enabled();
-    for (int i = 0; i < g->n_recs;) {
-        int n = fuse ? try_fuse(c, &g->recs[i], g->n_recs - i, g->dyn_d) : 0;
-        if (n) {
-            i += n;
-            continue;
+    int n_groups = c->tune.fuse ? mx_cuda_fuse_plan(g->recs, g->n_recs, g->plan, g->groups) : 0;
+    memset(g->run_fused, 0, sizeof g->run_fused);
+    for (int i = 0; i < g->n_recs; i++) {
+        int pl = n_groups ? g->plan[i] : -1;
+        if (pl == -1) {
+            run_rec(c, &g->recs[i], g->dyn_d);
+        } else if (pl >= 0) {
+            mx_cuda_fuse_run(c, g->recs, &g->groups[pl], g->dyn_d);
+            g->run_fused[g->groups[pl].kind]++;
         }
-        run_rec(c, &g->recs[i], g->dyn_d);
-        i++;
     }
+}
+
+static void count_fused(gstate *g, const long *n) {
+    for (int k = 0; k < FUSE_KINDS; k++) g->total_fused[k] += n[k];
 }
 
 static void drop(gentry *e) {
@@ -380,6 +291,7 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
         } else {
             CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
         }
+        count_fused(g, hit->n_fused);
     } else if (hit) { /* second sighting: capture */
         hit->last_use = g->clock;
         cudaGraph_t graph = NULL;
@@ -393,12 +305,15 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
         if (!c->capture_broken && c->gen == gen0) {
             CU_CHECK(cudaGraphInstantiate(&hit->exec, graph, 0));
             CU_CHECK(cudaGraphLaunch(hit->exec, c->stream));
+            memcpy(hit->n_fused, g->run_fused, sizeof hit->n_fused);
         } else {
             run_all(c, g); /* grows what it needs; the next sighting captures */
         }
+        count_fused(g, g->run_fused);
         CU_CHECK(cudaGraphDestroy(graph));
     } else { /* first sighting: run eagerly, remember the sequence (least recently used out first) */
         run_all(c, g);
+        count_fused(g, g->run_fused);
         size_t need = sizeof(rec) * (size_t)g->n_recs;
         for (gentry *o; g->rec_bytes + need > REC_BYTES_MAX && (o = lru(g, false));) forget(g, o);
         gentry *e = lru(g, true);
@@ -408,6 +323,7 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
             memcpy(e->recs, g->recs, need);
             e->n_recs = g->n_recs, e->n_dyn = g->n_dyn, e->gen = c->gen, e->last_use = g->clock,
             e->hash = hash;
+            memcpy(e->n_fused, g->run_fused, sizeof e->n_fused);
             g->rec_bytes += need;
         }
     }
@@ -416,7 +332,7 @@ void mx_cuda_graph_flush(mx_cuda_ctx *c) {
 }
 
 /* A new record (zeroed, so that padding compares equal) with room for n_dyn dynamic ints. */
-static rec *new_rec(mx_cuda_ctx *c, int kind, int n_dyn, int **dyn) {
+static rec *new_rec(mx_cuda_ctx *c, rkind kind, int n_dyn, int **dyn) {
     gstate *g = gs(c);
     if (g->n_recs == MAX_RECS || g->n_dyn + n_dyn > MAX_DYN) mx_cuda_graph_flush(c);
     if (g->n_recs == 0 &&
@@ -458,7 +374,7 @@ static void op_matmul(mx_backend *be, const mx_tensor *w, const float *x, float 
     }
     int *d;
     rec *r = new_rec(c, R_MATMUL, 0, &d);
-    r->w = wcopy(c, w), r->a = x, r->b = y, r->i0 = T;
+    r->u.mm.w = wcopy(c, w), r->u.mm.x = x, r->u.mm.y = y, r->u.mm.T = T;
 }
 
 static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out) {
@@ -475,7 +391,7 @@ static void op_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, 
     int *d;
     rec *r = new_rec(c, R_EMBED, T, &d);
     memcpy(d, ids, sizeof(int) * (size_t)T);
-    r->w = wcopy(c, w), r->b = out, r->i0 = T;
+    r->u.embed.w = wcopy(c, w), r->u.embed.out = out, r->u.embed.T = T;
 }
 
 static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C,
@@ -484,7 +400,8 @@ static void op_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float
     if (!recording(be)) return mx_cuda_rmsnorm_k(c, x, vec(w), out, T, C, eps);
     int *d;
     rec *r = new_rec(c, R_RMSNORM, 0, &d);
-    r->a = x, r->b = out, r->c = vec(w), r->i0 = T, r->i1 = C, r->f0 = eps;
+    r->u.norm.x = x, r->u.norm.out = out, r->u.norm.w = vec(w), r->u.norm.T = T, r->u.norm.C = C;
+    r->u.norm.eps = eps;
 }
 
 static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out,
@@ -494,7 +411,8 @@ static void op_layernorm(mx_backend *be, const float *x, const mx_tensor *w, con
     if (!recording(be)) return mx_cuda_layernorm_k(c, x, vec(w), bp, out, T, C, eps);
     int *d;
     rec *r = new_rec(c, R_LAYERNORM, 0, &d);
-    r->a = x, r->b = out, r->c = vec(w), r->d = bp, r->i0 = T, r->i1 = C, r->f0 = eps;
+    r->u.norm.x = x, r->u.norm.out = out, r->u.norm.w = vec(w), r->u.norm.b = bp, r->u.norm.T = T;
+    r->u.norm.C = C, r->u.norm.eps = eps;
 }
 
 static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, int rope_dim, int pos0,
@@ -504,7 +422,8 @@ static void op_rope(mx_backend *be, float *x, int T, int n_head, int head_dim, i
     int *d;
     rec *r = new_rec(c, R_ROPE, 1, &d);
     d[0] = pos0;
-    r->a = x, r->i0 = T, r->i1 = n_head, r->i2 = head_dim, r->i3 = rope_dim, r->i4 = (int)mode, r->f0 = theta;
+    r->u.rope.x = x, r->u.rope.T = T, r->u.rope.n_head = n_head, r->u.rope.head_dim = head_dim;
+    r->u.rope.rope_dim = rope_dim, r->u.rope.mode = mode, r->u.rope.theta = theta;
 }
 
 static void op_swiglu(mx_backend *be, float *g, const float *u, int n) {
@@ -512,7 +431,7 @@ static void op_swiglu(mx_backend *be, float *g, const float *u, int n) {
     if (!recording(be)) return mx_cuda_swiglu_k(c, g, u, n);
     int *d;
     rec *r = new_rec(c, R_SWIGLU, 0, &d);
-    r->a = g, r->b = u, r->i0 = n;
+    r->u.swiglu.g = g, r->u.swiglu.u = u, r->u.swiglu.n = n;
 }
 
 static void op_gelu(mx_backend *be, float *x, int n) {
@@ -520,7 +439,7 @@ static void op_gelu(mx_backend *be, float *x, int n) {
     if (!recording(be)) return mx_cuda_gelu_k(c, x, n);
     int *d;
     rec *r = new_rec(c, R_GELU, 0, &d);
-    r->a = x, r->i0 = n;
+    r->u.unary.x = x, r->u.unary.n = n;
 }
 
 static void op_add(mx_backend *be, float *y, const float *x, int n) {
@@ -528,7 +447,7 @@ static void op_add(mx_backend *be, float *y, const float *x, int n) {
     if (!recording(be)) return mx_cuda_add_k(c, y, x, n);
     int *d;
     rec *r = new_rec(c, R_ADD, 0, &d);
-    r->a = y, r->b = x, r->i0 = n;
+    r->u.add.y = y, r->u.add.x = x, r->u.add.n = n;
 }
 
 static void op_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int n) {
@@ -536,7 +455,7 @@ static void op_add_bias(mx_backend *be, float *y, const mx_tensor *b, int T, int
     if (!recording(be)) return mx_cuda_add_bias_k(c, y, vec(b), T, n);
     int *d;
     rec *r = new_rec(c, R_ADD_BIAS, 0, &d);
-    r->a = y, r->c = vec(b), r->i0 = T, r->i1 = n;
+    r->u.add_bias.y = y, r->u.add_bias.b = vec(b), r->u.add_bias.T = T, r->u.add_bias.n = n;
 }
 
 static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k,
@@ -546,9 +465,9 @@ static void op_attention(mx_backend *be, const mx_attn_spec *spec, const float *
     int *d;
     rec *r = new_rec(c, R_ATTN, 3, &d);
     d[0] = spec->q_pos0, d[1] = spec->kv_lo, d[2] = spec->kv_hi;
-    r->spec = *spec;
-    r->spec.q_pos0 = r->spec.kv_lo = r->spec.kv_hi = 0;
-    r->a = q, r->c = k, r->d = v, r->b = out, r->e = lse;
+    r->u.attn.spec = *spec;
+    r->u.attn.spec.q_pos0 = r->u.attn.spec.kv_lo = r->u.attn.spec.kv_hi = 0;
+    r->u.attn.q = q, r->u.attn.k = k, r->u.attn.v = v, r->u.attn.out = out, r->u.attn.lse = lse;
 }
 
 static void op_kv_write(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots) {
@@ -557,7 +476,7 @@ static void op_kv_write(mx_backend *be, void *store, const float *src, int T, in
     int *d;
     rec *r = new_rec(c, R_KV, 1, &d);
     d[0] = pos0;
-    r->a = src, r->b = store, r->i0 = T, r->i1 = n, r->i2 = n_slots;
+    r->u.kv.store = store, r->u.kv.src = src, r->u.kv.T = T, r->u.kv.n = n, r->u.kv.n_slots = n_slots;
 }
 
 /* ---- the MoE / MLA / MKA ops ---- */
@@ -567,7 +486,7 @@ static void op_fill(mx_backend *be, float *x, size_t n, float value) {
     if (!recording(be)) return mx_cuda_fill_k(c, x, n, value);
     int *d;
     rec *r = new_rec(c, R_FILL, 0, &d);
-    r->a = x, r->z0 = n, r->f0 = value;
+    r->u.fill.x = x, r->u.fill.n = n, r->u.fill.value = value;
 }
 
 static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int n1, int n2, size_t ds1,
@@ -576,8 +495,9 @@ static void op_copy3d(mx_backend *be, float *dst, const float *src, int n0, int 
     if (!recording(be)) return mx_cuda_copy3d_k(c, dst, src, n0, n1, n2, ds1, ss1, ds2, ss2);
     int *d;
     rec *r = new_rec(c, R_COPY3D, 0, &d);
-    r->a = dst, r->b = src, r->i0 = n0, r->i1 = n1, r->i2 = n2, r->z0 = ds1, r->z1 = ss1, r->z2 = ds2,
-    r->z3 = ss2;
+    r->u.copy3d.dst = dst, r->u.copy3d.src = src, r->u.copy3d.n0 = n0, r->u.copy3d.n1 = n1,
+    r->u.copy3d.n2 = n2;
+    r->u.copy3d.ds1 = ds1, r->u.copy3d.ss1 = ss1, r->u.copy3d.ds2 = ds2, r->u.copy3d.ss2 = ss2;
 }
 
 static void op_matmul_t(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T) {
@@ -588,7 +508,7 @@ static void op_matmul_t(mx_backend *be, const mx_tensor *w, const float *x, floa
     }
     int *d;
     rec *r = new_rec(c, R_MATMUL_T, 0, &d);
-    r->w = wcopy(c, w), r->a = x, r->b = y, r->i0 = T;
+    r->u.mm.w = wcopy(c, w), r->u.mm.x = x, r->u.mm.y = y, r->u.mm.T = T;
 }
 
 static void op_kv_read(mx_backend *be, const void *store, float *dst, int T, int n, int pos0, int n_slots) {
@@ -597,7 +517,8 @@ static void op_kv_read(mx_backend *be, const void *store, float *dst, int T, int
     int *d;
     rec *r = new_rec(c, R_KV_READ, 1, &d);
     d[0] = pos0;
-    r->a = store, r->b = dst, r->i0 = T, r->i1 = n, r->i2 = n_slots;
+    r->u.kv_read.store = store, r->u.kv_read.dst = dst, r->u.kv_read.T = T, r->u.kv_read.n = n;
+    r->u.kv_read.n_slots = n_slots;
 }
 
 static void op_moe_route(mx_backend *be, const float *logits, int T, int E, int k, bool norm, float scale,
@@ -636,7 +557,7 @@ static void op_gather_rows(mx_backend *be, float *dst, const float *src, const i
     int *d;
     rec *r = new_rec(c, R_GATHER, rows, &d);
     memcpy(d, idx, sizeof(int) * (size_t)rows);
-    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n;
+    r->u.gather.dst = dst, r->u.gather.src = src, r->u.gather.rows = rows, r->u.gather.n = n;
 }
 
 /* Whether no index repeats (then scatter_add_rows runs every row at once). */
@@ -659,9 +580,8 @@ static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, co
                                 int rows, int n) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (rows <= 0) return;
-    static int serial = -1; /* MX_CUDA_SCATTER=serial: always the in-order kernel (A/B checks) */
-    if (serial < 0) serial = getenv("MX_CUDA_SCATTER") && !strcmp(getenv("MX_CUDA_SCATTER"), "serial");
-    bool distinct = !serial && all_distinct(idx, rows);
+    /* MX_CUDA_SCATTER=serial: always the in-order kernel (A/B checks) */
+    bool distinct = !c->tune.scatter_serial && all_distinct(idx, rows);
     if (!recording(be) || rows > MAX_DYN / 8) {
         mx_cuda_graph_flush(c);
         const int *dd = stage_host(c, idx, w, rows);
@@ -671,7 +591,8 @@ static void op_scatter_add_rows(mx_backend *be, float *dst, const float *src, co
     rec *r = new_rec(c, R_SCATTER, 2 * rows, &d);
     memcpy(d, idx, sizeof(int) * (size_t)rows);
     memcpy(d + rows, w, sizeof(float) * (size_t)rows);
-    r->a = dst, r->b = src, r->i0 = rows, r->i1 = n, r->i2 = distinct;
+    r->u.scatter.dst = dst, r->u.scatter.src = src, r->u.scatter.rows = rows, r->u.scatter.n = n;
+    r->u.scatter.distinct = distinct;
 }
 
 static void op_tanh(mx_backend *be, float *x, int n) {
@@ -679,7 +600,7 @@ static void op_tanh(mx_backend *be, float *x, int n) {
     if (!recording(be)) return mx_cuda_tanh_k(c, x, n);
     int *d;
     rec *r = new_rec(c, R_TANH, 0, &d);
-    r->a = x, r->i0 = n;
+    r->u.unary.x = x, r->u.unary.n = n;
 }
 
 static void op_softmax_rows(mx_backend *be, float *x, int T, int n) {
@@ -687,7 +608,7 @@ static void op_softmax_rows(mx_backend *be, float *x, int T, int n) {
     if (!recording(be)) return mx_cuda_softmax_rows_k(c, x, T, n);
     int *d;
     rec *r = new_rec(c, R_SOFTMAX, 0, &d);
-    r->a = x, r->i0 = T, r->i1 = n;
+    r->u.softmax.x = x, r->u.softmax.T = T, r->u.softmax.n = n;
 }
 
 static void op_scale_add_rows(mx_backend *be, float *y, const float *x, size_t x_stride, const float *w,
@@ -696,7 +617,8 @@ static void op_scale_add_rows(mx_backend *be, float *y, const float *x, size_t x
     if (!recording(be)) return mx_cuda_scale_add_rows_k(c, y, x, x_stride, w, w_stride, T, n);
     int *d;
     rec *r = new_rec(c, R_SCALE_ADD, 0, &d);
-    r->a = y, r->b = x, r->c = w, r->z0 = x_stride, r->z1 = w_stride, r->i0 = T, r->i1 = n;
+    r->u.scale_add.y = y, r->u.scale_add.x = x, r->u.scale_add.w = w, r->u.scale_add.x_stride = x_stride;
+    r->u.scale_add.w_stride = w_stride, r->u.scale_add.T = T, r->u.scale_add.n = n;
 }
 
 static void op_prefix_mean(mx_backend *be, const float *x, int T, int C, float *sums, int pos0, int n_slots,
@@ -706,7 +628,8 @@ static void op_prefix_mean(mx_backend *be, const float *x, int T, int C, float *
     int *d;
     rec *r = new_rec(c, R_PREFIX_MEAN, 1, &d);
     d[0] = pos0;
-    r->a = x, r->b = mean, r->c = sums, r->i0 = T, r->i1 = C, r->i2 = n_slots;
+    r->u.prefix_mean.x = x, r->u.prefix_mean.mean = mean, r->u.prefix_mean.sums = sums;
+    r->u.prefix_mean.T = T, r->u.prefix_mean.C = C, r->u.prefix_mean.n_slots = n_slots;
 }
 
 static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R,
@@ -715,8 +638,11 @@ static void op_lse_merge(mx_backend *be, const float *outs, const float *lses, s
     if (!recording(be)) return mx_cuda_lse_merge_k(c, outs, lses, part_stride, R, T, H, Dv, out, lse);
     int *d;
     rec *r = new_rec(c, R_LSE_MERGE, 0, &d);
-    r->a = outs, r->c = lses, r->b = out, r->d = lse, r->z0 = part_stride, r->i0 = R, r->i1 = T, r->i2 = H,
-    r->i3 = Dv;
+    r->u.lse_merge.outs = outs, r->u.lse_merge.lses = lses, r->u.lse_merge.out = out,
+    r->u.lse_merge.lse = lse;
+    r->u.lse_merge.part_stride = part_stride, r->u.lse_merge.R = R, r->u.lse_merge.T = T,
+    r->u.lse_merge.H = H;
+    r->u.lse_merge.Dv = Dv;
 }
 
 /* ---- decode with the host out of the loop (backend.h: sample, sample_wait, embed_dev) ---- */
@@ -729,7 +655,7 @@ static void op_embed_dev(mx_backend *be, const mx_tensor *w, const int *ids, int
     }
     int *d;
     rec *r = new_rec(c, R_EMBED_DEV, 0, &d);
-    r->w = wcopy(c, w), r->a = ids, r->b = out, r->i0 = T;
+    r->u.embed.w = wcopy(c, w), r->u.embed.ids = ids, r->u.embed.out = out, r->u.embed.T = T;
 }
 
 /* The draw ends a decode step: it is recorded (u in the dynamic table, so that every step replays one graph),
@@ -743,11 +669,10 @@ static int op_sample(mx_backend *be, const float *logits, int vocab, const mx_sa
         rec *r = new_rec(c, R_SAMPLE, 2, &d);
         memcpy(d, &sp->u, sizeof(float));
         d[1] = mx_cuda_sample_slot(c);
-        r->a = logits, r->b = tok, r->i0 = vocab, r->i1 = sp->temperature > 0.0f ? sp->top_k : 0;
-        r->f0 = sp->temperature > 0.0f ? sp->temperature : 0.0f;
+        r->u.sample.logits = logits, r->u.sample.tok = tok, r->u.sample.vocab = vocab;
         if (sp->temperature > 0.0f) { /* greedy steps stay one sequence whatever the other fields hold */
-            memcpy(&r->z0, &sp->top_p, sizeof(float));
-            memcpy(&r->z1, &sp->min_p, sizeof(float));
+            r->u.sample.temperature = sp->temperature, r->u.sample.top_k = sp->top_k;
+            r->u.sample.top_p = sp->top_p, r->u.sample.min_p = sp->min_p;
         }
         mx_cuda_graph_flush(c);
     }
@@ -761,14 +686,11 @@ static int op_sample_wait(mx_backend *be, int ticket) {
 void mx_cuda_graph_init(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
     gstate *g = (gstate *)calloc(1, sizeof *g);
-    const char *env = getenv("MX_CUDA_GRAPHS");
-    if (g && !(env && !strcmp(env, "0")) &&
-        cudaMallocHost((void **)&g->dyn_h, sizeof(int) * MAX_DYN) == cudaSuccess &&
+    if (g && c->tune.graphs && cudaMallocHost((void **)&g->dyn_h, sizeof(int) * MAX_DYN) == cudaSuccess &&
         cudaMalloc((void **)&g->dyn_d, sizeof(int) * MAX_DYN) == cudaSuccess &&
         cudaEventCreateWithFlags(&g->dyn_done, cudaEventDisableTiming) == cudaSuccess)
         g->enabled = true;
-    const char *tenv = getenv("MX_CUDA_TIMING");
-    if (g && g->enabled && tenv && strcmp(tenv, "0") && cudaEventCreate(&g->t0) == cudaSuccess &&
+    if (g && g->enabled && c->tune.timing && cudaEventCreate(&g->t0) == cudaSuccess &&
         cudaEventCreate(&g->t1) == cudaSuccess)
         g->timing = 1;
     cudaGetLastError();
@@ -814,4 +736,9 @@ void mx_cuda_graph_free(mx_cuda_ctx *c) {
     if (g->dyn_done) cudaEventDestroy(g->dyn_done);
     free(g);
     c->graph = NULL;
+}
+
+extern "C" void mx_cuda_backend_fusions(mx_backend *be, long counts[4]) {
+    gstate *g = gs(cu_ctx(be));
+    for (int k = 0; k < FUSE_KINDS; k++) counts[k] = g ? g->total_fused[k] : 0;
 }
