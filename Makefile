@@ -146,7 +146,7 @@ fixtures:
 	python3 scripts/fixtures_train.py
 
 # Every C, header and CUDA source under src, tests and bench, formatted by the repo's .clang-format.
-FORMAT_SRC = $(shell find src tests bench -name '*.[ch]' -o -name '*.cu' | sort)
+FORMAT_SRC = $(shell find src tests bench -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' | sort)
 format:
 	@clang-format -i $(FORMAT_SRC)
 # Fails (lists the lines) when a file is not formatted; .ci/run runs it.

@@ -5,6 +5,8 @@
 #   make test-cuda    every CUDA op against its CPU twin + the default model's logits and greedy output (GPU)
 #   make test-nccl    NCCL collectives against MPI and the NCCL timeout, under mpirun on 2 GPUs (NCCL_RANKS=N)
 #   make bench-cuda   decode/prefill tok/s of the default model, attention kernels vs PyTorch SDPA (GPU)
+#   make bench-cuda-kernels   every prefill-attention variant tried (bench/cuda/fa_variants.cu) checked and
+#                     timed, beside PyTorch SDPA (GPU)
 # On the lent GPU machine (no OpenBLAS there, 64 MiB per transfer): bench/cuda/stage.sh here, then
 # bench/cuda/device_run.sh there (see stage.sh's header for the two calls).
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
@@ -65,8 +67,22 @@ test-cuda: build/cuda/test_cuda build/cuda/test_cuda_train $(MODEL)
 bench-cuda: build/cuda/bench_cuda build/mixatt $(MODEL)
 	./build/cuda/bench_cuda $(MODEL)
 	python3 bench/cuda/peer.py
+
+# Kernel experiments, not part of mixatt (bench/cuda): every prefill-attention kernel and tile configuration
+# tried, each checked against a CPU reference and timed (fa_variants.cu); what a kernel boundary costs against a
+# grid-wide barrier (sync_cost.cu).
+BENCH_CU := build/cuda/fa_variants build/cuda/sync_cost
+build/cuda/%: bench/cuda/%.cu
+	@mkdir -p $(@D)
+	@$(if $(V),,echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -o $@ $<
+-include $(BENCH_CU:=.d)
+.PHONY: bench-cuda-kernels
+bench-cuda-kernels: $(BENCH_CU)
+	./build/cuda/fa_variants
+	python3 bench/cuda/peer.py
 else
-.PHONY: test-cuda bench-cuda test-nccl
-test-cuda bench-cuda test-nccl:
+.PHONY: test-cuda bench-cuda test-nccl bench-cuda-kernels
+test-cuda bench-cuda test-nccl bench-cuda-kernels:
 	@echo "nvcc was not found: this build has no CUDA backend (install the CUDA toolkit, or set NVCC=...)" >&2; exit 1
 endif

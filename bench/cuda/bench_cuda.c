@@ -205,7 +205,8 @@ int main(int argc, char **argv) {
     free(logits);
     free(toks);
 
-kernels:; /* ---- attention kernels (MX_CUDA_FA_VAR picks the prefill variant: cuda_attention.cu) ---- */
+kernels
+    :; /* ---- attention kernels (as the backend dispatches them; every variant: bench/cuda/fa_variants.cu) ---- */
     struct {
         int H, D;
     } pf[2] = {{16, 128}, {32, 64}};

@@ -2,9 +2,10 @@
 # stage.sh: prepares what `bench/cuda/device_run.sh` needs on the lent GPU machine, which has CUDA but not
 # necessarily OpenBLAS/cJSON/utf8proc, and receives at most 64 MiB of tree per call (the default model is 98 MB).
 # Run here, in the repository root:  bash bench/cuda/stage.sh
-#   - builds portable (-march=x86-64-v3) test_cuda, bench_cuda and mixatt in a scratch copy of the tree
-#     ($BUILD_COPY, default /tmp/mx-devbuild: the checkout's own build/ is left alone), strips them;
-#   - .devcarry/      bin.tar.gz (the three binaries), lib.tar.gz (their non-CUDA shared libraries), model.sha256
+#   - builds portable (-march=x86-64-v3) test_cuda, test_cuda_train, bench_cuda, mixatt and fa_variants in a
+#     scratch copy of the tree ($BUILD_COPY, default /tmp/mx-devbuild: the checkout's own build/ is left alone),
+#     strips them;
+#   - .devcarry/      bin.tar.gz (the binaries), lib.tar.gz (their non-CUDA shared libraries), model.sha256
 #   - .devcarry-m1/   the model's first 58 MB;  .devcarry-m2/  the rest
 # All three folders are ignored (.gitignore: /.devcarry*/). Then, through the device tool, two calls back to back
 # (the machine keeps /tmp only while warm, ~30 s after a call):
@@ -17,7 +18,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODEL=${MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 B=${BUILD_COPY:-/tmp/mx-devbuild}
 # DEVCARRY: the folder for the binaries (default .devcarry); another name (e.g. .devcarry-attn, for a second line of
-# work staging its own build beside this one) stages only the binaries and libraries, no model parts.
+# work staging its own build beside this one) stages only the binaries and libraries, and with WITH_MODEL=1 the
+# model parts too, into DEVCARRY-m1/ and DEVCARRY-m2/ (device_run.sh with the same DEVCARRY finds them there).
 DC=${DEVCARRY:-.devcarry}
 TMPB=/tmp/mx-devbin${DC#.devcarry}
 TMPL=/tmp/mx-devlibs${DC#.devcarry}
@@ -27,11 +29,12 @@ test -f "$MODEL" || { echo "stage.sh: no model at $MODEL (make model)" >&2; exit
 mkdir -p "$B"
 # a scratch copy of the sources (tracked and untracked files, not build outputs or models)
 tar --exclude=./build --exclude=./models --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -C "$B" -xf -
-make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda
+make -C "$B" -j"$(nproc)" ARCH=-march=x86-64-v3 build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train \
+    build/cuda/bench_cuda build/cuda/fa_variants
 rm -rf "$DC"
 mkdir -p "$DC" "$TMPB"
 rm -f "$TMPB"/*
-for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda; do
+for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda build/cuda/fa_variants; do
     strip -o "$TMPB/$(basename "$b")" "$B/$b"
 done
 tar -C "$TMPB" -czf "$DC/bin.tar.gz" .
@@ -45,15 +48,15 @@ libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train bui
 mkdir -p "$TMPL" && rm -f "$TMPL"/*
 for l in $libs; do cp -L "$l" "$TMPL/$(basename "$l")"; done
 tar -C "$TMPL" -czf "$DC/lib.tar.gz" .
-if [ "$DC" != .devcarry ]; then
+if [ "$DC" != .devcarry ] && [ "${WITH_MODEL:-0}" != 1 ]; then
     du -sh "$DC"
     echo "stage.sh: ready in $DC (binaries only: device_run.sh with DEVCARRY=$DC, modes without the model)"
     exit 0
 fi
-rm -rf .devcarry-m1 .devcarry-m2
-mkdir -p .devcarry-m1 .devcarry-m2
-sha256sum "$MODEL" | awk '{print $1}' > .devcarry/model.sha256
-head -c "$SPLIT" "$MODEL" > .devcarry-m1/part
-tail -c +"$((SPLIT + 1))" "$MODEL" > .devcarry-m2/part
-du -sh .devcarry .devcarry-m1 .devcarry-m2
-echo "stage.sh: ready (call 1 carries .devcarry-m1, call 2 carries .devcarry and .devcarry-m2)"
+rm -rf "$DC-m1" "$DC-m2"
+mkdir -p "$DC-m1" "$DC-m2"
+sha256sum "$MODEL" | awk '{print $1}' > "$DC/model.sha256"
+head -c "$SPLIT" "$MODEL" > "$DC-m1/part"
+tail -c +"$((SPLIT + 1))" "$MODEL" > "$DC-m2/part"
+du -sh "$DC" "$DC-m1" "$DC-m2"
+echo "stage.sh: ready (call 1 carries $DC-m1, call 2 carries $DC and $DC-m2)"

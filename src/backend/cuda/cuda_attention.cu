@@ -3,496 +3,31 @@
  *
  * - k_fa_wgmma (prefill, D = Dv = 64 or 128, Hopper only; the default on compute capability 9.0): in
  *   cuda_fa_wgmma.cu (wgmma + TMA, warp-specialized, 128 or 192 query rows per block); see its top comment.
- * - k_fa2 (prefill, D = Dv = 64 or 128; the default elsewhere and where k_fa_wgmma declines): k_flash with
- *   two m16 tiles (32 query rows) per warp, 256-row blocks, scale folded into exp2, heads-fastest grid; see
- *   its comment below.
- * - k_flash (prefill, D = Dv = 64 or 128; MX_CUDA_FA_VAR=0): FlashAttention-2 style. A block owns 128 query rows of one head
- *   (8 warps x 16 rows); K/V tiles of 64 key positions stream through shared memory (cp.async, double
- *   buffered, XOR-swizzled rows), S = QKᵀ and O += PV on tensor cores (mma.sync m16n8k16 bf16, fp32
- *   accumulators), online softmax in fp32 in the log2 domain. The block's key range is the union of its rows'
- *   ranges (causal end, window start, kv_lo/kv_hi), so causal and windowed blocks skip whole tiles; only tiles
- *   that straddle a boundary are masked element-wise. Key position p is read from slot p % n_slots (ring
- *   buffers); GQA reads KV head h / (H/G) directly (no copies). Q is rounded to bf16, as is P before PV.
+ * - k_fa2 (prefill, D = Dv = 64 or 128; the default elsewhere and where k_fa_wgmma declines): cuda_fa2.cuh,
+ *   FlashAttention-2 style on mma.sync: K/V tiles stream through shared memory (cp.async, double buffered,
+ *   XOR-swizzled rows), S = QKᵀ and O += PV on tensor cores (bf16, fp32 accumulators), online softmax in fp32
+ *   in the log2 domain; two m16 tiles (32 query rows) per warp, 256-row blocks, heads-fastest grid. The
+ *   block's key range is the union of its rows' ranges (causal end, window start, kv_lo/kv_hi), so causal and
+ *   windowed blocks skip whole tiles; only tiles that straddle a boundary are masked element-wise. Key
+ *   position p is read from slot p % n_slots (ring buffers); GQA reads KV head h / (H/G) directly (no
+ *   copies). Q is rounded to bf16, as is P before PV.
+ *   Both prefill kernels take the row max on unscaled scores, so they run for scale > 0 only; any other scale
+ *   (0, negative, NaN) goes to k_generic, which scales before the max.
  * - k_decode (1..few queries, D = Dv = 64 or 128): split-KV. A block owns one KV head and one chunk of key
  *   positions and serves every query row that reads that KV head (the H/G heads of the group times the
  *   queries): each K/V row is loaded once for all of them. Scores in fp32 (lane per key), PV with a lane per
  *   Dv/32 dims; warps merge in shared memory; splits merge by log-sum-exp in k_merge.
- * - k_decode2 (1..few queries, up to 8 query rows per KV head): the bandwidth-bound successor of k_decode, which
- *   stays for 9..16 rows; see its comment below.
- * - k_generic: any D/Dv/stride (one block per query row and head, fp32 throughout); slow, for odd shapes.
- * lse (natural log) is written when requested; rows with no visible key get zeros and lse = -inf. */
+ * - k_decode2 (1..few queries, up to 8 query rows per KV head): the bandwidth-bound successor of k_decode,
+ *   which stays for 9..16 rows; see its comment below.
+ * - k_generic: any D/Dv/stride/scale (one block per query row and head, fp32 throughout); slow, for odd
+ *   shapes.
+ * lse (natural log) is written when requested; rows with no visible key get zeros and lse = -inf.
+ * The tile configurations and kernels that lost (k_flash, other k_fa2 and k_fa_wgmma tilings) are compared in
+ * bench/cuda/fa_variants.cu. */
 #include <math.h>
 #include <string.h>
 
-#include "cuda_common.h"
-
-typedef __nv_bfloat16 bf16;
-
-struct AttnP {
-    int n_q, H, G, D, Dv, q_pos0, n_slots, window, causal, kv_lo, kv_hi;
-    float scale, scale_log2;
-    long long q_stride, k_stride, v_stride, o_stride;
-    int chunk, n_split; /* decode */
-    int pf;             /* k_decode2: L2 prefetch distance in loop iterations (0: none; MX_CUDA_DEC_PF) */
-};
-
-__device__ __forceinline__ void row_range(const AttnP &p, int qpos, int &lo, int &hi) {
-    hi = p.causal && qpos < p.kv_hi ? qpos : p.kv_hi;
-    lo = p.kv_lo;
-    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
-}
-
-#define LOG2E 1.4426950408889634f
-#define LN2   0.6931471805599453f
-
-/* ------------------------------------------------------------------ prefill (tensor cores) */
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2,
-                                        uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2,
-                                          uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_commit() {
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-__device__ __forceinline__ void cp_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::);
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-/* element offset of 16-byte chunk c of row r in a swizzled tile of rows of D bf16 */
-template <int D> __device__ __forceinline__ int swz(int r, int c) {
-    return r * D + ((c ^ (r & 7)) << 3);
-}
-
-enum { FA_BM = 128, FA_BN = 64, FA_THREADS = 256 };
-
-template <int D>
-__device__ __forceinline__ void fa_load_kv(const AttnP &p, const bf16 *__restrict__ K,
-                                           const bf16 *__restrict__ V, bf16 *sK, bf16 *sV, int kvh, int p0,
-                                           int hi_blk) {
-    constexpr int CH = D / 8; /* chunks per row */
-    for (int idx = threadIdx.x; idx < FA_BN * CH; idx += FA_THREADS) {
-        int r = idx / CH, c = idx % CH, pos = p0 + r;
-        bool ok = pos <= hi_blk;
-        size_t slot = ok ? (size_t)(pos % p.n_slots) : 0;
-        const bf16 *ks = K + slot * p.k_stride + (size_t)kvh * D + c * 8;
-        const bf16 *vs = V + slot * p.v_stride + (size_t)kvh * D + c * 8;
-        cp_async16(smem_u32(sK + swz<D>(r, c)), ks, ok ? 16 : 0);
-        cp_async16(smem_u32(sV + swz<D>(r, c)), vs, ok ? 16 : 0);
-    }
-}
-
-template <int D>
-__global__ void __launch_bounds__(FA_THREADS, D == 128 ? 1 : 2)
-    k_flash(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-            float *__restrict__ out, float *__restrict__ lse, const int *__restrict__ dyn) {
-    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
-    extern __shared__ __align__(128) uint8_t fa_smem[];
-    bf16 *sQ = (bf16 *)fa_smem;
-    bf16 *sK = sQ + FA_BM * D;     /* 2 buffers of FA_BN x D */
-    bf16 *sV = sK + 2 * FA_BN * D; /* 2 buffers */
-    constexpr int CH = D / 8, NT = FA_BN / 8, DT = D / 8;
-    const int h = blockIdx.y, kvh = h / (p.H / p.G);
-    const int m0 = (gridDim.x - 1 - blockIdx.x) * FA_BM; /* heaviest (latest) rows first */
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int last_row = min(m0 + FA_BM, p.n_q) - 1;
-
-    int lo_first, hi_first, lo_last, hi_last;
-    row_range(p, p.q_pos0 + m0, lo_first, hi_first);
-    row_range(p, p.q_pos0 + last_row, lo_last, hi_last);
-    const int lo_blk = lo_first, hi_blk = hi_last; /* both monotone in the query position */
-    const int n_tiles = hi_blk >= lo_blk ? (hi_blk - lo_blk) / FA_BN + 1 : 0;
-
-    if (n_tiles > 0) {
-        fa_load_kv<D>(p, K, V, sK, sV, kvh, lo_blk, hi_blk);
-        cp_commit();
-    }
-    /* Q tile: fp32 -> bf16, swizzled */
-    for (int idx = threadIdx.x; idx < FA_BM * CH; idx += FA_THREADS) {
-        int r = idx / CH, c = idx % CH;
-        float4 a = make_float4(0, 0, 0, 0), b = a;
-        if (m0 + r < p.n_q) {
-            const float *src = q + (size_t)(m0 + r) * p.q_stride + (size_t)h * D + c * 8;
-            a = *(const float4 *)src;
-            b = *(const float4 *)(src + 4);
-        }
-        uint4 v =
-            make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
-        *(uint4 *)(sQ + swz<D>(r, c)) = v;
-    }
-    __syncthreads();
-    uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
-        ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-    }
-
-    float o[DT][4];
-#pragma unroll
-    for (int j = 0; j < DT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
-    const int ra = warp * 16 + (lane >> 2);
-    int lo_a, hi_a, lo_b, hi_b;
-    row_range(p, p.q_pos0 + m0 + ra, lo_a, hi_a);
-    row_range(p, p.q_pos0 + m0 + ra + 8, lo_b, hi_b);
-    const int max_lo = lo_last, min_hi = hi_first;
-
-    for (int n = 0; n < n_tiles; n++) {
-        cp_wait_all();
-        __syncthreads();
-        const int p0 = lo_blk + n * FA_BN;
-        if (n + 1 < n_tiles) {
-            int b = (n + 1) & 1;
-            fa_load_kv<D>(p, K, V, sK + b * FA_BN * D, sV + b * FA_BN * D, kvh, p0 + FA_BN, hi_blk);
-            cp_commit();
-        }
-        const bf16 *k_s = sK + (n & 1) * FA_BN * D, *v_s = sV + (n & 1) * FA_BN * D;
-
-        float s[NT][4];
-#pragma unroll
-        for (int j = 0; j < NT; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-            for (int jj = 0; jj < NT / 2; jj++) {
-                int r = 16 * jj + (lane & 7) + (lane >> 4) * 8, c = 2 * kk + ((lane >> 3) & 1);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(smem_u32(k_s + swz<D>(r, c)), b0, b1, b2, b3);
-                mma16816(s[2 * jj], qf[kk], b0, b1);
-                mma16816(s[2 * jj + 1], qf[kk], b2, b3);
-            }
-        }
-        const bool need_mask = p0 < max_lo || p0 + FA_BN - 1 > min_hi;
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[j][e] * p.scale_log2;
-                if (need_mask) {
-                    int pos = p0 + 8 * j + 2 * (lane & 3) + (e & 1);
-                    bool ok = e < 2 ? (pos >= lo_a && pos <= hi_a) : (pos >= lo_b && pos <= hi_b);
-                    v = ok ? v : -INFINITY;
-                }
-                s[j][e] = v;
-            }
-        }
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[j][2 * half], s[j][2 * half + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float m_new = fmaxf(m_r[half], mx);
-            float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            float alpha = exp2f(m_r[half] - m_use);
-            float sum = 0.0f;
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                float e0 = exp2f(s[j][2 * half] - m_use), e1 = exp2f(s[j][2 * half + 1] - m_use);
-                s[j][2 * half] = e0;
-                s[j][2 * half + 1] = e1;
-                sum += e0 + e1;
-            }
-            l_r[half] = l_r[half] * alpha + sum;
-            m_r[half] = m_new;
-#pragma unroll
-            for (int j = 0; j < DT; j++) {
-                o[j][2 * half] *= alpha;
-                o[j][2 * half + 1] *= alpha;
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < FA_BN / 16; kk++) {
-            uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int jd = 0; jd < DT / 2; jd++) {
-                int r = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * jd + (lane >> 4);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(smem_u32(v_s + swz<D>(r, c)), b0, b1, b2, b3);
-                mma16816(o[2 * jd], a, b0, b1);
-                mma16816(o[2 * jd + 1], a, b2, b3);
-            }
-        }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; half++) {
-        float l = l_r[half];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        int row = m0 + ra + 8 * half;
-        if (row >= p.n_q) continue;
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        float *dst = out + (size_t)row * p.o_stride + (size_t)h * D + 2 * (lane & 3);
-#pragma unroll
-        for (int j = 0; j < DT; j++)
-            *(float2 *)(dst + 8 * j) = make_float2(o[j][2 * half] * inv, o[j][2 * half + 1] * inv);
-        if (lse && (lane & 3) == 0)
-            lse[(size_t)row * p.H + h] = l > 0.0f ? (m_r[half] + log2f(l)) * LN2 : -INFINITY;
-    }
-}
-
-/* k_fa2 (prefill, D = Dv = 64 or 128; issue #5): the successor of k_flash, itself succeeded on Hopper by
- * k_fa_wgmma (cuda_fa_wgmma.cu, about twice as fast there); it stays the prefill kernel on other GPUs and for the
- * cases k_fa_wgmma declines. Differences from k_flash, each measured on the H100 (docs/PERFORMANCE.md):
- * - WM m16 tiles (16 * WM query rows) per warp, NW warps, BM = 16 * WM * NW rows per block: with WM = 2 every K
- *   (S = QKᵀ) and V (O += PV) fragment loaded by ldmatrix feeds two mma instead of one, halving the shared-memory
- *   traffic per tensor-core operation (16 rows per warp left k_flash bound by ldmatrix bandwidth). Q stays in
- *   registers while WM * D <= 128 (32 registers), else it is re-read from shared memory per k-step.
- * - key tiles of BN positions (64 or 32 for D 128, where the WM = 2 accumulators take 128 registers);
- * - the softmax scale folded into the exponent (exp2(s * scale_log2 - m) as one FFMA + ex2; the max is taken
- *   on the raw scores, valid for scale > 0, which the dispatch checks);
- * - the ring-slot modulo once per tile per thread instead of once per 16-byte chunk;
- * - the grid (H, query blocks): heads vary fastest, so the heaviest causal query blocks of every head start in
- *   the first wave and the light ones fill the tail (k_flash ran head by head, each head heavy to light).
- * Shapes: q [n_q, q_stride] fp32 (head h at h * D), K/V [n_slots, k/v_stride] bf16 (KV head at kvh * D),
- * out [n_q, o_stride] fp32, lse [n_q, H]. */
-template <int D, int BN, int NTH>
-__device__ __forceinline__ void fa2_load_kv(const AttnP &p, const bf16 *__restrict__ K,
-                                            const bf16 *__restrict__ V, bf16 *sK, bf16 *sV, int kvh, int p0,
-                                            int hi_blk) {
-    constexpr int CH = D / 8;
-    const int n = p.n_slots;
-    int s0 = p0 % n; /* p0 >= 0 */
-#pragma unroll
-    for (int idx = threadIdx.x; idx < BN * CH; idx += NTH) {
-        int r = idx / CH, c = idx % CH, pos = p0 + r;
-        bool ok = pos <= hi_blk;
-        int sl = s0 + r;
-        if (sl >= n) sl -= n;
-        if (sl >= n) sl %= n; /* n_slots < BN */
-        size_t slot = ok ? (size_t)sl : 0;
-        const bf16 *ks = K + slot * p.k_stride + (size_t)kvh * D + c * 8;
-        const bf16 *vs = V + slot * p.v_stride + (size_t)kvh * D + c * 8;
-        cp_async16(smem_u32(sK + swz<D>(r, c)), ks, ok ? 16 : 0);
-        cp_async16(smem_u32(sV + swz<D>(r, c)), vs, ok ? 16 : 0);
-    }
-}
-
-template <int D, int WM, int NW, int BN, int MB, bool QREG>
-__global__ void __launch_bounds__(32 * NW, MB)
-    k_fa2(AttnP p, const float *__restrict__ q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
-          float *__restrict__ out, float *__restrict__ lse, const int *__restrict__ dyn) {
-    if (dyn) p.q_pos0 = dyn[0], p.kv_lo = dyn[1], p.kv_hi = dyn[2];
-    constexpr int NTH = 32 * NW, BM = 16 * WM * NW, CH = D / 8, NT = BN / 8, DT = D / 8;
-    constexpr bool QR =
-        QREG; /* Q fragments held in registers (WM * D / 4 of them), else re-read per k-step */
-    extern __shared__ __align__(128) uint8_t fa_smem[];
-    bf16 *sQ = (bf16 *)fa_smem;
-    bf16 *sK = sQ + BM * D;     /* 2 buffers of BN x D */
-    bf16 *sV = sK + 2 * BN * D; /* 2 buffers */
-    const int h = blockIdx.x, kvh = h / (p.H / p.G);
-    const int m0 = (gridDim.y - 1 - blockIdx.y) * BM; /* heaviest (latest) rows first */
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int last_row = min(m0 + BM, p.n_q) - 1;
-
-    int lo_first, hi_first, lo_last, hi_last;
-    row_range(p, p.q_pos0 + m0, lo_first, hi_first);
-    row_range(p, p.q_pos0 + last_row, lo_last, hi_last);
-    const int lo_blk = lo_first, hi_blk = hi_last;
-    const int n_tiles = hi_blk >= lo_blk ? (hi_blk - lo_blk) / BN + 1 : 0;
-
-    if (n_tiles > 0) {
-        fa2_load_kv<D, BN, NTH>(p, K, V, sK, sV, kvh, lo_blk, hi_blk);
-        cp_commit();
-    }
-    for (int idx = threadIdx.x; idx < BM * CH; idx += NTH) {
-        int r = idx / CH, c = idx % CH;
-        float4 a = make_float4(0, 0, 0, 0), b = a;
-        if (m0 + r < p.n_q) {
-            const float *src = q + (size_t)(m0 + r) * p.q_stride + (size_t)h * D + c * 8;
-            a = *(const float4 *)src;
-            b = *(const float4 *)(src + 4);
-        }
-        uint4 v =
-            make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
-        *(uint4 *)(sQ + swz<D>(r, c)) = v;
-    }
-    __syncthreads();
-    /* warp w owns rows [w * 16 * WM, (w + 1) * 16 * WM): m-tile mt = rows w * 16 * WM + 16 * mt + [0, 16) */
-    const int wrow = warp * 16 * WM;
-    uint32_t qf[QR ? WM : 1][QR ? D / 16 : 1][4];
-    if (QR) {
-#pragma unroll
-        for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                int r = wrow + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
-                ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qf[QR ? mt : 0][QR ? kk : 0][0],
-                        qf[QR ? mt : 0][QR ? kk : 0][1], qf[QR ? mt : 0][QR ? kk : 0][2],
-                        qf[QR ? mt : 0][QR ? kk : 0][3]);
-            }
-    }
-
-    float o[WM][DT][4];
-#pragma unroll
-    for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-        for (int j = 0; j < DT; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
-    float m_r[WM][2], l_r[WM][2];
-#pragma unroll
-    for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) m_r[mt][hf] = -INFINITY, l_r[mt][hf] = 0.0f;
-    const int max_lo = lo_last, min_hi = hi_first;
-    const float sl2 = p.scale_log2;
-
-    for (int n = 0; n < n_tiles; n++) {
-        cp_wait_all();
-        __syncthreads();
-        const int p0 = lo_blk + n * BN;
-        if (n + 1 < n_tiles) {
-            int b = (n + 1) & 1;
-            fa2_load_kv<D, BN, NTH>(p, K, V, sK + b * BN * D, sV + b * BN * D, kvh, p0 + BN, hi_blk);
-            cp_commit();
-        }
-        const bf16 *k_s = sK + (n & 1) * BN * D, *v_s = sV + (n & 1) * BN * D;
-
-        float s[WM][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-            for (int j = 0; j < NT; j++) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qa[WM][4];
-#pragma unroll
-            for (int mt = 0; mt < WM; mt++) {
-                if (QR) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) qa[mt][e] = qf[QR ? mt : 0][QR ? kk : 0][e];
-                } else {
-                    int r = wrow + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
-                    ldsm_x4(smem_u32(sQ + swz<D>(r, c)), qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3]);
-                }
-            }
-#pragma unroll
-            for (int jj = 0; jj < NT / 2; jj++) {
-                int r = 16 * jj + (lane & 7) + (lane >> 4) * 8, c = 2 * kk + ((lane >> 3) & 1);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(smem_u32(k_s + swz<D>(r, c)), b0, b1, b2, b3);
-#pragma unroll
-                for (int mt = 0; mt < WM; mt++) {
-                    mma16816(s[mt][2 * jj], qa[mt], b0, b1);
-                    mma16816(s[mt][2 * jj + 1], qa[mt], b2, b3);
-                }
-            }
-        }
-        const bool need_mask = p0 < max_lo || p0 + BN - 1 > min_hi;
-        if (need_mask) {
-#pragma unroll
-            for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    int lo,
-                        hi; /* this lane's row (recomputed here: boundary tiles only, registers are scarce) */
-                    row_range(p, p.q_pos0 + m0 + wrow + 16 * mt + 8 * hf + (lane >> 2), lo, hi);
-#pragma unroll
-                    for (int j = 0; j < NT; j++)
-#pragma unroll
-                        for (int e = 2 * hf; e < 2 * hf + 2; e++) {
-                            int pos = p0 + 8 * j + 2 * (lane & 3) + (e & 1);
-                            s[mt][j][e] = pos >= lo && pos <= hi ? s[mt][j][e] : -INFINITY;
-                        }
-                }
-        }
-#pragma unroll
-        for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                float m_new = fmaxf(m_r[mt][hf], mx * sl2); /* log2 units */
-                float m_use = m_new == -INFINITY ? 0.0f : m_new;
-                float alpha = exp2f(m_r[mt][hf] - m_use);
-                float sum = 0.0f;
-#pragma unroll
-                for (int j = 0; j < NT; j++) {
-                    float e0 = exp2f(fmaf(s[mt][j][2 * hf], sl2, -m_use));
-                    float e1 = exp2f(fmaf(s[mt][j][2 * hf + 1], sl2, -m_use));
-                    s[mt][j][2 * hf] = e0;
-                    s[mt][j][2 * hf + 1] = e1;
-                    sum += e0 + e1;
-                }
-                l_r[mt][hf] = l_r[mt][hf] * alpha + sum;
-                m_r[mt][hf] = m_new;
-#pragma unroll
-                for (int j = 0; j < DT; j++) {
-                    o[mt][j][2 * hf] *= alpha;
-                    o[mt][j][2 * hf + 1] *= alpha;
-                }
-            }
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            uint32_t a[WM][4];
-#pragma unroll
-            for (int mt = 0; mt < WM; mt++) {
-                a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
-#pragma unroll
-            for (int jd = 0; jd < DT / 2; jd++) {
-                int r = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * jd + (lane >> 4);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(smem_u32(v_s + swz<D>(r, c)), b0, b1, b2, b3);
-#pragma unroll
-                for (int mt = 0; mt < WM; mt++) {
-                    mma16816(o[mt][2 * jd], a[mt], b0, b1);
-                    mma16816(o[mt][2 * jd + 1], a[mt], b2, b3);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int mt = 0; mt < WM; mt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            float l = l_r[mt][hf];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            int row = m0 + wrow + 16 * mt + 8 * hf + (lane >> 2);
-            if (row >= p.n_q) continue;
-            float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            float *dst = out + (size_t)row * p.o_stride + (size_t)h * D + 2 * (lane & 3);
-#pragma unroll
-            for (int j = 0; j < DT; j++)
-                *(float2 *)(dst + 8 * j) = make_float2(o[mt][j][2 * hf] * inv, o[mt][j][2 * hf + 1] * inv);
-            if (lse && (lane & 3) == 0)
-                lse[(size_t)row * p.H + h] = l > 0.0f ? (m_r[mt][hf] + log2f(l)) * LN2 : -INFINITY;
-        }
-}
+#include "cuda_fa2.cuh"
 
 /* ------------------------------------------------------------------ decode (split KV) */
 
@@ -961,14 +496,7 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
     n_split = (span + chunk - 1) / chunk;
     if (n_split < 1) n_split = 1;
     p.chunk = chunk, p.n_split = n_split;
-    static int pf = -1;
-    if (pf < 0) {
-        const char *e = getenv("MX_CUDA_DEC_PF");
-        pf = e && *e ? atoi(e)
-                     : 0; /* H100, 2026-11-22: 0 fastest (KV 32K 54.7 us; 1: 59.9, 2: 59.5, 3: 63.3) */
-        if (pf < 0 || pf > 8) pf = 0;
-    }
-    p.pf = pf;
+    p.pf = c->tune.dec_pf; /* 0 (none) measured fastest: docs/PERFORMANCE.md */
     float *part = NULL;
     if (n_split > 1) {
         size_t need = sizeof(float) * (size_t)n_split * p.n_q * p.H * (D + 2);
@@ -976,9 +504,6 @@ static void launch_decode2(mx_cuda_ctx *c, AttnP p, const float *q, const bf16 *
     }
     cudaLaunchAttribute at; /* the kernel waits (griddepcontrol) before reading anything */
     cudaLaunchConfig_t cfg = mx_cuda_pdl_config(c, dim3(n_split, p.G), dim3(DEC2_THREADS), 0, &at);
-    static int skip = -1;
-    if (skip < 0) skip = mx_cuda_skip("attn");
-    if (skip) return;
     CU_CHECK(cudaLaunchKernelEx(&cfg, k_decode2<D, RM, U>, p, q, k, v, out, lse, part, c->dec_cnt, dyn));
 }
 
@@ -1041,117 +566,17 @@ __global__ void __launch_bounds__(GEN_THREADS)
 
 /* ------------------------------------------------------------------ dispatch */
 
-/* MX_CUDA_DECODE_V1=1: the previous decode kernel (k_decode + k_merge), for comparisons */
-static bool getenv_decode_v1(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MX_CUDA_DECODE_V1");
-        v = e && *e && strcmp(e, "0") ? 1 : 0;
-    }
-    return v == 1;
-}
-
-template <int D>
-static void launch_flash(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v,
-                         float *out, float *lse, const int *dyn) {
-    size_t smem = sizeof(bf16) * (size_t)(FA_BM * D + 4 * FA_BN * D);
-    static bool attr_set = false; /* per process: the attribute belongs to the kernel, not the device */
-    if (!attr_set) {
-        CU_CHECK(cudaFuncSetAttribute(k_flash<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
-    }
-    dim3 grid((p.n_q + FA_BM - 1) / FA_BM, p.H);
-    k_flash<D><<<grid, FA_THREADS, smem, c->stream>>>(p, q, k, v, out, lse, dyn);
-    CU_LAUNCHED();
-}
-
-template <int D, int WM, int NW, int BN, int MB, bool QREG = (WM * D <= 128)>
-static void launch_fa2(mx_cuda_ctx *c, const AttnP &p, const float *q, const bf16 *k, const bf16 *v,
-                       float *out, float *lse, const int *dyn) {
-    constexpr int BM = 16 * WM * NW;
-    size_t smem = sizeof(bf16) * (size_t)(BM * D + 4 * BN * D);
-    static bool attr_set = false; /* per process and instantiation */
-    if (!attr_set) {
-        CU_CHECK(cudaFuncSetAttribute(k_fa2<D, WM, NW, BN, MB, QREG>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
-    }
-    dim3 grid(p.H, (p.n_q + BM - 1) / BM);
-    k_fa2<D, WM, NW, BN, MB, QREG><<<grid, 32 * NW, smem, c->stream>>>(p, q, k, v, out, lse, dyn);
-    CU_LAUNCHED();
-}
-
-/* MX_CUDA_FA_VAR: the prefill kernel variant (issue #5 A/B; unset or -1: the default). 0: k_flash (BM 128,
- * 8 warps x 16 rows, BN 64); then k_fa2 as (warps x rows per warp, BN): 1: 8 x 16, 64; 2: 4 x 32, 64;
- * 3: 4 x 32, 32 (D 128) / 128 (D 64); 4: 8 x 32 (BM 256), 64; 5: D 128 8 x 32, 32 / D 64 4 x 32, 64, 3 blocks
- * per SM, Q from shared memory; 6: 4 x 32, 64 (D 64: 3 blocks per SM); 7: D 128 as 4 / D 64 4 x 32, 128, Q from
- * shared memory; 8: D 128 as 4 / D 64 8 x 32, 128, Q from shared memory.
- * H100, 2026-11-22, S 16384 causal (TFLOP/s, D 128 / D 64): 0: 222 / 212; 1: 249 / 250; 2: 292-295 / 259-262;
- * 3: 263 / 253; 4: 299-303 / 255-257; 5: 260 / 261; 6: 295 / 234; 7: 299 / 263; 8: 302 / 264 (FA2 323 / 294-298).
- * 9 and up: k_fa_wgmma (cuda_fa_wgmma.cu; sm_90 only, else the k_fa2 default), as (consumer warpgroups x
- * 64 rows, BN, stages): 9: D 128 2 x 64, 128, 2 / D 64 3 x 64, 128, 3; 10: D 128 as 9 with O += PV as two
- * n64 wgmma per k-step / D 64 2 x 64, 128, 3; 11: D 128 3 stages / D 64 3 x 64, 128, 4.
- * H100, 2026-11-22, same shapes, one run (FA2 308 / 295, cuDNN 623 / 458): 9: 624-628 / 484-490;
- * 10: 602 / 390; 11: 624 / 482; 8 (k_fa2) 299 / 266 (bench/RESULTS.md).
- * Defaults: variant 9 on compute capability 9.0; elsewhere k_fa2 as D 128 variant 4, D 64 variant 8. */
-static int fa_variant(void) {
-    static int v = -2;
-    if (v == -2) {
-        const char *e = getenv("MX_CUDA_FA_VAR");
-        v = e && *e ? atoi(e) : -1;
-        if (v < -1 || v > 11) v = -1;
-    }
-    return v;
-}
-
+/* Prefill at D = Dv = 64 or 128 with scale > 0: k_fa_wgmma where it runs (compute capability 9.0, unless
+ * MX_CUDA_PREFILL=fa2), else k_fa2 as 8 warps x 32 query rows with key tiles of 64 (D 128) or 128 with Q
+ * re-read from shared memory (D 64): the fastest k_fa2 tilings (bench/cuda/fa_variants.cu). */
 template <int D>
 static void launch_prefill(mx_cuda_ctx *c, const mx_attn_spec *sp, const AttnP &p, const float *q,
                            const bf16 *k, const bf16 *v, float *out, float *lse, const int *dyn) {
-    int var = fa_variant();
-    if (var < 0) var = 9;           /* k_fa_wgmma where it runs, else k_fa2 (below) */
-    if (!(p.scale > 0.0f)) var = 0; /* k_fa2 and k_fa_wgmma take the row max on unscaled scores */
-    if (var >= 9) { /* Hopper (cuda_fa_wgmma.cu); k_fa2's default where it declines (not sm_90, alignment) */
-        if (mx_cuda_attention_wgmma(c, sp, q, k, v, out, lse, dyn, var)) return;
-        var = D == 128 ? 4 : 8;
-    }
-    switch (var) {
-    case 0:
-        launch_flash<D>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 1:
-        launch_fa2<D, 1, 8, 64, D == 128 ? 1 : 2>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 2:
-        launch_fa2<D, 2, 4, 64, 2>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 3:
-        launch_fa2<D, 2, 4, D == 128 ? 32 : 128, 2>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 4:
+    if (!c->tune.prefill_fa2 && mx_cuda_attention_wgmma(c, sp, q, k, v, out, lse, dyn)) return;
+    if constexpr (D == 128)
         launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 5:
-        if constexpr (D == 128)
-            launch_fa2<D, 2, 8, 32, 1>(c, p, q, k, v, out, lse, dyn);
-        else
-            launch_fa2<D, 2, 4, 64, 3, false>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 6:
-        launch_fa2<D, 2, 4, 64, D == 128 ? 2 : 3>(c, p, q, k, v, out, lse, dyn);
-        break;
-    case 7:
-        if constexpr (D == 128)
-            launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
-        else
-            launch_fa2<D, 2, 4, 128, 2, false>(c, p, q, k, v, out, lse, dyn);
-        break;
-    default:
-        if constexpr (D == 128)
-            launch_fa2<D, 2, 8, 64, 1>(c, p, q, k, v, out, lse, dyn);
-        else
-            launch_fa2<D, 2, 8, 128, 1, false>(c, p, q, k, v, out, lse, dyn);
-        break;
-    }
+    else
+        launch_fa2<D, 2, 8, 128, 1, false>(c, p, q, k, v, out, lse, dyn);
 }
 
 template <int D>
@@ -1208,11 +633,10 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
         if (static_split) span = p.n_slots; /* an upper bound of the span whatever the positions */
         if (span < 1) span = 1;
         const int R = group * p.n_q;
-        if (q_dec2 && R <= DEC2_MAXR && p.G <= MX_CUDA_DEC_CNT && !getenv_decode_v1()) {
+        if (q_dec2 && R <= DEC2_MAXR && p.G <= MX_CUDA_DEC_CNT && !c->tune.decode_v1) {
             /* RM, the rows a block is compiled for: the smallest of 2, 3, 4, 8 that holds R (a padded row costs
              * its share of the loads' arithmetic: SmolLM2's R = 3 ran as 4 before; MX_CUDA_DEC_RM=4 for that) */
-            static int rm_env = -1;
-            if (rm_env < 0) rm_env = getenv("MX_CUDA_DEC_RM") ? atoi(getenv("MX_CUDA_DEC_RM")) : 0;
+            const int rm_env = c->tune.dec_rm;
             int rm = R <= 2 ? 2 : R == 3 ? 3 : R == 4 ? 4 : 8;
             if ((rm_env == 4 || rm_env == 8) && R <= rm_env) rm = rm_env;
             if (D == 64) {
@@ -1238,12 +662,12 @@ void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *sp, const float *q,
             launch_decode<64>(c, p, q, k, v, out, lse, span, dyn);
         else
             launch_decode<128>(c, p, q, k, v, out, lse, span, dyn);
-    } else if (fast_shape && q_vec) {
+    } else if (fast_shape && q_vec && p.scale > 0.0f) {
         if (D == 64)
             launch_prefill<64>(c, sp, p, q, k, v, out, lse, dyn);
         else
             launch_prefill<128>(c, sp, p, q, k, v, out, lse, dyn);
-    } else {
+    } else { /* odd shapes, misaligned operands, and prefill at a scale that is not positive */
         size_t smem = sizeof(float) * (size_t)(p.D + p.Dv + GEN_THREADS);
         if (smem > 48 * 1024)
             CU_CHECK(cudaFuncSetAttribute(k_generic, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));

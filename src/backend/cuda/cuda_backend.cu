@@ -275,6 +275,7 @@ int mx_backend_cuda_create(int device, mx_backend **out, mx_err *err) {
     }
     c->device = device;
     c->n_sm = prop.multiProcessorCount;
+    mx_cuda_tunables_read(&c->tune);
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         free(be);
         free(c);

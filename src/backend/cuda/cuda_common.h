@@ -53,10 +53,32 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-/* Whether decode kernels are launched with the PDL attribute (MX_CUDA_PDL, default on). */
-bool mx_cuda_pdl_enabled(void);
-/* MX_CUDA_SKIP contains what (profiling only: launches of that kind are left out) */
-bool mx_cuda_skip(const char *what);
+/* The backend's tunables: read once from the environment when the backend is created (cuda_tunables.cu, the
+ * one place that reads it), every name MX_CUDA_*; documented in one table in docs/PERFORMANCE.md. Each
+ * changes speed or reports only, never results (beyond the rounding of a different kernel). */
+typedef struct {
+    bool graphs;  /* MX_CUDA_GRAPHS (1): record op calls, replay repeated sequences as CUDA graphs */
+    bool timing;  /* MX_CUDA_TIMING (0): time graph replays, report when the backend is destroyed */
+    bool fuse;    /* MX_CUDA_FUSE (1): decode fusions of recorded calls (cuda_graph.cu) */
+    bool pdl;     /* MX_CUDA_PDL (1): decode kernels launched with programmatic dependent launch */
+    bool wstage;  /* MX_CUDA_WSTAGE (1): k_fused stages its weight rows in shared memory before the wait */
+    int fused_ks; /* MX_CUDA_FUSED_KS (0: adaptive; 1, 2, 4, 8): warps per row pair in k_fused */
+    int fused_ks_units; /* MX_CUDA_FUSED_KS_UNITS (48, >= 8): 8-element units per warp that earn another warp */
+    int dec_pf;         /* MX_CUDA_DEC_PF (0, 0..8): k_decode2's in-loop L2 prefetch distance in iterations */
+    int dec_rm;         /* MX_CUDA_DEC_RM (0: the smallest instance that fits; 4 or 8): k_decode2's rows */
+    bool decode_v1;     /* MX_CUDA_DECODE_V1 (0): k_decode + k_merge for every decode shape (for A/B) */
+    bool prefill_fa2;   /* MX_CUDA_PREFILL (auto; fa2): k_fa2 even where k_fa_wgmma would run */
+    bool lt_bucket;     /* MX_CUDA_LT_BUCKET (1): cuBLASLt algorithms chosen per bucket of token counts */
+    bool lt_stats;      /* MX_CUDA_LT_STATS (0): cuBLASLt plan and heuristic counts at destroy */
+    bool scatter_serial; /* MX_CUDA_SCATTER (parallel; serial): scatter_add_rows always in row order */
+    bool moe;            /* MX_CUDA_MOE (1): the fused moe_ffn op (0: moe.c's generic composition) */
+    int moe_streams;     /* MX_CUDA_MOE_STREAMS (4, 1..8): streams the MoE experts' GEMMs run on */
+    bool moe_timing;     /* MX_CUDA_MOE_TIMING (0): per-phase GPU times of moe_ffn at destroy */
+} mx_cuda_tunables;
+
+/* Fills *t from the environment (defaults where unset); warns on stderr about values out of range (then the
+ * default) and about MX_CUDA_* names that are no tunable (a typo, or a switch that moved to bench/cuda). */
+void mx_cuda_tunables_read(mx_cuda_tunables *t);
 
 /* A placed weight. q: the tensor's bytes as stored in the file (the decode GEMV and embedding read these);
  * upload sets mx_tensor.dev = q, a plain device address, so that a row view (backend.h: row_views) is
@@ -106,6 +128,7 @@ typedef struct {
     void *train;       /* cuda_train.cu: cuBLAS handle and scratch of the training ops (NULL until used) */
     mx_cuda_placed *placed; /* every placed weight, sorted by q */
     int n_placed, placed_cap;
+    mx_cuda_tunables tune; /* read at create */
 } mx_cuda_ctx;
 
 static inline mx_cuda_ctx *cu_ctx(mx_backend *be) {
@@ -121,7 +144,7 @@ static inline cudaLaunchConfig_t mx_cuda_pdl_config(const mx_cuda_ctx *c, dim3 g
     attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr->val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = mx_cuda_pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = c->tune.pdl ? 1 : 0;
     return cfg;
 }
 /* The placed weight that t is, or rows [r0, r0 + n) of (a row view: t->dev = parent's q + r0 * row_bytes, t->ne
@@ -210,11 +233,11 @@ void mx_cuda_kv_write_k(mx_cuda_ctx *c, void *store, const float *src, int T, in
  */
 void mx_cuda_attention_k(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k,
                          const void *v, float *out, float *lse, const int *dyn, bool static_split);
-/* cuda_fa_wgmma.cu: prefill attention on Hopper (wgmma + TMA) for D = Dv = 64 or 128; variant: MX_CUDA_FA_VAR
- * (9 and up pick its tile configuration). Returns false, launching nothing, for a case it does not take (another
- * device than compute capability 9.0, another shape, misaligned operands, scale <= 0). */
+/* cuda_fa_wgmma.cu: prefill attention on Hopper (wgmma + TMA) for D = Dv = 64 or 128. Returns false, launching
+ * nothing, for a case it does not take (another device than compute capability 9.0, another shape, misaligned
+ * operands, scale <= 0). */
 bool mx_cuda_attention_wgmma(mx_cuda_ctx *c, const mx_attn_spec *spec, const float *q, const void *k,
-                             const void *v, float *out, float *lse, const int *dyn, int variant);
+                             const void *v, float *out, float *lse, const int *dyn);
 /* cuda_graph.cu: the contract's op table (eager, or recorded and replayed as CUDA graphs) */
 void mx_cuda_graph_init(mx_backend *be);
 void mx_cuda_graph_flush(mx_cuda_ctx *c);

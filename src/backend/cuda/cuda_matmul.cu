@@ -324,13 +324,8 @@ static double lt_now(void) {
 
 /* The T a plan's algorithm is chosen for: T itself up to 16, then T rounded up to a quarter of its power of
  * two (17..20 -> 20, 1000 -> 1024, 1100 -> 1280, 4096 -> 4096). */
-static int lt_bucket(int T) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("MX_CUDA_LT_BUCKET");
-        on = e && !strcmp(e, "0") ? 0 : 1;
-    }
-    if (!on || T <= 16) return T;
+static int lt_bucket(const mx_cuda_ctx *c, int T) {
+    if (!c->tune.lt_bucket || T <= 16) return T;
     int p = 16;
     while (p <= T / 2) p *= 2;
     int step = p / 4;
@@ -380,7 +375,7 @@ static lt_plan *lt_get(mx_cuda_ctx *c, int n_in, int n_out, int T, int trans, in
         if (!lc) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
         c->lt_cache = lc;
     }
-    int Tb = lt_bucket(T);
+    int Tb = lt_bucket(c, T);
     for (int i = 0; i < lc->n; i++) {
         lt_plan *q = &lc->p[i];
         if (q->n_in == n_in && q->n_out == n_out && q->Tb == Tb && q->trans == trans &&
@@ -475,8 +470,7 @@ void mx_cuda_matmul_t_k(mx_cuda_ctx *c, const mx_cuda_weight *w, const float *x,
 void mx_cuda_matmul_cache_free(mx_cuda_ctx *c) {
     lt_cache *lc = (lt_cache *)c->lt_cache;
     if (!lc) return;
-    const char *e = getenv("MX_CUDA_LT_STATS");
-    if (e && strcmp(e, "0"))
+    if (c->tune.lt_stats)
         fprintf(stderr,
                 "mixatt cuda: cuBLASLt %ld matmuls, %d plans, %ld heuristic queries (%.1f ms host), %ld "
                 "bucket algorithms refused\n",
@@ -526,9 +520,7 @@ struct FusedP {
     int stage;     /* bytes of shared memory per warp for its two weight rows (0: read them from global) */
     int dbuf; /* FM_PLAIN/FM_ADD with a capped grid: each warp has two such buffers (the next pair's rows) */
     int nw_stage; /* the norm weights are copied to shared memory (after xs) before the wait */
-    int probe; /* MX_CUDA_FUSED_PROBE (profiling only, wrong results): 1 no dot products, 2 no input row read
-                */
-    int ks;    /* warps per pair (one-pass kernel; fused_launch) */
+    int ks;       /* warps per pair (one-pass kernel; fused_launch) */
 };
 
 template <int TY>
@@ -725,7 +717,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         }
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = (p.probe & 2) ? 1.0f : p.x[i];
+            float v = p.x[i];
             xs[i] = v * nw[i];
             ss += v * v;
         }
@@ -733,7 +725,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if (lane == 0) red[warp] = ss;
     } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = (p.probe & 2) ? 1.0f : p.x[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
     }
     if (p.stage) asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
@@ -751,9 +743,7 @@ template <bool LOOP> __global__ void __launch_bounds__(FUSED_WARPS * 32) k_fused
     auto pair_dot = [&](int type_a, const uint8_t *row_a, int type_b, const uint8_t *row_b, bool separate,
                         float &a, float &b) {
         float tmp;
-        if (p.probe & 1) {
-            a = b = 0.0f;
-        } else if (separate) {
+        if (separate) {
             dot2(type_a, row_a, NULL, xs, n, lane, a, tmp, lane + 32 * kq, 32 * KS);
             dot2(type_b, row_b, NULL, xs, n, lane, b, tmp, lane + 32 * kq, 32 * KS);
         } else {
@@ -872,37 +862,9 @@ static void seg_of(FusedSeg &s, const mx_cuda_weight *w, float *y) {
     s.y = y;
 }
 
-static int env_flag(const char *name, int dflt) {
-    const char *e = getenv(name);
-    return e && *e ? strcmp(e, "0") != 0 : dflt;
-}
-
-bool mx_cuda_pdl_enabled(void) {
-    static int v = -1;
-    if (v < 0) v = env_flag("MX_CUDA_PDL", 1);
-    return v == 1;
-}
-
-/* MX_CUDA_SKIP=qkv,add,gateup,head (profiling only: wrong results): fused launches of those kinds are left
- * out, so that a decode step's time without them tells what they cost. */
-bool mx_cuda_skip(const char *what) {
-    const char *e = getenv("MX_CUDA_SKIP");
-    return e && strstr(e, what);
-}
-
 static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
-    static int stage_on = -1, skip[4] = {-1, -1, -1, -1};
-    if (stage_on < 0) stage_on = env_flag("MX_CUDA_WSTAGE", 1);
+    const bool stage_on = c->tune.wstage;
     if (p.n_pairs <= 0) return;
-    int kind = p.mode == FM_QKV ? 0 : p.mode == FM_ADD ? 1 : p.mode == FM_SWIGLU ? 2 : 3;
-    if (skip[kind] < 0) {
-        const char *names[4] = {"qkv", "add", "gateup", "head"};
-        skip[kind] = mx_cuda_skip(names[kind]);
-    }
-    if (skip[kind]) return;
-    static int probe = -1;
-    if (probe < 0) probe = getenv("MX_CUDA_FUSED_PROBE") ? atoi(getenv("MX_CUDA_FUSED_PROBE")) : 0;
-    p.probe = probe;
     unsigned grid = (unsigned)((p.n_pairs + FUSED_WARPS - 1) / FUSED_WARPS);
     p.xs_floats = (p.n_in + 3) & ~3;
     p.dbuf = 0;
@@ -949,15 +911,10 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
      * it */
     p.ks = 1;
     if (!loop && !p.dbuf) {
-        static int ks_env = -1, ks_units = -1;
-        if (ks_env < 0) ks_env = getenv("MX_CUDA_FUSED_KS") ? atoi(getenv("MX_CUDA_FUSED_KS")) : 0;
-        if (ks_units < 0) { /* MX_CUDA_FUSED_KS_UNITS: units per warp that earn another warp (A/B) */
-            ks_units = getenv("MX_CUDA_FUSED_KS_UNITS") ? atoi(getenv("MX_CUDA_FUSED_KS_UNITS")) : 48;
-            if (ks_units < 8) ks_units = 48;
-        }
-        int units = p.n_in / 8;
+        /* MX_CUDA_FUSED_KS_UNITS: units per warp that earn another warp; MX_CUDA_FUSED_KS forces KS */
+        const int ks_units = c->tune.fused_ks_units, units = p.n_in / 8;
         while (p.ks < FUSED_WARPS && units >= ks_units * p.ks) p.ks *= 2;
-        if (ks_env == 1 || ks_env == 2 || ks_env == 4 || ks_env == 8) p.ks = ks_env;
+        if (c->tune.fused_ks) p.ks = c->tune.fused_ks;
         const int per_block = FUSED_WARPS / p.ks;
         grid = (unsigned)((p.n_pairs + per_block - 1) / per_block);
         if (p.stage)

@@ -12,7 +12,7 @@
  *                    e owns slots [off_e, off_e + n_e), off_e = sum of n_e' over e' < e, in entry order
  *   4. the counts (E ints) go to the host, the one wait of the call (GEMM sizes are host-side), while
  *   5. k_moe_gather  xs[slot] = bf16(x[t]) for every entry (N, C): the gather and the GEMM's bf16 rounding
- *   6. per local expert with n_e > 0, on up to MX_MOE_STREAMS streams at once (default 4: one expert's GEMMs
+ *   6. per local expert with n_e > 0, on up to MX_CUDA_MOE_STREAMS streams at once (default 4: one expert's GEMMs
  *      do not fill the GPU), through cuBLASLt plans shared by every token count (cuda_matmul.cu):
  *        g = xs_e · gate_eᵀ and u = xs_e · up_eᵀ (n_e, F) bf16; g = bf16(silu(g) ⊙ u); y_e = g · down_eᵀ fp32
  *      The weights are slices of the 3-D tensors' bf16 copies made at upload (gate and up are separate
@@ -20,7 +20,7 @@
  *   7. k_moe_combine out[t] = sum over j of w[t, j] y[slot(t, j)], the local choices in ascending expert
  *                    order (the CPU's scatter order), one block per token: no accumulator fill, no atomics.
  * Scratch (device, grown on demand): xs N x C bf16, g and u N x F bf16, y N x C fp32, index arrays of N.
- * MX_MOE=0: moe_ffn declines every call (moe.c's generic composition, for A/B). MX_MOE_TIMING=1: CUDA events
+ * MX_CUDA_MOE=0: moe_ffn declines every call (moe.c's generic composition, for A/B). MX_CUDA_MOE_TIMING=1: CUDA events
  * around the phases of each call, medians on stderr when the backend is destroyed. */
 #include <math.h>
 #include <string.h>
@@ -49,7 +49,7 @@ typedef struct {
     size_t cap_ids, cap_rank, cap_epos, cap_hist, cap_counts, cap_w, cap_y, cap_local, cap_xs, cap_g, cap_u;
     void *pin; /* pinned host staging: counts, local flags, routed ids and weights */
     size_t cap_pin;
-    /* MX_MOE_TIMING: per call, the GPU time of the phases and the host's wait for the counts */
+    /* MX_CUDA_MOE_TIMING: per call, the GPU time of the phases and the host's wait for the counts */
     int timing;
     cudaEvent_t ev[4];
     int n_calls;
@@ -62,17 +62,11 @@ static double now_s(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-static int env_int(const char *name, int dflt) {
-    const char *e = getenv(name);
-    return e && *e ? atoi(e) : dflt;
-}
-
 static moe_state *state(mx_cuda_ctx *c) {
     if (c->moe) return (moe_state *)c->moe;
     moe_state *m = (moe_state *)calloc(1, sizeof *m);
     if (!m) mx_cuda_fatal("calloc", "out of memory", __FILE__, __LINE__);
-    m->n_streams = env_int("MX_MOE_STREAMS", 4);
-    if (m->n_streams < 1) m->n_streams = 1;
+    m->n_streams = c->tune.moe_streams; /* 1..8 (cuda_tunables.cu) */
     if (m->n_streams > MOE_MAX_STREAMS) m->n_streams = MOE_MAX_STREAMS;
     m->st[0] = c->stream;
     m->ws[0] = c->lt_ws;
@@ -83,7 +77,7 @@ static moe_state *state(mx_cuda_ctx *c) {
     }
     CU_CHECK(cudaEventCreateWithFlags(&m->fork, cudaEventDisableTiming));
     CU_CHECK(cudaEventCreateWithFlags(&m->counts_ready, cudaEventDisableTiming));
-    m->timing = env_int("MX_MOE_TIMING", 0);
+    m->timing = c->tune.moe_timing;
     if (m->timing && !(m->tm = (float *)malloc(sizeof(float) * 4 * MOE_TIMED))) m->timing = 0;
     for (int i = 0; m->timing && i < 4; i++) CU_CHECK(cudaEventCreate(&m->ev[i]));
     c->moe = m;
@@ -402,17 +396,10 @@ void mx_cuda_moe_route(mx_cuda_ctx *c, const float *logits, int T, int E, int k,
 
 /* ---- moe_ffn ---- */
 
-static bool moe_enabled(void) {
-    static int v = -1;
-    if (v < 0) v = env_int("MX_MOE", 1) != 0;
-    return v == 1;
-}
-
 bool mx_cuda_moe_ffn(mx_cuda_ctx *c, const float *x, const float *logits, int T, int E, int k, bool norm,
                      float scale, const mx_tensor *gate, const mx_tensor *up, const mx_tensor *down,
                      const bool *local, float *out, int *counts) {
-    if (!moe_enabled() || T < MOE_MIN_T || k <= 0 || k > MOE_MAX_K || k > E || E <= 0 || E > 1024)
-        return false;
+    if (!c->tune.moe || T < MOE_MIN_T || k <= 0 || k > MOE_MAX_K || k > E || E <= 0 || E > 1024) return false;
     if (gate->n_dims != 3 || up->n_dims != 3 || down->n_dims != 3) return false;
     int C = (int)gate->ne[0], F = (int)gate->ne[1];
     if (gate->ne[2] != E || up->ne[0] != C || up->ne[1] != F || up->ne[2] != E || down->ne[0] != F ||
