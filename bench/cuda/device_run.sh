@@ -9,10 +9,12 @@
 #                reference, then timed) and PyTorch's SDPA (peer.py) in the same run, no model: .devcarry
 #       moe      the Mixtral-shaped MoE benchmark beside HF transformers (bench/cuda/moe_bench.py): .devcarry
 #       moecheck only that model's logits check, under several launch settings (A/B of a wrong result)
-#       moeab    that model's mixatt prefill/decode under MoE launch settings (MX_MOE, MX_MOE_STREAMS, ...), no HF
+#       moeab    that model's mixatt prefill/decode under MoE launch settings (MX_CUDA_MOE, MX_CUDA_MOE_STREAMS, ...), no HF
 #       test     test_cuda with the default model (graphs on) and the ops with graphs off
 #       bench    bench_cuda, peer.py, mixatt bench and the decode A/B of the launch options
 #       all      test and bench
+#       base     bench_cuda and mixatt bench from another tree's binaries (BASE_DC=its carried DEVCARRY), for an
+#                A/B of a change in one run
 #     test/bench/all need the default model: part 1 staged by call 1 and .devcarry-m2 carried (joined here and
 #     checked against its sha256), or already joined in /tmp/mx by an earlier call on this warm machine.
 # DEVCARRY=NAME (stage.sh's): the binaries in NAME/, the model parts in NAME-m1/ and NAME-m2/. A run without
@@ -22,7 +24,7 @@
 # Python scripts call as MIXATT); python3 itself keeps the machine's own libraries. mixatt links Open MPI but only
 # initializes it under mpirun, so it runs here alone. Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ROOT=${ROOT:-$(cd "$(dirname "$0")/../.." && pwd)} # ROOT=...: the tree, when this script was carried in
 cd "$ROOT"
 M=/tmp/mx
 DC=${DEVCARRY:-.devcarry} # the staged binaries (stage.sh's DEVCARRY)
@@ -35,8 +37,8 @@ stage)
     [ -f "$DC-m2/part" ] && { cp "$DC-m2/part" "$M/model.part2" && echo "device_run: part 2 staged"; }
     [ -f "$DC/model.sha256" ] && cp "$DC/model.sha256" "$M/model.sha256"
     ls -la "$M"
-    [ $# -gt 1 ] || exit 0
-    shift; set -- run "$@" ;; # `stage run WHAT...`: stage, then run in the same call
+    [ "${2:-}" = run ] || exit 0
+    shift ;; # `stage run WHAT...`: stage, then run in the same call
 run) ;;
 *) echo "usage: device_run.sh stage [run WHAT...] | run [ops|models|attn|moe|test|bench|all]..." >&2; exit 2 ;;
 esac
@@ -45,8 +47,16 @@ WHATS=${*:-all}
 
 # binaries and libraries; wrappers that give the binaries (only) the carried libraries
 mkdir -p "$M/lib" "$M/raw" "$M/bin"
-if [ -f "$DC/bin.tar.gz" ]; then
-    tar -C "$M/lib" -xzf "$DC/lib.tar.gz" && tar -C "$M/raw" -xzf "$DC/bin.tar.gz" || exit 3
+# a .tar.gz or .tar.xz (stage.sh XZ=1; unpacked by Python's lzma, which needs no xz binary here)
+unpack() { # unpack DIR ARCHIVE_WITHOUT_SUFFIX
+    if [ -f "$2.tar.xz" ]; then
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$2.tar.xz" "$1"
+    else
+        tar -C "$1" -xzf "$2.tar.gz"
+    fi
+}
+if [ -f "$DC/bin.tar.gz" ] || [ -f "$DC/bin.tar.xz" ]; then
+    unpack "$M/lib" "$DC/lib" && unpack "$M/raw" "$DC/bin" || exit 3
     [ -f "$DC/model.sha256" ] && cp "$DC/model.sha256" "$M/model.sha256"
 else
     [ -x "$M/raw/mixatt" ] || { echo "device_run: no $DC carried and no binaries unpacked in $M" >&2; exit 3; }
@@ -122,11 +132,27 @@ bench|all)
     PYTHONUNBUFFERED=1 python3 bench/cuda/peer.py 2>&1 | tee "$OUTD/peer.log"
     $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 2>&1 | tee "$OUTD/mixatt_bench.log"
     # decode A/B of the launch options (docs/PERFORMANCE.md: CUDA tunables), and where a decode step's time goes
-    # (MX_CUDA_TIMING: graph GPU time vs flush-to-flush host clock); BENCH_AB overrides the list
-    for v in ${BENCH_AB:-MX_CUDA_TIMING=1 MX_CUDA_PDL=0 MX_CUDA_WSTAGE=0 MX_CUDA_FUSE=0}; do
+    # (MX_CUDA_TIMING: graph GPU time vs flush-to-flush host clock); BENCH_AB overrides the list (empty: none)
+    for v in ${BENCH_AB-MX_CUDA_TIMING=1 MX_CUDA_PDL=0 MX_CUDA_WSTAGE=0 MX_CUDA_FUSE=0}; do
         env $v $BIN/mixatt bench -m "$M/model.gguf" --device cuda -n 256 -p 0 -r 3 2>&1 |
             grep -E "tg256|timing: graph of [0-9]{3}" | sed "s/^/$v: /" | tee -a "$OUTD/mixatt_ab.log"
     done ;;
+base)
+    # the same figures from another tree's binaries in this run (BASE_DC: stage.sh's DEVCARRY of that tree,
+    # carried), for an A/B of a change on one machine: bench_cuda and mixatt bench, the default model
+    need_model || exit 3
+    [ -f "${BASE_DC:-}/bin.tar.gz" ] || [ -f "${BASE_DC:-}/bin.tar.xz" ] ||
+        { echo "device_run: base needs BASE_DC=<carried folder>" >&2; rc=2; continue; }
+    mkdir -p "$M/base"
+    unpack "$M/base" "$BASE_DC/bin" || exit 3
+    for b in mixatt bench_cuda; do
+        printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib:/usr/local/cuda/lib64:%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s/base/%s "$@"\n' \
+            "$M" "$NCCL_DIR" "$M" "$b" > "$M/bin/base_$b"
+        chmod +x "$M/bin/base_$b"
+    done
+    "$BIN/base_bench_cuda" "$M/model.gguf" 2>&1 | sed 's/^/base: /' | tee "$OUTD/base_bench_cuda.log"
+    "$BIN/base_mixatt" bench -m "$M/model.gguf" --device cuda -n 256 2>&1 | sed 's/^/base: /' |
+        tee "$OUTD/base_mixatt_bench.log" ;;
 test) ;;
 *) echo "device_run: unknown WHAT '$WHAT'" >&2; rc=2 ;;
 esac

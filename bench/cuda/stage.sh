@@ -37,7 +37,10 @@ rm -f "$TMPB"/*
 for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train build/cuda/bench_cuda build/cuda/fa_variants; do
     strip -o "$TMPB/$(basename "$b")" "$B/$b"
 done
-tar -C "$TMPB" -czf "$DC/bin.tar.gz" .
+# XZ=1: .tar.xz instead of .tar.gz (about a third of the size: the binaries, libraries and the model then fit two
+# calls with room for a second tree's binaries)
+pack() { if [ "${XZ:-0}" = 1 ]; then tar -C "$1" -cf - . | xz -T2 -6 > "$2.tar.xz"; else tar -C "$1" -czf "$2.tar.gz" .; fi; }
+pack "$TMPB" "$DC/bin"
 # every shared library the three binaries need (OpenBLAS, cJSON, utf8proc, Open MPI and theirs) except glibc's,
 # the compiler runtime's and CUDA's own (the device has those, CUDA's under /usr/local/cuda; NCCL, 218 MB, is found
 # there by device_run.sh, in /usr/local/cuda or PyTorch's nvidia-nccl wheel). device_run.sh puts
@@ -47,7 +50,7 @@ libs=$(for b in build/mixatt build/cuda/test_cuda build/cuda/test_cuda_train bui
        grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcudart|libcublas[A-Za-z]*|libnccl)\.so' || true)
 mkdir -p "$TMPL" && rm -f "$TMPL"/*
 for l in $libs; do cp -L "$l" "$TMPL/$(basename "$l")"; done
-tar -C "$TMPL" -czf "$DC/lib.tar.gz" .
+pack "$TMPL" "$DC/lib"
 if [ "$DC" != .devcarry ] && [ "${WITH_MODEL:-0}" != 1 ]; then
     du -sh "$DC"
     echo "stage.sh: ready in $DC (binaries only: device_run.sh with DEVCARRY=$DC, modes without the model)"

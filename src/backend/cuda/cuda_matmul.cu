@@ -906,8 +906,8 @@ static void fused_launch(mx_cuda_ctx *c, FusedP &p) {
         }
     }
     /* the one-pass kernel: KS warps per pair, each every KS-th unit of the rows (a decode GEMV's warp
-     * otherwise walks its two rows alone: ~2 us of dependent smem loads and FMAs per launch on the H100,
-     * MX_CUDA_FUSED_PROBE) until each warp has ~1.5 units of 32 lanes; MX_CUDA_FUSED_KS=1, 2, 4 or 8 forces
+     * otherwise walks its two rows alone, a chain of dependent smem loads and FMAs: bench/RESULTS.md) until
+     * each warp has ~1.5 units of 32 lanes; MX_CUDA_FUSED_KS=1, 2, 4 or 8 forces
      * it */
     p.ks = 1;
     if (!loop && !p.dbuf) {
