@@ -20,6 +20,7 @@ typedef struct {
     mx_common_opts c;
     const char *host, *api_key, *alias;
     int port, parallel, queue, chunk;
+    bool batch_gemm;
     double kv_budget; /* bytes; 0 = not given */
     size_t max_body;
 } serve_opts;
@@ -51,7 +52,12 @@ static void help(FILE *f) {
         "  --chunk N            prompt tokens per step (default the backend's prefill chunk, 512)\n"
         "  --api-key KEY        require \"Authorization: Bearer KEY\" (all but /health and /)\n"
         "  --alias NAME         model name in responses (default: the file name)\n"
-        "  --max-body BYTES     larger request bodies get 413 (default 4M)\n\n",
+        "  --max-body BYTES     larger request bodies get 413 (default 4M)\n"
+        "  --batch-gemm         decode rows of a batch through the prefill GEMM: more tokens per second at\n"
+        "                       many streams, but a row's rounding then depends on its batch, so greedy "
+        "output\n"
+        "                       may differ from mixatt run's (by default each row is computed as if "
+        "alone)\n\n",
         DEFAULT_PORT, DEFAULT_SLOTS, DEFAULT_QUEUE);
     mx_common_help(f, false);
     fprintf(f, "Sampling comes from each request; the sampling flags of mixatt run do not apply here.\n");
@@ -79,6 +85,7 @@ static int serve_flag(void *ctx, const char *a, const char *val, int *i) {
     serve_opts *o = ctx;
     int rc = 0;
     double bytes;
+    if (!strcmp(a, "--batch-gemm")) return o->batch_gemm = true, 1;
     if (!val) return 0;
     if (!strcmp(a, "--host"))
         o->host = val;
@@ -196,7 +203,11 @@ int mx_cmd_serve(int argc, char **argv, mx_comm *comm) {
                         .api_key = o.api_key,
                         .model_name = o.alias ? o.alias : name,
                         .max_body = o.max_body,
-                        .sched = {.n_slots = slots, .n_ctx = n_ctx, .chunk = chunk, .queue_cap = o.queue}};
+                        .sched = {.n_slots = slots,
+                                  .n_ctx = n_ctx,
+                                  .chunk = chunk,
+                                  .queue_cap = o.queue,
+                                  .batch_gemm = o.batch_gemm}};
     catch_stop_signals();
     mx_server *srv = NULL;
     mx_err err = {0};

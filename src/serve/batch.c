@@ -30,12 +30,13 @@ void mx_seq_free(mx_seq *q) {
     mx_kvcache_free(&q->kv);
 }
 
-int mx_batch_init(mx_batch *b, const mx_model *m, mx_backend *be, int max_decode, int chunk, mx_err *err) {
+int mx_batch_init(mx_batch *b, const mx_model *m, mx_backend *be, int max_decode, int chunk, bool gemm,
+                  mx_err *err) {
     memset(b, 0, sizeof *b);
     b->m = m;
     b->be = be;
     b->be_rows = *be;
-    if (be->matmul_rows) b->be_rows.matmul = be->matmul_rows;
+    if (be->matmul_rows && !gemm) b->be_rows.matmul = be->matmul_rows;
     b->chunk = chunk;
     b->max_rows = max_decode + chunk;
     if (b->max_rows > m->cfg.max_ctx)

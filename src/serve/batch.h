@@ -40,8 +40,11 @@ typedef struct {
     float *logits;         /* [max_rows, vocab] host */
 } mx_batch;
 
-/* A batch of up to max_decode one-token items plus prefill chunks totalling at most chunk tokens. */
-int mx_batch_init(mx_batch *b, const mx_model *m, mx_backend *be, int max_decode, int chunk, mx_err *err);
+/* A batch of up to max_decode one-token items plus prefill chunks totalling at most chunk tokens. gemm: the
+ * decode rows go through be->matmul (the prefill GEMM once there are 8 or more: faster at many streams, but a
+ * row's rounding then depends on the batch, so greedy output may differ from mixatt run's); else matmul_rows. */
+int mx_batch_init(mx_batch *b, const mx_model *m, mx_backend *be, int max_decode, int chunk, bool gemm,
+                  mx_err *err);
 void mx_batch_free(mx_batch *b);
 /* Bytes the cache of one sequence of n_ctx tokens takes under the model's plan (prefill in chunk tokens). */
 size_t mx_seq_bytes(const mx_model *m, const mx_backend *be, int n_ctx, int chunk);

@@ -374,7 +374,7 @@ int mx_sched_create(const mx_model *m, mx_backend *be, const mx_sched_opts *o, m
     pthread_cond_init(&sc->wake, NULL);
     pthread_cond_init(&sc->idle, NULL);
     mx_rng_seed(&sc->seeds, (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)sc);
-    int rc = mx_batch_init(&sc->batch, m, be, o->n_slots, o->chunk, err);
+    int rc = mx_batch_init(&sc->batch, m, be, o->n_slots, o->chunk, o->batch_gemm, err);
     if (!rc) rc = init_slots(sc, err);
     if (!rc && pthread_create(&sc->thread, NULL, sched_main, sc))
         rc = mx_err_set(err, MX_ERR_NOMEM, "cannot start the scheduler thread");

@@ -42,6 +42,7 @@ struct mx_job {
 
 typedef struct {
     int n_slots, n_ctx, chunk, queue_cap;
+    bool batch_gemm; /* decode rows through the prefill GEMM (batch.h: mx_batch_init's gemm) */
 } mx_sched_opts;
 
 typedef struct {
