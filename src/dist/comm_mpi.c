@@ -25,6 +25,8 @@ int mx_comm_mpi_create(int *argc, char ***argv, mx_comm **out, mx_err *err) {
 #include <time.h>
 #include <unistd.h>
 
+#include "../base/clock.h"
+
 enum { CHUNK = 1 << 28 }; /* elements per MPI call: counts are int */
 
 /* What a rank is waiting in, for the timeout's and the signal handler's messages. */
@@ -51,12 +53,6 @@ static struct {
     volatile sig_atomic_t
         ending; /* the ranks agreed to stop, or this one is finalizing: a SIGTERM is expected */
 } world;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Async-signal-safe decimal of a small non-negative int. */
 static size_t put_int(char *p, int v) {
@@ -137,12 +133,12 @@ static void timeout_abort(mx_comm *c, mpi_op op) {
 static int mpi_wait(mx_comm *c, int rc, MPI_Request *req, mpi_op op, mx_err *err) {
     if (rc != MPI_SUCCESS) return mpi_check(c, rc, OP_NAMES[op], err);
     world.op = op;
-    double t0 = now_s();
+    double t0 = mx_now();
     for (;;) {
         int done = 0;
         rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS || done) break;
-        double waited = now_s() - t0;
+        double waited = mx_now() - t0;
         if (waited > world.timeout_s) timeout_abort(c, op);
         if (waited < 0.01) {
             sched_yield();
