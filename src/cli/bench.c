@@ -121,29 +121,16 @@ typedef struct {
     mx_star_opts star;
 } bench_opts;
 
-static int bench_flag(void *ctx, const char *a, const char *val, int *i) {
-    bench_opts *b = ctx;
-    int r = mx_star_cli_flag(&b->star, a, val, i);
-    if (r) return r;
-    if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-r")) {
-        int *dst = a[1] == 'p' ? &b->pp : a[1] == 'n' ? &b->tg : &b->reps;
-        if (mx_parse_int(a, val, a[1] == 'r' ? 1 : 0, 1 << 20, dst)) return -1;
-        ++*i;
-    } else if (!strcmp(a, "--json")) {
-        b->json = true;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
 int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
-    mx_common_opts o;
-    mx_common_defaults(&o);
-    o.comm = comm;
     bench_opts bo = {.pp = 512, .tg = 128, .reps = 5, .star = mx_star_cli_defaults()};
-    int prc = mx_parse_args("bench", argc, argv, &o, bench_flag, &bo, help);
-    if (prc) return prc < 0 ? 0 : prc;
+    const mx_opt opts[] = {MX_OPT_I("-p", NULL, &bo.pp, 0, 1 << 20), MX_OPT_I("-n", NULL, &bo.tg, 0, 1 << 20),
+                           MX_OPT_I("-r", NULL, &bo.reps, 1, 1 << 20), MX_OPT_B("--json", NULL, &bo.json),
+                           MX_OPT_END};
+    mx_common_opts o;
+    int status;
+    const mx_command cmd = {
+        .name = "bench", .help = help, .opts = opts, .flag = mx_star_cli_flag, .ctx = &bo.star};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o, &status)) return status;
     if (mx_star_cli_check("bench", &bo.star)) return 2;
     if (bo.star.on && (bo.tg || !bo.pp || o.tp > 1)) {
         fprintf(stderr,

@@ -122,33 +122,15 @@ static int chat_loop(const mx_model *m, mx_session *s, mx_sampler *smp, conversa
     return 0;
 }
 
-typedef struct {
-    const char *system;
-    int n_predict;
-} chat_opts;
-
-static int chat_flag(void *ctx, const char *a, const char *val, int *i) {
-    chat_opts *c = ctx;
-    if (!strcmp(a, "--system") && val) {
-        c->system = val, ++*i;
-    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-        if (mx_parse_int(a, val, 1, 1 << 20, &c->n_predict)) return -1;
-        ++*i;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
 int mx_cmd_chat(int argc, char **argv, mx_comm *comm) {
+    const char *system = NULL;
+    int n_predict = 512;
+    const mx_opt opts[] = {MX_OPT_S("--system", NULL, &system),
+                           MX_OPT_I("--n-predict", "-n", &n_predict, 1, 1 << 20), MX_OPT_END};
     mx_common_opts o;
-    mx_common_defaults(&o);
-    o.comm = comm;
-    chat_opts co = {.n_predict = 512};
-    int prc = mx_parse_args("chat", argc, argv, &o, chat_flag, &co, help);
-    if (prc) return prc < 0 ? 0 : prc;
-    const char *system = co.system;
-    int n_predict = co.n_predict;
+    int status;
+    const mx_command cmd = {.name = "chat", .help = help, .opts = opts};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o, &status)) return status;
     mx_model *m;
     mx_backend *be;
     if (mx_open_model(&o, &m, &be)) return 1;

@@ -1,10 +1,10 @@
-/* common.c: shared CLI flags and model opening (see common.h). */
+/* common.c: shared CLI flags, and opening the model they name (see common.h). */
 #include "common.h"
 
 #include "../attention/kvcache.h"
 #include "../base/file.h"
 #include "../dist/agree.h"
-#include "../model/tp.h"
+#include "../model/open.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -167,6 +167,44 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
     return 0;
 }
 
+/* One table entry against argv[*i]: 1 consumed, 0 not this entry (or a value missing), -1 a bad value. */
+static int take_opt(const mx_opt *t, const char *a, const char *val, int *i) {
+    if (strcmp(a, t->flag) && (!t->alias || strcmp(a, t->alias))) return 0;
+    switch (t->kind) {
+    case MX_OPT_STR:
+        if (!val) return 0; /* "unknown or incomplete option" */
+        *(const char **)t->dst = val;
+        break;
+    case MX_OPT_INT:
+        if (mx_parse_int(a, val, t->lo, t->hi, t->dst)) return -1;
+        break;
+    case MX_OPT_TRUE:
+        *(bool *)t->dst = true;
+        return 1;
+    }
+    ++*i;
+    return 1;
+}
+
+/* mx_flag_fn over a command: its table, then its own function. */
+static int command_flag(void *ctx, const char *a, const char *val, int *i) {
+    const mx_command *cmd = ctx;
+    for (const mx_opt *t = cmd->opts; t && t->flag; t++) {
+        int r = take_opt(t, a, val, i);
+        if (r) return r;
+    }
+    return cmd->flag ? cmd->flag(cmd->ctx, a, val, i) : 0;
+}
+
+bool mx_command_start(const mx_command *cmd, int argc, char **argv, mx_comm *comm, mx_common_opts *o,
+                      int *status) {
+    mx_common_defaults(o);
+    o->comm = comm;
+    int rc = mx_parse_args(cmd->name, argc, argv, o, command_flag, (void *)cmd, cmd->help);
+    *status = rc < 0 ? 0 : rc;
+    return rc == 0;
+}
+
 void mx_common_help(FILE *f, bool sampling) {
     fprintf(
         f,
@@ -229,99 +267,41 @@ const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size) {
     return MX_DEFAULT_MODEL;
 }
 
-/* Whether this process prints the messages every rank would print alike (rank 0 of a job). */
-static bool speaks(const mx_common_opts *o) {
-    return !o->comm || o->comm->rank == 0;
-}
-
-/* Checks --tp against the job before anything is loaded: N must be the number of ranks mpirun started. */
-static int check_tp(const mx_common_opts *o, mx_err *err) {
-    int world = o->comm ? o->comm->size : 1;
-    if (o->tp == 0) return MX_OK;
-    if (world == 1 && o->tp > 1)
-        return mx_err_set(err, MX_ERR_ARG,
-                          "--tp %d needs %d ranks, and this process is a single one: launch it with "
-                          "`mpirun -np %d mixatt ... --tp %d`",
-                          o->tp, o->tp, o->tp, o->tp);
-    if (o->tp != world)
-        return mx_err_set(err, MX_ERR_ARG,
-                          "--tp %d, but this job has %d ranks (mpirun -np %d): they must be equal", o->tp,
-                          world, world);
-    return MX_OK;
-}
-
-static bool on_gpu(const mx_common_opts *o) {
-    return o->device && !strcmp(o->device, "cuda");
-}
-
-/* The GPU of this rank: --gpu when given; otherwise, in a job of several ranks, the rank's index among the
- * ranks of its host (OMPI_COMM_WORLD_LOCAL_RANK, set by mpirun; the world rank when it is missing), so that
- * `mpirun -np N mixatt ... --device cuda` puts one rank on each GPU of a host. */
-static int rank_gpu(const mx_common_opts *o, mx_err *err) {
-    if (o->gpu_given || !o->comm || o->comm->size == 1) return o->gpu;
-    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-    if (!s || !*s) return o->comm->rank;
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || v < 0 || v > 1023) {
-        mx_err_set(err, MX_ERR_ARG, "OMPI_COMM_WORLD_LOCAL_RANK is '%s', not a rank; pass --gpu N", s);
-        return -1;
-    }
-    return (int)v;
-}
-
-/* Loads and places the model on this rank; on failure err says why and nothing is left open. */
-static int open_local(const mx_common_opts *o, mx_model **m, mx_backend **be, mx_err *err) {
-    char buf[PATH_MAX + 64];
-    const char *path = mx_resolve_model(o, buf, sizeof buf);
-    *m = NULL, *be = NULL;
-    if (access(path, F_OK) != 0) {
-        if (o->model) return mx_err_set(err, MX_ERR_IO, "model not found: %s", path);
-        return mx_err_set(err, MX_ERR_IO,
-                          "the default model is not downloaded (looked for %s).\n"
-                          "  Get it with:  make model   (or: bash scripts/get-model.sh)\n"
-                          "  or pass another GGUF with -m FILE.",
-                          path);
-    }
-    if (check_tp(o, err)) return err->code;
-    if (mx_model_load(path, &o->load, m, err)) return mx_err_wrap(err, "cannot load model");
-    if (o->tp > 1 && mx_tp_shard(*m, o->comm, err)) { /* this rank's slice of the weights (model/tp.h) */
-        mx_model_free(*m);
-        *m = NULL;
-        return err->code;
-    }
-    int gpu = on_gpu(o) ? rank_gpu(o, err) : o->gpu;
-    if (gpu < 0) {
-        mx_model_free(*m);
-        *m = NULL;
-        return err->code;
-    }
-    if (mx_backend_create(o->device, gpu, o->threads, be, err) || mx_model_check_backend(*m, *be, err) ||
-        mx_model_place(*m, *be, err)) {
-        mx_backend_destroy(*be);
-        mx_model_free(*m);
-        *m = NULL, *be = NULL;
-        return err->code ? err->code : MX_ERR_ARG;
-    }
-    return MX_OK;
+/* Whether the model the options name is there, said in the terms of the command line (-m, the default model
+ * and how to get it). */
+static int check_model_path(const mx_common_opts *o, const char *path, mx_err *err) {
+    if (access(path, F_OK) == 0) return MX_OK;
+    if (o->model) return mx_err_set(err, MX_ERR_IO, "model not found: %s", path);
+    return mx_err_set(err, MX_ERR_IO,
+                      "the default model is not downloaded (looked for %s).\n"
+                      "  Get it with:  make model   (or: bash scripts/get-model.sh)\n"
+                      "  or pass another GGUF with -m FILE.",
+                      path);
 }
 
 int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
+    char buf[PATH_MAX + 64];
+    mx_open_opts oo = {
+        .path = mx_resolve_model(o, buf, sizeof buf),
+        .load = o->load,
+        .device = o->device,
+        /* --device cuda without --gpu: each rank of a job takes its host-local rank's GPU */
+        .gpu = o->device && !strcmp(o->device, "cuda") && !o->gpu_given ? -1 : o->gpu,
+        .threads = o->threads,
+        .exact = o->exact,
+        .comm = o->comm,
+        .tp = o->tp,
+    };
     mx_err err = {0};
-    /* every rank of the job goes on, or every rank stops with the first failing rank's message */
-    int rc = mx_dist_agree(o->comm, open_local(o, m, be, &err), &err);
-    /* tensor parallel on the GPU: the collectives go to NCCL on the backend's stream (collective itself:
-     * every rank attaches or every rank fails with the first failing rank's message) */
-    if (!rc && o->tp > 1 && ((*be)->caps & MX_CAP_CUDA_STREAM) && o->comm->attach(o->comm, *be, &err))
-        rc = mx_err_wrap(&err, "--tp %d: attaching the ranks' collectives to %s", o->tp, (*be)->name);
+    *m = NULL, *be = NULL;
+    /* collective, as mx_model_open is: every rank goes on, or every rank stops with the same message */
+    int rc = mx_dist_agree(o->comm, check_model_path(o, oo.path, &err), &err);
+    if (!rc) rc = mx_model_open(&oo, m, be, &err);
     if (rc) {
         mx_dist_report(o->comm, "mixatt", &err);
-        mx_close_model(*m, *be);
-        *m = NULL, *be = NULL;
         return 1;
     }
-    (*be)->exact = o->exact;
-    if (!(*m)->cfg.plan_is_trained && speaks(o)) {
+    if (!(*m)->cfg.plan_is_trained && mx_dist_is_root(o->comm)) {
         char plan[512];
         mx_plan_to_string((*m)->cfg.plan, (*m)->cfg.n_layer, plan, sizeof plan);
         fprintf(stderr,
@@ -333,9 +313,7 @@ int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be) {
 }
 
 void mx_close_model(mx_model *m, mx_backend *be) {
-    if (m && be) mx_model_unplace(m, be);
-    mx_backend_destroy(be);
-    mx_model_free(m);
+    mx_model_close(m, be);
 }
 
 void mx_print_quoted(FILE *f, const char *s, size_t n) {

@@ -38,6 +38,38 @@ typedef int (*mx_flag_fn)(void *ctx, const char *flag, const char *val, int *i);
  * -1 when help was printed (exit 0), 2 on a bad or unknown flag (message printed). */
 int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_flag_fn own, void *ctx,
                   void (*help)(FILE *));
+/* A command's own flag as a table entry: STR takes the next argument (const char **dst), INT the next
+ * argument as an integer in lo..hi (int *dst), TRUE sets a bool (bool *dst). */
+typedef enum { MX_OPT_STR, MX_OPT_INT, MX_OPT_TRUE } mx_opt_kind;
+typedef struct {
+    const char *flag, *alias; /* "--file" and "-f"; alias NULL when there is none */
+    mx_opt_kind kind;
+    void *dst;
+    int lo, hi; /* MX_OPT_INT: the values accepted */
+} mx_opt;
+/* Table entries (the conditional makes the compiler check dst's type), and the end of a table. */
+#define MX_OPT_S(flag, alias, dst)                                                                           \
+    { (flag), (alias), MX_OPT_STR, 1 ? (dst) : (const char **)0, 0, 0 }
+#define MX_OPT_I(flag, alias, dst, lo, hi)                                                                   \
+    { (flag), (alias), MX_OPT_INT, 1 ? (dst) : (int *)0, (lo), (hi) }
+#define MX_OPT_B(flag, alias, dst)                                                                           \
+    { (flag), (alias), MX_OPT_TRUE, 1 ? (dst) : (bool *)0, 0, 0 }
+#define MX_OPT_END                                                                                           \
+    { NULL, NULL, MX_OPT_STR, NULL, 0, 0 }
+/* A command as the shared start sees it. */
+typedef struct {
+    const char *name;     /* "perplexity": messages read "mixatt perplexity: ..." */
+    void (*help)(FILE *); /* printed by -h / --help */
+    const mx_opt *opts;   /* the command's flags, ended by an entry whose flag is NULL; NULL = none */
+    mx_flag_fn flag; /* then the flags a table cannot say (repeated, conditional, checked); may be NULL */
+    void *ctx;       /* flag's first argument */
+} mx_command;
+/* The start every command that takes the common flags shares: o set to the defaults with the job's
+ * communicator, then argv parsed (the common flags, -h/--help, cmd->opts, cmd->flag; mx_parse_args). Returns
+ * true to go on; false when the command is to return *status at once: 0 after --help, 2 on a bad or unknown
+ * flag (message printed). */
+bool mx_command_start(const mx_command *cmd, int argc, char **argv, mx_comm *comm, mx_common_opts *o,
+                      int *status);
 /* Help text for the common model flags and, when sampling is true, the sampling flags. */
 void mx_common_help(FILE *f, bool sampling);
 /* Help text for --tp (the commands that accept it: run, logits, perplexity, bench, info). */
@@ -45,8 +77,9 @@ void mx_common_help_tp(FILE *f);
 /* Resolves the model path: -m, else $MIXATT_MODEL, else MX_DEFAULT_MODEL under the current directory or
  * next to the binary (../models/). */
 const char *mx_resolve_model(const mx_common_opts *o, char *buf, size_t size);
-/* Loads the model, creates the backend (--device) and places the weights on it; prints a message and returns
- * non-zero on failure. mx_close_model undoes it. */
+/* Opens the model the options name on the backend they name (mx_model_open, model/open.h), with every rank
+ * of o->comm; prints the message (once per job) and returns non-zero on failure, and notes a plan the model
+ * was not trained with. mx_close_model undoes it. */
 int mx_open_model(const mx_common_opts *o, mx_model **m, mx_backend **be);
 void mx_close_model(mx_model *m, mx_backend *be);
 /* Prints n bytes quoted, with C escapes for quotes, backslashes and control bytes (UTF-8 bytes as they are). */

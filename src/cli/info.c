@@ -131,13 +131,10 @@ typedef struct {
     const char *moe_text, *shape;
 } info_opts;
 
+/* The flags a table cannot say: --moe-stats, then -p TEXT for it; --shape's one known value. */
 static int info_flag(void *ctx, const char *a, const char *val, int *i) {
     info_opts *io = ctx;
-    if (!strcmp(a, "--layers")) {
-        io->layers = true;
-    } else if (!strcmp(a, "--kv-table")) {
-        io->table = true;
-    } else if (!strcmp(a, "--moe-stats")) {
+    if (!strcmp(a, "--moe-stats")) {
         io->moe_text = "";
     } else if (!strcmp(a, "-p") && val && io->moe_text) {
         io->moe_text = val, ++*i;
@@ -170,12 +167,13 @@ static void print_architecture(const mx_config *c) {
 }
 
 int mx_cmd_info(int argc, char **argv, mx_comm *comm) {
-    mx_common_opts o;
-    mx_common_defaults(&o);
-    o.comm = comm;
     info_opts io = {0};
-    int prc = mx_parse_args("info", argc, argv, &o, info_flag, &io, help);
-    if (prc) return prc < 0 ? 0 : prc;
+    const mx_opt opts[] = {MX_OPT_B("--layers", NULL, &io.layers), MX_OPT_B("--kv-table", NULL, &io.table),
+                           MX_OPT_END};
+    mx_common_opts o;
+    int status;
+    const mx_command cmd = {.name = "info", .help = help, .opts = opts, .flag = info_flag, .ctx = &io};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o, &status)) return status;
     if (io.moe_text && !*io.moe_text) return fprintf(stderr, "mixatt info: --moe-stats needs -p TEXT\n"), 2;
     if (io.shape) {
         mx_config c;

@@ -58,39 +58,24 @@ typedef struct {
     mx_star_opts star;
 } logits_opts;
 
-static int logits_flag(void *ctx, const char *a, const char *val, int *i) {
-    logits_opts *lo = ctx;
-    int r = mx_star_cli_flag(&lo->star, a, val, i);
-    if (r) return r;
-    if (!strcmp(a, "--ids") && val) {
-        lo->ids = val, ++*i;
-    } else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
-        lo->prompt = val, ++*i;
-    } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && val) {
-        lo->out = val, ++*i;
-    } else if (!strcmp(a, "--decode")) {
-        lo->decode = true;
-    } else if (!strcmp(a, "--chunk")) {
-        if (mx_parse_int(a, val, 1, 1 << 20, &lo->chunk)) return -1;
-        ++*i;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
 int mx_cmd_logits(int argc, char **argv, mx_comm *comm) {
-    mx_common_opts o;
-    mx_common_defaults(&o);
-    o.comm = comm;
     logits_opts lo = {.star = mx_star_cli_defaults()};
-    int prc = mx_parse_args("logits", argc, argv, &o, logits_flag, &lo, help);
-    if (!prc) prc = mx_star_cli_check("logits", &lo.star);
-    if (!prc && lo.star.on && o.tp > 1) {
+    const mx_opt opts[] = {MX_OPT_S("--ids", NULL, &lo.ids),
+                           MX_OPT_S("--prompt", "-p", &lo.prompt),
+                           MX_OPT_S("--out", "-o", &lo.out),
+                           MX_OPT_B("--decode", NULL, &lo.decode),
+                           MX_OPT_I("--chunk", NULL, &lo.chunk, 1, 1 << 20),
+                           MX_OPT_END};
+    mx_common_opts o;
+    int status;
+    const mx_command cmd = {
+        .name = "logits", .help = help, .opts = opts, .flag = mx_star_cli_flag, .ctx = &lo.star};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o, &status)) return status;
+    if (mx_star_cli_check("logits", &lo.star)) return 2;
+    if (lo.star.on && o.tp > 1) {
         fprintf(stderr, "mixatt logits: --tp and --attn star each need every rank of the job; use one\n");
-        prc = 2;
+        return 2;
     }
-    if (prc) return prc < 0 ? 0 : prc;
     const char *ids_arg = lo.ids, *prompt = lo.prompt, *out = lo.out;
     int chunk = lo.chunk;
     bool decode = lo.decode;

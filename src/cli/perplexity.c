@@ -36,33 +36,15 @@ static double chunk_nll(const float *logits, const int *ids, int n, int vocab, d
     return total;
 }
 
-typedef struct {
-    const char *file;
-    int max_chunks;
-} ppl_opts;
-
-static int ppl_flag(void *ctx, const char *a, const char *val, int *i) {
-    ppl_opts *p = ctx;
-    if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
-        p->file = val, ++*i;
-    } else if (!strcmp(a, "--chunks")) {
-        if (mx_parse_int(a, val, 1, 1 << 30, &p->max_chunks)) return -1;
-        ++*i;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
 int mx_cmd_perplexity(int argc, char **argv, mx_comm *comm) {
+    const char *file = NULL;
+    int max_chunks = 0;
+    const mx_opt opts[] = {MX_OPT_S("--file", "-f", &file),
+                           MX_OPT_I("--chunks", NULL, &max_chunks, 1, 1 << 30), MX_OPT_END};
     mx_common_opts o;
-    mx_common_defaults(&o);
-    o.comm = comm;
-    ppl_opts po = {0};
-    int prc = mx_parse_args("perplexity", argc, argv, &o, ppl_flag, &po, help);
-    if (prc) return prc < 0 ? 0 : prc;
-    const char *file = po.file;
-    int max_chunks = po.max_chunks;
+    int status;
+    const mx_command cmd = {.name = "perplexity", .help = help, .opts = opts};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o, &status)) return status;
     if (!file) return fprintf(stderr, "mixatt perplexity: -f FILE is required (see --help)\n"), 2;
     size_t len;
     char *text = mx_read_file(file, &len);

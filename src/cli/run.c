@@ -50,59 +50,54 @@ typedef struct {
     mx_star_opts star;
 } run_opts;
 
+/* The flags a table cannot say: Star's, --stop (repeated), --no-special (clears a default). */
 static int run_flag(void *ctx, const char *a, const char *val, int *i) {
     run_opts *o = ctx;
     int r = mx_star_cli_flag(&o->star, a, val, i);
     if (r) return r;
-    if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && val) {
-        o->prompt = val, ++*i;
-    } else if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && val) {
-        o->file = val, ++*i;
-    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-        if (mx_parse_int(a, val, -1, 1 << 24, &o->n_predict)) return -1;
-        ++*i;
-    } else if (!strcmp(a, "--ids") && val) {
-        o->ids = val, ++*i;
-    } else if (!strcmp(a, "--tokenizer") && val) {
-        o->tokenizer = val, ++*i;
-    } else if (!strcmp(a, "--system") && val) {
-        o->system = val, ++*i;
-    } else if (!strcmp(a, "--stop") && val) {
+    if (!strcmp(a, "--stop") && val) {
         if (o->n_stops == MAX_STOPS)
             return fprintf(stderr, "mixatt run: at most %d --stop strings\n", MAX_STOPS), -1;
         o->stops[o->n_stops++] = val, ++*i;
-    } else if (!strcmp(a, "--chat")) {
-        o->chat = true;
     } else if (!strcmp(a, "--no-special")) {
         o->parse_special = false;
-    } else if (!strcmp(a, "--print-ids")) {
-        o->print_ids = true;
-    } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-        o->quiet = true;
     } else {
         return 0;
     }
     return 1;
 }
 
-static int parse(run_opts *o, int argc, char **argv) {
-    int rc = mx_parse_args("run", argc, argv, &o->c, run_flag, o, help);
-    if (!rc) rc = mx_star_cli_check("run", &o->star);
-    if (!rc && o->star.on && o->c.tp > 1) {
+/* Parses argv into o and checks the flags go together; false with *status when the command ends here. */
+static bool parse(run_opts *o, int argc, char **argv, mx_comm *comm, int *status) {
+    const mx_opt opts[] = {MX_OPT_S("--prompt", "-p", &o->prompt),
+                           MX_OPT_S("--file", "-f", &o->file),
+                           MX_OPT_I("--n-predict", "-n", &o->n_predict, -1, 1 << 24),
+                           MX_OPT_S("--ids", NULL, &o->ids),
+                           MX_OPT_S("--tokenizer", NULL, &o->tokenizer),
+                           MX_OPT_S("--system", NULL, &o->system),
+                           MX_OPT_B("--chat", NULL, &o->chat),
+                           MX_OPT_B("--print-ids", NULL, &o->print_ids),
+                           MX_OPT_B("--quiet", "-q", &o->quiet),
+                           MX_OPT_END};
+    const mx_command cmd = {.name = "run", .help = help, .opts = opts, .flag = run_flag, .ctx = o};
+    if (!mx_command_start(&cmd, argc, argv, comm, &o->c, status)) return false;
+    *status = 2;
+    if (mx_star_cli_check("run", &o->star)) return false;
+    if (o->star.on && o->c.tp > 1) {
         fprintf(stderr, "mixatt run: --tp and --attn star each need every rank of the job; use one\n");
-        rc = 2;
+        return false;
     }
-    if (rc) return rc;
     if ((o->prompt != NULL) + (o->file != NULL) + (o->ids != NULL) != 1) {
         fprintf(stderr, "mixatt run: give exactly one of -p PROMPT, -f FILE or --ids \"ID ...\" (see mixatt "
                         "run --help)\n");
-        return 2;
+        return false;
     }
     if (o->ids && o->chat) {
         fprintf(stderr, "mixatt run: --chat renders text; it cannot take --ids\n");
-        return 2;
+        return false;
     }
-    return 0;
+    *status = 0;
+    return true;
 }
 
 /* The text fed to the tokenizer: the raw prompt, or the chat rendering of [system,] user + assistant opening.
@@ -170,10 +165,8 @@ static int use_tokenizer(mx_model *m, const char *path) {
 
 int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     run_opts o = {.n_predict = 128, .parse_special = true, .star = mx_star_cli_defaults()};
-    mx_common_defaults(&o.c);
-    o.c.comm = comm;
-    int rc = parse(&o, argc, argv);
-    if (rc) return rc < 0 ? 0 : rc;
+    int rc;
+    if (!parse(&o, argc, argv, comm, &rc)) return rc;
 
     char *file_text = NULL;
     size_t file_len = 0;

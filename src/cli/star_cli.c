@@ -9,7 +9,8 @@ mx_star_opts mx_star_cli_defaults(void) {
     return (mx_star_opts){.on = false, .block = 0, .anchor = -1, .query = 0};
 }
 
-int mx_star_cli_flag(mx_star_opts *o, const char *a, const char *val, int *i) {
+int mx_star_cli_flag(void *star, const char *a, const char *val, int *i) {
+    mx_star_opts *o = star;
     if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
         o->on = true;
     } else if (!strcmp(a, "--block")) {

@@ -10,9 +10,9 @@
 
 /* The defaults: off, block = context / ranks, anchor = block, query = 1 token. */
 mx_star_opts mx_star_cli_defaults(void);
-/* A command's flag function (mx_flag_fn contract) for the Star flags: 1 consumed, 0 not a Star flag, -1 bad
- * value (message printed). */
-int mx_star_cli_flag(mx_star_opts *o, const char *flag, const char *val, int *i);
+/* A command's flag function for the Star flags (an mx_flag_fn; star is the mx_star_opts to fill): 1 consumed,
+ * 0 not a Star flag, -1 bad value (message printed). */
+int mx_star_cli_flag(void *star, const char *flag, const char *val, int *i);
 /* After parsing: refuses Star flags without --attn star. 0 or 2 (message printed). */
 int mx_star_cli_check(const char *cmd, const mx_star_opts *o);
 void mx_star_cli_help(FILE *f);
