@@ -41,39 +41,71 @@ int mx_parse_float(const char *flag, const char *s, float lo, float hi, float *o
     return 0;
 }
 
+/* One table entry against argv[*i]: 1 consumed, 0 not this entry (or a value missing), -1 a bad value. */
+static int take_opt(const mx_opt *t, const char *a, const char *val, int *i) {
+    if (strcmp(a, t->flag) && (!t->alias || strcmp(a, t->alias))) return 0;
+    switch (t->kind) {
+    case MX_OPT_STR:
+        if (!val) return 0; /* "unknown or incomplete option" */
+        *(const char **)t->dst = val;
+        break;
+    case MX_OPT_INT:
+        if (mx_parse_int(a, val, (int)t->lo, (int)t->hi, t->dst)) return -1;
+        break;
+    case MX_OPT_FLOAT:
+        if (mx_parse_float(a, val, (float)t->lo, (float)t->hi, t->dst)) return -1;
+        break;
+    case MX_OPT_TRUE:
+        *(bool *)t->dst = true;
+        return 1;
+    }
+    ++*i;
+    return 1;
+}
+
+/* A table (ended by an entry without flag) against argv[*i]: as take_opt. */
+static int take_opts(const mx_opt *t, const char *a, const char *val, int *i) {
+    for (; t && t->flag; t++) {
+        int r = take_opt(t, a, val, i);
+        if (r) return r;
+    }
+    return 0;
+}
+
 int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     const char *val = *i + 1 < argc ? argv[*i + 1] : NULL;
-    int iv;
-    float fv;
-#define TAKE (*i += 1)
+    const mx_opt opts[] = {
+        MX_OPT_I("--threads", "-t", &o->threads, 1, 1024),
+        MX_OPT_I("--ctx", "-c", &o->ctx, 1, 1 << 24),
+        MX_OPT_I("--window", NULL, &o->load.window, 1, 1 << 24),
+        MX_OPT_I("--tp", NULL, &o->tp, 1, 4096),
+        MX_OPT_B("--exact", NULL, &o->exact),
+        MX_OPT_F("--temp", NULL, &o->sp.temperature, 0, 100),
+        MX_OPT_I("--top-k", NULL, &o->sp.top_k, 0, INT_MAX),
+        MX_OPT_F("--top-p", NULL, &o->sp.top_p, 0, 1),
+        MX_OPT_F("--min-p", NULL, &o->sp.min_p, 0, 1),
+        MX_OPT_F("--repeat-penalty", NULL, &o->sp.repeat_penalty, 0.01f, 100),
+        MX_OPT_I("--repeat-last-n", NULL, &o->sp.repeat_last_n, 0, INT_MAX),
+        MX_OPT_END,
+    };
+    int r = take_opts(opts, a, val, i), iv;
+    if (r) return r;
+    /* the flags with their own messages or checks */
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
         if (!val) return fprintf(stderr, "mixatt: %s expects a path\n", a), -1;
         o->model = val;
-        TAKE;
-    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-        if (mx_parse_int(a, val, 1, 1024, &o->threads)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
-        if (mx_parse_int(a, val, 1, 1 << 24, &o->ctx)) return -1;
-        TAKE;
     } else if (!strcmp(a, "--device")) {
         if (!val || (strcmp(val, "cpu") && strcmp(val, "cuda")))
             return fprintf(stderr, "mixatt: --device expects cpu or cuda, got '%s'\n", val ? val : ""), -1;
         o->device = val;
-        TAKE;
     } else if (!strcmp(a, "--gpu")) {
         if (mx_parse_int(a, val, 0, 1023, &o->gpu)) return -1;
         o->device = "cuda";
         o->gpu_given = true;
-        TAKE;
     } else if (!strcmp(a, "--plan")) {
         if (!val) return fprintf(stderr, "mixatt: --plan expects a plan string or preset\n"), -1;
         o->load.plan = val;
-        TAKE;
-    } else if (!strcmp(a, "--window")) {
-        if (mx_parse_int(a, val, 1, 1 << 24, &o->load.window)) return -1;
-        TAKE;
     } else if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
         return 0; /* Star Attention: the commands that implement it take it (cli/star_cli.c) */
     } else if (!strcmp(a, "--attn")) {
@@ -84,7 +116,6 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
                            val ? val : ""),
                    -1;
         o->load.attn = val;
-        TAKE;
     } else if (!strcmp(a, "--mla")) {
         int f = val ? mx_mla_form_parse(val) : -1;
         if (f < 0)
@@ -92,40 +123,13 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
                            val ? val : ""),
                    -1;
         o->load.mla_form = f;
-        TAKE;
-    } else if (!strcmp(a, "--tp")) {
-        if (mx_parse_int(a, val, 1, 4096, &o->tp)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--exact")) {
-        o->exact = true;
-        return 1;
-    } else if (!strcmp(a, "--temp")) {
-        if (mx_parse_float(a, val, 0, 100, &o->sp.temperature)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--top-k")) {
-        if (mx_parse_int(a, val, 0, INT_MAX, &o->sp.top_k)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--top-p")) {
-        if (mx_parse_float(a, val, 0, 1, &o->sp.top_p)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--min-p")) {
-        if (mx_parse_float(a, val, 0, 1, &o->sp.min_p)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--repeat-penalty")) {
-        if (mx_parse_float(a, val, 0.01f, 100, &o->sp.repeat_penalty)) return -1;
-        TAKE;
-    } else if (!strcmp(a, "--repeat-last-n")) {
-        if (mx_parse_int(a, val, 0, INT_MAX, &o->sp.repeat_last_n)) return -1;
-        TAKE;
     } else if (!strcmp(a, "--seed")) {
         if (mx_parse_int(a, val, 0, INT_MAX, &iv)) return -1;
         o->sp.seed = (uint64_t)iv;
-        TAKE;
     } else {
-        (void)fv;
         return 0;
     }
-#undef TAKE
+    ++*i; /* each of them took a value */
     return 1;
 }
 
@@ -167,32 +171,11 @@ int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_
     return 0;
 }
 
-/* One table entry against argv[*i]: 1 consumed, 0 not this entry (or a value missing), -1 a bad value. */
-static int take_opt(const mx_opt *t, const char *a, const char *val, int *i) {
-    if (strcmp(a, t->flag) && (!t->alias || strcmp(a, t->alias))) return 0;
-    switch (t->kind) {
-    case MX_OPT_STR:
-        if (!val) return 0; /* "unknown or incomplete option" */
-        *(const char **)t->dst = val;
-        break;
-    case MX_OPT_INT:
-        if (mx_parse_int(a, val, t->lo, t->hi, t->dst)) return -1;
-        break;
-    case MX_OPT_TRUE:
-        *(bool *)t->dst = true;
-        return 1;
-    }
-    ++*i;
-    return 1;
-}
-
 /* mx_flag_fn over a command: its table, then its own function. */
 static int command_flag(void *ctx, const char *a, const char *val, int *i) {
     const mx_command *cmd = ctx;
-    for (const mx_opt *t = cmd->opts; t && t->flag; t++) {
-        int r = take_opt(t, a, val, i);
-        if (r) return r;
-    }
+    int r = take_opts(cmd->opts, a, val, i);
+    if (r) return r;
     return cmd->flag ? cmd->flag(cmd->ctx, a, val, i) : 0;
 }
 

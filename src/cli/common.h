@@ -38,20 +38,22 @@ typedef int (*mx_flag_fn)(void *ctx, const char *flag, const char *val, int *i);
  * -1 when help was printed (exit 0), 2 on a bad or unknown flag (message printed). */
 int mx_parse_args(const char *cmd, int argc, char **argv, mx_common_opts *o, mx_flag_fn own, void *ctx,
                   void (*help)(FILE *));
-/* A command's own flag as a table entry: STR takes the next argument (const char **dst), INT the next
- * argument as an integer in lo..hi (int *dst), TRUE sets a bool (bool *dst). */
-typedef enum { MX_OPT_STR, MX_OPT_INT, MX_OPT_TRUE } mx_opt_kind;
+/* A flag as a table entry: STR takes the next argument (const char **dst), INT the next argument as an
+ * integer in lo..hi (int *dst), FLOAT as a number in lo..hi (float *dst), TRUE sets a bool (bool *dst). */
+typedef enum { MX_OPT_STR, MX_OPT_INT, MX_OPT_FLOAT, MX_OPT_TRUE } mx_opt_kind;
 typedef struct {
     const char *flag, *alias; /* "--file" and "-f"; alias NULL when there is none */
     mx_opt_kind kind;
     void *dst;
-    int lo, hi; /* MX_OPT_INT: the values accepted */
+    double lo, hi; /* MX_OPT_INT, MX_OPT_FLOAT: the values accepted */
 } mx_opt;
 /* Table entries (the conditional makes the compiler check dst's type), and the end of a table. */
 #define MX_OPT_S(flag, alias, dst)                                                                           \
     { (flag), (alias), MX_OPT_STR, 1 ? (dst) : (const char **)0, 0, 0 }
 #define MX_OPT_I(flag, alias, dst, lo, hi)                                                                   \
     { (flag), (alias), MX_OPT_INT, 1 ? (dst) : (int *)0, (lo), (hi) }
+#define MX_OPT_F(flag, alias, dst, lo, hi)                                                                   \
+    { (flag), (alias), MX_OPT_FLOAT, 1 ? (dst) : (float *)0, (lo), (hi) }
 #define MX_OPT_B(flag, alias, dst)                                                                           \
     { (flag), (alias), MX_OPT_TRUE, 1 ? (dst) : (bool *)0, 0, 0 }
 #define MX_OPT_END                                                                                           \
