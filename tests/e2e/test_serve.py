@@ -404,3 +404,27 @@ def test_asan_server_drains_on_sigterm(mixatt_asan, model):
     assert rc == 0, err
     assert "Sanitizer" not in err and "runtime error" not in err, err
     assert "finishing the requests in flight" in err
+
+
+def test_kv_budget_sets_the_slots_from_the_plan(mixatt, model):
+    """--kv-budget: slots = budget // one slot's cache, the cache per token from the GGUF's shape (fp32 K and V
+    of every layer under the standard plan); a MixAttention plan's window rings fit more slots."""
+    import gguf
+    r = gguf.GGUFReader(model)
+    kv = {f.name: f.parts[f.data[0]][0] for f in r.fields.values() if f.name.startswith("llama.")}
+    n_layer, n_head, n_kv = int(kv["llama.block_count"]), int(kv["llama.attention.head_count"]), \
+        int(kv["llama.attention.head_count_kv"])
+    head_dim = int(kv["llama.embedding_length"]) // n_head
+    per_slot = n_layer * 2 * n_kv * head_dim * 4 * CTX
+    budget = 5 * per_slot + per_slot // 2
+    slots = {}
+    for plan in ("standard", "ma-offset"):
+        s = Server(mixatt, model, "--ctx", CTX, "--kv-budget", budget, "--plan", plan)
+        try:
+            m = s.metrics()
+            slots[plan] = m["mixatt_slots"]
+            assert m["mixatt_kv_cache_bytes"] <= budget
+        finally:
+            assert s.stop()[0] == 0
+    assert slots["standard"] == 5
+    assert slots["ma-offset"] > slots["standard"]
