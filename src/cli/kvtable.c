@@ -82,8 +82,8 @@ int mx_print_kv_table(const mx_config *c, const char *title, FILE *f) {
         double r = gqa32 / at[1];
         /* mixatt serve: each slot holds one sequence's cache of the full context (--kv-budget) */
         fprintf(f, "| %s | %s | %.0f | %s | %s | %s | %s%.2f | %.1f / %.2f |\n", vs[i].name,
-                vs[i].mla ? "latent" : heads, at[2] / CTXS[2], cells[0], cells[1], cells[2], r >= 1 ? "1/" : "x",
-                r >= 1 ? r : 1 / r, (1 << 30) / at[0], (1 << 30) / at[1]);
+                vs[i].mla ? "latent" : heads, at[2] / CTXS[2], cells[0], cells[1], cells[2],
+                r >= 1 ? "1/" : "x", r >= 1 ? r : 1 / r, (1 << 30) / at[0], (1 << 30) / at[1]);
     }
     return 0;
 }

@@ -16,8 +16,10 @@ static void help(FILE *f) {
     fprintf(
         f,
         "usage: mixatt run [-m MODEL] (-p PROMPT | -f FILE | --ids \"ID ...\") [-n N] [--chat] [options]\n\n"
-        "Generates a continuation of PROMPT and streams it to stdout. A Hugging Face directory's tokenizer is\n"
-        "its tokenizer.json (with tokenizer_config.json: BOS, the chat template); the BOS token is added when\n"
+        "Generates a continuation of PROMPT and streams it to stdout. A Hugging Face directory's tokenizer "
+        "is\n"
+        "its tokenizer.json (with tokenizer_config.json: BOS, the chat template); the BOS token is added "
+        "when\n"
         "the tokenizer adds one (as Hugging Face's add_special_tokens), except with --chat, whose template\n"
         "writes its own. MODEL may also be a run directory of\n"
         "mixatt train (or its checkpoint.safetensors): it has no tokenizer, so give the prompt as --ids and\n"
@@ -201,8 +203,10 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
         fprintf(stderr, "mixatt run: %s\n", err.msg);
         goto done;
     }
-    if (!o.chat && m->tok && mx_tokenizer_add_bos(m->tok) && (n_ids == 0 || ids[0] != mx_tokenizer_bos(m->tok))) {
-        int *with = realloc(ids, sizeof *ids * (size_t)(n_ids + 1)); /* as Hugging Face's add_special_tokens */
+    if (!o.chat && m->tok && mx_tokenizer_add_bos(m->tok) &&
+        (n_ids == 0 || ids[0] != mx_tokenizer_bos(m->tok))) {
+        int *with =
+            realloc(ids, sizeof *ids * (size_t)(n_ids + 1)); /* as Hugging Face's add_special_tokens */
         if (!with) goto done;
         memmove(with + 1, with, sizeof *with * (size_t)n_ids);
         with[0] = mx_tokenizer_bos(m->tok);

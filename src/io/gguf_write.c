@@ -125,8 +125,8 @@ int mx_gguf_w_str(mx_gguf_writer *w, const char *key, const char *v, mx_err *err
     return end(&w->kv, err);
 }
 
-int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens, size_t n,
-                      mx_err *err) {
+int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens,
+                      size_t n, mx_err *err) {
     if (begin_kv(w, key, MX_GGUF_ARRAY, err)) return err->code;
     put_le(&w->kv, MX_GGUF_STRING, 4);
     put_le(&w->kv, n, 8);
@@ -134,7 +134,8 @@ int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *str
     return end(&w->kv, err);
 }
 
-static int put_arr32(mx_gguf_writer *w, const char *key, uint32_t type, const void *v, size_t n, mx_err *err) {
+static int put_arr32(mx_gguf_writer *w, const char *key, uint32_t type, const void *v, size_t n,
+                     mx_err *err) {
     if (begin_kv(w, key, MX_GGUF_ARRAY, err)) return err->code;
     put_le(&w->kv, type, 4);
     put_le(&w->kv, n, 8);
@@ -229,8 +230,9 @@ static bool write_all(mx_gguf_writer *w, FILE *f) {
     put_le(&h, 3, 4);
     put_le(&h, w->n_tensors, 8);
     put_le(&h, w->n_kv, 8);
-    bool ok = !h.oom && fwrite(h.p, 1, h.n, f) == h.n && (!w->kv.n || fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n) &&
-              (!w->info.n || fwrite(w->info.p, 1, w->info.n, f) == w->info.n); /* no tensors: info.p is NULL */
+    bool ok =
+        !h.oom && fwrite(h.p, 1, h.n, f) == h.n && (!w->kv.n || fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n) &&
+        (!w->info.n || fwrite(w->info.p, 1, w->info.n, f) == w->info.n); /* no tensors: info.p is NULL */
     uint64_t pos = h.n + w->kv.n + w->info.n;
     free(h.p);
     ok = ok && write_pad(f, &pos);

@@ -23,8 +23,8 @@ int mx_gguf_w_f32(mx_gguf_writer *w, const char *key, float v, mx_err *err);
 int mx_gguf_w_bool(mx_gguf_writer *w, const char *key, bool v, mx_err *err);
 int mx_gguf_w_str(mx_gguf_writer *w, const char *key, const char *v, mx_err *err);
 /* Arrays: n strings (lens[i] bytes each, or NUL-terminated when lens is NULL), n int32 or n float32 values. */
-int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens, size_t n,
-                      mx_err *err);
+int mx_gguf_w_arr_str(mx_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens,
+                      size_t n, mx_err *err);
 int mx_gguf_w_arr_i32(mx_gguf_writer *w, const char *key, const int32_t *v, size_t n, mx_err *err);
 int mx_gguf_w_arr_f32(mx_gguf_writer *w, const char *key, const float *v, size_t n, mx_err *err);
 /* A key/value read by gguf.c (any type, arrays of strings and nested arrays included), under its own key. */

@@ -115,9 +115,11 @@ int mx_sample(mx_sampler *s, float *logits, const int *history, int n_history) {
     return s->idx[keep - 1];
 }
 
-void mx_sample_penalize(mx_sampler *s, float *logits, const int *gen, int n_gen, float presence, float frequency) {
+void mx_sample_penalize(mx_sampler *s, float *logits, const int *gen, int n_gen, float presence,
+                        float frequency) {
     if (presence == 0.0f && frequency == 0.0f) return;
-    for (int i = 0; i < n_gen; i++) /* s->idx as scratch: 0 marks a token not yet given its presence penalty */
+    for (int i = 0; i < n_gen;
+         i++) /* s->idx as scratch: 0 marks a token not yet given its presence penalty */
         if (gen[i] >= 0 && gen[i] < s->vocab) s->idx[gen[i]] = 0;
     for (int i = 0; i < n_gen; i++) {
         int t = gen[i];

@@ -34,6 +34,7 @@ void mx_sampler_free(mx_sampler *s);
 int mx_sample(mx_sampler *s, float *logits, const int *history, int n_history);
 /* OpenAI's presence and frequency penalties (the server's request fields), applied before mx_sample: for each
  * token that occurs c > 0 times in gen, logits[token] -= frequency * c + presence. */
-void mx_sample_penalize(mx_sampler *s, float *logits, const int *gen, int n_gen, float presence, float frequency);
+void mx_sample_penalize(mx_sampler *s, float *logits, const int *gen, int n_gen, float presence,
+                        float frequency);
 
 #endif

@@ -413,13 +413,16 @@ Test(tokenizer_meta, chat_templates) {
     mx_chat_template *ct;
     const char *k[] = {"tokenizer.chat_template"};
     /* a construct outside the Jinja subset is refused by name and line */
-    const char *v1[] = {"{% for m in messages %}{{ m['content'] }}{% endfor %}\n{% macro f() %}x{% endmacro %}"};
+    const char *v1[] = {
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}\n{% macro f() %}x{% endmacro %}"};
     mx_gguf *g = tiny_gguf(&b, k, v1, 1);
     cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), MX_ERR_UNSUPPORTED);
-    cr_assert(strstr(err.msg, "'macro'") && strstr(err.msg, "line 2") && strstr(err.msg, "tiny.gguf"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "'macro'") && strstr(err.msg, "line 2") && strstr(err.msg, "tiny.gguf"), "%s",
+              err.msg);
     mx_gguf_close(g);
     /* raise_exception's message comes back from the render */
-    const char *v2[] = {"{% if messages[0]['role'] != 'user' %}{{ raise_exception('users first') }}{% endif %}ok"};
+    const char *v2[] = {
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('users first') }}{% endif %}ok"};
     g = tiny_gguf(&b, k, v2, 1);
     cr_assert_eq(mx_chat_template_from_gguf(g, &ct, &err), 0, "%s", err.msg);
     mx_chat_msg m = {"assistant", "hi"};
