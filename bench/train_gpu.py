@@ -191,8 +191,11 @@ def main():
     fpt = flops_per_token(n_params)
     runs = [("mha", [])]
     if a.variants:
-        runs += [("gqa", ["n_kv_head=4"]), ("mqa", ["n_kv_head=1"]), ("ma-offset", ["plan=ma-offset"]),
-                 ("ma-pairs", ["plan=ma-pairs"])]
+        # GPT-2 keeps n_kv_head == n_head; the KV-sharing variants run as Llama blocks of the same shape
+        # (RMSNorm, RoPE, SwiGLU with d_ff 2048: about the parameters of the GELU MLP), beside Llama MHA
+        llama = ["arch=llama", "d_ff=2048"]
+        runs += [("ma-offset", ["plan=ma-offset"]), ("ma-pairs", ["plan=ma-pairs"]), ("llama-mha", llama),
+                 ("llama-gqa", llama + ["n_kv_head=4"]), ("llama-mqa", llama + ["n_kv_head=1"])]
     for name, sets in runs:
         r = run_mixatt(mixatt, work, a.steps, name, sets)
         if r:
