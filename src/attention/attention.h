@@ -9,6 +9,8 @@
 
 typedef struct mx_session mx_session;
 
+/* Layer l's block by its plan's kind: one of the three below (attention.c). */
+void mx_attention(mx_session *s, int l, int T);
 /* MHA, GQA and MQA, with the plan's window and shared caches (mha.c). */
 void mx_attention_mha(mx_session *s, int l, int T);
 /* Multi-head Latent Attention, explicit or absorbed form (mla.c). */

@@ -32,21 +32,6 @@ static void embed(mx_session *s, const int *tokens, int T) {
     be->add(be, s->x, s->h, T * m->cfg.d_model);
 }
 
-static void attention(mx_session *s, int l, int T) {
-    switch (s->m->cfg.plan[l].kind) {
-    case MX_ATTN_MHA:
-        mx_attention_mha(s, l, T);
-        break;
-    case MX_ATTN_MLA:
-        mx_attention_mla(s, l, T);
-        break;
-    case MX_ATTN_MKA:
-    case MX_ATTN_FASTMKA:
-        mx_attention_mka(s, l, T);
-        break;
-    }
-}
-
 static void blocks(mx_session *s, const int *tokens, int T) {
     const mx_config *c = &s->m->cfg;
     mx_backend *be = s->be;
@@ -55,7 +40,7 @@ static void blocks(mx_session *s, const int *tokens, int T) {
     for (int l = 0; l < c->n_layer; l++) {
         const mx_layer_weights *L = &s->m->w.layers[l];
         mx_norm(s, s->x, &L->attn_norm, &L->attn_norm_b, s->h, T);
-        attention(s, l, T);
+        mx_attention(s, l, T);
         mx_tp_reduce(s, s->h, (size_t)T * C); /* tensor parallel: sum the ranks' head slices */
         be->add(be, s->x, s->h, T * C);
         mx_norm(s, s->x, &L->ffn_norm, &L->ffn_norm_b, s->h, T);

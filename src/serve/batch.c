@@ -92,21 +92,6 @@ static mx_session view_of(const mx_batch *b, mx_backend *be, const mx_seq *q, in
     return v;
 }
 
-static void attention_block(mx_session *s, int l, int T) {
-    switch (s->m->cfg.plan[l].kind) {
-    case MX_ATTN_MHA:
-        mx_attention_mha(s, l, T);
-        break;
-    case MX_ATTN_MLA:
-        mx_attention_mla(s, l, T);
-        break;
-    case MX_ATTN_MKA:
-    case MX_ATTN_FASTMKA:
-        mx_attention_mka(s, l, T);
-        break;
-    }
-}
-
 static void mlp_block(mx_session *s, int l, int T) {
     if (mx_layer_is_moe(&s->m->cfg, l))
         mx_mlp_moe(s, l, T);
@@ -167,12 +152,12 @@ static void attention_all(mx_batch *b, const mx_batch_item *items, int n_items, 
     } else {
         for (int i = 0; i < nd; i++) { /* one token each, as mx_generate runs it */
             mx_session v = view_of(b, b->be, items[i].seq, i);
-            attention_block(&v, l, 1);
+            mx_attention(&v, l, 1);
         }
     }
     for (int i = nd; i < n_items; i++) {
         mx_session v = view_of(b, b->be, items[i].seq, r0[i]);
-        attention_block(&v, l, items[i].n);
+        mx_attention(&v, l, items[i].n);
     }
 }
 
