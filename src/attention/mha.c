@@ -6,6 +6,7 @@
 
 #include "../model/session_state.h"
 #include "attention.h"
+#include "xattn.h"
 
 /* The attention spec for T queries at the session's position against layer l's store. */
 mx_attn_spec mx_attn_spec_for(const mx_session *s, int l, int T, int head_dim, int v_dim, int n_kv_head) {
@@ -56,6 +57,8 @@ void mx_attention_mha(mx_session *s, int l, int T) {
     }
     if (s->star) {
         mx_attention_star(s, l, T, q, att);
+    } else if (s->xattn) {
+        mx_attention_xattn(s, l, T, q, att);
     } else {
         mx_attn_spec spec = mx_attn_spec_for(s, l, T, D, D, G);
         be->attention(be, &spec, q, kv->k, kv->v, att, NULL);

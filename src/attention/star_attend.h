@@ -29,9 +29,10 @@ typedef struct mx_star {
     bool query_host; /* the last rank: also attends (causally) to the query and generated tokens */
     int rows;        /* query rows per call at most (the session's ubatch) */
     int n_head, v_dim;
-    float *local; /* the query host's two local parts, context then query tokens: 2 messages */
-    float *send;  /* this rank's message (its local merge) */
-    float *recv;  /* every rank's message, in rank order: comm->size messages */
+    float *local;             /* the query host's two local parts, context then query tokens: 2 messages */
+    float *send;              /* this rank's message (its local merge) */
+    float *recv;              /* every rank's message, in rank order: comm->size messages */
+    long p1_kept, p1_visible; /* phase 1's XAttention block counts on this rank (run/star_pipeline.c) */
 } mx_star;
 
 /* Allocates the buffers of st on be for up to rows query rows of H heads of Dv; comm and be are borrowed. */

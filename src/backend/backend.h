@@ -31,6 +31,18 @@ typedef enum { MX_ROPE_ADJACENT, MX_ROPE_HALF } mx_rope_mode;
  * HALF rotates pairs (i, i + D/2): Hugging Face's rotate_half on unpermuted weights. Both give the same
  * attention scores on the respective weight layouts. */
 
+/* A block list for block-sparse attention (XAttention, attention/xattn.h). Positions are cut into blocks of
+ * `block` (block b holds positions b*block .. (b+1)*block - 1). Query row t of head h sits in query block
+ * i = (q_pos0 + t) / block and reads only the keys of the key blocks idx[off[h*n_qb + i - qb0] ..
+ * off[h*n_qb + i - qb0 + 1]) (ascending), within the spec's usual key range. off (H*n_qb + 1 ints) and idx
+ * are in the backend's memory (host memory on the CPU). */
+typedef struct {
+    int block; /* positions per block */
+    int qb0;   /* the query block of row 0: q_pos0 / block */
+    int n_qb;  /* query blocks the rows span */
+    const int *off, *idx;
+} mx_attn_blocks;
+
 /* One attention call: queries of T tokens at absolute positions q_pos0 .. q_pos0+T-1 against a key/value
  * store of S slots where the key of absolute position p lives in slot p % S (full caches have S >= context,
  * so slot == position; window layers use a ring). */
@@ -47,6 +59,9 @@ typedef struct {
     int kv_lo, kv_hi; /* the positions present in the store: keys outside are never read */
     float scale;      /* usually 1/sqrt(head_dim) */
     size_t q_stride, k_stride, v_stride, o_stride; /* elements between rows (tokens/slots) */
+    /* Appended for XAttention (attention/xattn.h): NULL = dense; else only the listed key blocks are read
+     * (zero-initialized specs stay dense). */
+    const mx_attn_blocks *blocks;
 } mx_attn_spec;
 
 /* One draw of the next token on the backend (sample below): the rules of run/sampler.h without the repetition
@@ -205,6 +220,17 @@ struct mx_backend {
      * pointers in HOST memory; specs in HOST memory. */
     void (*attention_batch)(mx_backend *be, int n, const mx_attn_spec *specs, const float *q,
                             const void *const *k, const void *const *v, float *out);
+
+    /* ---- appended for XAttention (attention/xattn.h; CPU: cpu_xattn.c). Optional: NULL where a backend has
+     * none (--attn xattn then refuses it). ---- */
+    /* Anti-diagonal block scoring and selection for one prefill call described by spec (full causal
+     * attention, no window; spec->blocks ignored): fills bl (bl->block = block set by the caller; off and idx
+     * written, in backend memory of at least H*n_qb + 1 and H*n_qb*n_kb ints) with the key blocks each
+     * (head, query block) keeps at threshold tau with stride `stride`, as attention/xattn.h defines them.
+     * mass (HOST, may be NULL) receives (H, n_qb, n_kb) block masses (n_kb = kv_hi / block + 1). Returns
+     * the number of (head, query block, key block) triples kept, or -1 (out of scratch memory: bl unset). */
+    long (*xattn_select)(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, int stride,
+                         float tau, mx_attn_blocks *bl, int *off, int *idx, float *mass);
 };
 
 /* The CPU backend (fp32, OpenMP with n_threads; 0 = all cores). */

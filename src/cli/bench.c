@@ -151,6 +151,7 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
         fprintf(stderr, "mixatt bench: %s\n", err.msg[0] ? err.msg : "out of memory");
         goto done;
     }
+    if (s && mx_xattn_cli_attach("bench", &bo.star, s)) goto done;
     mx_rng rng;
     mx_rng_seed(&rng, 1234);
     for (int i = 0; i < ctx; i++) toks[i] = (int)(mx_rng_u64(&rng) % (uint64_t)m->cfg.vocab);
@@ -188,6 +189,11 @@ int mx_cmd_bench(int argc, char **argv, mx_comm *comm) {
             fprintf(stderr, "{\"test\":\"%s\",\"tok_s\":%.3f,\"sd\":%.3f,\"threads\":%d,\"reps\":%d}\n", test,
                     mean, sd, be->n_threads, reps);
     }
+    if (bo.star.xattn.on && !bo.star.on && s && s->xattn)
+        printf("\nxattn: stride %d, threshold %g: measured density %.3f of the causal blocks (%ld prefill "
+               "calls)\n",
+               bo.star.xattn.stride, (double)bo.star.xattn.threshold, mx_xattn_density(s->xattn),
+               s->xattn->calls);
     if (tg) {
         size_t bytes = m->tp ? m->tp->decode_bytes : mx_model_decode_bytes(m); /* --tp: this rank's share */
         double read = bytes * tg_mean;
@@ -210,7 +216,7 @@ fail:
 done:
     free(toks);
     free(logits);
-    mx_session_free(s);
+    mx_star_session_free(s); /* any session; frees its XAttention state */
     mx_close_model(m, be);
     return rc;
 }

@@ -106,12 +106,15 @@ int mx_common_parse(mx_common_opts *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--plan")) {
         if (!val) return fprintf(stderr, "mixatt: --plan expects a plan string or preset\n"), -1;
         o->load.plan = val;
-    } else if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
-        return 0; /* Star Attention: the commands that implement it take it (cli/star_cli.c) */
+    } else if (!strcmp(a, "--attn") && val &&
+               (!strcmp(val, "star") || !strcmp(val, "xattn") || !strcmp(val, "star+xattn"))) {
+        return 0; /* Star Attention, XAttention: the commands that implement them take them (cli/star_cli.c) */
     } else if (!strcmp(a, "--attn")) {
         if (!val || mx_attn_kind_parse(val) < 0)
             return fprintf(stderr,
-                           "mixatt: --attn expects mha, mla, mka or fastmka (or star: run, logits, bench), "
+                           "mixatt: --attn expects mha, mla, mka or fastmka (or star, xattn, star+xattn: "
+                           "run, logits, bench, "
+                           "eval), "
                            "got '%s'\n",
                            val ? val : ""),
                    -1;

@@ -108,6 +108,7 @@ int mx_cmd_logits(int argc, char **argv, mx_comm *comm) {
         rc = mx_star_open(m, be, comm, &lo.star, ids, first, q, &s, &err);
     } else {
         rc = mx_session_create(m, be, o.ctx ? o.ctx : (n < m->cfg.max_ctx ? n : m->cfg.max_ctx), &s, &err);
+        if (!rc && mx_xattn_cli_attach("logits", &lo.star, s)) goto done;
     }
     if (rc || !(logits = malloc(sizeof(float) * (size_t)(n - first) * vocab))) {
         rc = 1;

@@ -239,6 +239,8 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
     } else if (mx_session_create(m, be, n_ctx, &s, &err)) {
         fprintf(stderr, "mixatt run: %s\n", err.msg);
         goto done;
+    } else if (mx_xattn_cli_attach("run", &o.star, s)) {
+        goto done;
     }
     if (mx_sampler_init(&smp, &o.c.sp, m->cfg.vocab)) {
         fprintf(stderr, "mixatt run: out of memory\n");
@@ -264,6 +266,11 @@ int mx_cmd_run(int argc, char **argv, mx_comm *comm) {
                 "%s]\n",
                 res.n_prompt, res.prefill_s, res.n_prompt / res.prefill_s, res.n_gen, res.decode_s,
                 res.n_gen > 1 ? (res.n_gen - 1) / res.decode_s : 0.0, res.stop_reason);
+    if (!o.quiet && o.star.xattn.on)
+        fprintf(stderr, "[xattn: stride %d, threshold %g: density %.3f of the causal blocks%s]\n",
+                o.star.xattn.stride, (double)o.star.xattn.threshold,
+                s->xattn ? mx_xattn_density(s->xattn) : mx_star_phase1_density(s),
+                o.star.on ? " in phase 1 (this rank)" : "");
     rc = 0;
 done:
     mx_gen_result_free(&res);

@@ -1,4 +1,5 @@
-/* star_cli.c: the Star Attention flags of mixatt run and mixatt logits (see star_cli.h). */
+/* star_cli.c: the long-context attention flags of mixatt run, logits, bench and eval: Star Attention and
+ * XAttention (see star_cli.h). */
 #include "star_cli.h"
 
 #include <string.h>
@@ -6,13 +7,21 @@
 #include "common.h"
 
 mx_star_opts mx_star_cli_defaults(void) {
-    return (mx_star_opts){.on = false, .block = 0, .anchor = -1, .query = 0};
+    return (mx_star_opts){.on = false, .block = 0, .anchor = -1, .query = 0, .xattn = mx_xattn_defaults()};
 }
 
 int mx_star_cli_flag(void *star, const char *a, const char *val, int *i) {
     mx_star_opts *o = star;
-    if (!strcmp(a, "--attn") && val && !strcmp(val, "star")) {
-        o->on = true;
+    if (!strcmp(a, "--attn") && val &&
+        (!strcmp(val, "star") || !strcmp(val, "xattn") || !strcmp(val, "star+xattn"))) {
+        o->on = strncmp(val, "star", 4) == 0;
+        o->xattn.on = strstr(val, "xattn") != NULL;
+    } else if (!strcmp(a, "--xattn-stride")) {
+        if (mx_parse_int(a, val, 1, MX_XATTN_BLOCK, &o->xattn.stride)) return -1;
+        o->xattn_given = true;
+    } else if (!strcmp(a, "--xattn-threshold")) {
+        if (mx_parse_float(a, val, -1e30f, 1e30f, &o->xattn.threshold)) return -1;
+        o->xattn_given = true;
     } else if (!strcmp(a, "--block")) {
         if (mx_parse_int(a, val, 1, 1 << 24, &o->block)) return -1;
     } else if (!strcmp(a, "--anchor")) {
@@ -32,6 +41,29 @@ int mx_star_cli_check(const char *cmd, const mx_star_opts *o) {
                 "mixatt %s: --block, --anchor and --query are Star Attention options: add --attn star\n",
                 cmd);
         return 2;
+    }
+    if (!o->xattn.on && o->xattn_given) {
+        fprintf(
+            stderr,
+            "mixatt %s: --xattn-stride and --xattn-threshold are XAttention options: add --attn xattn (or "
+            "star+xattn)\n",
+            cmd);
+        return 2;
+    }
+    mx_err err = {0};
+    if (o->xattn.on && mx_xattn_check_opts(&o->xattn, &err)) {
+        fprintf(stderr, "mixatt %s: %s\n", cmd, err.msg);
+        return 2;
+    }
+    return 0;
+}
+
+int mx_xattn_cli_attach(const char *cmd, const mx_star_opts *o, mx_session *s) {
+    if (o->on || !o->xattn.on) return 0; /* with Star, phase 1 attaches it to its scratch sessions */
+    mx_err err = {0};
+    if (mx_xattn_attach(s, &o->xattn, &err)) {
+        fprintf(stderr, "mixatt %s: %s\n", cmd, err.msg);
+        return 1;
     }
     return 0;
 }
@@ -64,5 +96,14 @@ void mx_star_cli_help(FILE *f) {
         "                       blocks go to consecutive ranks; the last rank holds the query.\n"
         "  --block B            tokens per context block (default: the context / ranks, rounded up)\n"
         "  --anchor A           anchor tokens before each block but the first, 0..B (default B)\n"
-        "  --query N            the last N prompt tokens are the query (default 1)\n");
+        "  --query N            the last N prompt tokens are the query (default 1)\n"
+        "XAttention (arXiv 2503.16428; full-attention MHA/GQA layers; CPU; docs/attention.md):\n"
+        "  --attn xattn         block-sparse prefill: blocks of 128 positions scored by anti-diagonal sums;\n"
+        "                       per head and query block, the sink block, the diagonal block and the\n"
+        "                       highest-scoring others up to the threshold of the mass are attended\n"
+        "                       (approximate; 1 = dense). Decode and sliding-window layers stay dense.\n"
+        "  --attn star+xattn    Star Attention whose phase 1 encodes each [anchor | block] with XAttention;\n"
+        "                       phase 2 stays exact\n"
+        "  --xattn-stride S     anti-diagonal stride, a divisor of 128 (default 8; the paper uses 8 or 16)\n"
+        "  --xattn-threshold T  the kept fraction of each row's block mass, in (0, 1] (default 0.9)\n");
 }

@@ -1,6 +1,6 @@
-/* star_cli.h: Star Attention on the command line (mixatt run, mixatt logits, mixatt bench): the flags --attn star, --block,
- * --anchor, --query, their help, and opening the phase-2 session for a tokenized prompt whose last --query
- * tokens are the query. */
+/* star_cli.h: long-context attention on the command line (mixatt run, logits, bench, eval): Star Attention's
+ * flags --attn star, --block, --anchor, --query; XAttention's --attn xattn | star+xattn, --xattn-stride,
+ * --xattn-threshold; their help and checks. */
 #ifndef MX_STAR_CLI_H
 #define MX_STAR_CLI_H
 
@@ -16,6 +16,8 @@ int mx_star_cli_flag(void *star, const char *flag, const char *val, int *i);
 /* After parsing: refuses Star flags without --attn star. 0 or 2 (message printed). */
 int mx_star_cli_check(const char *cmd, const mx_star_opts *o);
 void mx_star_cli_help(FILE *f);
+/* With --attn xattn (no Star): gives session s XAttention. 0, or 1 with a message printed. */
+int mx_xattn_cli_attach(const char *cmd, const mx_star_opts *o, mx_session *s);
 /* The query length for a prompt of n tokens: o->query, which must leave at least one context token. Prints
  * a message and returns -1 when it does not. */
 int mx_star_cli_query(const char *cmd, const mx_star_opts *o, int n);

@@ -33,6 +33,8 @@ typedef struct mx_session {
      * and [ranks, ubatch, vocab_max]; NULL without --tp. */
     float *tp_send, *tp_recv;
     int *tok; /* [1] in backend memory: the token be->sample drew, read by the next mx_session_eval_keep */
+    /* XAttention (attention/xattn.h; appended): set: MHA layers' prefill calls attend block-sparsely */
+    struct mx_xattn *xattn;
 } mx_session;
 
 #endif

@@ -38,10 +38,11 @@ int mx_star_check(const mx_model *m, const mx_backend *be, mx_err *err) {
 }
 
 typedef struct {
-    int n, B, A; /* context tokens, block size, anchor size */
-    int nb;      /* blocks */
-    int b0, b1;  /* this rank's blocks [b0, b1) */
-    int n_local; /* context tokens in them */
+    int n, B, A;                /* context tokens, block size, anchor size */
+    int nb;                     /* blocks */
+    int b0, b1;                 /* this rank's blocks [b0, b1) */
+    int n_local;                /* context tokens in them */
+    const mx_xattn_opts *xattn; /* phase 1 block-sparse when on */
 } layout;
 
 static int block_len(const layout *L, int b) {
@@ -51,6 +52,7 @@ static int block_len(const layout *L, int b) {
 
 static int make_layout(const mx_star_opts *o, int n, int rank, int size, layout *L, mx_err *err) {
     L->n = n;
+    L->xattn = &o->xattn;
     L->B = o->block > 0 ? o->block : (n + size - 1) / size;
     L->A = o->anchor < 0 ? L->B : o->anchor;
     if (L->A > L->B)
@@ -103,6 +105,12 @@ static int encode_block(mx_session *sc, const layout *L, const int *ctx, int b, 
     return MX_OK;
 }
 
+/* Adds a phase-1 scratch session's XAttention counts to the phase-2 session's. */
+static void dst_density_add(mx_session *dst, const mx_xattn *x) {
+    dst->star->p1_kept += x->kept;
+    dst->star->p1_visible += x->visible;
+}
+
 /* Phase 1 of this rank: its blocks into dst's slots 0..n_local-1. */
 static int encode_blocks(const mx_model *m, mx_backend *be, const layout *L, const int *ctx, mx_session *dst,
                          mx_err *err) {
@@ -112,6 +120,10 @@ static int encode_blocks(const mx_model *m, mx_backend *be, const layout *L, con
     mx_session *sc = NULL;
     if (mx_session_create(m, be, slots, &sc, err))
         return mx_err_wrap(err, "Star phase 1, a scratch session for [anchor | block] (%d tokens)", slots);
+    if (L->xattn->on && mx_xattn_attach(sc, L->xattn, err)) {
+        mx_session_free(sc);
+        return mx_err_wrap(err, "Star phase 1 with XAttention");
+    }
     bool anchor_ready = false;
     int rc = MX_OK, off = 0;
     for (int b = L->b0; b < L->b1 && !rc; b++) {
@@ -120,6 +132,10 @@ static int encode_blocks(const mx_model *m, mx_backend *be, const layout *L, con
         if (rc) break;
         copy_kv(dst, off, sc, slot, block_len(L, b));
         off += block_len(L, b);
+    }
+    if (sc->xattn) { /* phase 1's density, kept for bench and eval */
+        dst_density_add(dst, sc->xattn);
+        mx_xattn_detach(sc);
     }
     mx_session_free(sc);
     return rc;
@@ -176,8 +192,14 @@ int mx_star_open(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star
     return MX_OK;
 }
 
+double mx_star_phase1_density(const mx_session *s) {
+    const mx_star *st = s ? s->star : NULL;
+    return st && st->p1_visible > 0 ? (double)st->p1_kept / (double)st->p1_visible : 1.0;
+}
+
 void mx_star_session_free(mx_session *s) {
     if (!s) return;
+    mx_xattn_detach(s);
     if (s->star) {
         mx_star_free(s->star);
         free(s->star);

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 
+#include "../attention/xattn.h"
 #include "../dist/comm.h"
 #include "../model/session.h"
 
@@ -30,6 +31,10 @@ typedef struct {
     int block;  /* B: tokens per block; 0 = ceil(context / ranks), one block per rank */
     int anchor; /* A: anchor tokens, 0..B; -1 = B */
     int query;  /* the last `query` prompt tokens form the query (phase 2); 0 = 1 */
+    /* XAttention: with on, phase 1 encodes each [anchor | block] block-sparsely (--attn star+xattn);
+     * phase 2 stays exact. Without Star (--attn xattn) the command attaches it to its own session. */
+    mx_xattn_opts xattn;
+    bool xattn_given; /* --xattn-stride or --xattn-threshold was given (the CLI's check) */
 } mx_star_opts;
 
 /* Refuses, with the reason, a model or backend Star Attention does not support. */
@@ -41,7 +46,10 @@ int mx_star_check(const mx_model *m, const mx_backend *be, mx_err *err);
 int mx_star_open(const mx_model *m, mx_backend *be, mx_comm *comm, const mx_star_opts *o, const int *ctx,
                  int n, int n_after, mx_session **out, mx_err *err);
 
-/* Frees a session from mx_star_open (or any session). */
+/* This rank's phase-1 XAttention density (kept / visible blocks); 1 without XAttention. */
+double mx_star_phase1_density(const mx_session *s);
+
+/* Frees a session from mx_star_open (or any session, XAttention state included). */
 void mx_star_session_free(mx_session *s);
 
 #endif

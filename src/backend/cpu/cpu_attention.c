@@ -25,6 +25,10 @@ static void key_range(const mx_attn_spec *sp, int t, int *lo, int *hi) {
 
 void mx_cpu_attention(mx_backend *be, const mx_attn_spec *sp, const float *q, const void *kv_k,
                       const void *kv_v, float *out, float *lse) {
+    if (sp->blocks) { /* XAttention's block-sparse form (cpu_xattn.c) */
+        mx_cpu_attention_blocks(be, sp, q, kv_k, kv_v, out, lse);
+        return;
+    }
     const float *k = kv_k, *v = kv_v; /* the CPU stores fp32 */
     int H = sp->n_head, group = sp->n_head / sp->n_kv_head, D = sp->head_dim, Dv = sp->v_dim;
     int span = sp->kv_hi - sp->kv_lo + 1;

@@ -74,6 +74,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->add_bias = mx_cpu_add_bias;
     be->attention = mx_cpu_attention;
     be->lse_merge = mx_cpu_lse_merge;
+    be->xattn_select = mx_cpu_xattn_select;
     be->kv_write = mx_cpu_kv_write;
     be->to_host = cpu_to_host;
     mx_cpu_blocks_register(be);

@@ -20,6 +20,12 @@ void mx_cpu_attention(mx_backend *be, const mx_attn_spec *spec, const float *q, 
 void mx_cpu_kv_write(mx_backend *be, void *store, const float *src, int T, int n, int pos0, int n_slots);
 void mx_cpu_lse_merge(mx_backend *be, const float *outs, const float *lses, size_t part_stride, int R, int T,
                       int H, int Dv, float *out, float *lse);
+/* XAttention (cpu_xattn.c): backend.h's xattn_select, and the attention op over a block list (called by
+ * mx_cpu_attention when spec->blocks is set). */
+long mx_cpu_xattn_select(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k, int stride,
+                         float tau, mx_attn_blocks *bl, int *off, int *idx, float *mass);
+void mx_cpu_attention_blocks(mx_backend *be, const mx_attn_spec *spec, const float *q, const void *k,
+                             const void *v, float *out, float *lse);
 /* Fills the slots of the MoE/MLA/MKA ops (cpu_blocks.c). */
 void mx_cpu_blocks_register(mx_backend *be);
 /* Fills the server's batched decode ops (cpu_batch.c). */
