@@ -144,6 +144,7 @@ fixtures:
 	python3 scripts/fixtures_blocks.py
 	python3 scripts/fixtures_hf.py
 	python3 scripts/fixtures_train.py
+	python3 scripts/fixtures_xattn.py
 
 # Every C, header and CUDA source under src, tests and bench, formatted by the repo's .clang-format.
 FORMAT_SRC = $(shell find src tests bench -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' | sort)

@@ -18,5 +18,6 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm);
 int mx_cmd_compare(int argc, char **argv, mx_comm *comm);
 int mx_cmd_plot(int argc, char **argv, mx_comm *comm);
 int mx_cmd_serve(int argc, char **argv, mx_comm *comm);
+int mx_cmd_eval(int argc, char **argv, mx_comm *comm);
 
 #endif

@@ -17,6 +17,7 @@ static const command COMMANDS[] = {
     {"info", mx_cmd_info, "architecture, parameters, tensor types, KV cache size"},
     {"perplexity", mx_cmd_perplexity, "perplexity of a model on a text file"},
     {"bench", mx_cmd_bench, "prefill (pp) and decode (tg) speed, llama-bench style"},
+    {"eval", mx_cmd_eval, "long-context accuracy: RULER's synthetic tasks per attention method"},
     {"logits", mx_cmd_logits, "write the logits of every position of a token sequence"},
     {"tokenize", mx_cmd_tokenize, "print the token ids of a text, or write token shards for training"},
     {"convert", mx_cmd_convert, "write a Hugging Face directory or a GGUF as GGUF v3"},
