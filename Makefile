@@ -14,15 +14,15 @@ CC       ?= gcc
 ARCH     ?= -march=native
 CSTD     := -std=c11 -D_GNU_SOURCE
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wmissing-prototypes -Wstrict-prototypes
-DEPS_CF  := $(shell pkg-config --cflags libcjson libutf8proc libmicrohttpd 2>/dev/null)
-# Open MPI (mpirun launches; src/dist/comm_mpi.c): built in whenever pkg-config finds it.
-MPI_CF   := $(shell pkg-config --cflags ompi-c 2>/dev/null)
-MPI_LIBS := $(shell pkg-config --libs ompi-c 2>/dev/null)
-ifneq ($(strip $(MPI_LIBS)),)
-DEPS_CF  += $(MPI_CF) -DMX_HAVE_MPI
-endif
+# What this machine offers (cJSON/utf8proc/libmicrohttpd flags, Open MPI, NCCL) is detected by scripts/configure.sh
+# into build/config.mk each time make builds, after `deps` when both are asked for (`make deps demo`), and read
+# when a recipe runs, not when this file is parsed. Every object depends on build/config.mk, which is rewritten
+# only when a value changed: a build whose detected features changed is rebuilt, an unchanged one is not.
+CONFIG   := build/config.mk
+cfg       = $(shell sed -n 's/^$1 := //p' $(CONFIG) 2>/dev/null)
+DEPS_CF   = $(call cfg,DEPS_CF)
 CFLAGS   ?= -O3 $(ARCH) -fopenmp -g
-LDLIBS   := -lopenblas $(shell pkg-config --libs libcjson libutf8proc libmicrohttpd 2>/dev/null || echo -lcjson -lutf8proc -lmicrohttpd) $(MPI_LIBS) -lpthread -lz -lm
+LDLIBS    = -lopenblas $(call cfg,DEPS_LIBS) -lpthread -lz -lm
 ASANFLAGS := -O1 -g $(ARCH) -fopenmp -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c src/backend/cpu/*.c))
@@ -43,22 +43,27 @@ Q        := $(if $(V),,@)   # make V=1 prints full command lines
 # EXTRA_OBJ, its libraries to EXTRA_LIBS and -DMX_HAVE_CUDA to CUDA_DEFS. The ASan build is CPU-only.
 EXTRA_OBJ  :=
 .DEFAULT_GOAL := all
-EXTRA_LIBS :=
+EXTRA_LIBS  =
 CUDA_DEFS  :=
 -include cuda.mk
-PYTEST   ?= python3 -m pytest
 
-.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format format-check study
+# The tests' Python: .venv, built by scripts/install-deps.sh from requirements-test.txt alone (and rebuilt when
+# that file changes); nothing from the system's or the user's site-packages.
+VENV     := .venv
+PYTHON   := $(VENV)/bin/python
+PYTEST   := $(PYTHON) -m pytest
+
+.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format format-check study FORCE
 all: build/mixatt
 
 build/mixatt: $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ) $(LDLIBS) $(EXTRA_LIBS)
 build/libmixatt.a: $(OBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
-build/obj/%.o: %.c
+build/obj/%.o: %.c $(CONFIG)
 	@mkdir -p $(@D)
 	@$(if $(V),,echo "  CC      $<")
-	$(Q)$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_DEFS) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) $(CUDA_DEFS) $(NCCL_CF) -MMD -MP -c $< -o $@
 
 asan: build/asan/mixatt build/asan/test_unit
 build/asan/mixatt: $(ACLI_OBJ) build/asan/libmixatt.a
@@ -67,21 +72,28 @@ build/asan/libmixatt.a: $(AOBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
 build/asan/test_unit: $(TOBJ) build/asan/libmixatt.a
 	$(CC) $(ASANFLAGS) -o $@ $^ -lcriterion $(LDLIBS)
-build/asan/obj/%.o: %.c
+build/asan/obj/%.o: %.c $(CONFIG)
 	@mkdir -p $(@D)
 	@$(if $(V),,echo "  CC asan $<")
 	$(Q)$(CC) $(CSTD) $(ASANFLAGS) $(WARN) $(DEPS_CF) -MMD -MP -c $< -o $@
 
 -include $(OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AOBJ:.o=.d) $(ACLI_OBJ:.o=.d) $(TOBJ:.o=.d)
 
+# $(CONFIG) is made once per make run, after `deps` when that is asked for too (so also under -j).
+$(CONFIG): FORCE | $(filter deps,$(MAKECMDGOALS))
+	@sh scripts/configure.sh $@ "$(if $(strip $(NVCC)),$(CUDA_HOME))"
+FORCE:
+
 test: unit e2e
 unit: build/asan/test_unit
 	cd tests && ../build/asan/test_unit --jobs 2
-e2e: build/mixatt build/asan/mixatt build/dist/test_comm $(MODEL)
+e2e: build/mixatt build/asan/mixatt build/dist/test_comm $(MODEL) $(VENV)/requirements-test.txt
 	MIXATT=$(CURDIR)/build/mixatt MIXATT_ASAN=$(CURDIR)/build/asan/mixatt $(PYTEST) -q tests/e2e
+$(VENV)/requirements-test.txt: requirements-test.txt
+	bash scripts/install-deps.sh --venv
 
 # The communicator's test driver (tests/dist/test_comm.c), run alone and under mpirun by tests/e2e/test_dist.py.
-build/dist/test_comm: tests/dist/test_comm.c build/libmixatt.a $(EXTRA_OBJ)
+build/dist/test_comm: tests/dist/test_comm.c build/libmixatt.a $(EXTRA_OBJ) $(CONFIG)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(DEPS_CF) -o $@ $< $(EXTRA_OBJ) build/libmixatt.a $(LDLIBS) $(EXTRA_LIBS)
 
@@ -134,8 +146,8 @@ fuzz: fuzz-build
 	@set -e; for t in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory fuzz-one FUZZ_TARGET=$$t; done
 -include $(FUZZ_OBJ:.o=.d)
 
-study: build/mixatt $(MODEL)
-	python3 scripts/study.py --out study
+study: build/mixatt $(MODEL) $(VENV)/requirements-test.txt
+	$(PYTHON) scripts/study.py --out study
 
 fixtures:
 	python3 scripts/make_fixtures.py

@@ -19,17 +19,13 @@ NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -gencode=arch=compute_90a,code=sm_90a -ge
               -Xcompiler -Wall,-Wno-unused-parameter,-Wno-unused-function -Werror all-warnings
 CUDA_DEFS  := -DMX_HAVE_CUDA
 EXTRA_OBJ  := $(CU_OBJ)
-EXTRA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+EXTRA_LIBS  = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++ $(call cfg,NCCL_LIBS)
 CUDA_INC   := -isystem $(CUDA_HOME)/include  # system headers: nccl.h is not -Wstrict-prototypes clean
 
 # NCCL (src/dist/comm_nccl.c: collectives on GPU buffers between ranks) when nccl.h is found and Open MPI is there
-# to bootstrap it; only that file sees -DMX_HAVE_NCCL and the CUDA headers.
-NCCL_H     := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
-ifneq ($(and $(NCCL_H),$(strip $(MPI_LIBS))),)
-build/obj/src/dist/comm_nccl.o: CUDA_DEFS += -DMX_HAVE_NCCL $(CUDA_INC)
-build/obj/src/dist/comm_nccl.o: cuda.mk
-EXTRA_LIBS += -lnccl
-endif
+# to bootstrap it, as scripts/configure.sh finds them (build/config.mk, read when the recipe runs); only that file
+# sees -DMX_HAVE_NCCL and the CUDA headers, and -lnccl joins EXTRA_LIBS above.
+build/obj/src/dist/comm_nccl.o: NCCL_CF = $(call cfg,NCCL_CF)
 
 build/obj/%.o: %.cu
 	@mkdir -p $(@D)
