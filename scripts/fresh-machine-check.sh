@@ -5,7 +5,7 @@
 # user needs to have cloned the repository and to type `make`), puts a clean clone of this repository's
 # committed HEAD in it (uncommitted changes are not taken) with ../shared beside it as CI has it, and runs the
 # two command lines of the README's first code block inside it (chroot in a private mount namespace: /proc,
-# /sys, /dev and resolv.conf from the host, nothing else). Prints PASS or FAIL and the time of each command;
+# /sys, /dev, resolv.conf and locally added CA certificates from the host, nothing else). Prints PASS or FAIL and the time of each command;
 # exits 0 only when both passed. Needs root, debootstrap (apt-get install debootstrap) and a Debian mirror and
 # PyPI to reach. About 20-40 minutes on 2 cores, most of it `make test`; run it as `nice bash ...` on a shared
 # machine.
@@ -66,6 +66,7 @@ if [ ! -s "$TARBALL" ]; then
     printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://deb.debian.org/debian-security %s-security main\n' \
         "$MIRROR" "$SUITE" "$MIRROR" "$SUITE" "$SUITE" >"$tmp/etc/apt/sources.list"
     rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+    chmod 755 "$tmp"   # mktemp's 0700 would keep apt's _apt user out of the root
     tar -C "$tmp" --numeric-owner -czf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
     rm -rf "$tmp"
 fi
@@ -77,6 +78,7 @@ if [ -d "$ROOT" ]; then
 fi
 mkdir -p "$ROOT" "$LOGS"
 tar -C "$ROOT" --numeric-owner -xzf "$TARBALL"
+chmod 755 "$ROOT"
 T_ROOT=$(($(date +%s) - T_ROOT0))
 
 # 2. A clean clone of the commit, as branch main, and shared/ beside it without write bits (as CI lays it).
@@ -89,7 +91,14 @@ if [ -d "$REPO/../shared" ]; then
     cp -r "$REPO/../shared" "$ROOT/root/work/shared"
     chmod -R a-w "$ROOT/root/work/shared"
 fi
+# The network as the host has it: its resolver and the certificate authorities added to its trust store (a
+# TLS-inspecting proxy's, where the network has one: without it pip cannot reach PyPI from any new machine here).
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+LOCAL_CAS=$(ls /usr/local/share/ca-certificates/ 2>/dev/null | grep -c '\.crt$' || true)
+if [ "$LOCAL_CAS" -gt 0 ]; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the root"
+fi
 
 # 3. Inside: a private mount namespace (mounts vanish with it), chroot, an empty environment but for CI.
 APT_CACHE=$CACHE/apt PIP_CACHE=$CACHE/pip
@@ -136,7 +145,7 @@ done
 
 fmt() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 echo
-say "Debian $SUITE minbase root unpacked in $(fmt "$T_ROOT"); commit $(git -C "$REPO" rev-parse --short "$COMMIT")$([ "$COLD" = 1 ] && echo ', cold caches')"
+say "Debian $SUITE minbase root unpacked in $(fmt "$T_ROOT") (+ the host's resolv.conf and $LOCAL_CAS local CA certificates); commit $(git -C "$REPO" rev-parse --short "$COMMIT")$([ "$COLD" = 1 ] && echo ', cold caches')"
 for i in 0 1; do
     say "$(printf '%-5s %8s  %s' "${RESULT[$i]:-SKIP}" "$(fmt "${TIME[$i]:-0}")" "${CMDS[$i]}")"
 done
