@@ -7,6 +7,8 @@
 #      --no-deps, then `pip check`, which names any dependency the file lacks). It is rebuilt from nothing
 #      whenever requirements-test.txt differs from the copy kept in .venv/, and left alone otherwise.
 # Usage: bash scripts/install-deps.sh [--venv]     (--venv: part 2 only; `make test` calls it so)
+#        bash scripts/install-deps.sh --bench      .venv-bench from bench/requirements-bench.txt instead: llama.cpp
+#                                                  (llama-cpp-python, compiled here: cmake, ~10 min) for bench/*.py
 # What the build then finds (Open MPI, NCCL, CUDA) is detected by scripts/configure.sh when make next builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,10 @@ PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libc
       python3 python3-venv python3-pip"
 REQ=requirements-test.txt
 VENV=.venv
+if [ "${1:-}" = --bench ]; then
+    REQ=bench/requirements-bench.txt VENV=.venv-bench PKGS="$PKGS cmake"
+    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" # llama.cpp for this machine's instruction set
+fi
 PY=${MIXATT_PYTHON3:-/usr/bin/python3}   # Debian's python3 (not a pyenv or conda one that PATH may find first)
 
 install_debian() {
@@ -29,7 +35,7 @@ install_debian() {
 }
 
 install_venv() {
-    if [ -x "$VENV/bin/python" ] && cmp -s "$REQ" "$VENV/$REQ"; then
+    if [ -x "$VENV/bin/python" ] && cmp -s "$REQ" "$VENV/$(basename "$REQ")"; then
         echo "install-deps: $VENV is up to date with $REQ"
         return 0
     fi
@@ -47,7 +53,7 @@ install_venv() {
         echo "install-deps: pin each package named there in $REQ" >&2
         exit 1
     fi
-    cp "$REQ" "$VENV/$REQ"   # the stamp: written last
+    cp "$REQ" "$VENV/$(basename "$REQ")"   # the stamp: written last
     trap - EXIT
     echo "install-deps: $VENV ready ($(grep -c '^[A-Za-z]' "$REQ") packages)"
 }
