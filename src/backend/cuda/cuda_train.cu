@@ -445,28 +445,14 @@ static __global__ void k_xent_rows(float *logits, double *loss, const int *targe
     float *lr = logits + (size_t)r * V;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, lr[i]);
-    mx = warp_max_f(mx);
-    if (lane == 0) red[wid] = mx;
-    __syncthreads();
-    if (wid == 0) {
-        float v = lane < nw ? red[lane] : -INFINITY;
-        v = warp_max_f(v);
-        if (lane == 0) red[0] = v;
-    }
-    __syncthreads();
-    mx = red[0];
-    double s = 0.0;
+    mx = block_max_f(mx, red);
+    double s = 0.0; /* the sum of exponentials in double, as the CPU's */
     for (int i = threadIdx.x; i < V; i += blockDim.x) s += (double)expf(lr[i] - mx);
     s = warp_sum_d(s);
     if (lane == 0) redd[wid] = s;
     __syncthreads();
-    if (wid == 0) {
-        double v = lane < nw ? redd[lane] : 0.0;
-        v = warp_sum_d(v);
-        if (lane == 0) redd[0] = v;
-    }
-    __syncthreads();
-    double sum = redd[0];
+    double sum = 0.0;
+    for (int k = 0; k < nw; k++) sum += redd[k];
     int y = targets[r];
     float ly = lr[y];
     __syncthreads(); /* every thread has read lr[y] before it is overwritten */

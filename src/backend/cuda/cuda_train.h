@@ -34,4 +34,25 @@ __device__ __forceinline__ float warp_max_f(float v) {
     return v;
 }
 
+/* The max and the sum of v over a block of up to 1024 threads (every thread gets the result; red is 32 floats of
+ * shared memory; the block synchronizes inside). */
+__device__ __forceinline__ float block_max_f(float v, float *red) {
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+    v = warp_max_f(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : -INFINITY;
+    return warp_max_f(v);
+}
+__device__ __forceinline__ float block_sum_f(float v, float *red) {
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+    v = warp_sum_f(v);
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_sum_f(v);
+}
+
 #endif

@@ -22,6 +22,19 @@ __device__ __forceinline__ int first_key(int t, int window) {
     return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
 }
 
+/* Keys and values j0 .. min(j0 + TILE - 1, j_last) of KV head g of batch b into shared memory (the whole block). */
+__device__ __forceinline__ void load_kv_tile(float (*Ks)[PAD], float (*Vs)[PAD], const mx_tr_attn_shape &s,
+                                             const float *k, const float *v, int b, int g, int j0,
+                                             int j_last) {
+    for (int e = threadIdx.x; e < TILE * DMAX; e += blockDim.x) {
+        int jj = e / DMAX, d = e % DMAX, j = j0 + jj;
+        if (j > j_last) continue;
+        size_t row = ((size_t)b * s.T + j) * s.G + g;
+        if (d < s.Dk) Ks[jj][d] = k[row * s.Dk + d];
+        if (d < s.Dv) Vs[jj][d] = v[row * s.Dv + d];
+    }
+}
+
 /* grid (ceil(T / AW), H, B), AW warps; warp w: query row t = blockIdx.x * AW + w of head h. */
 static __global__ void __launch_bounds__(AW * 32)
     k_attn_fwd(mx_tr_attn_shape s, float *out, float *lse, const float *q, const float *k, const float *v) {
@@ -37,13 +50,7 @@ static __global__ void __launch_bounds__(AW * 32)
     int my_lo = live ? first_key(t, s.window) : 0;
     for (int j0 = lo; j0 <= t_last; j0 += TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < TILE * DMAX; e += AW * 32) {
-            int jj = e / DMAX, d = e % DMAX, j = j0 + jj;
-            if (j > t_last) continue;
-            size_t row = ((size_t)b * s.T + j) * s.G + g;
-            if (d < s.Dk) Ks[jj][d] = k[row * s.Dk + d];
-            if (d < s.Dv) Vs[jj][d] = v[row * s.Dv + d];
-        }
+        load_kv_tile(Ks, Vs, s, k, v, b, g, j0, t_last);
         __syncthreads();
         if (!live) continue;
         int j = j0 + lane;
@@ -108,13 +115,7 @@ static __global__ void __launch_bounds__(AW * 32)
     int my_lo = live ? first_key(t, s.window) : 0;
     for (int j0 = lo; j0 <= t_last; j0 += TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < TILE * DMAX; e += AW * 32) {
-            int jj = e / DMAX, d = e % DMAX, j = j0 + jj;
-            if (j > t_last) continue;
-            size_t row = ((size_t)b * s.T + j) * s.G + g;
-            if (d < s.Dk) Ks[jj][d] = k[row * s.Dk + d];
-            if (d < s.Dv) Vs[jj][d] = v[row * s.Dv + d];
-        }
+        load_kv_tile(Ks, Vs, s, k, v, b, g, j0, t_last);
         __syncthreads();
         if (!live) continue;
         int j = j0 + lane;
@@ -225,7 +226,7 @@ static void rm_gemm(mx_backend *be, bool ta, bool tb, int M, int N, int K, float
 static __global__ void k_masked_softmax(float *S, int T, int H, int h, int window, const float *lse_in,
                                         float *lse_out) {
     __shared__ float red[32];
-    int t = blockIdx.x, b = blockIdx.y, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    int t = blockIdx.x, b = blockIdx.y;
     float *row = S + ((size_t)b * T + t) * T;
     int lo = first_key(t, window);
     size_t li = ((size_t)b * T + t) * H + h;
@@ -233,31 +234,11 @@ static __global__ void k_masked_softmax(float *S, int T, int H, int h, int windo
     if (lse_in) {
         L = lse_in[li];
     } else {
-        float mx = -INFINITY;
+        float mx = -INFINITY, sum = 0.0f;
         for (int j = lo + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, row[j]);
-        mx = warp_max_f(mx);
-        if (lane == 0) red[wid] = mx;
-        __syncthreads();
-        if (wid == 0) {
-            float v = lane < nw ? red[lane] : -INFINITY;
-            v = warp_max_f(v);
-            if (lane == 0) red[0] = v;
-        }
-        __syncthreads();
-        mx = red[0];
-        __syncthreads();
-        float sum = 0.0f;
+        mx = block_max_f(mx, red);
         for (int j = lo + threadIdx.x; j <= t; j += blockDim.x) sum += expf(row[j] - mx);
-        sum = warp_sum_f(sum);
-        if (lane == 0) red[wid] = sum;
-        __syncthreads();
-        if (wid == 0) {
-            float v = lane < nw ? red[lane] : 0.0f;
-            v = warp_sum_f(v);
-            if (lane == 0) red[0] = v;
-        }
-        __syncthreads();
-        L = mx + logf(red[0]);
+        L = mx + logf(block_sum_f(sum, red));
         if (threadIdx.x == 0) lse_out[li] = L;
     }
     for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j >= lo && j <= t ? expf(row[j] - L) : 0.0f;
