@@ -1,6 +1,8 @@
 /* main.c: the mixatt command line: one subcommand per file in src/cli/. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 
@@ -54,7 +56,20 @@ static int run_command(const command *cmd, int argc, char **argv) {
     return rc;
 }
 
+/* OpenMP reads its wait policy when the library loads, before main. Its default spins at every barrier, and on
+ * a CPU that other programs also use the spinning threads wait for a descheduled one: measured here with 2
+ * busy processes, decode fell to 0.3 tok/s against 23 tok/s passive and 6 tok/s with -t 1 (bench/busy_cpu.py,
+ * bench/RESULTS.md). So unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set, e.g.
+ * OMP_WAIT_POLICY=active on a dedicated machine), mixatt runs itself again once with OMP_WAIT_POLICY=passive.
+ * Should the exec fail, it goes on with the default. */
+static void prefer_passive_openmp_waits(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_openmp_waits(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
