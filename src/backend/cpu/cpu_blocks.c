@@ -76,14 +76,14 @@ static void cpu_moe_route(mx_backend *be, const float *logits, int T, int E, int
         int *id = ids + (size_t)t * k;
         float *wt = w + (size_t)t * k;
         double sum = 0;
-        for (int j = 0; j < k; j++) { /* selection: k is small */
+        for (int j = 0; j < k; j++) { /* selection: k is small; NaN scores (NaN weights) still pick an expert */
             int best = -1;
             for (int e = 0; e < E; e++)
-                if (p[e] >= 0 && (best < 0 || p[e] > p[best])) best = e;
+                if (p[e] != -2.0f && (best < 0 || p[e] > p[best])) best = e;
             id[j] = best;
             wt[j] = p[best];
             sum += p[best];
-            p[best] = -1.0f; /* taken */
+            p[best] = -2.0f; /* taken (a softmax output is never negative) */
         }
         float f = norm ? (float)(scale / sum) : scale;
         for (int j = 0; j < k; j++) wt[j] *= f;
