@@ -120,7 +120,7 @@ FUZZ_TARGETS := gguf safetensors hf tokenizer shards ckpt
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fno-omit-frame-pointer -Wno-pass-failed -fsanitize=address,undefined \
                 -fno-sanitize-recover=all $(shell pkg-config --cflags libcjson libutf8proc 2>/dev/null)
 FUZZ_OBJ     := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
-FUZZ_LIBS    := $(filter-out $(MPI_LIBS),$(LDLIBS))
+FUZZ_LIBS     = $(LDLIBS)
 FUZZ_MAXLEN_gguf := 65536
 FUZZ_MAXLEN_tokenizer := 65536
 FUZZ_MAXLEN_ckpt := 65536
@@ -134,7 +134,7 @@ build/fuzz/obj/%.o: %.c
 	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
 build/fuzz/libmixatt.a: $(FUZZ_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h build/fuzz/libmixatt.a
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h build/fuzz/libmixatt.a $(CONFIG)
 	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libmixatt.a $(FUZZ_LIBS)
 fuzz-one: build/fuzz/fuzz_$(FUZZ_TARGET)
 	@mkdir -p build/fuzz/corpus/$(FUZZ_TARGET)
