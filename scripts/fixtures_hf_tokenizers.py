@@ -27,7 +27,8 @@ changes how often each path runs. The families:
            tests/fixtures/hf/ can carry it: the end-to-end tests run `mixatt run -m DIR -p`, `--chat` and
            `convert` with it (ChatML template)
 The chat templates are the published templates of SmolLM2-135M-Instruct (ChatML), Meta-Llama-3-8B-Instruct,
-Mistral-7B-Instruct-v0.1, Qwen2.5-7B-Instruct and Llama-2-7b-chat, typed here as data (facts, not code).
+Mistral-7B-Instruct-v0.1, Qwen2.5-7B-Instruct and Llama-2-7b-chat, typed here as data (facts, not code), and
+(llama31, on llama3's tokenizer) Llama 3.1's template without its tool-calling branches.
 Expected ids are `tokenizers`' encode (add_special_tokens False and True, and with special tokens not parsed);
 expected decodes are its decode; expected renders are transformers' apply_chat_template (tokenize=False and
 True). jinja_cases.json holds small templates that exercise the Jinja subset, rendered by jinja2 with the
@@ -91,6 +92,61 @@ LLAMA2_TEMPLATE = (
     "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
     "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 )
+
+# Llama 3.1's template in its structure (bos, defaults set when undefined, the system message taken out of
+# the list, the date header, tools None, `| trim`, `reject`), with its tool-calling branches left out.
+LLAMA31_TEMPLATE = """{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
 
 QWEN25_TEMPLATE = """{%- if tools %}
     {{- '<|im_start|>system\\n' }}
@@ -277,6 +333,7 @@ def families():
                                       special_tokens=[("<|begin_of_text|>", bot)]),
     ])
     out["llama3"] = (tk, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, LLAMA3_TEMPLATE)
+    out["llama31"] = (tk, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, LLAMA31_TEMPLATE)
     tk = train_byte_level(
         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
@@ -376,6 +433,8 @@ JINJA_CASES = [
     ("a\n  {% if true %}\n    b\n  {% endif %}\nc\n", {}),
     ("a  {%- if true -%}  b  {%- endif %}  c {{- ' d ' -}} e {# comment #}\n{#- c2 -#} f\n", {}),
     ("{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(1, 7, 2) %}{{ i }}{% endfor %}", {}),
+    ("{{ xs | reject('equalto', 'b') | join(',') }} {{ ns | select('odd') | list }} {{ ns | reject('even') | list }}",
+     {"xs": ["a", "b", "c"], "ns": [1, 2, 3, 4, 5]}),
     ("{{ 'abc' | title }} {{ 'hello world' | capitalize }} {{ 3 | string + 'x' }} {{ '5' | int + 1 }}", {}),
     ("{% if not x and (y or z) %}yes{% endif %} {{ 1 < 2 < 3 }} {{ 'b' > 'a' }} {{ 1 == 1.0 }}", {"y": 1}),
     ("{{ \"dq\" }} {{ 'it\\'s' }} {{ 'tab\\there' }} {{ 'uni\\u00e9' }}", {}),

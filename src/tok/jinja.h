@@ -9,7 +9,7 @@
  * [index], [a:b:c] slices, calls with keyword arguments, + - * / // % ** ~, comparisons, in / not in,
  * and / or / not, `a if c else b`, filters (trim, length, count, upper, lower, title, capitalize, tojson,
  * string, int, float, default/d, first, last, join, items, list, reverse, replace, safe, abs, unique,
- * selectattr, rejectattr, map(attribute=)), tests (defined, undefined, none, string, number, integer, float,
+ * select, reject, selectattr, rejectattr, map(attribute=)), tests (defined, undefined, none, string, number, integer, float,
  * boolean, mapping, sequence, iterable, callable, true, false, even, odd, divisibleby, equalto/eq, ne, in),
  * string and dict methods (strip, lstrip, rstrip, split, startswith, endswith, upper, lower, replace, title,
  * capitalize, items, keys, values, get), and the globals raise_exception, range, namespace, dict and

@@ -706,10 +706,11 @@ int jv_test(jeval *ev, const char *name, const jval *x, int nargs, const jval *a
 
 /* ---- filters ---- */
 
-static const char *const filter_names[] = {
-    "trim",    "length",  "count",   "upper", "lower",  "title",      "capitalize", "tojson", "string",
-    "int",     "float",   "default", "d",     "first",  "last",       "join",       "items",  "list",
-    "reverse", "replace", "safe",    "abs",   "unique", "selectattr", "rejectattr", "map",    NULL};
+static const char *const filter_names[] = {"trim",       "length",  "count",  "upper", "lower",  "title",
+                                           "capitalize", "tojson",  "string", "int",   "float",  "default",
+                                           "d",          "first",   "last",   "join",  "items",  "list",
+                                           "reverse",    "replace", "safe",   "abs",   "unique", "selectattr",
+                                           "rejectattr", "select",  "reject", "map",   NULL};
 
 bool jv_has_filter(const char *name) {
     for (int i = 0; filter_names[i]; i++)
@@ -758,19 +759,22 @@ static jval item_attr(const jval *item, const jval *attr) {
     return v;
 }
 
-static int select_items(jeval *ev, const jval *x, int nargs, const jval *args, bool reject, jval *out) {
+/* select/reject (a test on each item) and selectattr/rejectattr (on each item's attribute args[0]). */
+static int select_items(jeval *ev, const jval *x, int nargs, const jval *args, bool reject, bool by_attr,
+                        jval *out) {
     jlist *in, *l = ja_alloc(je_arena(ev), sizeof *l);
     if (!l || to_list(ev, x, &in)) return je_fail(ev, "out of memory");
+    int t = by_attr; /* the test's name is args[t] */
     for (int i = 0; i < in->n; i++) {
-        jval v = item_attr(&in->v[i], nargs ? &args[0] : NULL);
+        jval v = by_attr ? item_attr(&in->v[i], nargs ? &args[0] : NULL) : in->v[i];
         bool ok;
-        if (nargs < 2) {
+        if (nargs <= t) {
             ok = jv_truthy(&v);
         } else {
             char name[64];
-            snprintf(name, sizeof name, "%.*s", args[1].t == JV_STR ? (int)args[1].u.s.n : 0, args[1].u.s.s);
+            snprintf(name, sizeof name, "%.*s", args[t].t == JV_STR ? (int)args[t].u.s.n : 0, args[t].u.s.s);
             if (!jv_has_test(name)) return je_fail(ev, "the test '%s' is not supported", name);
-            if (jv_test(ev, name, &v, nargs - 2, args + 2, &ok)) return MX_ERR_ARG;
+            if (jv_test(ev, name, &v, nargs - t - 1, args + t + 1, &ok)) return MX_ERR_ARG;
         }
         if (ok != reject && jv_list_push(je_arena(ev), l, in->v[i])) return je_fail(ev, "out of memory");
     }
@@ -830,8 +834,8 @@ int jv_filter(jeval *ev, const char *f, const jval *x, int nargs, const jval *ar
         return je_fail(ev, "abs of %s", jv_type_name(x));
     }
     if (!strcmp(f, "items")) return items_of(ev, x, out);
-    if (!strcmp(f, "selectattr") || !strcmp(f, "rejectattr"))
-        return select_items(ev, x, nargs, args, f[0] == 'r', out);
+    if (!strcmp(f, "selectattr") || !strcmp(f, "rejectattr") || !strcmp(f, "select") || !strcmp(f, "reject"))
+        return select_items(ev, x, nargs, args, f[0] == 'r', strlen(f) > 6, out);
     if (!strcmp(f, "list") || !strcmp(f, "first") || !strcmp(f, "last") || !strcmp(f, "reverse") ||
         !strcmp(f, "unique") || !strcmp(f, "join") || !strcmp(f, "map")) {
         if (to_list(ev, x, &l)) return MX_ERR_ARG;

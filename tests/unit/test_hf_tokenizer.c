@@ -22,7 +22,8 @@
 
 #define FIX "fixtures/hf_tok"
 
-static const char *const families[] = {"gpt2", "llama3", "qwen2", "smollm", "llama2", "mistral", "tiny"};
+static const char *const families[] = {"gpt2",   "llama3", "llama31", "qwen2",
+                                       "smollm", "llama2", "mistral", "tiny"};
 enum { N_FAMILIES = sizeof families / sizeof families[0] };
 
 static cJSON *read_json(const char *path) {
@@ -186,11 +187,8 @@ Test(hf_tokenizer, chat_templates_match_transformers) {
 Test(hf_tokenizer, end_of_turn_per_family) {
     static const struct {
         const char *fam, *eot;
-    } want[] = {{"llama3", "<|eot_id|>"},
-                {"qwen2", "<|im_end|>"},
-                {"smollm", "<|im_end|>"},
-                {"mistral", "</s>"},
-                {"llama2", "</s>"}};
+    } want[] = {{"llama3", "<|eot_id|>"}, {"llama31", "<|eot_id|>"}, {"qwen2", "<|im_end|>"},
+                {"smollm", "<|im_end|>"}, {"mistral", "</s>"},       {"llama2", "</s>"}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         mx_tokenizer *t;
         mx_chat_template *ct;
