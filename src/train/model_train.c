@@ -495,9 +495,9 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
         if (!*bufs[i].p)
             return mx_err_set(
                 err, MX_ERR_NOMEM,
-                "out of %s memory for the activations of batch %d x %d (%.1f MiB in all; a smaller "
-                "batch, or --recompute when it exists)",
-                be ? be->name : "host", a->B, a->T, total * 4.0 / 1048576.0);
+                "out of memory for the activations of batch %d x %d (%.1f MiB of %s memory in all; "
+                "use a smaller batch)",
+                a->B, a->T, total * 4.0 / 1048576.0, be ? be->name : "host");
         if (be) m->ops->zero(be, *bufs[i].p, bufs[i].n);
     }
     return MX_OK;

@@ -76,7 +76,8 @@ static void cpu_moe_route(mx_backend *be, const float *logits, int T, int E, int
         int *id = ids + (size_t)t * k;
         float *wt = w + (size_t)t * k;
         double sum = 0;
-        for (int j = 0; j < k; j++) { /* selection: k is small; NaN scores (NaN weights) still pick an expert */
+        for (int j = 0; j < k;
+             j++) { /* selection: k is small; NaN scores (NaN weights) still pick an expert */
             int best = -1;
             for (int e = 0; e < E; e++)
                 if (p[e] != -2.0f && (best < 0 || p[e] > p[best])) best = e;
