@@ -120,4 +120,5 @@ def test_out_of_memory_on_one_rank(mixatt, tmp_path):
     r = mpirun([[mixatt, *args], ["sh", "-c", f"ulimit -d 700000 && exec {limited}"]], timeout=60)
     assert r.returncode != 0
     assert mixatt_errors(r, "mixatt") == [
-        "mixatt train: rank 1: out of memory for the activations of batch 128 x 1024"], r.stderr
+        "mixatt train: rank 1: out of memory for the activations of batch 128 x 1024 (2025.0 MiB of host "
+        "memory in all; use a smaller batch)"], r.stderr
