@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../src/base/file.h"
 #include "../../src/io/gguf.h"
 #include "../../src/tok/pretok.h"
 #include "../../src/tok/tokenizer.h"
@@ -341,6 +342,29 @@ Test(tokenizer, pretokenizer_pieces) {
         expect_pieces(MX_PRETOK_LLAMA3, "llama3", text, cJSON_GetObjectItemCaseSensitive(c, "llama3"));
     }
     cr_assert_eq(mx_pretok_from_regex("\\w+|[^\\w\\s]+"), -1); /* an unknown Split regex */
+    /* and the known ones, as the fixture tokenizers (scripts/fixtures_hf_tokenizers.py) spell them */
+    static const struct {
+        const char *dir;
+        mx_pretok_kind kind;
+    } known[] = {{"llama3", MX_PRETOK_LLAMA3}, {"qwen2", MX_PRETOK_QWEN2}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        char path[256];
+        mx_err err = {0};
+        snprintf(path, sizeof path, "fixtures/hf_tok/%s/tokenizer.json", known[i].dir);
+        char *text = mx_file_read(path, NULL, &err);
+        cr_assert(text, "%s", err.msg);
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *split =
+            cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(
+                                   cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"), "pretokenizers"),
+                               0);
+        const cJSON *re =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(split, "pattern"), "Regex");
+        cr_assert(cJSON_IsString(re), "%s: no Split regex", path);
+        cr_assert_eq(mx_pretok_from_regex(re->valuestring), (int)known[i].kind, "%s", path);
+        cJSON_Delete(j);
+        free(text);
+    }
 }
 
 /* ---- unsupported tokenizers, through small GGUFs built in memory ---- */
