@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # train_check.sh: GPU training on the lent machine, in one call: every CUDA training op against the CPU
 # (test_cuda_train), the end-to-end checks against PyTorch (tests/cuda/check_train_gpu.py), then the speed of
-# GPT-2 124M beside torch.compile (bench/train_gpu.py). Needs only the binaries that bench/cuda/stage.sh puts in
-# $DEVCARRY (no model): carry [".devcarry-train"] with DEVCARRY=.devcarry-train. WHAT: test, bench or all.
+# GPT-2 124M beside torch.compile (bench/train_gpu.py); `profile`: where a GPT-2 124M bf16 step's time goes
+# (mixatt train --profile, PROFILE_STEPS steps, default 6). Needs only the binaries that bench/cuda/stage.sh puts in
+# $DEVCARRY (no model): carry [".devcarry-train"] with DEVCARRY=.devcarry-train. WHAT: test, bench, all or profile.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -29,5 +30,12 @@ case "${1:-all}" in bench|all)
     MIXATT="$M/bin/mixatt" PYTHONUNBUFFERED=1 python3 bench/train_gpu.py ${BENCH_ARGS:-} --out "$M/bench" 2>&1 |
         tee "$OUTD/train_gpu.log"
     cp "$M/bench/train_gpu.json" "$OUTD/" 2>/dev/null ;;
+esac
+case "${1:-all}" in profile)
+    for prec in ${PROFILE_PRECISIONS:-bf16}; do
+        echo "== mixatt train --profile, GPT-2 124M, $prec"
+        "$M/bin/mixatt" train -c configs/train-gpt2-124m.json --device cuda --precision "$prec" -q --profile \
+            --set steps="${PROFILE_STEPS:-6}" -o "$M/profile-$prec" 2>&1 | tee "$OUTD/profile-$prec.log"
+    done ;;
 esac
 exit $rc

@@ -31,6 +31,7 @@
 #include "../train/dp.h"
 #include "../train/model_train.h"
 #include "../train/mup.h"
+#include "../train/op_profile.h"
 #include "../train/optim.h"
 #include "../train/shards.h"
 #include "../train/synthetic.h"
@@ -45,7 +46,7 @@ typedef struct {
         *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
     const char *sets[MAX_SETS];
     int n_sets, threads, max_steps, gpu;
-    bool quiet, dp, zero1, act_rms, gpu_given;
+    bool quiet, dp, zero1, act_rms, gpu_given, profile;
 } train_opts;
 
 static void help(FILE *f) {
@@ -78,6 +79,8 @@ static void help(FILE *f) {
         "                      accumulation; norms, softmax, loss and AdamW in fp32) or fp32\n"
         "  -t, --threads N     threads (default: all cores)\n"
         "  -q, --quiet         no progress lines\n"
+        "  --profile           print where a step's time goes, op by op (the device synced around each op,\n"
+        "                      so profiled steps run a little slower; the first step is left out)\n"
         "  --log-act-rms       add \"act_rms\" to each step's log line: the RMS of the residual stream "
         "entering\n"
         "                      each layer and leaving the last (a coordinate check; scripts/coord_check.py)\n"
@@ -109,6 +112,7 @@ static int parse(train_opts *o, int argc, char **argv) {
         }
         bool *flag = !strcmp(a, "-q") || !strcmp(a, "--quiet") ? &o->quiet
                      : !strcmp(a, "--dp")                      ? &o->dp
+                     : !strcmp(a, "--profile")                 ? &o->profile
                      : !strcmp(a, "--zero1")                   ? &o->zero1
                                                                : NULL;
         if (flag) {
@@ -364,6 +368,7 @@ static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
         float lr = 0;
         double loss = train_step(t, step, step == start ? o->dump_grads : NULL, &norm, &lr, err);
         if (err->code) return report(t, NULL, err);
+        if (t->m->prof) mx_op_profile_step(t->m->prof, step == start);
         if (!isfinite(loss)) return stop_nonfinite(t, "the loss", loss, step);
         if (!isfinite(norm)) return stop_nonfinite(t, "the gradient norm", norm, step);
         double dt = now() - ts, tps = tok_per_step / (dt > 0 ? dt : 1e-9);
@@ -384,7 +389,10 @@ static int run_loop(trainer *t, int start, const train_opts *o, mx_err *err) {
                     step + 1, c->steps, loss, lr, norm, tps, eta);
         }
         if (t->has_val && c->val_every && ((step + 1) % c->val_every == 0 || last)) {
+            mx_op_profile *prof = t->m->prof;
+            t->m->prof = NULL; /* the profile is of training steps */
             double vl = validate(t, err);
+            t->m->prof = prof;
             if (err->code) return report(t, "validation", err);
             if (root) fprintf(t->log, "{\"step\": %d, \"val_loss\": %.9g}\n", step + 1, vl);
             if (root && !o->quiet) fprintf(stderr, "step %d/%d | val loss %.4f\n", step + 1, c->steps, vl);
@@ -533,7 +541,11 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
         rc = report(&t, NULL, &err);
     } else {
         if (!o.quiet && mx_dist_is_root(comm)) describe(t.m, start, t.dp);
+        mx_op_profile prof = {0};
+        if (o.profile) t.m->prof = &prof;
         rc = run_loop(&t, start, &o, &err);
+        t.m->prof = NULL;
+        if (o.profile && mx_dist_is_root(comm)) mx_op_profile_print(&prof, stderr);
     }
     if (t.log) fclose(t.log);
     mx_loader_close(&t.train);

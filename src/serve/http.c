@@ -291,6 +291,8 @@ static enum MHD_Result generate(mx_server *srv, struct MHD_Connection *c, reques
     mx_api_env env = {.m = srv->m, .n_ctx = srv->o.sched.n_ctx, .seed = mx_sched_seed(srv->sc)};
     mx_api_flags fl;
     mx_api_error e;
+    j->client_gone = client_gone; /* the scheduler frees the slot at the first step after a hang-up */
+    j->client_fd = connection_fd(c);
     int rc = mx_api_parse(&env, kind, r->body ? r->body : "", r->len, j, &fl, &e);
     if (!rc) {
         int q = mx_sched_submit(srv->sc, j); /* the scheduler takes its own reference */

@@ -65,6 +65,7 @@ mx_job *mx_job_new(void) {
     pthread_cond_init(&j->cond, NULL);
     j->refs = 1;
     j->stop_token = -1;
+    j->client_fd = -1;
     return j;
 }
 
@@ -142,13 +143,19 @@ static void finish_slot(mx_sched *sc, slot *sl, const char *why) {
     sc->n_active--;
 }
 
-/* With the lock: cancelled jobs leave their slots and the queue. */
+/* With the lock: whether job j is cancelled, asking its client first (a hang-up is a cancel). */
+static bool job_cancelled(mx_job *j) {
+    if (!j->cancelled && j->client_gone && j->client_gone(j->client_fd)) j->cancelled = true;
+    return j->cancelled;
+}
+
+/* With the lock: cancelled jobs, and those whose client hung up, leave their slots and the queue. */
 static void reap_cancelled(mx_sched *sc) {
     for (int i = 0; i < sc->o.n_slots; i++)
-        if (sc->slots[i].job && sc->slots[i].job->cancelled) finish_slot(sc, &sc->slots[i], "cancelled");
+        if (sc->slots[i].job && job_cancelled(sc->slots[i].job)) finish_slot(sc, &sc->slots[i], "cancelled");
     for (mx_job **p = &sc->q_head; *p;) {
         mx_job *j = *p;
-        if (!j->cancelled) {
+        if (!job_cancelled(j)) {
             p = &j->next;
             continue;
         }

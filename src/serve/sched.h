@@ -27,6 +27,9 @@ struct mx_job {
     char *stops[MX_SERVE_MAX_STOPS];
     int n_stops;
     int stop_token; /* an extra token that ends the answer (chat end of turn), -1 none */
+    /* asked at the start of each step, with the lock held: whether the client has gone (NULL: never) */
+    bool (*client_gone)(int fd);
+    int client_fd;
     /* progress */
     char *out; /* released text, valid UTF-8, NUL-terminated when out_len > 0 */
     size_t out_len, out_cap;

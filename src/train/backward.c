@@ -9,6 +9,7 @@
 #include "mka_train.h"
 #include "mla_train.h"
 #include "model_train.h"
+#include "op_profile.h"
 #include "moe_train.h"
 #include "mup.h"
 #include "sgemm.h"
@@ -160,9 +161,9 @@ static void norm_bwd(mx_tmodel *m, float *dx, const float *dout, const float *x,
                      const float *rstd, const mx_param *w, const mx_param *b) {
     int N = m->acts.B * m->acts.T, C = m->cfg.d_model;
     if (m->cfg.arch == MX_TARCH_GPT2)
-        m->ops->layernorm_bwd(m->be, dx, w->g, b->g, dout, x, mean, rstd, w->w, N, C);
+        MX_OP(m, layernorm_bwd, dx, w->g, b->g, dout, x, mean, rstd, w->w, N, C);
     else
-        m->ops->rmsnorm_bwd(m->be, dx, w->g, dout, x, rstd, w->w, N, C);
+        MX_OP(m, rmsnorm_bwd, dx, w->g, dout, x, rstd, w->w, N, C);
 }
 
 /* From dx = gradient of the layer's output: adds the MLP path's contribution to dx (then dx is the gradient
@@ -177,16 +178,16 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
         mx_moe_tr_bwd(m, l);
     } else if (c->arch == MX_TARCH_GPT2) {
-        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
+        MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
                            false);
-        m->ops->gelu_bwd(m->be, a->dpre, a->dact, pre, (long)nf);
-        m->ops->matmul_bwd(m->be, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
+        MX_OP(m, gelu_bwd, a->dpre, a->dact, pre, (long)nf);
+        MX_OP(m, matmul_bwd, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
-        m->ops->matmul_bwd(m->be, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
+        MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
                            false);
-        m->ops->swiglu_bwd(m->be, a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
-        m->ops->matmul_bwd(m->be, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
-        m->ops->matmul_bwd(m->be, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
+        MX_OP(m, swiglu_bwd, a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
+        MX_OP(m, matmul_bwd, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
+        MX_OP(m, matmul_bwd, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
     }
     norm_bwd(m, a->dx, a->dln, a->xm + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N,
              L->ffn_norm, L->ffn_norm_b);
@@ -213,17 +214,17 @@ static void attention_bwd(mx_tmodel *m, int l) {
     bool rope = c->arch == MX_TARCH_LLAMA;
     size_t nc = (size_t)N * C, nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
     const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
-    m->ops->matmul_bwd(m->be, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
+    MX_OP(m, matmul_bwd, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
-    m->ops->attn_bwd(m->be, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq,
+    MX_OP(m, attn_bwd, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq,
                      a->k + src * nkv, a->v + src * nkv, att, a->lse + (size_t)l * N * H);
-    if (rope) m->ops->rope(m->be, a->dq, B, T, H, D, c->rope_theta, true);
-    m->ops->matmul_bwd(m->be, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
+    if (rope) MX_OP(m, rope, a->dq, B, T, H, D, c->rope_theta, true);
+    MX_OP(m, matmul_bwd, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */
         float *dk = a->dk + l * nkv, *dv = a->dv + l * nkv;
-        if (rope) m->ops->rope(m->be, dk, B, T, G, D, c->rope_theta, true);
-        m->ops->matmul_bwd(m->be, a->dln, L->wk->g, grad(L->bk), dk, ln, L->wk->w, N, C, G * D, true);
-        m->ops->matmul_bwd(m->be, a->dln, L->wv->g, grad(L->bv), dv, ln, L->wv->w, N, C, G * D, true);
+        if (rope) MX_OP(m, rope, dk, B, T, G, D, c->rope_theta, true);
+        MX_OP(m, matmul_bwd, a->dln, L->wk->g, grad(L->bk), dk, ln, L->wk->w, N, C, G * D, true);
+        MX_OP(m, matmul_bwd, a->dln, L->wv->g, grad(L->bv), dv, ln, L->wv->w, N, C, G * D, true);
     }
     norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N,
              L->attn_norm, L->attn_norm_b);
@@ -235,15 +236,15 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
     size_t nkv = (size_t)c->n_layer * N * c->n_kv_head * m->head_dim;
-    m->ops->zero(m->be, a->dk, nkv);
-    m->ops->zero(m->be, a->dv, nkv);
-    m->ops->zero(m->be, a->dx, nc);
+    MX_OP(m, zero, a->dk, nkv);
+    MX_OP(m, zero, a->dv, nkv);
+    MX_OP(m, zero, a->dx, nc);
     norm_bwd(m, a->dx, a->dln, a->x + (size_t)c->n_layer * nc, a->lnf_mean, a->lnf_rstd, m->out_norm,
              m->out_norm_b);
     for (int l = c->n_layer - 1; l >= 0; l--) {
         mlp_bwd(m, l);
         attention_bwd(m, l);
     }
-    m->ops->embed_bwd(m->be, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T,
+    MX_OP(m, embed_bwd, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T,
                       C);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../dist/agree.h"
+#include "op_profile.h"
 #include "optim.h"
 
 int mx_dp_init(mx_dp *dp, mx_comm *comm, const mx_train_config *cfg, bool zero1, mx_err *err) {
@@ -107,7 +108,7 @@ int mx_dp_reduce(mx_dp *dp, mx_tmodel *m, int rc, double *loss, mx_err *err) {
         return mx_err_wrap(err, "summing the gradients");
     float n = (float)dp->size;
     if (m->on_device) /* (the collective ran on the device through NCCL: comm->attach) */
-        m->ops->scale(m->be, m->g, m->g, 1.0f / n, (long)m->n_floats);
+        MX_OP(m, scale, m->g, m->g, 1.0f / n, (long)m->n_floats);
     else
         for (size_t i = 0; i < m->n_floats; i++) m->g[i] /= n;
     return mx_dp_mean(dp, loss, err);

@@ -8,6 +8,7 @@
 #include "mka_train.h"
 #include "mla_train.h"
 #include "model_train.h"
+#include "op_profile.h"
 #include "moe_train.h"
 #include "mup.h"
 #include "sgemm.h"
@@ -102,9 +103,9 @@ static void norm_fwd(const mx_tmodel *m, float *out, float *mean, float *rstd, c
                      const mx_param *w, const mx_param *b, int N) {
     const mx_train_config *c = &m->cfg;
     if (c->arch == MX_TARCH_GPT2)
-        m->ops->layernorm_fwd(m->be, out, mean, rstd, x, w->w, b->w, N, c->d_model, c->norm_eps);
+        MX_OP(m, layernorm_fwd, out, mean, rstd, x, w->w, b->w, N, c->d_model, c->norm_eps);
     else
-        m->ops->rmsnorm_fwd(m->be, out, rstd, x, w->w, N, c->d_model, c->norm_eps);
+        MX_OP(m, rmsnorm_fwd, out, rstd, x, w->w, N, c->d_model, c->norm_eps);
 }
 
 static const float *bias(const mx_param *p) {
@@ -121,17 +122,17 @@ static void attention_fwd(mx_tmodel *m, int l) {
     int src = m->plan[l].kv_from;
     size_t nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
     float *ln = a->ln1 + (size_t)l * N * C, *q = a->q + l * nq, *att = a->att + l * nq;
-    m->ops->matmul_fwd(m->be, q, ln, L->wq->w, bias(L->bq), N, C, H * D);
-    if (c->arch == MX_TARCH_LLAMA) m->ops->rope(m->be, q, B, T, H, D, c->rope_theta, false);
+    MX_OP(m, matmul_fwd, q, ln, L->wq->w, bias(L->bq), N, C, H * D);
+    if (c->arch == MX_TARCH_LLAMA) MX_OP(m, rope, q, B, T, H, D, c->rope_theta, false);
     if (src == l) {
         float *k = a->k + l * nkv, *v = a->v + l * nkv;
-        m->ops->matmul_fwd(m->be, k, ln, L->wk->w, bias(L->bk), N, C, G * D);
-        m->ops->matmul_fwd(m->be, v, ln, L->wv->w, bias(L->bv), N, C, G * D);
-        if (c->arch == MX_TARCH_LLAMA) m->ops->rope(m->be, k, B, T, G, D, c->rope_theta, false);
+        MX_OP(m, matmul_fwd, k, ln, L->wk->w, bias(L->bk), N, C, G * D);
+        MX_OP(m, matmul_fwd, v, ln, L->wv->w, bias(L->bv), N, C, G * D);
+        if (c->arch == MX_TARCH_LLAMA) MX_OP(m, rope, k, B, T, G, D, c->rope_theta, false);
     }
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
-    m->ops->attn_fwd(m->be, &sh, att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv);
-    m->ops->matmul_fwd(m->be, a->tmp, att, L->wo->w, bias(L->bo), N, H * D, C);
+    MX_OP(m, attn_fwd, &sh, att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv);
+    MX_OP(m, matmul_fwd, a->tmp, att, L->wo->w, bias(L->bo), N, H * D, C);
 }
 
 static void mlp_fwd(mx_tmodel *m, int l) {
@@ -143,15 +144,15 @@ static void mlp_fwd(mx_tmodel *m, int l) {
     size_t nf = (size_t)N * F;
     float *ln = a->ln2 + (size_t)l * N * C, *pre = a->pre + l * nf, *act = a->act + l * nf;
     if (c->arch == MX_TARCH_GPT2) {
-        m->ops->matmul_fwd(m->be, pre, ln, L->w_up->w, bias(L->b_up), N, C, F);
-        m->ops->gelu_fwd(m->be, act, pre, (long)nf);
+        MX_OP(m, matmul_fwd, pre, ln, L->w_up->w, bias(L->b_up), N, C, F);
+        MX_OP(m, gelu_fwd, act, pre, (long)nf);
     } else {
         float *up = a->up + l * nf;
-        m->ops->matmul_fwd(m->be, pre, ln, L->w_gate->w, NULL, N, C, F);
-        m->ops->matmul_fwd(m->be, up, ln, L->w_up->w, NULL, N, C, F);
-        m->ops->swiglu_fwd(m->be, act, pre, up, (long)nf);
+        MX_OP(m, matmul_fwd, pre, ln, L->w_gate->w, NULL, N, C, F);
+        MX_OP(m, matmul_fwd, up, ln, L->w_up->w, NULL, N, C, F);
+        MX_OP(m, swiglu_fwd, act, pre, up, (long)nf);
     }
-    m->ops->matmul_fwd(m->be, a->tmp, act, L->w_down->w, bias(L->b_down), N, F, C);
+    MX_OP(m, matmul_fwd, a->tmp, act, L->w_down->w, bias(L->b_down), N, F, C);
 }
 
 void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
@@ -159,7 +160,7 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
     mx_tacts *a = &m->acts;
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
-    m->ops->embed_fwd(m->be, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T,
+    MX_OP(m, embed_fwd, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T,
                       C);
     for (int l = 0; l < c->n_layer; l++) {
         const mx_tlayer *L = &m->layers[l];
@@ -167,11 +168,11 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
         norm_fwd(m, a->ln1 + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, x,
                  L->attn_norm, L->attn_norm_b, N);
         attention_fwd(m, l);
-        m->ops->add(m->be, xm, x, a->tmp, (long)nc);
+        MX_OP(m, add, xm, x, a->tmp, (long)nc);
         norm_fwd(m, a->ln2 + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, xm,
                  L->ffn_norm, L->ffn_norm_b, N);
         mlp_fwd(m, l);
-        m->ops->add(m->be, a->x + (l + 1) * nc, xm, a->tmp, (long)nc);
+        MX_OP(m, add, a->x + (l + 1) * nc, xm, a->tmp, (long)nc);
     }
     norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x + (size_t)c->n_layer * nc, m->out_norm, m->out_norm_b,
              N);
@@ -189,13 +190,15 @@ double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool 
     float s = m->logit_scale, *x = a->lnf;
     if (s != 1.0f) {
         x = a->tmp;
-        m->ops->scale(m->be, x, a->lnf, s, (long)N * C);
+        MX_OP(m, scale, x, a->lnf, s, (long)N * C);
     }
     /* the mean over N rows: the per-row gradient scale is grad_scale / N */
+    double t0 = mx_op_begin(m);
     double loss =
         m->ops->head_xent(m->be, x, m->output->w, targets, N, C, m->cfg.vocab, grad_scale / (float)N,
                           backward ? a->dln : NULL, backward ? m->output->g : NULL);
-    if (backward && s != 1.0f) m->ops->scale(m->be, a->dln, a->dln, s, (long)N * C);
+    mx_op_end(m, "head_xent", t0);
+    if (backward && s != 1.0f) MX_OP(m, scale, a->dln, a->dln, s, (long)N * C);
     if (backward) mx_tmodel_backward(m, tokens);
     return loss / N + m->cfg.moe_aux_weight * m->aux_loss;
 }

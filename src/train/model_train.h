@@ -126,7 +126,7 @@ typedef struct {
     struct mx_moe_tacts *moe;
 } mx_tacts;
 
-typedef struct {
+typedef struct mx_tmodel {
     mx_train_config cfg;
     mx_layer_plan *plan; /* n_layer entries */
     int head_dim;
@@ -151,6 +151,7 @@ typedef struct {
                                 may train several models) */
     float *host[4], *dev[4]; /* w, g, m, v */
     mx_tr_seg *segs;         /* n_params AdamW segments (off, n, lr_mult, decay) */
+    struct mx_op_profile *prof; /* per-op timing (op_profile.h; --profile), NULL: off. Not owned */
 } mx_tmodel;
 
 /* Builds the model of a checked config: parameters laid out, randomly initialized from cfg.seed (or read

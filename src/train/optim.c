@@ -6,6 +6,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "op_profile.h"
+
 float mx_lr_at(const mx_train_config *c, int step) {
     if (step < c->warmup) return c->lr * (float)(step + 1) / (float)c->warmup;
     int span = c->steps - c->warmup;
@@ -15,14 +17,16 @@ float mx_lr_at(const mx_train_config *c, int step) {
 }
 
 double mx_grad_norm(const mx_tmodel *m) {
-    return sqrt(m->ops->sumsq(m->be, m->g, m->n_floats));
+    double t0 = mx_op_begin(m), ss = m->ops->sumsq(m->be, m->g, m->n_floats);
+    mx_op_end(m, "sumsq", t0);
+    return sqrt(ss);
 }
 
 float mx_clip_grads(mx_tmodel *m, double norm, float max_norm) {
     if (max_norm <= 0) return 1.0f;
     float coef = (float)(max_norm / (norm + 1e-6));
     if (coef >= 1.0f) return 1.0f;
-    m->ops->scale(m->be, m->g, m->g, coef, (long)m->n_floats);
+    MX_OP(m, scale, m->g, m->g, coef, (long)m->n_floats);
     return coef;
 }
 
@@ -52,7 +56,7 @@ void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, fl
     mx_tr_adamw h = adamw_hyper(&m->cfg, lr, t);
     int n = segments(m, lo, hi);
     /* w and g are offset by lo like the slice's moments, so one segment table serves all four */
-    m->ops->adamw(m->be, m->segs, n, m->w + lo, m->g + lo, mom, var, &h);
+    MX_OP(m, adamw, m->segs, n, m->w + lo, m->g + lo, mom, var, &h);
 }
 
 void mx_adamw_step(mx_tmodel *m, float lr, int t) {
@@ -60,5 +64,5 @@ void mx_adamw_step(mx_tmodel *m, float lr, int t) {
 }
 
 void mx_zero_grads(mx_tmodel *m) {
-    m->ops->zero(m->be, m->g, m->n_floats);
+    MX_OP(m, zero, m->g, m->n_floats);
 }
