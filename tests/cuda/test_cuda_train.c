@@ -180,8 +180,10 @@ static void test_embed_and_head(ctx *x) {
     free(wte), free(wpe), free(out), free(tok), free(tgt), free(dout), free(dx), free(dW);
 }
 
-/* B x T scores beyond 1 GiB per head take the warp kernels, below it the tensor-core GEMM form. */
-static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window, const char *name) {
+/* fp32: B x T scores beyond 1 GiB per head take the warp kernels, below it the tensor-core GEMM form. bf16: the
+ * fused kernels of cuda_train_flash.cu (D 64 and 128) against the CPU's fp32, within bf16's rounding of Q, K, V,
+ * dO, P and dS (1e-2 relative L2 for the output, 2e-2 for the gradients; lse 1e-3). */
+static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window, const char *name, bool bf16) {
     mx_tr_attn_shape s = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
     size_t nq = (size_t)s.B * s.T * H * D, nkv = (size_t)s.B * s.T * G * D, nl = (size_t)s.B * s.T * H;
     float *q = rnd(x, nq, 1.0f), *k = rnd(x, nkv, 1.0f), *v = rnd(x, nkv, 1.0f), *dout = rnd(x, nq, 1.0f);
@@ -192,14 +194,18 @@ static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window
     float *gout = dev_of(x, out, nq), *glse = dev_of(x, lse, nl), *gdq = dev_of(x, dq, nq),
           *gdk = dev_of(x, dk, nkv), *gdv = dev_of(x, dv, nkv);
     char what[96];
+    double t_out = bf16 ? 1e-2 : 2e-5, t_lse = bf16 ? 1e-3 : 2e-6, t_grad = bf16 ? 2e-2 : 2e-5;
+    const char *p = bf16 ? " (bf16)" : "";
+    x->g->set_bf16(x->gpu, bf16);
     x->c->attn_fwd(NULL, &s, out, lse, q, k, v), x->g->attn_fwd(x->gpu, &s, gout, glse, gq, gk, gv);
-    snprintf(what, sizeof what, "attn_fwd out %s", name), expect_close(x, what, out, gout, nq, 2e-5);
-    snprintf(what, sizeof what, "attn_fwd lse %s", name), expect_close(x, what, lse, glse, nl, 2e-6);
+    snprintf(what, sizeof what, "attn_fwd out %s%s", name, p), expect_close(x, what, out, gout, nq, t_out);
+    snprintf(what, sizeof what, "attn_fwd lse %s%s", name, p), expect_close(x, what, lse, glse, nl, t_lse);
     x->c->attn_bwd(NULL, &s, dq, dk, dv, dout, q, k, v, out, lse);
     x->g->attn_bwd(x->gpu, &s, gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse);
-    snprintf(what, sizeof what, "attn_bwd dq %s", name), expect_close(x, what, dq, gdq, nq, 2e-5);
-    snprintf(what, sizeof what, "attn_bwd dk += %s", name), expect_close(x, what, dk, gdk, nkv, 2e-5);
-    snprintf(what, sizeof what, "attn_bwd dv += %s", name), expect_close(x, what, dv, gdv, nkv, 2e-5);
+    snprintf(what, sizeof what, "attn_bwd dq %s%s", name, p), expect_close(x, what, dq, gdq, nq, t_grad);
+    snprintf(what, sizeof what, "attn_bwd dk += %s%s", name, p), expect_close(x, what, dk, gdk, nkv, t_grad);
+    snprintf(what, sizeof what, "attn_bwd dv += %s%s", name, p), expect_close(x, what, dv, gdv, nkv, t_grad);
+    x->g->set_bf16(x->gpu, false);
     float *bufs[] = {gq, gk, gv, gdout, gout, glse, gdq, gdk, gdv};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) x->gpu->free(x->gpu, bufs[i]);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
@@ -340,12 +346,18 @@ int main(void) {
     test_matmul(&x, true);
     test_elementwise(&x);
     test_embed_and_head(&x);
-    test_attention(&x, 2, 150, 4, 4, 64, 0, "MHA D64");
-    test_attention(&x, 2, 150, 8, 2, 32, 0, "GQA 8/2 D32");
-    test_attention(&x, 2, 150, 6, 1, 128, 0, "MQA D128");
-    test_attention(&x, 2, 150, 4, 2, 64, 37, "GQA window 37");
-    test_attention(&x, 1, 16500, 2, 1, 64, 0, "warp kernels T16500 MQA");
-    test_attention(&x, 1, 16500, 2, 2, 64, 300, "warp kernels T16500 window 300");
+    test_attention(&x, 2, 150, 4, 4, 64, 0, "MHA D64", false);
+    test_attention(&x, 2, 150, 8, 2, 32, 0, "GQA 8/2 D32", false);
+    test_attention(&x, 2, 150, 6, 1, 128, 0, "MQA D128", false);
+    test_attention(&x, 2, 150, 4, 2, 64, 37, "GQA window 37", false);
+    test_attention(&x, 1, 16500, 2, 1, 64, 0, "warp kernels T16500 MQA", false);
+    test_attention(&x, 1, 16500, 2, 2, 64, 300, "warp kernels T16500 window 300", false);
+    test_attention(&x, 2, 150, 4, 4, 64, 0, "MHA D64", true);
+    test_attention(&x, 2, 150, 8, 2, 32, 0, "GQA 8/2 D32 (GEMM form)", true);
+    test_attention(&x, 2, 150, 6, 1, 128, 0, "MQA D128", true);
+    test_attention(&x, 2, 150, 4, 2, 64, 37, "GQA window 37", true);
+    test_attention(&x, 3, 333, 6, 2, 128, 70, "GQA D128 window 70", true);
+    test_attention(&x, 1, 1024, 4, 4, 64, 0, "MHA T1024", true);
     test_adamw(&x);
     const char *gpt2 =
         "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "

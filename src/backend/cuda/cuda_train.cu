@@ -1,7 +1,7 @@
 /* cuda_train.cu: the CUDA implementation of the training op contract (backend_train.h), except attention
  * (cuda_train_attn.cu). fp32 buffers throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F)
- * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF: the inputs are
- * rounded to bf16 inside the GEMM). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
+ * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (each operand rounded to a bf16 copy first, or
+ * with MX_CUDA_TRAIN_GEMM=fast16bf inside cuBLAS: CUBLAS_COMPUTE_32F_FAST_16BF). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
  * two runs with one seed give the same bits (no atomics; column sums are per-chunk partials summed in order).
  * Shapes as in backend_train.h: N rows, C width, V vocabulary; weights [out, in] row-major. */
 #include <cublas_v2.h>
@@ -31,6 +31,8 @@ typedef struct {
     size_t dsum_host_cap;
     float *logits; /* XENT_ROWS x V */
     size_t logits_cap;
+    __nv_bfloat16 *opa, *opb; /* the bf16 copies of a GEMM's two operands (MX_CUDA_TRAIN_GEMM=bf16) */
+    size_t opa_cap, opb_cap;
     mx_tr_seg *segs; /* adamw segments */
     int segs_cap;
 } cu_train;
@@ -71,11 +73,16 @@ cublasHandle_t mx_cuda_train_blas(mx_backend *be, cublasComputeType_t *compute) 
     return t->blas;
 }
 
+bool mx_cuda_train_bf16(mx_backend *be) {
+    return tr(be)->bf16;
+}
+
 void mx_cuda_train_free(mx_cuda_ctx *c) {
     cu_train *t = (cu_train *)c->train;
     if (!t) return;
     cublasDestroy(t->blas);
     cudaFree(t->tok), cudaFree(t->csr), cudaFree(t->part), cudaFree(t->dsum), cudaFree(t->logits);
+    cudaFree(t->opa), cudaFree(t->opb);
     cudaFree(t->segs); /* device memory too (grow) */
     free(t->csr_host), free(t->dsum_host);
     free(t);
@@ -100,11 +107,41 @@ __device__ __forceinline__ double warp_sum_d(double v) {
 
 /* ---- GEMMs (row-major through column-major cuBLAS: a row-major (r, c) matrix is a column-major (c, r)) ---- */
 
-/* C (m_rows, n_cols) row-major = alpha · op(A) · op(B) + beta · C, written as cuBLAS sees the transposes. */
+/* dst[i] = bf16(src[i]), rounded to nearest even */
+static __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+void mx_cuda_to_bf16(cudaStream_t st, __nv_bfloat16 *dst, const float *src, size_t n) {
+    k_to_bf16<<<blocks_for(n, 256), 256, 0, st>>>(dst, src, n);
+    CU_LAUNCHED();
+}
+
+/* The bf16 copy of the n floats at src, in *buf (grown as needed). */
+static const __nv_bfloat16 *as_bf16(mx_backend *be, __nv_bfloat16 **buf, size_t *cap, const float *src,
+                                    size_t n) {
+    *buf = grow(*buf, cap, n);
+    mx_cuda_to_bf16(stream_of(be), *buf, src, n);
+    return *buf;
+}
+
+/* C = op(A) · op(B) + beta · C in cuBLAS's column-major terms (m x n, inner k), fp32 in memory. fp32: exact fp32
+ * products; bf16: each operand rounded to a bf16 copy, products on bf16 tensor cores accumulated in fp32
+ * (MX_CUDA_TRAIN_GEMM=fast16bf: the rounding inside cuBLAS instead). The operands are dense: A is
+ * (ta == N ? k : m) columns of lda floats, B (tb == N ? n : k) columns of ldb. */
 static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     cu_train *t = tr(be);
     float alpha = 1.0f;
+    if (t->bf16 && !cu_ctx(be)->tune.train_fast16bf) {
+        size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
+        const __nv_bfloat16 *a = as_bf16(be, &t->opa, &t->opa_cap, A, na),
+                            *b = as_bf16(be, &t->opb, &t->opb_cap, B, nb);
+        LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta,
+                              C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
     cublasComputeType_t ct = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
     LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
                           CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));

@@ -19,6 +19,20 @@ void mx_cuda_train_free(mx_cuda_ctx *c);
  * bf16 tensor cores after set_bf16). */
 cublasHandle_t mx_cuda_train_blas(mx_backend *be, cublasComputeType_t *compute);
 
+/* Whether the training ops multiply in bf16 (set_bf16). */
+bool mx_cuda_train_bf16(mx_backend *be);
+/* dst[0..n) = bf16(src[0..n)) on stream st, rounded to nearest even. */
+void mx_cuda_to_bf16(cudaStream_t st, __nv_bfloat16 *dst, const float *src, size_t n);
+
+/* cuda_train_flash.cu: the fused bf16 attention kernels. Each returns false, launching nothing, for a shape it
+ * does not take (head dims other than 64 or 128, or, forward, a device without k_fa_wgmma); delta (B, T, H) is
+ * rowsum(dout ∘ out). */
+bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
+                             const float *k, const float *v);
+bool mx_cuda_train_flash_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
+                             const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                             const float *delta);
+
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v);
 void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,

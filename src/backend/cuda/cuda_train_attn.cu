@@ -314,8 +314,14 @@ static void check_shape(const mx_tr_attn_shape *s) {
                       __FILE__, __LINE__);
 }
 
+/* bf16 training takes the fused kernels (cuda_train_flash.cu) unless MX_CUDA_TRAIN_ATTN=gemm. */
+static bool flash(mx_backend *be) {
+    return mx_cuda_train_bf16(be) && !cu_ctx(be)->tune.train_attn_gemm;
+}
+
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v) {
+    if (flash(be) && mx_cuda_train_flash_fwd(be, s, out, lse, q, k, v)) return;
     if (gemm_form(s)) return attn_fwd_gemm(be, s, out, lse, q, k, v);
     check_shape(s);
     dim3 grid((s->T + AW - 1) / AW, s->H, s->B);
@@ -334,7 +340,9 @@ void mx_cuda_train_attn_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq
     CU_CHECK(cudaMallocAsync((void **)&delta, sizeof(float) * rows, st));
     k_attn_delta<<<(unsigned)((rows + AW - 1) / AW), AW * 32, 0, st>>>(delta, dout, out, rows, s->Dv);
     CU_LAUNCHED();
-    if (gemm) {
+    if (flash(be) && mx_cuda_train_flash_bwd(be, s, dq, dk, dv, dout, q, k, v, lse, delta)) {
+        /* done: the fused kernels */
+    } else if (gemm) {
         attn_bwd_gemm(be, s, dq, dk, dv, dout, q, k, v, lse, delta);
     } else {
         dim3 gq((s->T + AW - 1) / AW, s->H, s->B), gk((s->T + AW - 1) / AW, s->G, s->B);

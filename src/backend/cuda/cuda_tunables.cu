@@ -61,7 +61,9 @@ static const char *const known_names[] = {"MX_CUDA_GRAPHS",
                                           "MX_CUDA_SCATTER",
                                           "MX_CUDA_MOE",
                                           "MX_CUDA_MOE_STREAMS",
-                                          "MX_CUDA_MOE_TIMING"};
+                                          "MX_CUDA_MOE_TIMING",
+                                          "MX_CUDA_TRAIN_GEMM",
+                                          "MX_CUDA_TRAIN_ATTN"};
 
 /* Warns about MX_CUDA_* variables that are no tunable: a typo would otherwise be silently ignored, and
  * MX_CUDA_FA_VAR / MX_CUDA_SKIP / MX_CUDA_FUSED_PROBE are bench/cuda experiments now. */
@@ -100,5 +102,7 @@ void mx_cuda_tunables_read(mx_cuda_tunables *t) {
     t->moe = env_bool("MX_CUDA_MOE", true);
     t->moe_streams = env_int("MX_CUDA_MOE_STREAMS", 4, 1, 8, NULL, 0);
     t->moe_timing = env_bool("MX_CUDA_MOE_TIMING", false);
+    t->train_fast16bf = env_word("MX_CUDA_TRAIN_GEMM", "bf16", "fast16bf");
+    t->train_attn_gemm = env_word("MX_CUDA_TRAIN_ATTN", "flash", "gemm");
     warn_unknown();
 }
