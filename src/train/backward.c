@@ -179,12 +179,12 @@ static void mlp_bwd(mx_tmodel *m, int l) {
         mx_moe_tr_bwd(m, l);
     } else if (c->arch == MX_TARCH_GPT2) {
         MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
-                           false);
+              false);
         MX_OP(m, gelu_bwd, a->dpre, a->dact, pre, (long)nf);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
         MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
-                           false);
+              false);
         MX_OP(m, swiglu_bwd, a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
         MX_OP(m, matmul_bwd, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
@@ -217,7 +217,7 @@ static void attention_bwd(mx_tmodel *m, int l) {
     MX_OP(m, matmul_bwd, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
     MX_OP(m, attn_bwd, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq,
-                     a->k + src * nkv, a->v + src * nkv, att, a->lse + (size_t)l * N * H);
+          a->k + src * nkv, a->v + src * nkv, att, a->lse + (size_t)l * N * H);
     if (rope) MX_OP(m, rope, a->dq, B, T, H, D, c->rope_theta, true);
     MX_OP(m, matmul_bwd, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */
@@ -245,6 +245,5 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
         mlp_bwd(m, l);
         attention_bwd(m, l);
     }
-    MX_OP(m, embed_bwd, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T,
-                      C);
+    MX_OP(m, embed_bwd, m->tok_embd->g, m->pos_embd ? m->pos_embd->g : NULL, a->dx, tokens, a->B, a->T, C);
 }

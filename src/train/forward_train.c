@@ -160,8 +160,7 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
     mx_tacts *a = &m->acts;
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
-    MX_OP(m, embed_fwd, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T,
-                      C);
+    MX_OP(m, embed_fwd, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T, C);
     for (int l = 0; l < c->n_layer; l++) {
         const mx_tlayer *L = &m->layers[l];
         float *x = a->x + l * nc, *xm = a->xm + l * nc;

@@ -147,10 +147,10 @@ typedef struct mx_tmodel {
     mx_backend *be;
     const mx_train_ops *ops;
     bool on_device;
-    bool bf16;               /* this model's matmuls on bf16 tensor cores (set before each step: a backend
+    bool bf16;                  /* this model's matmuls on bf16 tensor cores (set before each step: a backend
                                 may train several models) */
-    float *host[4], *dev[4]; /* w, g, m, v */
-    mx_tr_seg *segs;         /* n_params AdamW segments (off, n, lr_mult, decay) */
+    float *host[4], *dev[4];    /* w, g, m, v */
+    mx_tr_seg *segs;            /* n_params AdamW segments (off, n, lr_mult, decay) */
     struct mx_op_profile *prof; /* per-op timing (op_profile.h; --profile), NULL: off. Not owned */
 } mx_tmodel;
 

@@ -30,11 +30,11 @@ void mx_op_profile_step(mx_op_profile *p, int warmup);
 void mx_op_profile_print(const mx_op_profile *p, FILE *f);
 
 /* m->ops->op(m->be, ...) timed under m's profile (a void op) */
-#define MX_OP(m, op, ...)                                                                                  \
-    do {                                                                                                   \
-        double t0_ = mx_op_begin(m);                                                                       \
-        (m)->ops->op((m)->be, __VA_ARGS__);                                                                \
-        mx_op_end((m), #op, t0_);                                                                          \
+#define MX_OP(m, op, ...)                                                                                    \
+    do {                                                                                                     \
+        double t0_ = mx_op_begin(m);                                                                         \
+        (m)->ops->op((m)->be, __VA_ARGS__);                                                                  \
+        mx_op_end((m), #op, t0_);                                                                            \
     } while (0)
 
 #endif

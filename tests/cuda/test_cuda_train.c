@@ -183,7 +183,8 @@ static void test_embed_and_head(ctx *x) {
 /* fp32: B x T scores beyond 1 GiB per head take the warp kernels, below it the tensor-core GEMM form. bf16: the
  * fused kernels of cuda_train_flash.cu (D 64 and 128) against the CPU's fp32, within bf16's rounding of Q, K, V,
  * dO, P and dS (1e-2 relative L2 for the output, 2e-2 for the gradients; lse 1e-3). */
-static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window, const char *name, bool bf16) {
+static void test_attention(ctx *x, int B, int T, int H, int G, int D, int window, const char *name,
+                           bool bf16) {
     mx_tr_attn_shape s = {B, T, H, G, D, D, window, 1.0f / sqrtf((float)D)};
     size_t nq = (size_t)s.B * s.T * H * D, nkv = (size_t)s.B * s.T * G * D, nl = (size_t)s.B * s.T * H;
     float *q = rnd(x, nq, 1.0f), *k = rnd(x, nkv, 1.0f), *v = rnd(x, nkv, 1.0f), *dout = rnd(x, nq, 1.0f);

@@ -255,3 +255,29 @@ def test_device_and_precision_flags_are_checked(mixatt, tmp_path):
     assert r.returncode != 0 and "needs --device cuda" in r.stderr
     r = run(mixatt, "train", *fixture_args("gpt2"), "-o", tmp_path / "d", "--device", "cuda", "--dp", "--zero1")
     assert r.returncode == 2 and "not implemented yet" in r.stderr
+
+
+def test_profile_prints_where_the_time_goes(mixatt, tmp_path):
+    """--profile: a table of the training ops a step calls, their calls per step and time, after the run; the
+    losses are those of the same run without it (timing only syncs, it changes no result)."""
+    cfg = os.path.join(ROOT, "configs", "train-tiny-llama.json")
+    args = ["-c", cfg, *TINY, "--set", "steps=3"]
+    r = run(mixatt, "train", *args, "-o", tmp_path / "p", "-q", "--profile")
+    assert r.returncode == 0, r.stderr
+    assert "profile over 2 steps (the first left out)" in r.stderr
+    rows = {}
+    for ln in r.stderr.splitlines():
+        f = ln.split()
+        if ln.startswith("  ") and len(f) == 4 and f[3].endswith("%"):
+            rows[f[0]] = (float(f[1]), float(f[2]), float(f[3][:-1]))
+    # TINY's llama blocks: rmsnorm, rope, attention, matmuls and swiglu, forward and backward; AdamW once a step
+    for op in ("rmsnorm_fwd", "rope", "attn_fwd", "matmul_fwd", "swiglu_fwd", "head_xent", "attn_bwd",
+               "matmul_bwd", "adamw"):
+        assert op in rows, (op, r.stderr)
+    assert rows["adamw"][0] == 1.0 and rows["head_xent"][0] == 1.0
+    assert rows["attn_fwd"][0] == 3 and rows["attn_bwd"][0] == 3  # n_layer=3, validation passes not counted
+    assert abs(sum(v[2] for v in rows.values()) - 100.0) < 1.0
+    plain = run(mixatt, "train", *args, "-o", tmp_path / "q", "-q")
+    assert plain.returncode == 0, plain.stderr
+    loss = lambda d: [x.get("loss", x.get("val_loss")) for x in log_lines(d)]
+    assert loss(tmp_path / "p") == loss(tmp_path / "q")

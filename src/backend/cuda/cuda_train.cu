@@ -1,7 +1,7 @@
 /* cuda_train.cu: the CUDA implementation of the training op contract (backend_train.h), except attention
  * (cuda_train_attn.cu). fp32 buffers throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F)
- * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (each operand rounded to a bf16 copy first, or
- * with MX_CUDA_TRAIN_GEMM=fast16bf inside cuBLAS: CUBLAS_COMPUTE_32F_FAST_16BF). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
+ * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF on the fp32
+ * operands, or with MX_CUDA_TRAIN_GEMM=bf16 on bf16 copies of them made first). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
  * two runs with one seed give the same bits (no atomics; column sums are per-chunk partials summed in order).
  * Shapes as in backend_train.h: N rows, C width, V vocabulary; weights [out, in] row-major. */
 #include <cublas_v2.h>
@@ -29,7 +29,7 @@ typedef struct {
     size_t dsum_cap;
     double *dsum_host;
     size_t dsum_host_cap;
-    float *logits; /* XENT_ROWS x V */
+    float *logits; /* XENT_ROWS x V rounded up to 64 */
     size_t logits_cap;
     __nv_bfloat16 *opa, *opb; /* the bf16 copies of a GEMM's two operands (MX_CUDA_TRAIN_GEMM=bf16) */
     size_t opa_cap, opb_cap;
@@ -127,19 +127,19 @@ static const __nv_bfloat16 *as_bf16(mx_backend *be, __nv_bfloat16 **buf, size_t 
 }
 
 /* C = op(A) · op(B) + beta · C in cuBLAS's column-major terms (m x n, inner k), fp32 in memory. fp32: exact fp32
- * products; bf16: each operand rounded to a bf16 copy, products on bf16 tensor cores accumulated in fp32
- * (MX_CUDA_TRAIN_GEMM=fast16bf: the rounding inside cuBLAS instead). The operands are dense: A is
+ * products; bf16: COMPUTE_32F_FAST_16BF on the fp32 operands (MX_CUDA_TRAIN_GEMM=bf16: each operand rounded
+ * to a bf16 copy first, products on bf16 tensor cores accumulated in fp32). The operands are dense: A is
  * (ta == N ? k : m) columns of lda floats, B (tb == N ? n : k) columns of ldb. */
 static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     cu_train *t = tr(be);
     float alpha = 1.0f;
-    if (t->bf16 && !cu_ctx(be)->tune.train_fast16bf) {
+    if (t->bf16 && cu_ctx(be)->tune.train_gemm_bf16) {
         size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
         const __nv_bfloat16 *a = as_bf16(be, &t->opa, &t->opa_cap, A, na),
                             *b = as_bf16(be, &t->opb, &t->opb_cap, B, nb);
-        LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta,
-                              C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                              &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
     cublasComputeType_t ct = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
@@ -474,12 +474,12 @@ static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout
 
 /* One block per row of logits (V): loss[r] = log Σ exp(l - max) + max - l[y] (double); with grad the row
  * becomes scale · (softmax - onehot(y)). */
-static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, bool grad,
+static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, int ld, bool grad,
                                    float scale) {
     __shared__ float red[32];
     __shared__ double redd[32];
     int r = blockIdx.x, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
-    float *lr = logits + (size_t)r * V;
+    float *lr = logits + (size_t)r * ld;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, lr[i]);
     mx = block_max_f(mx, red);
@@ -503,7 +503,10 @@ static double t_head_xent(mx_backend *be, const float *x, const float *W, const 
                           int V, float scale, float *dx, float *dW) {
     cu_train *t = tr(be);
     int R = N < XENT_ROWS ? N : XENT_ROWS;
-    t->logits = grow(t->logits, &t->logits_cap, (size_t)R * V);
+    /* logit rows padded to a multiple of 64: an odd V (GPT-2's 50257) as a leading dimension keeps cuBLAS off
+     * its fast tensor-core kernels (the head ran at about 90 TFLOP/s) */
+    int ld = (V + 63) / 64 * 64;
+    t->logits = grow(t->logits, &t->logits_cap, (size_t)R * ld);
     t->dsum = grow(t->dsum, &t->dsum_cap, (size_t)N);
     int *dtarget = NULL;
     CU_CHECK(cudaMallocAsync((void **)&dtarget, sizeof(int) * N, stream_of(be)));
@@ -511,13 +514,14 @@ static double t_head_xent(mx_backend *be, const float *x, const float *W, const 
     for (int r0 = 0; r0 < N; r0 += R) {
         int rows = N - r0 < R ? N - r0 : R;
         const float *xr = x + (size_t)r0 * C;
-        gemm_xwt(be, t->logits, xr, W, rows, C, V, 0.0f);
-        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, dx != NULL,
+        /* logits (rows, V; row stride ld) = xr · Wᵀ; then dx = dlogits · W, dW += dlogitsᵀ · xr */
+        gemm(be, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, C, W, C, xr, C, 0.0f, t->logits, ld);
+        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, ld, dx != NULL,
                                                      scale);
         CU_LAUNCHED();
         if (!dx) continue;
-        gemm_dyw(be, dx + (size_t)r0 * C, t->logits, W, rows, C, V, 0.0f);
-        gemm_dytx(be, dW, t->logits, xr, rows, C, V);
+        gemm(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, V, W, C, t->logits, ld, 0.0f, dx + (size_t)r0 * C, C);
+        gemm(be, CUBLAS_OP_N, CUBLAS_OP_T, C, V, rows, xr, C, t->logits, ld, 1.0f, dW, C);
     }
     t->dsum_host = grow_host(t->dsum_host, &t->dsum_host_cap, (size_t)N);
     CU_CHECK(

@@ -27,11 +27,11 @@ void mx_cuda_to_bf16(cudaStream_t st, __nv_bfloat16 *dst, const float *src, size
 /* cuda_train_flash.cu: the fused bf16 attention kernels. Each returns false, launching nothing, for a shape it
  * does not take (head dims other than 64 or 128, or, forward, a device without k_fa_wgmma); delta (B, T, H) is
  * rowsum(dout ∘ out). */
-bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
-                             const float *k, const float *v);
+bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse,
+                             const float *q, const float *k, const float *v);
 bool mx_cuda_train_flash_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
-                             const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                             const float *delta);
+                             const float *dout, const float *q, const float *k, const float *v,
+                             const float *lse, const float *delta);
 
 void mx_cuda_train_attn_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
                             const float *k, const float *v);

@@ -79,7 +79,8 @@ __device__ __forceinline__ void stage_rows(float *lse_s, float *delta_s, const f
 
 /* out (16 x FB, stride LDS) = A (16 x D rows of a, stride LDH) · Bᵀ where B is FB rows of D (stride LDH): the
  * 16 rows of one warp against a staged tile. */
-template <int D> __device__ __forceinline__ void rows_times_tile_t(float *out, const bf16 *a, const bf16 *bt) {
+template <int D>
+__device__ __forceinline__ void rows_times_tile_t(float *out, const bf16 *a, const bf16 *bt) {
     constexpr int LDH = D + 8;
     a_row fa[D / 16];
     for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(fa[kk], a + kk * 16, LDH);
@@ -96,7 +97,8 @@ template <int D> __device__ __forceinline__ void rows_times_tile_t(float *out, c
 }
 
 /* acc[c] (16 x D in tiles of 16) += p (16 x FB, bf16, stride LDP) · B, B FB rows of D (stride LDH). */
-template <int D> __device__ __forceinline__ void accumulate_p_times_tile(acc_t *acc, const bf16 *p, const bf16 *b) {
+template <int D>
+__device__ __forceinline__ void accumulate_p_times_tile(acc_t *acc, const bf16 *p, const bf16 *b) {
     constexpr int LDH = D + 8;
     a_row fa[FB / 16];
     for (int kk = 0; kk < FB / 16; kk++) wmma::load_matrix_sync(fa[kk], p + kk * 16, LDP);
@@ -116,8 +118,8 @@ __device__ __forceinline__ bool visible(int t, int j, int T, int window) {
 /* The warp's 16 x D accumulators, times scale, stored (add: added) into rows row0 .. row0 + 15 of head `head` of
  * y (B, T, nh, D), rows < T; scratch is the warp's 16 x FB fp32 rows (stride LDS). */
 template <int D>
-__device__ __forceinline__ void write_rows(acc_t *acc, float scale, float *scratch, float *y, int b, int T, int nh,
-                                           int head, int row0, bool add) {
+__device__ __forceinline__ void write_rows(acc_t *acc, float scale, float *scratch, float *y, int b, int T,
+                                           int nh, int head, int row0, bool add) {
     int lane = threadIdx.x % 32;
     for (int c0 = 0; c0 < D / 16; c0 += FB / 16) {
         for (int c = c0; c < c0 + FB / 16 && c < D / 16; c++) {
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(FWARPS * 32)
                 P[r * LDP + c] = __float2bfloat16_rn(p);
             }
             __syncwarp();
-            accumulate_p_times_tile<D>(dV, P, dOs);     /* dV += Pᵀ dO */
+            accumulate_p_times_tile<D>(dV, P, dOs);           /* dV += Pᵀ dO */
             rows_times_tile_t<D>(dP, Vs + w * 16 * LDH, dOs); /* dPᵀ = V dOᵀ */
             __syncwarp();
             for (int e = lane; e < 16 * FB; e += 32) {
@@ -189,8 +191,8 @@ __global__ void __launch_bounds__(FWARPS * 32)
 /* grid (ceil(T / FB), H, B), FWARPS warps: dq of queries i0 .. i0 + FB - 1 of head h. */
 template <int D>
 __global__ void __launch_bounds__(FWARPS * 32)
-    k_flash_dq(mx_tr_attn_shape s, float *dq, const float *dout, const float *q, const float *k, const float *v,
-               const float *lse, const float *delta) {
+    k_flash_dq(mx_tr_attn_shape s, float *dq, const float *dout, const float *q, const float *k,
+               const float *v, const float *lse, const float *delta) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     Smem<D> sm(smem_raw);
     constexpr int LDH = D + 8;
@@ -228,8 +230,9 @@ __global__ void __launch_bounds__(FWARPS * 32)
 }
 
 template <int D>
-void launch_bwd(cudaStream_t st, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv, const float *dout,
-                const float *q, const float *k, const float *v, const float *lse, const float *delta) {
+void launch_bwd(cudaStream_t st, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
+                const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                const float *delta) {
     size_t bytes = Smem<D>::BYTES;
     CU_CHECK(cudaFuncSetAttribute(k_flash_dkv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
     CU_CHECK(cudaFuncSetAttribute(k_flash_dq<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
@@ -251,8 +254,8 @@ bool takes(const mx_tr_attn_shape *s) {
 
 } // namespace
 
-bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
-                             const float *k, const float *v) {
+bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse,
+                             const float *q, const float *k, const float *v) {
     mx_cuda_ctx *c = cu_ctx(be);
     if (!takes(s)) return false;
     size_t nkv = (size_t)s->B * s->T * s->G * s->Dk, per_kv = (size_t)s->T * s->G * s->Dk,
@@ -264,7 +267,8 @@ bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *o
     mx_cuda_to_bf16(c->stream, vb, v, nkv);
     mx_attn_spec sp = {};
     sp.n_q = s->T, sp.n_head = s->H, sp.n_kv_head = s->G, sp.head_dim = s->Dk, sp.v_dim = s->Dv;
-    sp.q_pos0 = 0, sp.n_slots = s->T, sp.window = s->window, sp.causal = true, sp.kv_lo = 0, sp.kv_hi = s->T - 1;
+    sp.q_pos0 = 0, sp.n_slots = s->T, sp.window = s->window, sp.causal = true, sp.kv_lo = 0,
+    sp.kv_hi = s->T - 1;
     sp.scale = s->scale;
     sp.q_stride = (size_t)s->H * s->Dk, sp.k_stride = sp.v_stride = (size_t)s->G * s->Dk;
     sp.o_stride = (size_t)s->H * s->Dv;
@@ -272,7 +276,8 @@ bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *o
     for (int b = 0; b < s->B && ok; b++) {
         ok = mx_cuda_attention_wgmma(c, &sp, q + b * per_q, kb + b * per_kv, vb + b * per_kv, out + b * per_q,
                                      lse + b * per_l, NULL);
-        if (!ok && b > 0) mx_cuda_fatal("training attention", "k_fa_wgmma refused a later sequence", __FILE__, __LINE__);
+        if (!ok && b > 0)
+            mx_cuda_fatal("training attention", "k_fa_wgmma refused a later sequence", __FILE__, __LINE__);
     }
     CU_CHECK(cudaFreeAsync(kb, c->stream));
     CU_CHECK(cudaFreeAsync(vb, c->stream));
@@ -280,8 +285,8 @@ bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *o
 }
 
 bool mx_cuda_train_flash_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
-                             const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                             const float *delta) {
+                             const float *dout, const float *q, const float *k, const float *v,
+                             const float *lse, const float *delta) {
     if (!takes(s)) return false;
     const void *ptrs[] = {dq, dk, dv, dout, q, k, v};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++)
