@@ -43,11 +43,16 @@ def alive(pid):
 
 
 def rank_of(pid):
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        for kv in f.read().split(b"\0"):
-            if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
-                return int(kv.split(b"=")[1])
-    raise AssertionError(f"process {pid} has no OMPI_COMM_WORLD_RANK")
+    """The MPI rank of process pid, or None while it has none: a child that mpirun has forked but not yet exec'd
+    carries mpirun's own command line (which names mixatt) and no OMPI_COMM_WORLD_RANK."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for kv in f.read().split(b"\0"):
+                if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    return int(kv.split(b"=")[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
 
 
 def wait_for(pred, seconds, what):
@@ -64,9 +69,10 @@ def start(cmd, ready, tmp_path):
     pids = {}
 
     def started():
-        ranks = [p for p in children(job.pid) if "mixatt" in open(f"/proc/{p}/cmdline", "rb").read().decode()]
+        ranks = {rank_of(p): p for p in children(job.pid)}
+        ranks.pop(None, None)
         if len(ranks) == 2:
-            pids.update({rank_of(p): p for p in ranks})
+            pids.update(ranks)
         return len(pids) == 2 and ready(pids)
 
     try:
