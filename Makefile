@@ -6,7 +6,8 @@
 #   make model        fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF) into models/
 #   make demo         build, fetch the model, generate an answer
 #   make bench        llama-bench-style table for the default model on this machine
-#   make fuzz         fuzz every reader (tests/fuzz: GGUF, safetensors, HF, tokenizer, shards, checkpoints) for FUZZ_SECONDS each
+#   make fuzz         fuzz every reader (tests/fuzz: GGUF, safetensors, HF, tokenizer, shards, checkpoints, serve's
+#                     request bodies, RULER haystacks) for FUZZ_SECONDS each
 #   make study        the attention-variant training study (scripts/study.py; about an hour on 2 cores)
 #   make fixtures     regenerate tests/fixtures from Hugging Face references (needs torch + transformers)
 
@@ -112,11 +113,14 @@ bench: build/mixatt $(MODEL)
 
 # Fuzzing (tests/fuzz/fuzz_*.c, libFuzzer): the library built again by clang with ASan, UBSan that does not
 # recover, and coverage instrumentation; one binary per target in build/fuzz/. `make fuzz` runs each target for
-# FUZZ_SECONDS (default 60) from its committed seed corpus tests/fuzz/corpus/TARGET (new inputs go to
-# build/fuzz/corpus/TARGET, a crash to build/fuzz/crash-TARGET-*); `make fuzz-build` only builds;
-# `make fuzz-one FUZZ_TARGET=hf` runs one. The hf and ckpt targets read tests/fixtures/hf from the repo root.
+# FUZZ_SECONDS (default 60; FUZZ_RUNS=N stops a target after N inputs) from its committed seed corpus
+# tests/fuzz/corpus/TARGET (new inputs go to build/fuzz/corpus/TARGET, a crash to build/fuzz/crash-TARGET-*);
+# `make fuzz-build` only builds;
+# `make fuzz-one FUZZ_TARGET=hf` runs one. The hf and ckpt targets read tests/fixtures/hf, and serve the tokenizer
+# seed tests/fuzz/corpus/tokenizer/bpe_smollm.gguf, from the repo root.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := gguf safetensors hf tokenizer shards ckpt
+FUZZ_RUNS    ?= -1
+FUZZ_TARGETS := gguf safetensors hf tokenizer shards ckpt serve ruler
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fno-omit-frame-pointer -Wno-pass-failed -fsanitize=address,undefined \
                 -fno-sanitize-recover=all $(shell pkg-config --cflags libcjson libutf8proc 2>/dev/null)
 FUZZ_OBJ     := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
@@ -127,6 +131,8 @@ FUZZ_MAXLEN_ckpt := 65536
 FUZZ_MAXLEN_hf := 8192
 FUZZ_MAXLEN_safetensors := 8192
 FUZZ_MAXLEN_shards := 8192
+FUZZ_MAXLEN_serve := 8192
+FUZZ_MAXLEN_ruler := 8192
 .PHONY: fuzz-build fuzz-one
 fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 build/fuzz/obj/%.o: %.c
@@ -139,7 +145,7 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h build/fuzz/libmi
 fuzz-one: build/fuzz/fuzz_$(FUZZ_TARGET)
 	@mkdir -p build/fuzz/corpus/$(FUZZ_TARGET)
 	ASAN_OPTIONS=allocator_may_return_null=1 OMP_NUM_THREADS=1 ./build/fuzz/fuzz_$(FUZZ_TARGET) \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAXLEN_$(FUZZ_TARGET)) -timeout=20 -print_final_stats=1 \
+	    -max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN_$(FUZZ_TARGET)) -timeout=20 -print_final_stats=1 \
 	    -artifact_prefix=build/fuzz/crash-$(FUZZ_TARGET)- build/fuzz/corpus/$(FUZZ_TARGET) \
 	    tests/fuzz/corpus/$(FUZZ_TARGET)
 fuzz: fuzz-build

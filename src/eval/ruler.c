@@ -538,6 +538,9 @@ int mx_ruler_make(mx_ruler_task t, int length, uint64_t seed, int index, const c
         ew = &essay;
     }
     int lo = t == MX_RULER_NIAH_MULTIKEY_2 || t == MX_RULER_NIAH_MULTIKEY_3 ? 2 : t == MX_RULER_FWE ? 40 : 1;
+    if (uses_essay && essay.n < lo)
+        return free(essay.start), free(essay.len),
+               mx_err_set(err, MX_ERR_ARG, "RULER %s: the haystack text has no words", NAMES[t]);
     int hi_cap = uses_essay ? essay.n : 1 << 22, rc = MX_OK;
     /* fits(N): the prompt of size N plus max_new answer tokens is within length */
     int n_tok = -1;

@@ -48,12 +48,16 @@ def test_star_under_mpirun(mixatt, model):
 def test_refusals(mixatt, model, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("A short essay. It has few words. " * 5)
+    blank = tmp_path / "blank.txt"  # no words at all: the fuzz_ruler reproducer (a word read before the first)
+    blank.write_text(" \n\t \n")
     cases = [
         (["--lengths", "100000"], "length 100000 is beyond the model's context"),
         (["--xattn-threshold", "2"], "--xattn-threshold 2 is outside (0, 1]"),
         (["--tasks", "niah_x"], "no task 'niah_x'"),
         (["--methods", "sparse"], "no method 'sparse'"),
         (["--tasks", "niah_single_2", "--haystack", short], "too short to fill 400 tokens"),
+        (["--tasks", "niah_multiquery", "--haystack", blank], "the haystack text has no words"),
+        (["--tasks", "niah_single_3", "--haystack", os.devnull], "the haystack text has no words"),
     ]
     for args, message in cases:
         r = ruler(mixatt, model, *args)

@@ -7,7 +7,11 @@
   tokenizer    GGUFs holding only a tokenizer: a byte-level BPE vocabulary (the 256 GPT-2 byte symbols, a few
                merges, ChatML special tokens) with a ChatML chat template, under each supported pre-tokenizer;
   shards       llm.c token shards (uint16 and uint32 tokens, an empty one);
-  ckpt         real checkpoints of `mixatt train` (tiny dense, MoE and GPT-2 configs; needs build/mixatt).
+  ckpt         real checkpoints of `mixatt train` (tiny dense, MoE and GPT-2 configs; needs build/mixatt);
+  serve        request bodies of /v1/completions (first byte even) and /v1/chat/completions (odd) with every
+               field the server reads;
+  ruler        a byte picking the task and length, then a haystack text: prose with sentence ends, one long
+               sentence, a few words.
 Run from anywhere: python3 tests/fuzz/make_corpus.py"""
 import json
 import struct
@@ -174,6 +178,42 @@ def ckpt_seeds():
             (d / f"{name}.safetensors").write_bytes((Path(tmp) / "run" / "checkpoint.safetensors").read_bytes())
 
 
+SERVE = [
+    {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "stop": ["\n", "The"], "seed": 3},
+    {"prompt": [1, 2, 3], "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True},
+     "top_k": 5, "top_p": 0.9, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": -0.5},
+    {"prompt": [[5, 6]], "logprobs": None, "n": 1, "echo": False, "user": "u", "model": "m"},
+]
+CHAT = [
+    {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+     "max_completion_tokens": 16, "stop": "<|im_end|>", "temperature": 0.7},
+    {"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                  {"role": "user", "content": None}, {"role": "assistant", "content": "ok"}],
+     "stream": True, "seed": -1, "response_format": {"type": "text"}},
+]
+
+
+def serve_seeds():
+    d = CORPUS / "serve"
+    d.mkdir(parents=True, exist_ok=True)
+    for i, body in enumerate(SERVE):
+        (d / f"completions_{i}.bin").write_bytes(b"\x00" + json.dumps(body).encode())
+    for i, body in enumerate(CHAT):
+        (d / f"chat_{i}.bin").write_bytes(b"\x01" + json.dumps(body).encode())
+
+
+def ruler_seeds():
+    d = CORPUS / "ruler"
+    d.mkdir(parents=True, exist_ok=True)
+    prose = ("The river ran past the old mill. Nobody had worked there for years, and the wheel was still! "
+             "Children said it turned at night? Their parents laughed.\n\nIn spring the water rose. ") * 12
+    texts = {"prose": prose, "one_sentence": " ".join(f"word{i % 50}" for i in range(900)),
+             "few_words": "Too short. Far too short."}
+    for name, text in texts.items():  # first byte: the task (mod 5) and the length (div 5, mod 4)
+        for pick in (0, 6, 12, 18, 9):
+            (d / f"{name}_{pick}.bin").write_bytes(bytes([pick]) + text.encode())
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     write("metadata_only.gguf", metadata)
@@ -185,6 +225,8 @@ def main():
     tokenizer_seeds()
     shard_seeds()
     ckpt_seeds()
+    serve_seeds()
+    ruler_seeds()
 
 
 if __name__ == "__main__":
