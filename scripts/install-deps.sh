@@ -2,7 +2,8 @@
 # install-deps.sh: installs what mixatt needs to build and test on Debian 12 / Ubuntu, in two parts:
 #   1. Debian packages (apt-get, skipped when all are there): a C compiler, pkg-config, OpenBLAS, Open MPI
 #      (mpirun), cJSON, utf8proc, libmicrohttpd and zlib (serve), Criterion, clang and libomp (fuzzing),
-#      clang-format (make format-check), gnuplot (mixatt plot), python3 with venv.
+#      clang-format (make format-check), gnuplot (mixatt plot), python3 with venv, chromium and chromium-driver
+#      (the chat page test of serve).
 #   2. The Python virtual environment .venv, with exactly the packages requirements-test.txt names (pip
 #      --no-deps, then `pip check`, which names any dependency the file lacks). It is rebuilt from nothing
 #      whenever requirements-test.txt differs from the copy kept in .venv/, and left alone otherwise.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 PKGS="build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libcjson-dev libutf8proc-dev
       libmicrohttpd-dev zlib1g-dev libcriterion-dev clang clang-format libclang-rt-dev libomp-dev gnuplot-nox
-      python3 python3-venv python3-pip"
+      python3 python3-venv python3-pip chromium chromium-driver"
 REQ=requirements-test.txt
 VENV=.venv
 if [ "${1:-}" = --bench ]; then
