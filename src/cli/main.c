@@ -56,20 +56,23 @@ static int run_command(const command *cmd, int argc, char **argv) {
     return rc;
 }
 
-/* OpenMP reads its wait policy when the library loads, before main. Its default spins at every barrier, and on
- * a CPU that other programs also use the spinning threads wait for a descheduled one: measured here with 2
- * busy processes, decode fell to 0.3 tok/s against 23 tok/s passive and 6 tok/s with -t 1 (bench/busy_cpu.py,
- * bench/RESULTS.md). So unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set, e.g.
- * OMP_WAIT_POLICY=active on a dedicated machine), mixatt runs itself again once with OMP_WAIT_POLICY=passive.
+/* OpenMP reads its wait policy when the library loads, before main. Its default spins about 300k rounds at
+ * every barrier, so on a CPU that other programs also use the spinning threads wait for a descheduled one
+ * (decode at 3.7 tok/s with 2 busy processes, against 35-38 with -t 1); passive waits sleep at once, and every
+ * one of a decode step's ~240 parallel regions then pays a futex wake-up (decode at 35-37 tok/s on the quiet
+ * machine, against 84-86 spinning). A short spin of 20k rounds, then sleep, keeps most of both: 76-83 tok/s
+ * quiet and 39 under load, at or above -t 1 and about twice llama.cpp there (bench/busy_cpu.py, bench/RESULTS.md,
+ * 2026-12-03). So unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set, e.g.
+ * OMP_WAIT_POLICY=active on a dedicated machine), mixatt runs itself again once with GOMP_SPINCOUNT=20000.
  * Should the exec fail, it goes on with the default. */
-static void prefer_passive_openmp_waits(char **argv) {
+static void prefer_short_openmp_spins(char **argv) {
     if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-    if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+    if (setenv("GOMP_SPINCOUNT", "20000", 1)) return;
     execv("/proc/self/exe", argv);
 }
 
 int main(int argc, char **argv) {
-    prefer_passive_openmp_waits(argv);
+    prefer_short_openmp_spins(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

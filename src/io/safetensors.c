@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -443,4 +444,20 @@ int mx_st_set_each(const mx_st_set *s, int (*fn)(const mx_st_tensor *, void *), 
             if (rc) return rc;
         }
     return 0;
+}
+
+int mx_st_check_finite(const mx_st_tensor *t, mx_err *err) {
+    if (t->type != MX_F32) return MX_OK;
+    size_t n = t->nbytes / sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, (const char *)t->data + i * sizeof v, sizeof v); /* the mapping may be unaligned */
+        if (!isfinite(v))
+            return mx_err_set(
+                err, MX_ERR_FORMAT,
+                "%s: tensor '%s' holds %s at element %zu; mixatt train never writes one, so the "
+                "file was altered or damaged",
+                t->file, t->name, isnan(v) ? "a NaN" : "an infinity", i);
+    }
+    return MX_OK;
 }

@@ -57,6 +57,10 @@ uint32_t mx_st_checksum_data(uint32_t crc, const void *data, size_t n);
 /* Checks the stored checksum against the file. Absent: an error when required, else MX_OK. */
 int mx_st_verify_checksum(const mx_st_file *f, bool required, mx_err *err);
 
+/* A mixatt checkpoint never holds a NaN or an infinity (its writer refuses them), so an F32 tensor with one
+ * was altered or damaged: an error naming the file, the tensor and the element; MX_OK for other types. */
+int mx_st_check_finite(const mx_st_tensor *t, mx_err *err);
+
 /* A checkpoint: model.safetensors, or the shards model.safetensors.index.json lists (every tensor of its
  * weight_map must be in the shard it names). */
 typedef struct mx_st_set {

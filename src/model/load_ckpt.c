@@ -139,6 +139,7 @@ static float mup_factor(const ckpt_loader *h, const char *name) {
 static int add_copy(ckpt_loader *h, const mx_st_tensor *t, const char *name, int n_dims, const int64_t *ne,
                     float s) {
     size_t n = t->nbytes / sizeof(float);
+    if (mx_st_check_finite(t, h->err)) return h->err->code;
     float *dst = malloc(t->nbytes ? t->nbytes : 1);
     if (!dst) return mx_err_set(h->err, MX_ERR_NOMEM, "out of memory copying '%s'", t->name);
     memcpy(dst, t->data, t->nbytes);

@@ -184,6 +184,7 @@ static int load_tensor(const mx_st_file *f, const char *path, const char *name, 
         return mx_err_set(err, MX_ERR_FORMAT,
                           "%s: tensor '%s' is %s with %d dims [%lld, ...]; expected F32 [%d, %d]", path, name,
                           t->dtype, t->n_dims, (long long)(t->n_dims ? t->shape[0] : 0), p->rows, p->cols);
+    if (mx_st_check_finite(t, err)) return err->code;
     memcpy(dst, t->data, t->nbytes);
     return MX_OK;
 }

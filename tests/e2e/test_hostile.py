@@ -291,6 +291,32 @@ def test_checkpoint_damage_is_detected(mixatt_asan, trained, tmp_path, damage):
     assert_clean_failure(run(mixatt_asan, "run", "-m", d, "--ids", "1,2", "-n", "2", "-q"), str(ckpt), needle)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("which", ["weight", "moment"])
+def test_nonfinite_values_in_a_checkpoint_are_refused(mixatt_asan, trained, tmp_path, value, which):
+    """A checkpoint whose checksum matches but which holds a NaN or an infinity (crafted: mixatt train never
+    writes one): a weight is refused by both `run -m` and `--resume`, an AdamW moment by `--resume`. The fuzzer
+    found what a NaN weight did before: every MoE router score NaN, an expert index of -1."""
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    names = [k for k in header if k != "__metadata__" and header[k]["dtype"] == "F32" and
+             k.startswith("optim.") == (which == "moment")]
+    name = sorted(names)[len(names) // 2]
+    lo, hi = header[name]["data_offsets"]
+    data = bytearray(data)
+    at = (hi - lo) // 8 * 4  # an element in the middle of the tensor
+    data[lo + at:lo + at + 4] = struct.pack("<f", value)
+    write_ckpt(ckpt, header, bytes(data))
+    kind = "a NaN" if value != value else "an infinity"
+    assert_clean_failure(resume(mixatt_asan, d), str(ckpt), f"tensor '{name}' holds {kind} at element {at // 4}")
+    r = run(mixatt_asan, "run", "-m", d, "--ids", "1,2", "-n", "2", "-q")
+    if which == "weight":
+        assert_clean_failure(r, str(ckpt), f"tensor '{name}' holds {kind}")
+    else:  # run -m reads no optimizer state
+        assert r.returncode == 0, r.stderr
+
+
 def test_leftover_temp_file_is_removed_at_start(mixatt, trained, tmp_path):
     d = copy_run(trained, tmp_path)
     tmp = d / "checkpoint.safetensors.tmp"
