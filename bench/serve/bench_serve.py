@@ -7,17 +7,19 @@ its own) and records when each SSE chunk arrives. Printed per C:
   agg tok/s   tokens received by all clients / wall time from the first request to the last chunk
   TTFT        request sent -> first token, p50 and p99 over the requests
   ITL         gap between consecutive tokens of one stream, p50 and p99 over all gaps
-mixatt runs with OMP_WAIT_POLICY=passive unless the environment sets it: on a CPU other jobs share, OpenMP's
-spinning waits make every step many times slower. Tokens are counted as content chunks (one per token on both servers for the ASCII text these prompts give).
+mixatt runs with its own OpenMP wait default (a short spin, then sleep: docs/PERFORMANCE.md) unless the
+environment sets OMP_WAIT_POLICY or GOMP_SPINCOUNT. Tokens are counted as content chunks (one per token on both servers for the ASCII text these prompts give).
 
 The peer is llama-cpp-python's OpenAI server (`pip install 'llama-cpp-python[server]'`, which compiles
-llama.cpp), on the same GGUF with the same threads and as many sequences: python -m llama_cpp.server
---n_threads T --n_ctx (C_max x ctx) ... It serves one request at a time per model (no continuous batching in
-llama-cpp-python's server), which is what the figures show. With --skip-peer only mixatt runs.
+llama.cpp), on the same GGUF with the same threads: python -m llama_cpp.server --n_threads T --n_ctx ctx
+--interrupt_requests False ... It serves one request at a time per model (no continuous batching in
+llama-cpp-python's server), which is what the figures show; by default it would cut a running stream short
+whenever another request arrives, so the bench makes it queue them instead. With --skip-peer only mixatt runs.
 
 Not part of CI. Usage:
   python3 bench/serve/bench_serve.py [--model FILE] [--threads 2] [--concurrency 1,4,16,64] [--tokens 32]
                                      [--requests 2] [--ctx 512] [--skip-peer] [--mixatt-flags "..."]
+                                     [--plot FILE.png]   (gnuplot: aggregate tok/s against streams, per server)
 """
 import argparse
 import http.client
@@ -51,11 +53,21 @@ def free_port():
     return port
 
 
+def server_log(name):
+    """A file for a server's stderr (a pipe nobody reads would fill and stop a chatty server, as llama.cpp's)."""
+    return open(os.path.join("/tmp", f"bench_serve.{name}.{os.getpid()}.log"), "w+")
+
+
+def log_tail(proc):
+    proc.log.seek(0)
+    return proc.log.read()[-2000:]
+
+
 def wait_ready(port, path, proc, timeout=600):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log_tail(proc)}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             c.request("GET", path)
@@ -64,7 +76,7 @@ def wait_ready(port, path, proc, timeout=600):
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError("server did not come up")
+    raise RuntimeError(f"server did not come up in {timeout} s: {log_tail(proc)}")
 
 
 def stream_one(port, model, prompt, n_tokens, out):
@@ -129,8 +141,9 @@ def start_mixatt(args, port, conc_max):
     binary = os.path.join(ROOT, "build", "mixatt")
     cmd = [binary, "serve", "-m", args.model, "--port", str(port), "-t", str(args.threads), "--ctx",
            str(args.ctx), "--parallel", str(conc_max), *shlex.split(args.mixatt_flags)]
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    log = server_log("mixatt")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
     wait_ready(port, "/health", proc)
     return proc
 
@@ -138,8 +151,10 @@ def start_mixatt(args, port, conc_max):
 def start_peer(args, port, conc_max):
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", args.model, "--host", "127.0.0.1", "--port",
            str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx",
-           str(args.ctx), "--n_batch", "512"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           str(args.ctx), "--n_batch", "512", "--interrupt_requests", "False"]  # queue, not cut, concurrent ones
+    log = server_log("llama.cpp")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
     wait_ready(port, "/v1/models", proc)
     return proc
 
@@ -186,6 +201,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--mixatt-flags", default="")
+    ap.add_argument("--plot", help="write a PNG of aggregate tok/s against concurrent streams (gnuplot)")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     print(f"# mixatt serve vs llama.cpp server: {os.path.basename(args.model)}, {args.threads} threads, "
@@ -208,6 +224,22 @@ def main():
             print(f"| {c} | {a['agg']:.1f} | {b['agg']:.1f} | {a['agg'] / b['agg']:.2f}x | "
                   f"{pct(a['itl'], 99) * 1e3:.1f} | {pct(b['itl'], 99) * 1e3:.1f} |")
     print(f"# load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.plot:
+        plot(rows, levels, args.plot)
+
+
+def plot(rows, levels, path):
+    """Aggregate tok/s against streams, one line per server, through gnuplot (Debian's gnuplot-nox)."""
+    names = sorted({r["name"] for r in rows}, key=lambda n: n != "mixatt")
+    data = "".join(f"{c} " + " ".join(f"{next(r['agg'] for r in rows if r['name'] == n and r['conc'] == c):.2f}"
+                                      for n in names) + "\n" for c in levels)
+    lines = ", ".join(f"$d using 1:{i + 2} with linespoints lw 2 title '{n}'" for i, n in enumerate(names))
+    script = (f"$d << EOD\n{data}EOD\nset terminal pngcairo size 800,500\nset output '{path}'\n"
+              "set logscale x 2\nset xlabel 'concurrent streams'\nset ylabel 'aggregate tok/s'\n"
+              f"set title 'mixatt serve, greedy streaming ({cpu_name()})'\nset key top left\nset grid\n"
+              f"plot {lines}\n")
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    print(f"# plot: {path}")
 
 
 if __name__ == "__main__":
