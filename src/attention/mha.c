@@ -41,13 +41,14 @@ void mx_attention_mha(mx_session *s, int l, int T) {
     int H = c->n_head, G = c->n_kv_head, D = c->head_dim;
     float *q = s->buf[0], *k = s->buf[1], *v = s->buf[2], *att = s->buf[3];
 
-    be->matmul(be, &L->wq, s->h, q, T);
+    bool writes_kv = c->plan[l].kv_from == l;
+    const mx_tensor *w[3] = {&L->wq, &L->wk, &L->wv}; /* one input: one group (a reader needs Q only) */
+    float *y[3] = {q, k, v};
+    mx_matmul_group(be, writes_kv ? 3 : 1, w, s->h, y, T);
     if (L->bq.data) be->add_bias(be, q, &L->bq, T, H * D);
     if (c->use_rope)
         be->rope(be, q, T, H, D, c->rope_dim, s->pos + s->pos_offset, c->rope_theta, c->rope_mode);
-    if (c->plan[l].kv_from == l) {
-        be->matmul(be, &L->wk, s->h, k, T);
-        be->matmul(be, &L->wv, s->h, v, T);
+    if (writes_kv) {
         if (L->bk.data) be->add_bias(be, k, &L->bk, T, G * D);
         if (L->bv.data) be->add_bias(be, v, &L->bv, T, G * D);
         if (c->use_rope)

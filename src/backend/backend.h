@@ -70,6 +70,7 @@ typedef struct {
  * the min-p floor as in sampler.c, then the first candidate whose running mass exceeds u times the kept mass.
  */
 enum { MX_SAMPLE_TOPK_MAX = 1024 };
+enum { MX_MATMUL_GROUP_MAX = 4 }; /* weights of one input in a matmul_group call */
 typedef struct {
     float temperature, top_p, min_p;
     int top_k;
@@ -112,6 +113,11 @@ struct mx_backend {
 
     /* y[T, n_out] = x[T, n_in] · Wᵀ, W of any supported type, shape ne = {n_in, n_out}. */
     void (*matmul)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
+    /* Optional (NULL: mx_matmul_group calls matmul per weight). y[i] = x · w[i]ᵀ for n <= MX_MATMUL_GROUP_MAX
+     * weights of one input (Q, K and V; gate and up), each bitwise what matmul(w[i], x, y[i], T) gives; a
+     * backend may share the input's preparation and one parallel pass among them. */
+    void (*matmul_group)(mx_backend *be, int n, const mx_tensor *const *w, const float *x, float *const *y,
+                         int T);
     /* out[T, C] = embedding rows of ids (W ne = {C, vocab}); ids in host memory. */
     void (*embed)(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
     /* out = x / rms(x) * w, per row of C (w an F32 vector of C). */
@@ -241,5 +247,16 @@ mx_backend *mx_backend_cpu_create(int n_threads);
 int mx_backend_create(const char *name, int device, int n_threads, mx_backend **out, mx_err *err);
 /* be->destroy(be); NULL is a no-op. */
 void mx_backend_destroy(mx_backend *be);
+
+/* y[i] = x · w[i]ᵀ for the n weights of one input: one matmul_group call where the backend has it, else n
+ * matmul calls (the same results either way). */
+static inline void mx_matmul_group(mx_backend *be, int n, const mx_tensor *const *w, const float *x,
+                                   float *const *y, int T) {
+    if (be->matmul_group && n <= MX_MATMUL_GROUP_MAX) {
+        be->matmul_group(be, n, w, x, y, T);
+        return;
+    }
+    for (int i = 0; i < n; i++) be->matmul(be, w[i], x, y[i], T);
+}
 
 #endif

@@ -8,8 +8,9 @@ void mx_mlp_dense(mx_session *s, int l, int T) {
     mx_backend *be = s->be;
     float *g = s->buf[0], *u = s->buf[1];
     if (c->mlp == MX_MLP_SWIGLU) {
-        be->matmul(be, &L->w_gate, s->h, g, T);
-        be->matmul(be, &L->w_up, s->h, u, T);
+        const mx_tensor *w[2] = {&L->w_gate, &L->w_up};
+        float *y[2] = {g, u};
+        mx_matmul_group(be, 2, w, s->h, y, T);
         be->swiglu(be, g, u, T * c->d_ff);
     } else {
         be->matmul(be, &L->w_up, s->h, g, T);

@@ -1,5 +1,6 @@
-/* test_serve_batch.c: the server's batched decode ops on the CPU (backend.h: matmul_rows, attention_batch)
- * against the ops they stand in for: each row of a batch must be bitwise what matmul (T = 1) and attention
+/* test_serve_batch.c: the CPU's decode ops that stand in for several calls (backend.h: matmul_group, and the
+ * server's matmul_rows and attention_batch) against the calls they replace. matmul_group must give each weight
+ * bitwise what its own matmul gives, whatever the mix of types, T and exactness. For the server's ops: each row of a batch must be bitwise what matmul (T = 1) and attention
  * (one query) give for that row alone, for block-quantized and float weights, with 8-bit and fp32
  * activations, and for sequences with different positions, windows and ring sizes. And the server's text
  * release (serve/text.c): stop strings held back until they cannot match, characters never split, invalid
@@ -82,6 +83,56 @@ static void check_matmul_rows(uint32_t type, bool exact) {
     free(y);
     free(data);
     mx_backend_destroy(be);
+}
+
+/* matmul_group over weights of the given types (n_out 72, 24, 24: Q, K and V of a GQA layer) at T tokens. */
+static void check_matmul_group(const uint32_t *types, int n, int T, bool exact) {
+    enum { N_IN = 256 };
+    const int n_out[3] = {72, 24, 24};
+    mx_rng r;
+    mx_rng_seed(&r, (uint64_t)types[0] * 7 + (uint64_t)n * 3 + (uint64_t)T + exact);
+    mx_backend *be = mx_backend_cpu_create(2);
+    be->exact = exact;
+    cr_assert(be->matmul_group, "the CPU backend has matmul_group");
+    mx_tensor w[3];
+    const mx_tensor *wp[3];
+    float *y[3], *alone = malloc(sizeof(float) * (size_t)T * 72),
+                 *x = malloc(sizeof(float) * (size_t)T * N_IN);
+    for (int i = 0; i < T * N_IN; i++) x[i] = mx_rng_normal(&r);
+    for (int i = 0; i < n; i++) {
+        w[i] = (mx_tensor){.name = "w",
+                           .type = types[i],
+                           .n_dims = 2,
+                           .ne = {N_IN, n_out[i]},
+                           .data = random_weights(types[i], N_IN, n_out[i], &r),
+                           .nbytes = mx_dtype_row_bytes(types[i], N_IN) * (size_t)n_out[i]};
+        wp[i] = &w[i];
+        y[i] = malloc(sizeof(float) * (size_t)T * (size_t)n_out[i]);
+    }
+    be->matmul_group(be, n, wp, x, y, T);
+    for (int i = 0; i < n; i++) {
+        be->matmul(be, &w[i], x, alone, T);
+        cr_assert_eq(memcmp(alone, y[i], sizeof(float) * (size_t)T * (size_t)n_out[i]), 0,
+                     "weight %d (%s) of %d at T = %d, exact=%d: the group differs from its own matmul", i,
+                     mx_dtype_name(types[i]), n, T, exact);
+        free(y[i]);
+        free((void *)w[i].data);
+    }
+    free(alone);
+    free(x);
+    mx_backend_destroy(be);
+}
+
+Test(cpu_matmul_group, each_weight_as_alone) {
+    const uint32_t q41[3] = {MX_Q4_1, MX_Q4_1, MX_Q4_1}, q80[3] = {MX_Q8_0, MX_Q8_0, MX_Q8_0},
+                   mixed[3] = {MX_Q4_1, MX_Q8_0, MX_Q4_1}, f32[3] = {MX_F32, MX_F32, MX_F32},
+                   share[3] = {MX_Q4_0, MX_Q8_0, MX_Q4_0}; /* different weights, one 8-bit format */
+    const uint32_t *sets[] = {q41, q80, mixed, f32, share};
+    const int Ts[] = {1, 3, 13}; /* 13: the prefill path */
+    for (size_t s = 0; s < sizeof sets / sizeof *sets; s++)
+        for (int n = 1; n <= 3; n++)
+            for (size_t t = 0; t < sizeof Ts / sizeof *Ts; t++)
+                for (int exact = 0; exact < 2; exact++) check_matmul_group(sets[s], n, Ts[t], exact);
 }
 
 Test(serve_batch, matmul_rows_q4_1) {

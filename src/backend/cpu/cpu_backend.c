@@ -64,6 +64,7 @@ mx_backend *mx_backend_cpu_create(int n_threads) {
     be->sync = cpu_sync;
     be->mem_info = cpu_mem_info;
     be->matmul = mx_cpu_matmul;
+    be->matmul_group = mx_cpu_matmul_group;
     be->embed = mx_cpu_embed;
     be->rmsnorm = mx_cpu_rmsnorm;
     be->layernorm = mx_cpu_layernorm;

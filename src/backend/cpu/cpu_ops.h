@@ -5,6 +5,8 @@
 #include "../backend.h"
 
 void mx_cpu_matmul(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
+void mx_cpu_matmul_group(mx_backend *be, int n, const mx_tensor *const *w, const float *x, float *const *y,
+                         int T);
 void mx_cpu_embed(mx_backend *be, const mx_tensor *w, const int *ids, int T, float *out);
 void mx_cpu_rmsnorm(mx_backend *be, const float *x, const mx_tensor *w, float *out, int T, int C, float eps);
 void mx_cpu_layernorm(mx_backend *be, const float *x, const mx_tensor *w, const mx_tensor *b, float *out,
