@@ -36,7 +36,10 @@ int mx_batch_init(mx_batch *b, const mx_model *m, mx_backend *be, int max_decode
     b->m = m;
     b->be = be;
     b->be_rows = *be;
-    if (be->matmul_rows && !gemm) b->be_rows.matmul = be->matmul_rows;
+    if (be->matmul_rows && !gemm) {
+        b->be_rows.matmul = be->matmul_rows;
+        b->be_rows.matmul_group = NULL; /* mx_matmul_group then calls matmul_rows per weight, as alone */
+    }
     b->chunk = chunk;
     b->max_rows = max_decode + chunk;
     if (b->max_rows > m->cfg.max_ctx)
