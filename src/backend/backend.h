@@ -115,7 +115,8 @@ struct mx_backend {
     void (*matmul)(mx_backend *be, const mx_tensor *w, const float *x, float *y, int T);
     /* Optional (NULL: mx_matmul_group calls matmul per weight). y[i] = x · w[i]ᵀ for n <= MX_MATMUL_GROUP_MAX
      * weights of one input (Q, K and V; gate and up), each bitwise what matmul(w[i], x, y[i], T) gives; a
-     * backend may share the input's preparation and one parallel pass among them. */
+     * backend may share the input's preparation and one parallel pass among them. A view of a backend that
+     * replaces matmul (serve/batch.c's row-wise one) must replace or clear this too. */
     void (*matmul_group)(mx_backend *be, int n, const mx_tensor *const *w, const float *x, float *const *y,
                          int T);
     /* out[T, C] = embedding rows of ids (W ne = {C, vocab}); ids in host memory. */
