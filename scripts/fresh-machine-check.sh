@@ -5,7 +5,8 @@
 # user needs to have cloned the repository and to type `make`), puts a clean clone of this repository's
 # committed HEAD in it (uncommitted changes are not taken) with ../shared beside it as CI has it, and runs the
 # two command lines of the README's first code block inside it (chroot in a private mount namespace: /proc,
-# /sys, /dev, resolv.conf and locally added CA certificates from the host, nothing else). Prints PASS or FAIL and the time of each command;
+# /sys, /dev, resolv.conf and locally added CA certificates from the host, and the /etc/hosts every installed
+# Debian has, nothing else). Prints PASS or FAIL and the time of each command;
 # exits 0 only when both passed. Needs root, debootstrap (apt-get install debootstrap) and a Debian mirror and
 # PyPI to reach. About 20-40 minutes on 2 cores, most of it `make test`; run it as `nice bash ...` on a shared
 # machine.
@@ -94,6 +95,9 @@ fi
 # The network as the host has it: its resolver and the certificate authorities added to its trust store (a
 # TLS-inspecting proxy's, where the network has one: without it pip cannot reach PyPI from any new machine here).
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# /etc/hosts as the Debian installer (netcfg) and Debian's cloud images write it; debootstrap leaves none, and
+# without it "localhost" does not resolve (selenium reaches chromedriver at localhost:PORT).
+[ -e "$ROOT/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOT/etc/hosts"
 LOCAL_CAS=$(ls /usr/local/share/ca-certificates/ 2>/dev/null | grep -c '\.crt$' || true)
 if [ "$LOCAL_CAS" -gt 0 ]; then
     cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
