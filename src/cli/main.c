@@ -61,8 +61,8 @@ static int run_command(const command *cmd, int argc, char **argv) {
  * (decode at 3.7 tok/s with 2 busy processes, against 35-38 with -t 1); passive waits sleep at once, and every
  * one of a decode step's ~240 parallel regions then pays a futex wake-up (decode at 35-37 tok/s on the quiet
  * machine, against 84-86 spinning). A short spin of 20k rounds, then sleep, keeps most of both: 76-83 tok/s
- * quiet and 39 under load, at or above -t 1 and about twice llama.cpp there (bench/busy_cpu.py, bench/RESULTS.md,
- * 2026-12-03). So unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set, e.g.
+ * quiet, and under load medians of 37-39, about -t 1 and twice llama.cpp, though not robust there (one run in
+ * four fell to 14; passive held 42-48: bench/busy_cpu.py, bench/RESULTS.md, 2026-12-03). So unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set, e.g.
  * OMP_WAIT_POLICY=active on a dedicated machine), mixatt runs itself again once with GOMP_SPINCOUNT=20000.
  * Should the exec fail, it goes on with the default. */
 static void prefer_short_openmp_spins(char **argv) {

@@ -455,8 +455,8 @@ int mx_st_check_finite(const mx_st_tensor *t, mx_err *err) {
         if (!isfinite(v))
             return mx_err_set(
                 err, MX_ERR_FORMAT,
-                "%s: tensor '%s' holds %s at element %zu; mixatt train never writes one, so the "
-                "file was altered or damaged",
+                "%s: tensor '%s' holds %s at element %zu; weights and optimizer state must be finite "
+                "(mixatt train never writes one: the file was altered or damaged)",
                 t->file, t->name, isnan(v) ? "a NaN" : "an infinity", i);
     }
     return MX_OK;
