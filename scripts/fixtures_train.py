@@ -95,7 +95,7 @@ def mixatt_tensors(model, case, grads=False):
 
     def get(name):
         t = p[name].grad if grads else p[name]
-        return t.detach().double().numpy()
+        return t.detach().cpu().double().numpy()
 
     out = {}
     if case == "gpt2":
@@ -168,24 +168,24 @@ def write_shard(path, tokens):
         f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
 
 
-def make_case(case):
+def case_tokens(case):
+    """The B*T + 1 tokens of a case's batch (batch.bin) and its inputs and targets as (B, T) tensors."""
     import torch
-    from safetensors.numpy import save_file
-    d = os.path.join(OUT, case)
-    os.makedirs(d, exist_ok=True)
-    model = hf_model(case)
-    save_file({k: v.astype(np.float32) for k, v in mixatt_tensors(model, case).items()},
-              os.path.join(d, "init.safetensors"))
     rng = np.random.default_rng({"gpt2": 11, "llama": 12, "mistral": 13, "mixtral": 14}[case])
     tokens = rng.integers(0, VOCAB, B * T + 1)
-    write_shard(os.path.join(d, "batch.bin"), tokens)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(mixatt_config(case), f, indent=1)
-    x = torch.tensor(tokens[:-1].reshape(B, T))
-    y = torch.tensor(tokens[1:].reshape(B, T))
+    return tokens, torch.tensor(tokens[:-1].reshape(B, T)), torch.tensor(tokens[1:].reshape(B, T))
 
-    model = model.double().train()
-    loss = loss_of(model, x, y)
+
+def train_reference(model, case, x, y, autocast=None):
+    """One forward/backward (the loss and every gradient in mixatt's names), then the losses of TRAIN's AdamW
+    steps from the same weights. autocast: a torch.autocast context for the forward passes (bf16 on the GPU,
+    the peer check_train_gpu.py measures its band against), else none."""
+    import contextlib
+
+    import torch
+    ctx = autocast or contextlib.nullcontext
+    with ctx():
+        loss = loss_of(model, x, y)
     loss.backward()
     grads = mixatt_tensors(model, case, grads=True)
     first = loss.item()
@@ -202,11 +202,37 @@ def make_case(case):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad()
-        loss = loss_of(model, x, y)
+        with ctx():
+            loss = loss_of(model, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
         opt.step()
         losses.append(loss.item())
+    return first, grads, losses
+
+
+def autocast_reference(case):
+    """PyTorch's own mixed precision on this case: fp32 weights on the GPU, the forward under bf16 autocast.
+    Returns (loss, gradients, the AdamW losses) as train_reference."""
+    import torch
+    model = hf_model(case).cuda().train()
+    _, x, y = case_tokens(case)
+    return train_reference(model, case, x.cuda(), y.cuda(),
+                           autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+
+
+def make_case(case):
+    from safetensors.numpy import save_file
+    d = os.path.join(OUT, case)
+    os.makedirs(d, exist_ok=True)
+    model = hf_model(case)
+    save_file({k: v.astype(np.float32) for k, v in mixatt_tensors(model, case).items()},
+              os.path.join(d, "init.safetensors"))
+    tokens, x, y = case_tokens(case)
+    write_shard(os.path.join(d, "batch.bin"), tokens)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(mixatt_config(case), f, indent=1)
+    first, grads, losses = train_reference(model.double().train(), case, x, y)
     save_file({k: v.astype(np.float32) for k, v in grads.items()}, os.path.join(d, "ref.safetensors"),
               metadata={"loss": repr(first), "losses": json.dumps(losses)})
     print(f"{case}: loss {first:.6f}, after 10 steps {losses[-1]:.6f}, {len(grads)} gradients")

@@ -75,9 +75,9 @@ typedef struct {
     int moe_streams;     /* MX_CUDA_MOE_STREAMS (4, 1..8): streams the MoE experts' GEMMs run on */
     bool moe_timing;     /* MX_CUDA_MOE_TIMING (0): per-phase GPU times of moe_ffn at destroy */
     bool
-        train_gemm_bf16; /* MX_CUDA_TRAIN_GEMM (fast16bf; bf16): bf16 training GEMMs on operands rounded to bf16
-                             copies first instead of fp32 operands handed to COMPUTE_32F_FAST_16BF (faster
-                             matmuls, outside check_train_gpu's bf16 bands: see docs/training.md) */
+        train_gemm_fast16bf; /* MX_CUDA_TRAIN_GEMM (bf16; fast16bf): bf16 training GEMMs on fp32 operands handed
+                                 to COMPUTE_32F_FAST_16BF instead of operands rounded to bf16 copies first (slower;
+                                 see docs/training.md) */
     bool train_attn_gemm; /* MX_CUDA_TRAIN_ATTN (flash; gemm): bf16 training attention through per-head cuBLAS
                              products over T x T scores instead of the fused tensor-core kernels */
 } mx_cuda_tunables;

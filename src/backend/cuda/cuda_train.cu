@@ -1,7 +1,8 @@
 /* cuda_train.cu: the CUDA implementation of the training op contract (backend_train.h), except attention
  * (cuda_train_attn.cu). fp32 buffers throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F)
- * or, with set_bf16, on bf16 tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF on the fp32
- * operands, or with MX_CUDA_TRAIN_GEMM=bf16 on bf16 copies of them made first). Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
+ * or, with set_bf16, on bf16 tensor cores with fp32 accumulation, on bf16 copies of the operands made first
+ * (MX_CUDA_TRAIN_GEMM=fast16bf: CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands). The output head then
+ * also keeps its logits' gradient in bf16. Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
  * two runs with one seed give the same bits (no atomics; column sums are per-chunk partials summed in order).
  * Shapes as in backend_train.h: N rows, C width, V vocabulary; weights [out, in] row-major. */
 #include <cublas_v2.h>
@@ -31,6 +32,8 @@ typedef struct {
     size_t dsum_host_cap;
     float *logits; /* XENT_ROWS x V rounded up to 64 */
     size_t logits_cap;
+    __nv_bfloat16 *glog; /* the logits' gradient in bf16 (bf16 operands), same shape */
+    size_t glog_cap;
     __nv_bfloat16 *opa, *opb; /* the bf16 copies of a GEMM's two operands (MX_CUDA_TRAIN_GEMM=bf16) */
     size_t opa_cap, opb_cap;
     mx_tr_seg *segs; /* adamw segments */
@@ -81,7 +84,8 @@ void mx_cuda_train_free(mx_cuda_ctx *c) {
     cu_train *t = (cu_train *)c->train;
     if (!t) return;
     cublasDestroy(t->blas);
-    cudaFree(t->tok), cudaFree(t->csr), cudaFree(t->part), cudaFree(t->dsum), cudaFree(t->logits);
+    cudaFree(t->tok), cudaFree(t->csr), cudaFree(t->part), cudaFree(t->dsum), cudaFree(t->logits),
+        cudaFree(t->glog);
     cudaFree(t->opa), cudaFree(t->opb);
     cudaFree(t->segs); /* device memory too (grow) */
     free(t->csr_host), free(t->dsum_host);
@@ -126,20 +130,35 @@ static const __nv_bfloat16 *as_bf16(mx_backend *be, __nv_bfloat16 **buf, size_t 
     return *buf;
 }
 
+/* C = op(A) · op(B) + beta · C (column-major, m x n, inner k) on bf16 operands, products on tensor cores
+ * accumulated in fp32, C fp32. */
+static void gemm_bf16(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                      const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta, float *C,
+                      int ldc) {
+    float alpha = 1.0f;
+    LT_CHECK(cublasGemmEx(tr(be)->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+                          &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* Whether the bf16 GEMMs round their operands to bf16 copies first (the default; MX_CUDA_TRAIN_GEMM=fast16bf
+ * leaves the rounding to cuBLAS's COMPUTE_32F_FAST_16BF on the fp32 operands). */
+static bool bf16_operands(mx_backend *be) {
+    return tr(be)->bf16 && !cu_ctx(be)->tune.train_gemm_fast16bf;
+}
+
 /* C = op(A) · op(B) + beta · C in cuBLAS's column-major terms (m x n, inner k), fp32 in memory. fp32: exact fp32
- * products; bf16: COMPUTE_32F_FAST_16BF on the fp32 operands (MX_CUDA_TRAIN_GEMM=bf16: each operand rounded
- * to a bf16 copy first, products on bf16 tensor cores accumulated in fp32). The operands are dense: A is
+ * products; bf16: each operand rounded to a bf16 copy, products on bf16 tensor cores accumulated in fp32
+ * (MX_CUDA_TRAIN_GEMM=fast16bf: COMPUTE_32F_FAST_16BF on the fp32 operands). The operands are dense: A is
  * (ta == N ? k : m) columns of lda floats, B (tb == N ? n : k) columns of ldb. */
 static void gemm(mx_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     cu_train *t = tr(be);
     float alpha = 1.0f;
-    if (t->bf16 && cu_ctx(be)->tune.train_gemm_bf16) {
+    if (bf16_operands(be)) {
         size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
         const __nv_bfloat16 *a = as_bf16(be, &t->opa, &t->opa_cap, A, na),
                             *b = as_bf16(be, &t->opb, &t->opb_cap, B, nb);
-        LT_CHECK(cublasGemmEx(t->blas, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
-                              &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        gemm_bf16(be, ta, tb, m, n, k, a, lda, b, ldb, beta, C, ldc);
         return;
     }
     cublasComputeType_t ct = t->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
@@ -473,9 +492,9 @@ static void t_swiglu_bwd(mx_backend *be, float *dg, float *du, const float *dout
 /* ---- the head with softmax cross-entropy ---- */
 
 /* One block per row of logits (V): loss[r] = log Σ exp(l - max) + max - l[y] (double); with grad the row
- * becomes scale · (softmax - onehot(y)). */
+ * becomes scale · (softmax - onehot(y)), in place, or rounded to bf16 into the same row of gout when given. */
 static __global__ void k_xent_rows(float *logits, double *loss, const int *targets, int V, int ld, bool grad,
-                                   float scale) {
+                                   float scale, __nv_bfloat16 *gout) {
     __shared__ float red[32];
     __shared__ double redd[32];
     int r = blockIdx.x, lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
@@ -496,7 +515,41 @@ static __global__ void k_xent_rows(float *logits, double *loss, const int *targe
     if (threadIdx.x == 0) loss[r] = log(sum) + mx - ly;
     if (!grad) return;
     float k = (float)(scale / sum);
-    for (int i = threadIdx.x; i < V; i += blockDim.x) lr[i] = expf(lr[i] - mx) * k - (i == y ? scale : 0.0f);
+    __nv_bfloat16 *gr = gout ? gout + (size_t)r * ld : NULL;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float g = expf(lr[i] - mx) * k - (i == y ? scale : 0.0f);
+        if (gr)
+            gr[i] = __float2bfloat16_rn(g);
+        else
+            lr[i] = g;
+    }
+}
+
+/* The rows r0 .. r0 + rows - 1 of the head on bf16 operands: W already rounded (wb), the rows rounded here, the
+ * logits fp32 and their gradient rounded to bf16 (t->glog) for dx and dW. */
+static void head_rows_bf16(mx_backend *be, const __nv_bfloat16 *wb, const float *xr, const int *target,
+                           int rows, int C, int V, int ld, float scale, double *loss, float *dx, float *dW) {
+    cu_train *t = tr(be);
+    const __nv_bfloat16 *xb = as_bf16(be, &t->opa, &t->opa_cap, xr, (size_t)rows * C);
+    gemm_bf16(be, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, C, wb, C, xb, C, 0.0f, t->logits, ld);
+    k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, loss, target, V, ld, dx != NULL, scale,
+                                                 dx ? t->glog : NULL);
+    CU_LAUNCHED();
+    if (!dx) return;
+    gemm_bf16(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, V, wb, C, t->glog, ld, 0.0f, dx, C);
+    gemm_bf16(be, CUBLAS_OP_N, CUBLAS_OP_T, C, V, rows, xb, C, t->glog, ld, 1.0f, dW, C);
+}
+
+/* The same rows with fp32 operands (gemm: fp32, or COMPUTE_32F_FAST_16BF), the gradient in place. */
+static void head_rows_fp32(mx_backend *be, const float *W, const float *xr, const int *target, int rows,
+                           int C, int V, int ld, float scale, double *loss, float *dx, float *dW) {
+    cu_train *t = tr(be);
+    gemm(be, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, C, W, C, xr, C, 0.0f, t->logits, ld);
+    k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, loss, target, V, ld, dx != NULL, scale, NULL);
+    CU_LAUNCHED();
+    if (!dx) return;
+    gemm(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, V, W, C, t->logits, ld, 0.0f, dx, C);
+    gemm(be, CUBLAS_OP_N, CUBLAS_OP_T, C, V, rows, xr, C, t->logits, ld, 1.0f, dW, C);
 }
 
 static double t_head_xent(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C,
@@ -506,22 +559,22 @@ static double t_head_xent(mx_backend *be, const float *x, const float *W, const 
     /* logit rows padded to a multiple of 64: an odd V (GPT-2's 50257) as a leading dimension keeps cuBLAS off
      * its fast tensor-core kernels (the head ran at about 90 TFLOP/s) */
     int ld = (V + 63) / 64 * 64;
+    bool bf = bf16_operands(be);
     t->logits = grow(t->logits, &t->logits_cap, (size_t)R * ld);
+    if (bf) t->glog = grow(t->glog, &t->glog_cap, (size_t)R * ld);
     t->dsum = grow(t->dsum, &t->dsum_cap, (size_t)N);
+    const __nv_bfloat16 *wb = bf ? as_bf16(be, &t->opb, &t->opb_cap, W, (size_t)V * C) : NULL;
     int *dtarget = NULL;
     CU_CHECK(cudaMallocAsync((void **)&dtarget, sizeof(int) * N, stream_of(be)));
     CU_CHECK(cudaMemcpyAsync(dtarget, targets, sizeof(int) * N, cudaMemcpyHostToDevice, stream_of(be)));
     for (int r0 = 0; r0 < N; r0 += R) {
         int rows = N - r0 < R ? N - r0 : R;
         const float *xr = x + (size_t)r0 * C;
-        /* logits (rows, V; row stride ld) = xr · Wᵀ; then dx = dlogits · W, dW += dlogitsᵀ · xr */
-        gemm(be, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, C, W, C, xr, C, 0.0f, t->logits, ld);
-        k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, t->dsum + r0, dtarget + r0, V, ld, dx != NULL,
-                                                     scale);
-        CU_LAUNCHED();
-        if (!dx) continue;
-        gemm(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, V, W, C, t->logits, ld, 0.0f, dx + (size_t)r0 * C, C);
-        gemm(be, CUBLAS_OP_N, CUBLAS_OP_T, C, V, rows, xr, C, t->logits, ld, 1.0f, dW, C);
+        float *dxr = dx ? dx + (size_t)r0 * C : NULL;
+        if (bf)
+            head_rows_bf16(be, wb, xr, dtarget + r0, rows, C, V, ld, scale, t->dsum + r0, dxr, dW);
+        else
+            head_rows_fp32(be, W, xr, dtarget + r0, rows, C, V, ld, scale, t->dsum + r0, dxr, dW);
     }
     t->dsum_host = grow_host(t->dsum_host, &t->dsum_host_cap, (size_t)N);
     CU_CHECK(

@@ -2,112 +2,84 @@
  * attn_bwd under set_bf16; MX_CUDA_TRAIN_ATTN=gemm turns them off), for Dk = Dv = 64 or 128:
  *   forward:  the inference prefill kernel k_fa_wgmma (cuda_fa_wgmma.cuh) per sequence of the batch, on bf16
  *             copies of K and V (Q is rounded inside it), writing out and the natural log-sum-exp lse;
- *   backward: FlashAttention-2's recurrences without the T x T matrices, on WMMA bf16 tiles with fp32
- *             accumulation, in two kernels so that every gradient row has one owner and nothing is atomic:
- *     k_flash_dkv, one block per 64 keys of a KV head: for each query head of the group and each block of
- *       64 queries that sees those keys, Sᵀ = K Qᵀ, Pᵀ = exp(scale Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
- *       dSᵀ = Pᵀ ∘ (dPᵀ - Δ), dK += dSᵀ Q; then dK *= scale and both are ADDED to dk, dv (shared caches);
- *     k_flash_dq, one block per 64 queries of a head: for each block of 64 keys it sees, S = Q Kᵀ,
+ *   backward: FlashAttention-2's recurrences without the T x T matrices, on mma.sync m16n8k16 (bf16 operands,
+ *             fp32 accumulators held in registers; any GPU of compute capability 8.0 or later), on bf16 copies of
+ *             q, k, v and dout, in two kernels so that every gradient row has one owner and nothing is atomic
+ *             (two runs give the same bits):
+ *     k_bwd_dkv, one block per 64 keys of a KV head: for each query head of the group and each block of 64
+ *       queries that sees those keys, Sᵀ = K Qᵀ, Pᵀ = exp(scale Sᵀ - lse), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - Δ),
+ *       dV += Pᵀ dO, dK += dSᵀ Q; then dK *= scale and both are ADDED to dk, dv (shared caches);
+ *     k_bwd_dq, one block per 64 queries of a head: for each block of 64 keys it sees, S = Q Kᵀ,
  *       P = exp(scale S - lse), dP = dO Vᵀ, dS = P ∘ (dP - Δ), dQ += dS K; then dq = scale dQ (overwritten).
- *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. Q, K, V and dO are rounded to bf16 as they are staged
- *   in shared memory, P and dS as they enter a product; S, P, dP and every sum stay fp32.
+ *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. S, P, dP and every sum stay fp32 in registers; P and dS
+ *   are rounded to bf16 as they enter a product. The streamed tiles are double-buffered through cp.async.
  * Each block has 4 warps, each owning 16 of the block's 64 rows (its rows of S, P, dP and its accumulators),
  * so only the staging of a tile needs the whole block. Shapes as in backend_train.h: q (B, T, H, D),
  * k, v (B, T, G, D), out, dout (B, T, H, D), lse, delta (B, T, H). */
-#include <mma.h>
-
+#include "cuda_attn_common.cuh"
 #include "cuda_train.h"
-
-using namespace nvcuda;
 
 namespace {
 
-enum { FB = 64, FWARPS = 4, LDS = FB + 4, LDP = FB + 8 };
+enum { FB = 64, FWARPS = 4, NTH = FWARPS * 32, NT = FB / 8 };
 
-typedef __nv_bfloat16 bf16;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_t;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b_col;
-
-/* The shared memory of both kernels: four bf16 tiles of FB rows of D (row stride D + 8), the fp32 S/P and dP
- * tiles (FB x FB, stride FB + 4), the bf16 P/dS tile (stride FB + 8) and the rows' lse and Δ. Every array
- * starts on a 128-byte boundary and every 16-row fragment on a 32-byte one, as WMMA needs. */
-template <int D> struct Smem {
-    static constexpr int LDH = D + 8;
-    static constexpr size_t TILE = (size_t)FB * LDH * sizeof(bf16);
-    static constexpr size_t SCORES = (size_t)FB * LDS * sizeof(float);
-    static constexpr size_t PROBS = (size_t)FB * LDP * sizeof(bf16);
-    static constexpr size_t BYTES = 4 * TILE + 2 * SCORES + PROBS + 2 * FB * sizeof(float);
-    bf16 *t[4]; /* the kernel's two staged tiles of its own rows and the two it streams */
-    float *S, *dP, *lse, *delta;
-    bf16 *P;
-    __device__ explicit Smem(unsigned char *base) {
-        for (int i = 0; i < 4; i++) t[i] = (bf16 *)(base + i * TILE);
-        S = (float *)(base + 4 * TILE);
-        dP = (float *)(base + 4 * TILE + SCORES);
-        P = (bf16 *)(base + 4 * TILE + 2 * SCORES);
-        lse = (float *)(base + 4 * TILE + 2 * SCORES + PROBS);
-        delta = lse + FB;
-    }
-};
-
-/* Rows r0 .. r0 + FB - 1 of head `head` (of nh per row) of x (B, T, nh, D) in batch b, rounded to bf16 into
- * dst (FB x LDH); rows past T are zeros. The whole block takes part. */
+/* Rows r0 .. r0 + FB - 1 of head `head` (of nh per row) of the bf16 x (B, T, nh, D) in batch b into the
+ * swizzled tile dst (FB x D) by cp.async; rows past T are zeros. The whole block takes part; the caller
+ * commits. */
 template <int D>
-__device__ __forceinline__ void stage(bf16 *dst, const float *x, int b, int T, int nh, int head, int r0) {
-    constexpr int LDH = D + 8, Q4 = D / 4;
-    for (int e = threadIdx.x; e < FB * Q4; e += blockDim.x) {
-        int r = e / Q4, c = (e % Q4) * 4, t = r0 + r;
-        float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t < T) f = *reinterpret_cast<const float4 *>(x + (((size_t)b * T + t) * nh + head) * D + c);
-        __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst + r * LDH + c);
-        d2[0] = __floats2bfloat162_rn(f.x, f.y), d2[1] = __floats2bfloat162_rn(f.z, f.w);
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *x, int b, int T, int nh, int head, int r0) {
+    constexpr int CH = D / 8;
+    for (int e = threadIdx.x; e < FB * CH; e += NTH) {
+        int r = e / CH, c = e % CH, t = r0 + r;
+        bool ok = t < T;
+        const bf16 *src = x + (((size_t)b * T + (ok ? t : 0)) * nh + head) * D + c * 8;
+        cp_async16(smem_u32(dst + swz<D>(r, c)), src, ok ? 16 : 0);
     }
 }
 
-/* lse and Δ of rows r0 .. r0 + FB - 1 of head h (rows past T: never visible, values unused). */
-__device__ __forceinline__ void stage_rows(float *lse_s, float *delta_s, const float *lse, const float *delta,
-                                           int b, int T, int H, int h, int r0) {
-    for (int r = threadIdx.x; r < FB; r += blockDim.x) {
-        int t = r0 + r;
-        size_t i = ((size_t)b * T + t) * H + h;
-        lse_s[r] = t < T ? lse[i] : 0.0f;
-        delta_s[r] = t < T ? delta[i] : 0.0f;
-    }
-}
-
-/* out (16 x FB, stride LDS) = A (16 x D rows of a, stride LDH) · Bᵀ where B is FB rows of D (stride LDH): the
- * 16 rows of one warp against a staged tile. */
+/* s (16 x FB, one warp's C fragments) = A · Bᵀ: A the 16 rows ra .. ra + 15 of tile a, B the FB rows of tile b
+ * (both FB x D, swizzled). */
 template <int D>
-__device__ __forceinline__ void rows_times_tile_t(float *out, const bf16 *a, const bf16 *bt) {
-    constexpr int LDH = D + 8;
-    a_row fa[D / 16];
-    for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(fa[kk], a + kk * 16, LDH);
-    for (int c = 0; c < FB / 16; c++) {
-        acc_t acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int kk = 0; kk < D / 16; kk++) {
-            b_col fb;
-            wmma::load_matrix_sync(fb, bt + c * 16 * LDH + kk * 16, LDH);
-            wmma::mma_sync(acc, fa[kk], fb, acc);
+__device__ __forceinline__ void warp_scores(float (&s)[NT][4], const bf16 *a, int ra, const bf16 *b) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < NT; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t fa[4];
+        int r = ra + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * kk + (lane >> 4);
+        ldsm_x4(smem_u32(a + swz<D>(r, c)), fa[0], fa[1], fa[2], fa[3]);
+#pragma unroll
+        for (int jj = 0; jj < NT / 2; jj++) {
+            int rb = 16 * jj + (lane & 7) + (lane >> 4) * 8, cb = 2 * kk + ((lane >> 3) & 1);
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(smem_u32(b + swz<D>(rb, cb)), b0, b1, b2, b3);
+            mma16816(s[2 * jj], fa, b0, b1);
+            mma16816(s[2 * jj + 1], fa, b2, b3);
         }
-        wmma::store_matrix_sync(out + c * 16, acc, LDS, wmma::mem_row_major);
     }
 }
 
-/* acc[c] (16 x D in tiles of 16) += p (16 x FB, bf16, stride LDP) · B, B FB rows of D (stride LDH). */
+/* acc (16 x D, one warp's C fragments) += P · B: P the warp's 16 x FB fragments (rounded to bf16 here), B the
+ * tile b (FB x D, swizzled) read transposed. */
 template <int D>
-__device__ __forceinline__ void accumulate_p_times_tile(acc_t *acc, const bf16 *p, const bf16 *b) {
-    constexpr int LDH = D + 8;
-    a_row fa[FB / 16];
-    for (int kk = 0; kk < FB / 16; kk++) wmma::load_matrix_sync(fa[kk], p + kk * 16, LDP);
-    for (int c = 0; c < D / 16; c++)
-        for (int kk = 0; kk < FB / 16; kk++) {
-            b_row fb;
-            wmma::load_matrix_sync(fb, b + kk * 16 * LDH + c * 16, LDH);
-            wmma::mma_sync(acc[c], fa[kk], fb, acc[c]);
+__device__ __forceinline__ void warp_accumulate(float (&acc)[D / 8][4], const float (&p)[NT][4],
+                                                const bf16 *b) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int kk = 0; kk < FB / 16; kk++) {
+        uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                         pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                         pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int jd = 0; jd < D / 16; jd++) {
+            int r = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * jd + (lane >> 4);
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(smem_u32(b + swz<D>(r, c)), b0, b1, b2, b3);
+            mma16816(acc[2 * jd], a, b0, b1);
+            mma16816(acc[2 * jd + 1], a, b2, b3);
         }
+    }
 }
 
 /* Whether query t sees key j (causal, windowed). */
@@ -115,141 +87,197 @@ __device__ __forceinline__ bool visible(int t, int j, int T, int window) {
     return t < T && j <= t && (window <= 0 || t - j < window);
 }
 
-/* The warp's 16 x D accumulators, times scale, stored (add: added) into rows row0 .. row0 + 15 of head `head` of
- * y (B, T, nh, D), rows < T; scratch is the warp's 16 x FB fp32 rows (stride LDS). */
+/* Whether some (query, key) pair of the tiles at i0 and j0 is not visible. */
+__device__ __forceinline__ bool tile_masked(int i0, int j0, int T, int window) {
+    return !(j0 + FB - 1 <= i0 && i0 + FB <= T && (window <= 0 || i0 + FB - 1 - j0 < window));
+}
+
+/* Rows row .. (this thread's rows of a warp's 16 x D accumulators), times scale, stored (add: added) into head
+ * `head` of y (B, T, nh, D) for the rows below T. */
 template <int D>
-__device__ __forceinline__ void write_rows(acc_t *acc, float scale, float *scratch, float *y, int b, int T,
+__device__ __forceinline__ void write_rows(const float (&acc)[D / 8][4], float scale, float *y, int b, int T,
                                            int nh, int head, int row0, bool add) {
-    int lane = threadIdx.x % 32;
-    for (int c0 = 0; c0 < D / 16; c0 += FB / 16) {
-        for (int c = c0; c < c0 + FB / 16 && c < D / 16; c++) {
-            for (int i = 0; i < acc[c].num_elements; i++) acc[c].x[i] *= scale;
-            wmma::store_matrix_sync(scratch + (c - c0) * 16, acc[c], LDS, wmma::mem_row_major);
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int t = row0 + (lane >> 2) + 8 * hf;
+        if (t >= T) continue;
+        float *dst = y + (((size_t)b * T + t) * nh + head) * D + 2 * (lane & 3);
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            float2 v = make_float2(acc[j][2 * hf] * scale, acc[j][2 * hf + 1] * scale);
+            if (add) {
+                float2 o = *(float2 *)(dst + 8 * j);
+                v.x += o.x, v.y += o.y;
+            }
+            *(float2 *)(dst + 8 * j) = v;
         }
-        __syncwarp();
-        int cols = min(FB, D - c0 * 16);
-        for (int e = lane; e < 16 * cols; e += 32) {
-            int r = e / cols, col = e % cols, t = row0 + r;
-            if (t >= T) continue;
-            float *dst = y + (((size_t)b * T + t) * nh + head) * D + c0 * 16 + col;
-            float val = scratch[r * LDS + col];
-            *dst = add ? *dst + val : val;
-        }
-        __syncwarp();
     }
 }
 
-/* grid (ceil(T / FB), G, B), FWARPS warps: the gradients of keys j0 .. j0 + FB - 1 of KV head g. */
-template <int D>
-__global__ void __launch_bounds__(FWARPS * 32)
-    k_flash_dkv(mx_tr_attn_shape s, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                const float *v, const float *lse, const float *delta) {
-    extern __shared__ __align__(128) unsigned char smem_raw[];
-    Smem<D> sm(smem_raw);
-    constexpr int LDH = D + 8;
-    bf16 *Ks = sm.t[0], *Vs = sm.t[1], *Qs = sm.t[2], *dOs = sm.t[3];
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = blockIdx.y, b = blockIdx.z;
-    int j0 = blockIdx.x * FB, T = s.T, rep = s.H / s.G;
-    stage<D>(Ks, k, b, T, s.G, g, j0);
-    stage<D>(Vs, v, b, T, s.G, g, j0);
-    acc_t dK[D / 16], dV[D / 16];
-    for (int c = 0; c < D / 16; c++) wmma::fill_fragment(dK[c], 0.0f), wmma::fill_fragment(dV[c], 0.0f);
-    int t_last = s.window > 0 ? min(T - 1, j0 + FB - 1 + s.window - 1) : T - 1;
-    float *S = sm.S + w * 16 * LDS, *dP = sm.dP + w * 16 * LDS;
-    bf16 *P = sm.P + w * 16 * LDP;
-    for (int h = g * rep; h < (g + 1) * rep; h++)
-        for (int i0 = j0; i0 <= t_last; i0 += FB) {
-            __syncthreads(); /* the previous tiles are read */
-            stage<D>(Qs, q, b, T, s.H, h, i0);
-            stage<D>(dOs, dout, b, T, s.H, h, i0);
-            stage_rows(sm.lse, sm.delta, lse, delta, b, T, s.H, h, i0);
-            __syncthreads();
-            rows_times_tile_t<D>(S, Ks + w * 16 * LDH, Qs); /* Sᵀ: this warp's 16 keys x FB queries */
-            __syncwarp();
-            for (int e = lane; e < 16 * FB; e += 32) {
-                int r = e / FB, c = e % FB;
-                bool ok = j0 + w * 16 + r < T && visible(i0 + c, j0 + w * 16 + r, T, s.window);
-                float p = ok ? __expf(s.scale * S[r * LDS + c] - sm.lse[c]) : 0.0f;
-                S[r * LDS + c] = p;
-                P[r * LDP + c] = __float2bfloat16_rn(p);
-            }
-            __syncwarp();
-            accumulate_p_times_tile<D>(dV, P, dOs);           /* dV += Pᵀ dO */
-            rows_times_tile_t<D>(dP, Vs + w * 16 * LDH, dOs); /* dPᵀ = V dOᵀ */
-            __syncwarp();
-            for (int e = lane; e < 16 * FB; e += 32) {
-                int r = e / FB, c = e % FB;
-                P[r * LDP + c] = __float2bfloat16_rn(S[r * LDS + c] * (dP[r * LDS + c] - sm.delta[c]));
-            }
-            __syncwarp();
-            accumulate_p_times_tile<D>(dK, P, Qs); /* dK += dSᵀ Q */
-        }
-    write_rows<D>(dK, s.scale, S, dk, b, T, s.G, g, j0 + w * 16, true);
-    write_rows<D>(dV, 1.0f, S, dv, b, T, s.G, g, j0 + w * 16, true);
+template <int D> constexpr size_t dq_smem() {
+    return sizeof(bf16) * 6 * FB * D; /* Q, dO, 2 x K, 2 x V */
+}
+template <int D> constexpr size_t dkv_smem() {
+    return sizeof(bf16) * 6 * FB * D + sizeof(float) * 4 * FB; /* K, V, 2 x Q, 2 x dO; 2 x (lse, Δ) */
 }
 
-/* grid (ceil(T / FB), H, B), FWARPS warps: dq of queries i0 .. i0 + FB - 1 of head h. */
+/* grid (H, B, ceil(T / FB)), the heaviest query blocks first: dq of queries i0 .. i0 + FB - 1 of head h. */
 template <int D>
-__global__ void __launch_bounds__(FWARPS * 32)
-    k_flash_dq(mx_tr_attn_shape s, float *dq, const float *dout, const float *q, const float *k,
-               const float *v, const float *lse, const float *delta) {
+__global__ void __launch_bounds__(NTH)
+    k_bwd_dq(mx_tr_attn_shape s, float *dq, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
+             const float *lse, const float *delta) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    Smem<D> sm(smem_raw);
-    constexpr int LDH = D + 8;
-    bf16 *Qs = sm.t[0], *dOs = sm.t[1], *Ks = sm.t[2], *Vs = sm.t[3];
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
-    int i0 = blockIdx.x * FB, T = s.T, g = h / (s.H / s.G);
-    stage<D>(Qs, q, b, T, s.H, h, i0);
-    stage<D>(dOs, dout, b, T, s.H, h, i0);
-    stage_rows(sm.lse, sm.delta, lse, delta, b, T, s.H, h, i0);
-    acc_t dQ[D / 16];
-    for (int c = 0; c < D / 16; c++) wmma::fill_fragment(dQ[c], 0.0f);
-    int j_first = s.window > 0 ? max(0, i0 - s.window + 1) / FB * FB : 0;
-    int j_last = min(T - 1, i0 + FB - 1);
-    float *S = sm.S + w * 16 * LDS, *dP = sm.dP + w * 16 * LDS;
-    bf16 *P = sm.P + w * 16 * LDP;
-    const float *L = sm.lse + w * 16, *Dl = sm.delta + w * 16;
-    for (int j0 = j_first; j0 <= j_last; j0 += FB) {
-        __syncthreads();
-        stage<D>(Ks, k, b, T, s.G, g, j0);
-        stage<D>(Vs, v, b, T, s.G, g, j0);
-        __syncthreads();
-        rows_times_tile_t<D>(S, Qs + w * 16 * LDH, Ks);   /* S: 16 queries x FB keys */
-        rows_times_tile_t<D>(dP, dOs + w * 16 * LDH, Vs); /* dP = dO Vᵀ */
-        __syncwarp();
-        for (int e = lane; e < 16 * FB; e += 32) {
-            int r = e / FB, c = e % FB;
-            bool ok = j0 + c < T && visible(i0 + w * 16 + r, j0 + c, T, s.window);
-            float p = ok ? __expf(s.scale * S[r * LDS + c] - L[r]) : 0.0f;
-            P[r * LDP + c] = __float2bfloat16_rn(p * (dP[r * LDS + c] - Dl[r]));
-        }
-        __syncwarp();
-        accumulate_p_times_tile<D>(dQ, P, Ks); /* dQ += dS K */
+    bf16 *sQ = (bf16 *)smem_raw, *sdO = sQ + FB * D, *sK = sdO + FB * D, *sV = sK + 2 * FB * D;
+    const int h = blockIdx.x, b = blockIdx.y, i0 = (gridDim.z - 1 - blockIdx.z) * FB;
+    const int T = s.T, g = h / (s.H / s.G), w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int j_first = s.window > 0 ? max(0, i0 - s.window + 1) / FB * FB : 0;
+    const int n_tiles = (min(T - 1, i0 + FB - 1) - j_first) / FB + 1;
+    load_tile<D>(sQ, q, b, T, s.H, h, i0);
+    load_tile<D>(sdO, dout, b, T, s.H, h, i0);
+    load_tile<D>(sK, k, b, T, s.G, g, j_first);
+    load_tile<D>(sV, v, b, T, s.G, g, j_first);
+    cp_commit();
+    int row[2];
+    float lse2[2], dl[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        row[hf] = i0 + 16 * w + (lane >> 2) + 8 * hf;
+        size_t i = ((size_t)b * T + row[hf]) * s.H + h;
+        lse2[hf] = row[hf] < T ? lse[i] * LOG2E : 0.0f;
+        dl[hf] = row[hf] < T ? delta[i] : 0.0f;
     }
-    write_rows<D>(dQ, s.scale, S, dq, b, T, s.H, h, i0 + w * 16, false);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    const float sl2 = s.scale * LOG2E;
+    for (int n = 0; n < n_tiles; n++) {
+        cp_wait_all();
+        __syncthreads(); /* tile n is in; every warp is done with tile n - 1 */
+        const int j0 = j_first + n * FB;
+        if (n + 1 < n_tiles) {
+            int nb = (n + 1) & 1;
+            load_tile<D>(sK + nb * FB * D, k, b, T, s.G, g, j0 + FB);
+            load_tile<D>(sV + nb * FB * D, v, b, T, s.G, g, j0 + FB);
+            cp_commit();
+        }
+        const bf16 *k_s = sK + (n & 1) * FB * D, *v_s = sV + (n & 1) * FB * D;
+        float sc[NT][4], dp[NT][4];
+        warp_scores<D>(sc, sQ, 16 * w, k_s);
+        warp_scores<D>(dp, sdO, 16 * w, v_s);
+        const bool masked = tile_masked(i0, j0, T, s.window);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hf = e >> 1, key = j0 + 8 * j + 2 * (lane & 3) + (e & 1);
+                float p = exp2f(fmaf(sc[j][e], sl2, -lse2[hf]));
+                if (masked && !visible(row[hf], key, T, s.window)) p = 0.0f;
+                sc[j][e] = p * (dp[j][e] - dl[hf]); /* dS */
+            }
+        warp_accumulate<D>(acc, sc, k_s);
+    }
+    write_rows<D>(acc, s.scale, dq, b, T, s.H, h, i0 + 16 * w, false);
+}
+
+/* grid (G, B, ceil(T / FB)), the heaviest key blocks (the first) first: the gradients of keys j0 .. j0 + FB - 1
+ * of KV head g, over every query head of its group. */
+template <int D>
+__global__ void __launch_bounds__(NTH)
+    k_bwd_dkv(mx_tr_attn_shape s, float *dk, float *dv, const bf16 *q, const bf16 *k, const bf16 *v,
+              const bf16 *dout, const float *lse, const float *delta) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16 *sK = (bf16 *)smem_raw, *sV = sK + FB * D, *sQ = sV + FB * D, *sdO = sQ + 2 * FB * D;
+    float *rows = (float *)(sdO + 2 * FB * D); /* per buffer: FB lse (log2 units), FB Δ */
+    const int g = blockIdx.x, b = blockIdx.y, j0 = blockIdx.z * FB;
+    const int T = s.T, rep = s.H / s.G, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t_last = s.window > 0 ? min(T - 1, j0 + FB - 1 + s.window - 1) : T - 1;
+    const int per_head = (t_last - j0) / FB + 1, n_tiles = rep * per_head;
+    /* tile n: query head g * rep + n / per_head, queries from j0 + (n % per_head) * FB */
+    auto stage = [&](int n, int buf) {
+        int h = g * rep + n / per_head, i0 = j0 + (n % per_head) * FB;
+        load_tile<D>(sQ + buf * FB * D, q, b, T, s.H, h, i0);
+        load_tile<D>(sdO + buf * FB * D, dout, b, T, s.H, h, i0);
+        for (int r = threadIdx.x; r < FB; r += NTH) {
+            int t = i0 + r;
+            size_t i = ((size_t)b * T + t) * s.H + h;
+            rows[buf * 2 * FB + r] = t < T ? lse[i] * LOG2E : 0.0f;
+            rows[buf * 2 * FB + FB + r] = t < T ? delta[i] : 0.0f;
+        }
+    };
+    load_tile<D>(sK, k, b, T, s.G, g, j0);
+    load_tile<D>(sV, v, b, T, s.G, g, j0);
+    stage(0, 0);
+    cp_commit();
+    int key[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) key[hf] = j0 + 16 * w + (lane >> 2) + 8 * hf;
+    float dK[D / 8][4], dV[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[j][e] = dV[j][e] = 0.0f;
+    const float sl2 = s.scale * LOG2E;
+    for (int n = 0; n < n_tiles; n++) {
+        cp_wait_all();
+        __syncthreads(); /* tile n is in; every warp is done with tile n - 1 */
+        if (n + 1 < n_tiles) {
+            stage(n + 1, (n + 1) & 1);
+            cp_commit();
+        }
+        const int cur = n & 1, i0 = j0 + (n % per_head) * FB;
+        const bf16 *q_s = sQ + cur * FB * D, *do_s = sdO + cur * FB * D;
+        const float *lse_s = rows + cur * 2 * FB, *dl_s = lse_s + FB;
+        float st[NT][4], dpt[NT][4];
+        warp_scores<D>(st, sK, 16 * w, q_s);   /* Sᵀ: this warp's 16 keys x FB queries */
+        warp_scores<D>(dpt, sV, 16 * w, do_s); /* dPᵀ = V dOᵀ */
+        const bool masked = tile_masked(i0, j0, T, s.window);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = 8 * j + 2 * (lane & 3) + (e & 1);
+                float p = exp2f(fmaf(st[j][e], sl2, -lse_s[c]));
+                if (masked && !visible(i0 + c, key[e >> 1], T, s.window)) p = 0.0f;
+                st[j][e] = p;
+                dpt[j][e] = p * (dpt[j][e] - dl_s[c]); /* dSᵀ */
+            }
+        warp_accumulate<D>(dV, st, do_s); /* dV += Pᵀ dO */
+        warp_accumulate<D>(dK, dpt, q_s); /* dK += dSᵀ Q */
+    }
+    write_rows<D>(dK, s.scale, dk, b, T, s.G, g, j0 + 16 * w, true);
+    write_rows<D>(dV, 1.0f, dv, b, T, s.G, g, j0 + 16 * w, true);
 }
 
 template <int D>
-void launch_bwd(cudaStream_t st, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv,
-                const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                const float *delta) {
-    size_t bytes = Smem<D>::BYTES;
-    CU_CHECK(cudaFuncSetAttribute(k_flash_dkv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    CU_CHECK(cudaFuncSetAttribute(k_flash_dq<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+void launch_bwd(cudaStream_t st, const mx_tr_attn_shape *s, float *dq, float *dk, float *dv, const bf16 *q,
+                const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse, const float *delta) {
+    CU_CHECK(
+        cudaFuncSetAttribute(k_bwd_dkv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dkv_smem<D>()));
+    CU_CHECK(
+        cudaFuncSetAttribute(k_bwd_dq<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dq_smem<D>()));
     unsigned nb = (unsigned)((s->T + FB - 1) / FB);
-    k_flash_dkv<D><<<dim3(nb, s->G, s->B), FWARPS * 32, bytes, st>>>(*s, dk, dv, dout, q, k, v, lse, delta);
+    k_bwd_dkv<D><<<dim3(s->G, s->B, nb), NTH, dkv_smem<D>(), st>>>(*s, dk, dv, q, k, v, dout, lse, delta);
     CU_LAUNCHED();
-    k_flash_dq<D><<<dim3(nb, s->H, s->B), FWARPS * 32, bytes, st>>>(*s, dq, dout, q, k, v, lse, delta);
+    k_bwd_dq<D><<<dim3(s->H, s->B, nb), NTH, dq_smem<D>(), st>>>(*s, dq, q, k, v, dout, lse, delta);
     CU_LAUNCHED();
 }
 
-bool aligned16(const void *p) {
-    return ((uintptr_t)p & 15) == 0;
+bool aligned8(const void *p) {
+    return ((uintptr_t)p & 7) == 0;
 }
 
 /* The shapes the fused kernels take: one head dim of 64 or 128 for q, k and v, whole KV groups. */
 bool takes(const mx_tr_attn_shape *s) {
     return s->Dk == s->Dv && (s->Dk == 64 || s->Dk == 128) && s->G > 0 && s->H % s->G == 0 && s->scale > 0.0f;
+}
+
+/* A bf16 copy of n floats on stream st (stream-ordered allocation; the caller frees it). */
+bf16 *bf16_copy(cudaStream_t st, const float *x, size_t n) {
+    bf16 *y = NULL;
+    CU_CHECK(cudaMallocAsync((void **)&y, sizeof(bf16) * n, st));
+    mx_cuda_to_bf16(st, y, x, n);
+    return y;
 }
 
 } // namespace
@@ -288,13 +316,18 @@ bool mx_cuda_train_flash_bwd(mx_backend *be, const mx_tr_attn_shape *s, float *d
                              const float *dout, const float *q, const float *k, const float *v,
                              const float *lse, const float *delta) {
     if (!takes(s)) return false;
-    const void *ptrs[] = {dq, dk, dv, dout, q, k, v};
+    const void *ptrs[] = {dq, dk, dv};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++)
-        if (!aligned16(ptrs[i])) return false;
+        if (!aligned8(ptrs[i])) return false;
     cudaStream_t st = cu_ctx(be)->stream;
+    size_t nq = (size_t)s->B * s->T * s->H * s->Dk, nkv = (size_t)s->B * s->T * s->G * s->Dk;
+    bf16 *qb = bf16_copy(st, q, nq), *kb = bf16_copy(st, k, nkv), *vb = bf16_copy(st, v, nkv),
+         *dob = bf16_copy(st, dout, nq);
     if (s->Dk == 64)
-        launch_bwd<64>(st, s, dq, dk, dv, dout, q, k, v, lse, delta);
+        launch_bwd<64>(st, s, dq, dk, dv, qb, kb, vb, dob, lse, delta);
     else
-        launch_bwd<128>(st, s, dq, dk, dv, dout, q, k, v, lse, delta);
+        launch_bwd<128>(st, s, dq, dk, dv, qb, kb, vb, dob, lse, delta);
+    bf16 *tmp[] = {qb, kb, vb, dob};
+    for (int i = 0; i < 4; i++) CU_CHECK(cudaFreeAsync(tmp[i], st));
     return true;
 }

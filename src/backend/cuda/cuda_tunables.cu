@@ -102,7 +102,7 @@ void mx_cuda_tunables_read(mx_cuda_tunables *t) {
     t->moe = env_bool("MX_CUDA_MOE", true);
     t->moe_streams = env_int("MX_CUDA_MOE_STREAMS", 4, 1, 8, NULL, 0);
     t->moe_timing = env_bool("MX_CUDA_MOE_TIMING", false);
-    t->train_gemm_bf16 = env_word("MX_CUDA_TRAIN_GEMM", "fast16bf", "bf16");
+    t->train_gemm_fast16bf = env_word("MX_CUDA_TRAIN_GEMM", "bf16", "fast16bf");
     t->train_attn_gemm = env_word("MX_CUDA_TRAIN_ATTN", "flash", "gemm");
     warn_unknown();
 }
