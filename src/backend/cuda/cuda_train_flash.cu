@@ -1,7 +1,8 @@
 /* cuda_train_flash.cu: bf16 attention of training as fused tensor-core kernels (backend_train.h: attn_fwd,
  * attn_bwd under set_bf16; MX_CUDA_TRAIN_ATTN=gemm turns them off), for Dk = Dv = 64 or 128:
- *   forward:  the inference prefill kernel k_fa_wgmma (cuda_fa_wgmma.cuh) per sequence of the batch, on bf16
- *             copies of K and V (Q is rounded inside it), writing out and the natural log-sum-exp lse;
+ *   forward:  k_fwd, one block per 64 queries of a head of a sequence: FlashAttention-2's online softmax over
+ *             the key blocks they see, writing out and the natural log-sum-exp lse (MX_CUDA_TRAIN_FWD=wgmma: the
+ *             inference prefill kernel k_fa_wgmma instead, once per sequence, while the two are compared);
  *   backward: FlashAttention-2's recurrences without the T x T matrices, on mma.sync m16n8k16 (bf16 operands,
  *             fp32 accumulators held in registers; any GPU of compute capability 8.0 or later), on bf16 copies of
  *             q, k, v and dout, in two kernels so that every gradient row has one owner and nothing is atomic
@@ -11,7 +12,7 @@
  *       dV += Pᵀ dO, dK += dSᵀ Q; then dK *= scale and both are ADDED to dk, dv (shared caches);
  *     k_bwd_dq, one block per 64 queries of a head: for each block of 64 keys it sees, S = Q Kᵀ,
  *       P = exp(scale S - lse), dP = dO Vᵀ, dS = P ∘ (dP - Δ), dQ += dS K; then dq = scale dQ (overwritten).
- *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. S, P, dP and every sum stay fp32 in registers; P and dS
+ *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. All of them read bf16 copies of their fp32 inputs. S, P, dP and every sum stay fp32 in registers; P and dS
  *   are rounded to bf16 as they enter a product. The streamed tiles are double-buffered through cp.async.
  * Each block has 4 warps, each owning 16 of the block's 64 rows (its rows of S, P, dP and its accumulators),
  * so only the staging of a tile needs the whole block. Shapes as in backend_train.h: q (B, T, H, D),
@@ -115,11 +116,98 @@ __device__ __forceinline__ void write_rows(const float (&acc)[D / 8][4], float s
     }
 }
 
+template <int D> constexpr size_t fwd_smem() {
+    return sizeof(bf16) * 5 * FB * D; /* Q, 2 x K, 2 x V */
+}
 template <int D> constexpr size_t dq_smem() {
     return sizeof(bf16) * 6 * FB * D; /* Q, dO, 2 x K, 2 x V */
 }
 template <int D> constexpr size_t dkv_smem() {
     return sizeof(bf16) * 6 * FB * D + sizeof(float) * 4 * FB; /* K, V, 2 x Q, 2 x dO; 2 x (lse, Δ) */
+}
+
+/* grid (H, B, ceil(T / FB)), the heaviest query blocks first: out and lse of queries i0 .. i0 + FB - 1 of head
+ * h, FlashAttention-2's online softmax over the key blocks they see (the max in log2 units, P rounded to bf16
+ * for P V). */
+template <int D>
+__global__ void __launch_bounds__(NTH)
+    k_fwd(mx_tr_attn_shape s, float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16 *sQ = (bf16 *)smem_raw, *sK = sQ + FB * D, *sV = sK + 2 * FB * D;
+    const int h = blockIdx.x, b = blockIdx.y, i0 = (gridDim.z - 1 - blockIdx.z) * FB;
+    const int T = s.T, g = h / (s.H / s.G), w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int j_first = s.window > 0 ? max(0, i0 - s.window + 1) / FB * FB : 0;
+    const int n_tiles = (min(T - 1, i0 + FB - 1) - j_first) / FB + 1;
+    load_tile<D>(sQ, q, b, T, s.H, h, i0);
+    load_tile<D>(sK, k, b, T, s.G, g, j_first);
+    load_tile<D>(sV, v, b, T, s.G, g, j_first);
+    cp_commit();
+    int row[2];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) row[hf] = i0 + 16 * w + (lane >> 2) + 8 * hf;
+    float o[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    const float sl2 = s.scale * LOG2E;
+    for (int n = 0; n < n_tiles; n++) {
+        cp_wait_all();
+        __syncthreads(); /* tile n is in; every warp is done with tile n - 1 */
+        const int j0 = j_first + n * FB;
+        if (n + 1 < n_tiles) {
+            int nb = (n + 1) & 1;
+            load_tile<D>(sK + nb * FB * D, k, b, T, s.G, g, j0 + FB);
+            load_tile<D>(sV + nb * FB * D, v, b, T, s.G, g, j0 + FB);
+            cp_commit();
+        }
+        const bf16 *k_s = sK + (n & 1) * FB * D, *v_s = sV + (n & 1) * FB * D;
+        float sc[NT][4];
+        warp_scores<D>(sc, sQ, 16 * w, k_s);
+        if (tile_masked(i0, j0, T, s.window)) {
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (!visible(row[e >> 1], j0 + 8 * j + 2 * (lane & 3) + (e & 1), T, s.window))
+                        sc[j][e] = -INFINITY;
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(sc[j][2 * hf], sc[j][2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m[hf], mx * sl2), m_use = m_new == -INFINITY ? 0.0f : m_new;
+            float alpha = exp2f(m[hf] - m_use), sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                    sc[j][e] = exp2f(fmaf(sc[j][e], sl2, -m_use));
+                    sum += sc[j][e];
+                }
+            l[hf] = l[hf] * alpha + sum, m[hf] = m_new;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) o[j][2 * hf] *= alpha, o[j][2 * hf + 1] *= alpha;
+        }
+        warp_accumulate<D>(o, sc, v_s);
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float sum = l[hf];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l[hf] = sum;
+        if (row[hf] < T && (lane & 3) == 0)
+            lse[((size_t)b * T + row[hf]) * s.H + h] = sum > 0.0f ? (m[hf] + log2f(sum)) * LN2 : -INFINITY;
+    }
+    float inv[2] = {l[0] > 0.0f ? 1.0f / l[0] : 0.0f, l[1] > 0.0f ? 1.0f / l[1] : 0.0f};
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[j][e] *= inv[e >> 1];
+    write_rows<D>(o, 1.0f, out, b, T, s.H, h, i0 + 16 * w, false);
 }
 
 /* grid (H, B, ceil(T / FB)), the heaviest query blocks first: dq of queries i0 .. i0 + FB - 1 of head h. */
@@ -282,17 +370,11 @@ bf16 *bf16_copy(cudaStream_t st, const float *x, size_t n) {
 
 } // namespace
 
-bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse,
-                             const float *q, const float *k, const float *v) {
-    mx_cuda_ctx *c = cu_ctx(be);
-    if (!takes(s)) return false;
-    size_t nkv = (size_t)s->B * s->T * s->G * s->Dk, per_kv = (size_t)s->T * s->G * s->Dk,
-           per_q = (size_t)s->T * s->H * s->Dk, per_l = (size_t)s->T * s->H;
-    bf16 *kb = NULL, *vb = NULL;
-    CU_CHECK(cudaMallocAsync((void **)&kb, sizeof(bf16) * nkv, c->stream));
-    CU_CHECK(cudaMallocAsync((void **)&vb, sizeof(bf16) * nkv, c->stream));
-    mx_cuda_to_bf16(c->stream, kb, k, nkv);
-    mx_cuda_to_bf16(c->stream, vb, v, nkv);
+/* The forward through k_fa_wgmma, once per sequence (MX_CUDA_TRAIN_FWD=wgmma, while the two are compared). */
+static bool fwd_wgmma(mx_cuda_ctx *c, const mx_tr_attn_shape *s, float *out, float *lse, const float *q,
+                      const bf16 *kb, const bf16 *vb) {
+    size_t per_kv = (size_t)s->T * s->G * s->Dk, per_q = (size_t)s->T * s->H * s->Dk,
+           per_l = (size_t)s->T * s->H;
     mx_attn_spec sp = {};
     sp.n_q = s->T, sp.n_head = s->H, sp.n_kv_head = s->G, sp.head_dim = s->Dk, sp.v_dim = s->Dv;
     sp.q_pos0 = 0, sp.n_slots = s->T, sp.window = s->window, sp.causal = true, sp.kv_lo = 0,
@@ -307,8 +389,39 @@ bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *o
         if (!ok && b > 0)
             mx_cuda_fatal("training attention", "k_fa_wgmma refused a later sequence", __FILE__, __LINE__);
     }
-    CU_CHECK(cudaFreeAsync(kb, c->stream));
-    CU_CHECK(cudaFreeAsync(vb, c->stream));
+    return ok;
+}
+
+template <int D>
+void launch_fwd(cudaStream_t st, const mx_tr_attn_shape *s, float *out, float *lse, const bf16 *q,
+                const bf16 *k, const bf16 *v) {
+    CU_CHECK(cudaFuncSetAttribute(k_fwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fwd_smem<D>()));
+    unsigned nb = (unsigned)((s->T + FB - 1) / FB);
+    k_fwd<D><<<dim3(s->H, s->B, nb), NTH, fwd_smem<D>(), st>>>(*s, out, lse, q, k, v);
+    CU_LAUNCHED();
+}
+
+bool mx_cuda_train_flash_fwd(mx_backend *be, const mx_tr_attn_shape *s, float *out, float *lse,
+                             const float *q, const float *k, const float *v) {
+    mx_cuda_ctx *c = cu_ctx(be);
+    if (!takes(s) || !aligned8(out)) return false;
+    cudaStream_t st = c->stream;
+    size_t nq = (size_t)s->B * s->T * s->H * s->Dk, nkv = (size_t)s->B * s->T * s->G * s->Dk;
+    bf16 *kb = bf16_copy(st, k, nkv), *vb = bf16_copy(st, v, nkv), *qb = NULL;
+    bool ok = true;
+    const char *e = getenv("MX_CUDA_TRAIN_FWD");
+    if (e && !strcmp(e, "wgmma")) {
+        ok = fwd_wgmma(c, s, out, lse, q, kb, vb);
+    } else {
+        qb = bf16_copy(st, q, nq);
+        if (s->Dk == 64)
+            launch_fwd<64>(st, s, out, lse, qb, kb, vb);
+        else
+            launch_fwd<128>(st, s, out, lse, qb, kb, vb);
+    }
+    bf16 *tmp[] = {kb, vb, qb};
+    for (int i = 0; i < 3; i++)
+        if (tmp[i]) CU_CHECK(cudaFreeAsync(tmp[i], st));
     return ok;
 }
 
