@@ -12,8 +12,9 @@
  *       dV += Pᵀ dO, dK += dSᵀ Q; then dK *= scale and both are ADDED to dk, dv (shared caches);
  *     k_bwd_dq, one block per 64 queries of a head: for each block of 64 keys it sees, S = Q Kᵀ,
  *       P = exp(scale S - lse), dP = dO Vᵀ, dS = P ∘ (dP - Δ), dQ += dS K; then dq = scale dQ (overwritten).
- *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. All of them read bf16 copies of their fp32 inputs. S, P, dP and every sum stay fp32 in registers; P and dS
- *   are rounded to bf16 as they enter a product. The streamed tiles are double-buffered through cp.async.
+ *   Δ = rowsum(dO ∘ O) comes from cuda_train_attn.cu. All of them read bf16 copies of their fp32 inputs. S, P,
+ *   dP and every sum stay fp32 in registers; P and dS are rounded to bf16 as they enter a product. The streamed
+ *   tiles are double-buffered through cp.async.
  * Each block has 4 warps, each owning 16 of the block's 64 rows (its rows of S, P, dP and its accumulators),
  * so only the staging of a tile needs the whole block. Shapes as in backend_train.h: q (B, T, H, D),
  * k, v (B, T, G, D), out, dout (B, T, H, D), lse, delta (B, T, H). */
