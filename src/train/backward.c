@@ -174,18 +174,22 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     const mx_tlayer *L = &m->layers[l];
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nc = (size_t)N * C, nf = (size_t)N * F;
-    const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf, *act = a->act + l * nf;
+    const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf;
+    float *act = a->dpre; /* the input of ffn_down, formed again (the forward does not keep it) */
     if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
         mx_moe_tr_bwd(m, l);
     } else if (c->arch == MX_TARCH_GPT2) {
+        MX_OP(m, gelu_fwd, act, pre, (long)nf);
         MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
               false);
         MX_OP(m, gelu_bwd, a->dpre, a->dact, pre, (long)nf);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
+        const float *up = a->up + l * nf;
+        MX_OP(m, swiglu_fwd, act, pre, up, (long)nf);
         MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
               false);
-        MX_OP(m, swiglu_bwd, a->dpre, a->dup, a->dact, pre, a->up + l * nf, (long)nf);
+        MX_OP(m, swiglu_bwd, a->dpre, a->dup, a->dact, pre, up, (long)nf);
         MX_OP(m, matmul_bwd, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
     }
@@ -216,12 +220,17 @@ static void attention_bwd(mx_tmodel *m, int l) {
     const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
     MX_OP(m, matmul_bwd, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
-    MX_OP(m, attn_bwd, &sh, a->dq, a->dk + src * nkv, a->dv + src * nkv, a->datt, a->q + l * nq,
-          a->k + src * nkv, a->v + src * nkv, att, a->lse + (size_t)l * N * H);
+    int slot = mx_tmodel_dkv_slot(m, src);
+    float *dk = a->dk + slot * nkv, *dv = a->dv + slot * nkv;
+    if (slot == 0) { /* nobody else adds to it: the scratch slot, cleared for this layer alone */
+        MX_OP(m, zero, dk, nkv);
+        MX_OP(m, zero, dv, nkv);
+    }
+    MX_OP(m, attn_bwd, &sh, a->dq, dk, dv, a->datt, a->q + l * nq, a->k + src * nkv, a->v + src * nkv, att,
+          a->lse + (size_t)l * N * H);
     if (rope) MX_OP(m, rope, a->dq, B, T, H, D, c->rope_theta, true);
     MX_OP(m, matmul_bwd, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */
-        float *dk = a->dk + l * nkv, *dv = a->dv + l * nkv;
         if (rope) MX_OP(m, rope, dk, B, T, G, D, c->rope_theta, true);
         MX_OP(m, matmul_bwd, a->dln, L->wk->g, grad(L->bk), dk, ln, L->wk->w, N, C, G * D, true);
         MX_OP(m, matmul_bwd, a->dln, L->wv->g, grad(L->bv), dv, ln, L->wv->w, N, C, G * D, true);
@@ -235,9 +244,12 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
     mx_tacts *a = &m->acts;
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
-    size_t nkv = (size_t)c->n_layer * N * c->n_kv_head * m->head_dim;
-    MX_OP(m, zero, a->dk, nkv);
-    MX_OP(m, zero, a->dv, nkv);
+    size_t shared = (size_t)mx_tmodel_shared_writers(m) * N * c->n_kv_head * m->head_dim;
+    if (shared) { /* the slots of the writers that readers add to, after slot 0 */
+        size_t nkv = (size_t)N * c->n_kv_head * m->head_dim;
+        MX_OP(m, zero, a->dk + nkv, shared);
+        MX_OP(m, zero, a->dv + nkv, shared);
+    }
     MX_OP(m, zero, a->dx, nc);
     norm_bwd(m, a->dx, a->dln, a->x + (size_t)c->n_layer * nc, a->lnf_mean, a->lnf_rstd, m->out_norm,
              m->out_norm_b);

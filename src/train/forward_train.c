@@ -142,7 +142,7 @@ static void mlp_fwd(mx_tmodel *m, int l) {
     const mx_tlayer *L = &m->layers[l];
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nf = (size_t)N * F;
-    float *ln = a->ln2 + (size_t)l * N * C, *pre = a->pre + l * nf, *act = a->act + l * nf;
+    float *ln = a->ln2 + (size_t)l * N * C, *pre = a->pre + l * nf, *act = a->dpre; /* not kept: mlp_bwd */
     if (c->arch == MX_TARCH_GPT2) {
         MX_OP(m, matmul_fwd, pre, ln, L->w_up->w, bias(L->b_up), N, C, F);
         MX_OP(m, gelu_fwd, act, pre, (long)nf);

@@ -467,6 +467,26 @@ void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed) {
 
 /* ---- activations ---- */
 
+/* Whether another layer reads the K/V that layer w writes. */
+static bool kv_is_read(const mx_tmodel *m, int w) {
+    for (int r = 0; r < m->cfg.n_layer; r++)
+        if (r != w && m->plan[r].kv_from == w) return true;
+    return false;
+}
+
+int mx_tmodel_shared_writers(const mx_tmodel *m) {
+    int n = 0;
+    for (int w = 0; w < m->cfg.n_layer; w++) n += kv_is_read(m, w);
+    return n;
+}
+
+int mx_tmodel_dkv_slot(const mx_tmodel *m, int w) {
+    if (!kv_is_read(m, w)) return 0;
+    int slot = 1;
+    for (int u = 0; u < w; u++) slot += kv_is_read(m, u);
+    return slot;
+}
+
 /* The activations of one batch: host memory (be NULL) or be's. */
 static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     const mx_train_config *c = &m->cfg;
@@ -475,6 +495,8 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     size_t N = (size_t)a->B * a->T, L = (size_t)c->n_layer, C = (size_t)c->d_model, F = (size_t)c->d_ff;
     size_t HD = (size_t)c->n_head * m->head_dim, GD = (size_t)c->n_kv_head * m->head_dim,
            H = (size_t)c->n_head;
+    size_t up = c->arch == MX_TARCH_LLAMA && c->n_expert == 0 ? L * N * F : 0;
+    size_t slots = 1 + (size_t)mx_tmodel_shared_writers(m);
     struct {
         float **p;
         size_t n;
@@ -482,15 +504,17 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
         {&a->x, (L + 1) * N * C}, {&a->xm, L * N * C},   {&a->ln1, L * N * C},  {&a->ln2, L * N * C},
         {&a->ln1_mean, L * N},    {&a->ln1_rstd, L * N}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N},
         {&a->q, L * N * HD},      {&a->k, L * N * GD},   {&a->v, L * N * GD},   {&a->att, L * N * HD},
-        {&a->lse, L * N * H},     {&a->pre, L * N * F},  {&a->up, L * N * F},   {&a->act, L * N * F},
+        {&a->lse, L * N * H},     {&a->pre, L * N * F},  {&a->up, up},
+
         {&a->lnf, N * C},         {&a->lnf_mean, N},     {&a->lnf_rstd, N},     {&a->dx, N * C},
-        {&a->dln, N * C},         {&a->dq, N * HD},      {&a->datt, N * HD},    {&a->dk, L * N * GD},
-        {&a->dv, L * N * GD},     {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
+        {&a->dln, N * C},         {&a->dq, N * HD},      {&a->datt, N * HD},    {&a->dk, slots * N * GD},
+        {&a->dv, slots * N * GD},     {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
         {&a->tmp, N * C},
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) total += bufs[i].n;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (!bufs[i].n) continue; /* not used by this model: stays NULL */
         *bufs[i].p = be ? be->alloc(be, sizeof(float) * bufs[i].n) : calloc(bufs[i].n, sizeof(float));
         if (!*bufs[i].p)
             return mx_err_set(
@@ -506,10 +530,11 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
 static void free_acts(mx_tacts *a, mx_backend *be) {
     float *bufs[] = {a->x,        a->xm,       a->ln1, a->ln2,  a->ln1_mean, a->ln1_rstd,
                      a->ln2_mean, a->ln2_rstd, a->q,   a->k,    a->v,        a->att,
-                     a->lse,      a->pre,      a->up,  a->act,  a->lnf,      a->lnf_mean,
+                     a->lse,      a->pre,      a->up,  a->lnf,      a->lnf_mean,
                      a->lnf_rstd, a->dx,       a->dln, a->dq,   a->datt,     a->dk,
                      a->dv,       a->dpre,     a->dup, a->dact, a->tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (!bufs[i]) continue;
         if (be)
             be->free(be, bufs[i]);
         else

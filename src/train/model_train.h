@@ -109,15 +109,17 @@ typedef struct {
     float *k, *v;                     /* (L, N, G*D) after RoPE; filled for layers that write their own K/V */
     float *att;                       /* (L, N, H*D) attention output */
     float *lse;                       /* (L, N, H) log-sum-exp of each attention row */
-    float *pre;                       /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
-    float *up;                        /* (L, N, F) Llama: the up projection */
-    float *act;                       /* (L, N, F) input of ffn_down */
+    float *pre; /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
+    float *up;  /* (L, N, F) Llama without experts: the up projection (NULL otherwise) */
+    /* the input of ffn_down, gelu(pre) or silu(pre) * up, is not kept: the forward forms it in dpre and the
+     * backward forms it again there (as llm.c recomputes its GELU), which saves L x N x F floats */
     float *lnf, *lnf_mean, *lnf_rstd; /* (N, C), (N) */
     /* backward scratch */
     float *dx;                /* (N, C) gradient of the residual stream */
     float *dln;               /* (N, C) */
     float *dq, *datt;         /* (N, H*D) */
-    float *dk, *dv;           /* (L, N, G*D) per writing layer, summed over its readers */
+    float *dk, *dv;           /* (1 + S, N, G*D): slot 0 for a layer whose K/V no other layer reads, then one
+                                 per writer that has readers (S of them), summed over its readers: dkv_slot() */
     float *dpre, *dup, *dact; /* (N, F) */
     float *tmp;               /* (N, C) */
     /* the blocks beyond MHA and the dense MLP (NULL when unused) */
@@ -181,5 +183,9 @@ double mx_tmodel_step(mx_tmodel *m, const int *tokens, const int *targets, bool 
 void mx_tmodel_forward(mx_tmodel *m, const int *tokens);
 /* The backward pass given the gradient of the final norm's output in acts.dln; backward.c. */
 void mx_tmodel_backward(mx_tmodel *m, const int *tokens);
+/* The layers whose K/V another layer reads, and the slot of acts.dk/dv that writer w's gradients gather in (0: no
+ * other layer reads them, a scratch slot shared by all such writers; else 1 + its rank among those read). */
+int mx_tmodel_shared_writers(const mx_tmodel *m);
+int mx_tmodel_dkv_slot(const mx_tmodel *m, int w);
 
 #endif
