@@ -175,7 +175,7 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nc = (size_t)N * C, nf = (size_t)N * F;
     const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf;
-    float *act = a->dpre; /* the input of ffn_down, formed again (the forward does not keep it) */
+    float *act = a->dpre;  /* the input of ffn_down, formed again (the forward does not keep it) */
     if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
         mx_moe_tr_bwd(m, l);
     } else if (c->arch == MX_TARCH_GPT2) {

@@ -508,7 +508,7 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
 
         {&a->lnf, N * C},         {&a->lnf_mean, N},     {&a->lnf_rstd, N},     {&a->dx, N * C},
         {&a->dln, N * C},         {&a->dq, N * HD},      {&a->datt, N * HD},    {&a->dk, slots * N * GD},
-        {&a->dv, slots * N * GD},     {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
+        {&a->dv, slots * N * GD}, {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
         {&a->tmp, N * C},
     };
     size_t total = 0;
@@ -528,11 +528,10 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
 }
 
 static void free_acts(mx_tacts *a, mx_backend *be) {
-    float *bufs[] = {a->x,        a->xm,       a->ln1, a->ln2,  a->ln1_mean, a->ln1_rstd,
-                     a->ln2_mean, a->ln2_rstd, a->q,   a->k,    a->v,        a->att,
-                     a->lse,      a->pre,      a->up,  a->lnf,      a->lnf_mean,
-                     a->lnf_rstd, a->dx,       a->dln, a->dq,   a->datt,     a->dk,
-                     a->dv,       a->dpre,     a->dup, a->dact, a->tmp};
+    float *bufs[] = {a->x,        a->xm,  a->ln1,      a->ln2,      a->ln1_mean, a->ln1_rstd, a->ln2_mean,
+                     a->ln2_rstd, a->q,   a->k,        a->v,        a->att,      a->lse,      a->pre,
+                     a->up,       a->lnf, a->lnf_mean, a->lnf_rstd, a->dx,       a->dln,      a->dq,
+                     a->datt,     a->dk,  a->dv,       a->dpre,     a->dup,      a->dact,     a->tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (!bufs[i]) continue;
         if (be)

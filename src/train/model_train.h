@@ -106,11 +106,11 @@ typedef struct {
     float *ln1, *ln2; /* (L, N, C) normalized inputs of attention and MLP */
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (L, N) */
     float *q;                                         /* (L, N, H*D) after RoPE */
-    float *k, *v;                     /* (L, N, G*D) after RoPE; filled for layers that write their own K/V */
-    float *att;                       /* (L, N, H*D) attention output */
-    float *lse;                       /* (L, N, H) log-sum-exp of each attention row */
-    float *pre; /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
-    float *up;  /* (L, N, F) Llama without experts: the up projection (NULL otherwise) */
+    float *k, *v; /* (L, N, G*D) after RoPE; filled for layers that write their own K/V */
+    float *att;   /* (L, N, H*D) attention output */
+    float *lse;   /* (L, N, H) log-sum-exp of each attention row */
+    float *pre;   /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
+    float *up;    /* (L, N, F) Llama without experts: the up projection (NULL otherwise) */
     /* the input of ffn_down, gelu(pre) or silu(pre) * up, is not kept: the forward forms it in dpre and the
      * backward forms it again there (as llm.c recomputes its GELU), which saves L x N x F floats */
     float *lnf, *lnf_mean, *lnf_rstd; /* (N, C), (N) */
