@@ -46,7 +46,7 @@ typedef struct {
         *precision; /* "cpu" | "cuda"; "bf16" | "fp32" (NULL: bf16 on a GPU, fp32 on the CPU) */
     const char *sets[MAX_SETS];
     int n_sets, threads, max_steps, gpu;
-    bool quiet, dp, zero1, act_rms, gpu_given, profile;
+    bool quiet, dp, zero1, act_rms, gpu_given, profile, recompute;
 } train_opts;
 
 static void help(FILE *f) {
@@ -81,6 +81,10 @@ static void help(FILE *f) {
         "  -q, --quiet         no progress lines\n"
         "  --profile           print where a step's time goes, op by op (the device synced around each op,\n"
         "                      so profiled steps run a little slower; the first step is left out)\n"
+        "  --recompute         keep only each layer's input (and K/V) through the step and run the layer's\n"
+        "                      forward again in the backward: activation memory of one layer instead of\n"
+        "                      all, for one more forward pass; the same gradients bit for bit (config key\n"
+        "                      recompute)\n"
         "  --log-act-rms       add \"act_rms\" to each step's log line: the RMS of the residual stream "
         "entering\n"
         "                      each layer and leaving the last (a coordinate check; scripts/coord_check.py)\n"
@@ -114,6 +118,7 @@ static int parse(train_opts *o, int argc, char **argv) {
                      : !strcmp(a, "--dp")                      ? &o->dp
                      : !strcmp(a, "--profile")                 ? &o->profile
                      : !strcmp(a, "--zero1")                   ? &o->zero1
+                     : !strcmp(a, "--recompute")               ? &o->recompute
                                                                : NULL;
         if (flag) {
             *flag = true;
@@ -203,6 +208,7 @@ static int load_config(const train_opts *o, mx_train_config *cfg, char *ckpt, si
     }
     for (int i = 0; i < o->n_sets; i++)
         if (mx_train_config_set(cfg, o->sets[i], err)) return err->code;
+    if (o->recompute) cfg->recompute = true;
     return mx_train_config_check(cfg, err);
 }
 
@@ -491,6 +497,8 @@ static void describe(const mx_tmodel *m, int start, const mx_dp *dp) {
                      (double)c->d_model / c->mup_base_width);
         fprintf(stderr, "  attention %s, %s, %s\n", mx_attn_kind_name(c->attn), moe, mup);
     }
+    fprintf(stderr, "  activations %.2f MiB%s\n", m->acts.floats * 4.0 / 1048576.0,
+            c->recompute ? " (recompute: one layer's, formed again in the backward)" : "");
     if (dp)
         fprintf(stderr, "  data parallel over %d ranks: %d sequences of each micro-batch per rank%s\n",
                 dp->size, dp->batch_local, dp->zero1 ? ", AdamW moments sharded (ZeRO-1)" : "");

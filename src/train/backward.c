@@ -174,7 +174,8 @@ static void mlp_bwd(mx_tmodel *m, int l) {
     const mx_tlayer *L = &m->layers[l];
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nc = (size_t)N * C, nf = (size_t)N * F;
-    const float *ln = a->ln2 + l * nc, *pre = a->pre + l * nf;
+    size_t sl = mx_tmodel_slot(m, l);
+    const float *ln = a->ln2 + sl * nc, *pre = a->pre + sl * nf;
     float *act = a->dpre;  /* the input of ffn_down, formed again (the forward does not keep it) */
     if (c->n_expert > 0) { /* the experts leave the gradient of the normed input in dln */
         mx_moe_tr_bwd(m, l);
@@ -185,7 +186,7 @@ static void mlp_bwd(mx_tmodel *m, int l) {
         MX_OP(m, gelu_bwd, a->dpre, a->dact, pre, (long)nf);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, grad(L->b_up), a->dpre, ln, L->w_up->w, N, C, F, false);
     } else {
-        const float *up = a->up + l * nf;
+        const float *up = a->up + sl * nf;
         MX_OP(m, swiglu_fwd, act, pre, up, (long)nf);
         MX_OP(m, matmul_bwd, a->dact, L->w_down->g, grad(L->b_down), a->dx, act, L->w_down->w, N, F, C,
               false);
@@ -193,8 +194,8 @@ static void mlp_bwd(mx_tmodel *m, int l) {
         MX_OP(m, matmul_bwd, a->dln, L->w_gate->g, NULL, a->dpre, ln, L->w_gate->w, N, C, F, false);
         MX_OP(m, matmul_bwd, a->dln, L->w_up->g, NULL, a->dup, ln, L->w_up->w, N, C, F, true);
     }
-    norm_bwd(m, a->dx, a->dln, a->xm + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N,
-             L->ffn_norm, L->ffn_norm_b);
+    norm_bwd(m, a->dx, a->dln, a->xm + sl * nc, a->ln2_mean + sl * N, a->ln2_rstd + sl * N, L->ffn_norm,
+             L->ffn_norm_b);
 }
 
 /* From dx = gradient of x_m: adds the attention path's contribution (then dx is the gradient of the layer's
@@ -209,15 +210,17 @@ static void attention_bwd(mx_tmodel *m, int l) {
             mx_mla_tr_bwd(m, l);
         else
             mx_mka_tr_bwd(m, l);
-        norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + (size_t)l * a->B * a->T,
-                 a->ln1_rstd + (size_t)l * a->B * a->T, L->attn_norm, L->attn_norm_b);
+        size_t rows = mx_tmodel_slot(m, l) * a->B * a->T;
+        norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + rows, a->ln1_rstd + rows, L->attn_norm,
+                 L->attn_norm_b);
         return;
     }
     int B = a->B, T = a->T, N = B * T, C = c->d_model, H = c->n_head, G = c->n_kv_head, D = m->head_dim;
     int src = m->plan[l].kv_from;
     bool rope = c->arch == MX_TARCH_LLAMA;
     size_t nc = (size_t)N * C, nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
-    const float *ln = a->ln1 + l * nc, *att = a->att + l * nq;
+    size_t sl = mx_tmodel_slot(m, l);
+    const float *ln = a->ln1 + sl * nc, *att = a->att + sl * nq;
     MX_OP(m, matmul_bwd, a->datt, L->wo->g, grad(L->bo), a->dx, att, L->wo->w, N, H * D, C, false);
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
     int slot = mx_tmodel_dkv_slot(m, src);
@@ -226,8 +229,8 @@ static void attention_bwd(mx_tmodel *m, int l) {
         MX_OP(m, zero, dk, nkv);
         MX_OP(m, zero, dv, nkv);
     }
-    MX_OP(m, attn_bwd, &sh, a->dq, dk, dv, a->datt, a->q + l * nq, a->k + src * nkv, a->v + src * nkv, att,
-          a->lse + (size_t)l * N * H);
+    MX_OP(m, attn_bwd, &sh, a->dq, dk, dv, a->datt, a->q + sl * nq, a->k + src * nkv, a->v + src * nkv, att,
+          a->lse + sl * N * H);
     if (rope) MX_OP(m, rope, a->dq, B, T, H, D, c->rope_theta, true);
     MX_OP(m, matmul_bwd, a->dln, L->wq->g, grad(L->bq), a->dq, ln, L->wq->w, N, C, H * D, false);
     if (src == l) { /* every reader (later layers) has added its part by now */
@@ -235,8 +238,8 @@ static void attention_bwd(mx_tmodel *m, int l) {
         MX_OP(m, matmul_bwd, a->dln, L->wk->g, grad(L->bk), dk, ln, L->wk->w, N, C, G * D, true);
         MX_OP(m, matmul_bwd, a->dln, L->wv->g, grad(L->bv), dv, ln, L->wv->w, N, C, G * D, true);
     }
-    norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N,
-             L->attn_norm, L->attn_norm_b);
+    norm_bwd(m, a->dx, a->dln, a->x + l * nc, a->ln1_mean + sl * N, a->ln1_rstd + sl * N, L->attn_norm,
+             L->attn_norm_b);
 }
 
 void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
@@ -254,6 +257,7 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens) {
     norm_bwd(m, a->dx, a->dln, a->x + (size_t)c->n_layer * nc, a->lnf_mean, a->lnf_rstd, m->out_norm,
              m->out_norm_b);
     for (int l = c->n_layer - 1; l >= 0; l--) {
+        if (c->recompute) mx_tmodel_layer_forward(m, l); /* this layer's activations, again */
         mlp_bwd(m, l);
         attention_bwd(m, l);
     }

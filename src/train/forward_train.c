@@ -121,7 +121,8 @@ static void attention_fwd(mx_tmodel *m, int l) {
     int B = a->B, T = a->T, N = B * T, C = c->d_model, H = c->n_head, G = c->n_kv_head, D = m->head_dim;
     int src = m->plan[l].kv_from;
     size_t nq = (size_t)N * H * D, nkv = (size_t)N * G * D;
-    float *ln = a->ln1 + (size_t)l * N * C, *q = a->q + l * nq, *att = a->att + l * nq;
+    size_t sl = mx_tmodel_slot(m, l);
+    float *ln = a->ln1 + sl * N * C, *q = a->q + sl * nq, *att = a->att + sl * nq;
     MX_OP(m, matmul_fwd, q, ln, L->wq->w, bias(L->bq), N, C, H * D);
     if (c->arch == MX_TARCH_LLAMA) MX_OP(m, rope, q, B, T, H, D, c->rope_theta, false);
     if (src == l) {
@@ -131,7 +132,7 @@ static void attention_fwd(mx_tmodel *m, int l) {
         if (c->arch == MX_TARCH_LLAMA) MX_OP(m, rope, k, B, T, G, D, c->rope_theta, false);
     }
     mx_tr_attn_shape sh = {B, T, H, G, D, D, m->plan[l].window, mx_attn_scale(m, D)};
-    MX_OP(m, attn_fwd, &sh, att, a->lse + (size_t)l * N * H, q, a->k + src * nkv, a->v + src * nkv);
+    MX_OP(m, attn_fwd, &sh, att, a->lse + sl * N * H, q, a->k + src * nkv, a->v + src * nkv);
     MX_OP(m, matmul_fwd, a->tmp, att, L->wo->w, bias(L->bo), N, H * D, C);
 }
 
@@ -142,17 +143,34 @@ static void mlp_fwd(mx_tmodel *m, int l) {
     const mx_tlayer *L = &m->layers[l];
     int N = a->B * a->T, C = c->d_model, F = c->d_ff;
     size_t nf = (size_t)N * F;
-    float *ln = a->ln2 + (size_t)l * N * C, *pre = a->pre + l * nf, *act = a->dpre; /* not kept: mlp_bwd */
+    size_t sl = mx_tmodel_slot(m, l);
+    float *ln = a->ln2 + sl * N * C, *pre = a->pre + sl * nf, *act = a->dpre; /* not kept: mlp_bwd */
     if (c->arch == MX_TARCH_GPT2) {
         MX_OP(m, matmul_fwd, pre, ln, L->w_up->w, bias(L->b_up), N, C, F);
         MX_OP(m, gelu_fwd, act, pre, (long)nf);
     } else {
-        float *up = a->up + l * nf;
+        float *up = a->up + sl * nf;
         MX_OP(m, matmul_fwd, pre, ln, L->w_gate->w, NULL, N, C, F);
         MX_OP(m, matmul_fwd, up, ln, L->w_up->w, NULL, N, C, F);
         MX_OP(m, swiglu_fwd, act, pre, up, (long)nf);
     }
     MX_OP(m, matmul_fwd, a->tmp, act, L->w_down->w, bias(L->b_down), N, F, C);
+}
+
+void mx_tmodel_layer_forward(mx_tmodel *m, int l) {
+    mx_tacts *a = &m->acts;
+    const mx_tlayer *L = &m->layers[l];
+    int N = a->B * a->T;
+    size_t nc = (size_t)N * m->cfg.d_model, sl = mx_tmodel_slot(m, l);
+    float *x = a->x + l * nc, *xm = a->xm + sl * nc;
+    norm_fwd(m, a->ln1 + sl * nc, a->ln1_mean + sl * N, a->ln1_rstd + sl * N, x, L->attn_norm, L->attn_norm_b,
+             N);
+    attention_fwd(m, l);
+    MX_OP(m, add, xm, x, a->tmp, (long)nc);
+    norm_fwd(m, a->ln2 + sl * nc, a->ln2_mean + sl * N, a->ln2_rstd + sl * N, xm, L->ffn_norm, L->ffn_norm_b,
+             N);
+    mlp_fwd(m, l);
+    MX_OP(m, add, a->x + (l + 1) * nc, xm, a->tmp, (long)nc);
 }
 
 void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
@@ -161,18 +179,7 @@ void mx_tmodel_forward(mx_tmodel *m, const int *tokens) {
     int N = a->B * a->T, C = c->d_model;
     size_t nc = (size_t)N * C;
     MX_OP(m, embed_fwd, a->x, m->tok_embd->w, m->pos_embd ? m->pos_embd->w : NULL, tokens, a->B, a->T, C);
-    for (int l = 0; l < c->n_layer; l++) {
-        const mx_tlayer *L = &m->layers[l];
-        float *x = a->x + l * nc, *xm = a->xm + l * nc;
-        norm_fwd(m, a->ln1 + l * nc, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, x,
-                 L->attn_norm, L->attn_norm_b, N);
-        attention_fwd(m, l);
-        MX_OP(m, add, xm, x, a->tmp, (long)nc);
-        norm_fwd(m, a->ln2 + l * nc, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, xm,
-                 L->ffn_norm, L->ffn_norm_b, N);
-        mlp_fwd(m, l);
-        MX_OP(m, add, a->x + (l + 1) * nc, xm, a->tmp, (long)nc);
-    }
+    for (int l = 0; l < c->n_layer; l++) mx_tmodel_layer_forward(m, l);
     norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x + (size_t)c->n_layer * nc, m->out_norm, m->out_norm_b,
              N);
 }

@@ -191,7 +191,7 @@ void mx_mka_tr_fwd(mx_tmodel *m, int l) {
     mka_layer *y = &A->mka->l[l];
     const mx_tlayer *L = &m->layers[l];
     mka_dims d = dims_of(m, l);
-    const float *x = A->ln1 + (size_t)l * d.N * d.C;
+    const float *x = A->ln1 + mx_tmodel_slot(m, l) * d.N * d.C;
     router_fwd(L, x, y->hr, y->r, d.N, d.C);
     prefix_mean(y->l2, x, d.B, d.T, d.C);
     mx_tr_matmul_fwd(y->q, x, L->wq->w, wt(L->bq), d.N, d.C, d.H * d.D);
@@ -303,7 +303,7 @@ void mx_mka_tr_bwd(mx_tmodel *m, int l) {
     mka_layer *y = &a->l[l];
     const mx_tlayer *L = &m->layers[l];
     mka_dims d = dims_of(m, l);
-    const float *x = A->ln1 + (size_t)l * d.N * d.C;
+    const float *x = A->ln1 + mx_tmodel_slot(m, l) * d.N * d.C;
     mx_tr_attn_shape sh = {d.B, d.T, d.H, d.G, d.D, d.D, m->plan[l].window, mx_attn_scale(m, d.D)};
     mx_tr_matmul_bwd(a->dmix, L->wo->g, gr(L->bo), A->dx, y->mix, L->wo->w, d.N, d.H * d.D, d.C, false);
     if (d.fast)

@@ -121,7 +121,7 @@ void mx_mla_tr_fwd(mx_tmodel *m, int l) {
     mla_dims d = dims_of(m);
     int kq = d.n + d.r, kvw = d.n + d.v;
     long NH = (long)d.N * d.H;
-    const float *x = A->ln1 + (size_t)l * d.N * d.C;
+    const float *x = A->ln1 + mx_tmodel_slot(m, l) * d.N * d.C;
     if (d.Q > 0) {
         mx_tr_matmul_fwd(y->qa, x, L->wq_a->w, NULL, d.N, d.C, d.Q);
         mx_tr_rmsnorm_fwd(y->qn, y->q_rstd, y->qa, L->q_a_norm->w, d.N, d.Q, c->norm_eps);
@@ -155,7 +155,7 @@ void mx_mla_tr_bwd(mx_tmodel *m, int l) {
     mla_dims d = dims_of(m);
     int kq = d.n + d.r, kvw = d.n + d.v, lw = d.R + d.r;
     long NH = (long)d.N * d.H;
-    const float *x = A->ln1 + (size_t)l * d.N * d.C;
+    const float *x = A->ln1 + mx_tmodel_slot(m, l) * d.N * d.C;
     mx_tr_matmul_bwd(a->datt, L->wo->g, NULL, A->dx, y->att, L->wo->w, d.N, d.H * d.v, d.C, false);
     memset(a->dK, 0, sizeof(float) * (size_t)NH * kq);
     memset(a->dV, 0, sizeof(float) * (size_t)NH * d.v);

@@ -78,6 +78,7 @@ static const key_def KEYS[] = {
     KEY(val_batches, K_INT),
     KEY(ckpt_every, K_INT),
     KEY(log_every, K_INT),
+    KEY(recompute, K_BOOL),
 };
 #undef KEY
 enum { N_KEYS = sizeof KEYS / sizeof KEYS[0] };
@@ -480,6 +481,10 @@ int mx_tmodel_shared_writers(const mx_tmodel *m) {
     return n;
 }
 
+size_t mx_tmodel_slot(const mx_tmodel *m, int l) {
+    return m->cfg.recompute ? 0 : (size_t)l;
+}
+
 int mx_tmodel_dkv_slot(const mx_tmodel *m, int w) {
     if (!kv_is_read(m, w)) return 0;
     int slot = 1;
@@ -495,24 +500,26 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     size_t N = (size_t)a->B * a->T, L = (size_t)c->n_layer, C = (size_t)c->d_model, F = (size_t)c->d_ff;
     size_t HD = (size_t)c->n_head * m->head_dim, GD = (size_t)c->n_kv_head * m->head_dim,
            H = (size_t)c->n_head;
-    size_t up = c->arch == MX_TARCH_LLAMA && c->n_expert == 0 ? L * N * F : 0;
+    size_t Ls = c->recompute ? 1 : L; /* layers of the (Ls, ...) activations */
+    size_t up = c->arch == MX_TARCH_LLAMA && c->n_expert == 0 ? Ls * N * F : 0;
     size_t slots = 1 + (size_t)mx_tmodel_shared_writers(m);
     struct {
         float **p;
         size_t n;
     } bufs[] = {
-        {&a->x, (L + 1) * N * C}, {&a->xm, L * N * C},   {&a->ln1, L * N * C},  {&a->ln2, L * N * C},
-        {&a->ln1_mean, L * N},    {&a->ln1_rstd, L * N}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N},
-        {&a->q, L * N * HD},      {&a->k, L * N * GD},   {&a->v, L * N * GD},   {&a->att, L * N * HD},
-        {&a->lse, L * N * H},     {&a->pre, L * N * F},  {&a->up, up},
+        {&a->x, (L + 1) * N * C}, {&a->xm, Ls * N * C},   {&a->ln1, Ls * N * C},  {&a->ln2, Ls * N * C},
+        {&a->ln1_mean, Ls * N},   {&a->ln1_rstd, Ls * N}, {&a->ln2_mean, Ls * N}, {&a->ln2_rstd, Ls * N},
+        {&a->q, Ls * N * HD},     {&a->k, L * N * GD},    {&a->v, L * N * GD},    {&a->att, Ls * N * HD},
+        {&a->lse, Ls * N * H},    {&a->pre, Ls * N * F},  {&a->up, up},
 
-        {&a->lnf, N * C},         {&a->lnf_mean, N},     {&a->lnf_rstd, N},     {&a->dx, N * C},
-        {&a->dln, N * C},         {&a->dq, N * HD},      {&a->datt, N * HD},    {&a->dk, slots * N * GD},
-        {&a->dv, slots * N * GD}, {&a->dpre, N * F},     {&a->dup, N * F},      {&a->dact, N * F},
+        {&a->lnf, N * C},         {&a->lnf_mean, N},      {&a->lnf_rstd, N},      {&a->dx, N * C},
+        {&a->dln, N * C},         {&a->dq, N * HD},       {&a->datt, N * HD},     {&a->dk, slots * N * GD},
+        {&a->dv, slots * N * GD}, {&a->dpre, N * F},      {&a->dup, N * F},       {&a->dact, N * F},
         {&a->tmp, N * C},
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) total += bufs[i].n;
+    a->floats = total;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (!bufs[i].n) continue; /* not used by this model: stays NULL */
         *bufs[i].p = be ? be->alloc(be, sizeof(float) * bufs[i].n) : calloc(bufs[i].n, sizeof(float));

@@ -63,6 +63,9 @@ typedef struct {
     bool decay_embeddings, decay_norms_biases;
     /* logging and checkpoints (0 = never, except a checkpoint at the end) */
     int val_every, val_batches, ckpt_every, log_every;
+    /* memory: keep only each layer's input and K/V; the backward runs a layer's forward again before its
+     * gradients (the same ops, so the same bits), trading one more forward pass for L - 1 layers of activations */
+    bool recompute;
 } mx_train_config;
 
 /* Defaults for every key (a tiny GPT-2). */
@@ -98,19 +101,21 @@ typedef struct {
     mx_param *router, *gate_exps, *up_exps, *down_exps;
 } mx_tlayer;
 
-/* Activations of one batch, kept for the backward pass (per layer l, rows N = B*T). */
+/* Activations of one batch, kept for the backward pass (per layer l, rows N = B*T). The buffers marked (Ls, ...)
+ * hold every layer (Ls = L), or with recompute one layer (Ls = 1, slot 0): mx_tmodel_slot. */
 typedef struct {
     int B, T;
+    size_t floats;    /* of every buffer below together (the blocks' own not counted) */
     float *x;         /* (L+1, N, C) residual stream entering layer l; x[L] leaves the last layer */
-    float *xm;        /* (L, N, C) residual stream after attention */
-    float *ln1, *ln2; /* (L, N, C) normalized inputs of attention and MLP */
-    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (L, N) */
-    float *q;                                         /* (L, N, H*D) after RoPE */
+    float *xm;        /* (Ls, N, C) residual stream after attention */
+    float *ln1, *ln2; /* (Ls, N, C) normalized inputs of attention and MLP */
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (Ls, N) */
+    float *q;                                         /* (Ls, N, H*D) after RoPE */
     float *k, *v; /* (L, N, G*D) after RoPE; filled for layers that write their own K/V */
-    float *att;   /* (L, N, H*D) attention output */
-    float *lse;   /* (L, N, H) log-sum-exp of each attention row */
-    float *pre;   /* (L, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
-    float *up;    /* (L, N, F) Llama without experts: the up projection (NULL otherwise) */
+    float *att;   /* (Ls, N, H*D) attention output */
+    float *lse;   /* (Ls, N, H) log-sum-exp of each attention row */
+    float *pre;   /* (Ls, N, F) MLP pre-activation (GPT-2: before GELU; Llama: the gate) */
+    float *up;    /* (Ls, N, F) Llama without experts: the up projection (NULL otherwise) */
     /* the input of ffn_down, gelu(pre) or silu(pre) * up, is not kept: the forward forms it in dpre and the
      * backward forms it again there (as llm.c recomputes its GELU), which saves L x N x F floats */
     float *lnf, *lnf_mean, *lnf_rstd; /* (N, C), (N) */
@@ -187,5 +192,10 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens);
  * other layer reads them, a scratch slot shared by all such writers; else 1 + its rank among those read). */
 int mx_tmodel_shared_writers(const mx_tmodel *m);
 int mx_tmodel_dkv_slot(const mx_tmodel *m, int w);
+/* The slot of layer l in the (Ls, ...) activations: l, or 0 with recompute. */
+size_t mx_tmodel_slot(const mx_tmodel *m, int l);
+/* One layer's forward (forward_train.c): the block's activations in its slot and x[l + 1]. The backward calls
+ * it again under recompute. */
+void mx_tmodel_layer_forward(mx_tmodel *m, int l);
 
 #endif

@@ -128,7 +128,7 @@ void mx_moe_tr_fwd(mx_tmodel *m, int l) {
     moe_dims d = dims_of(m);
     int NK = d.N * d.K;
     size_t fo = (size_t)l * NK * d.F;
-    const float *x = A->ln2 + (size_t)l * d.N * d.C;
+    const float *x = A->ln2 + mx_tmodel_slot(m, l) * d.N * d.C;
     float *p = a->prob + (size_t)l * d.N * d.E, *w = a->wsel + (size_t)l * NK, *g = a->g + fo, *u = a->u + fo,
           *y = a->y + (size_t)l * NK * d.C;
     int *ids = a->ids + (size_t)l * NK, *order = a->order + (size_t)l * NK, *pos = a->pos + (size_t)l * NK,
@@ -219,7 +219,7 @@ void mx_moe_tr_bwd(mx_tmodel *m, int l) {
     moe_dims d = dims_of(m);
     int NK = d.N * d.K;
     size_t fo = (size_t)l * NK * d.F;
-    const float *x = A->ln2 + (size_t)l * d.N * d.C, *w = a->wsel + (size_t)l * NK, *g = a->g + fo,
+    const float *x = A->ln2 + mx_tmodel_slot(m, l) * d.N * d.C, *w = a->wsel + (size_t)l * NK, *g = a->g + fo,
                 *u = a->u + fo, *y = a->y + (size_t)l * NK * d.C;
     const int *order = a->order + (size_t)l * NK, *pos = a->pos + (size_t)l * NK,
               *start = a->start + (size_t)l * (d.E + 1);
