@@ -7,7 +7,7 @@ steps), MFU against the measured bf16 GEMM ceiling of this GPU (8192^3 torch.mat
 process's, polled from nvidia-smi every 50 ms, the same way for both). Variants of mixatt: the attention plans of
 the variant study that run on the GPU today.
 
-    MIXATT=path/to/mixatt python3 bench/train_gpu.py [--steps 12] [--variants] [--out DIR]
+    MIXATT=path/to/mixatt python3 bench/train_gpu.py [--steps 12] [--variants] [--recompute] [--out DIR]
 """
 import argparse
 import json
@@ -162,6 +162,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--recompute", action="store_true", help="also MHA with --recompute (recompute=true)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     mixatt = os.environ.get("MIXATT", os.path.join(ROOT, "build", "mixatt"))
@@ -196,6 +197,8 @@ def main():
         llama = ["arch=llama", "d_ff=2048"]
         runs += [("ma-offset", ["plan=ma-offset"]), ("ma-pairs", ["plan=ma-pairs"]), ("llama-mha", llama),
                  ("llama-gqa", llama + ["n_kv_head=4"]), ("llama-mqa", llama + ["n_kv_head=1"])]
+    if a.recompute:
+        runs.append(("mha-recompute", ["recompute=true"]))
     for name, sets in runs:
         r = run_mixatt(mixatt, work, a.steps, name, sets)
         if r:
