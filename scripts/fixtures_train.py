@@ -211,11 +211,22 @@ def train_reference(model, case, x, y, autocast=None):
     return first, grads, losses
 
 
-def autocast_reference(case):
+def autocast_reference(case, perturb=None):
     """PyTorch's own mixed precision on this case: fp32 weights on the GPU, the forward under bf16 autocast.
-    Returns (loss, gradients, the AdamW losses) as train_reference."""
+    Returns (loss, gradients, the AdamW losses) as train_reference. perturb: a seed; every weight is then moved
+    by one fp32 ulp up or down at random first, which changes the bf16 rounding of the weights near a rounding
+    boundary: another, equally valid bf16 run (its gap from float64 measures how far rounding alone moves the
+    10-step trajectory)."""
     import torch
-    model = hf_model(case).cuda().train()
+    model = hf_model(case)
+    if perturb is not None:
+        g = torch.Generator().manual_seed(perturb)
+        with torch.no_grad():
+            for p in model.parameters():
+                up = torch.rand(p.shape, generator=g) < 0.5
+                p.copy_(torch.where(up, torch.nextafter(p, torch.full_like(p, float("inf"))),
+                                    torch.nextafter(p, torch.full_like(p, float("-inf")))))
+    model = model.cuda().train()
     _, x, y = case_tokens(case)
     return train_reference(model, case, x.cuda(), y.cuda(),
                            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))

@@ -22,11 +22,16 @@ from safetensors.numpy import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tests", "fixtures", "train")
 MIXATT = os.environ.get("MIXATT", os.path.join(ROOT, "build", "mixatt"))
-# The bf16 band: mixatt's error against float64 (worst gradient tensor, the loss, the worst of the 10 AdamW losses)
-# may be at most BF16_FACTOR times PyTorch's bf16 autocast error on the same case, and never needs to be below
-# the fp32 tolerance. PyTorch rounds activations to bf16 as well as the GEMM operands; mixatt keeps fp32
-# activations, so it should land at or under 1x; the factor leaves room for the noise of a different rounding.
-BF16_FACTOR, FP32_TOL = 2.0, 1e-4
+# The bf16 band: mixatt's error against float64 may be at most BF16_FACTOR times PyTorch's bf16 autocast error on
+# the same case, measured in the same run, and never needs to be below the fp32 tolerance:
+# - one step's loss and worst gradient tensor: against PyTorch's autocast run from the fixture's weights;
+# - the 10 AdamW losses: against the worst of PERTURBED + 1 autocast runs, the fixture's weights and PERTURBED
+#   copies moved by one fp32 ulp at random. Ten steps of AdamW at lr 1e-2 amplify rounding chaotically (Adam
+#   turns the sign of a near-zero gradient into a full step), so one run's gap is a sample, not a property:
+#   the spread of PyTorch's own equally valid bf16 runs is the scale a bf16 trajectory is judged on.
+# PyTorch rounds activations to bf16 as well as the GEMM operands; mixatt keeps fp32 activations, so it should
+# land at or under 1x; the factor leaves room for the noise of a different rounding.
+BF16_FACTOR, FP32_TOL, PERTURBED = 2.0, 1e-4, 3
 failures = 0
 
 
@@ -78,9 +83,14 @@ def torch_bf16_errors(case, meta, ref):
     import fixtures_train
     loss, grads, ls = fixtures_train.autocast_reference(case)
     e = errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, FP32_TOL)
+    gaps = [e[3]]
+    for seed in range(PERTURBED):
+        loss, grads, ls = fixtures_train.autocast_reference(case, perturb=seed)
+        gaps.append(errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, FP32_TOL)[3])
     print(f"     torch bf16 autocast, {case}: loss rel {e[0]:.1e}, gradients worst {e[2]} {e[1]:.2e}, "
-          f"AdamW losses worst gap {e[3]:.1e}", flush=True)
-    return e
+          f"AdamW losses worst gap {e[3]:.1e} (with {PERTURBED} runs one ulp apart: "
+          f"{', '.join(f'{g:.1e}' for g in gaps[1:])})", flush=True)
+    return e[0], e[1], e[2], max(gaps)
 
 
 def grads_vs_torch(tmp, case, precision):

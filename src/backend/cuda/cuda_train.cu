@@ -558,20 +558,24 @@ static __global__ void k_xent_rows(float *logits, double *loss, const int *targe
         else
             lr[i] = g;
     }
+    if (gr) /* the padding columns are an inner dimension of dx's product: zeros */
+        for (int i = V + threadIdx.x; i < ld; i += blockDim.x) gr[i] = __float2bfloat16_rn(0.0f);
 }
 
-/* The rows r0 .. r0 + rows - 1 of the head on bf16 operands: W already rounded (wb), the rows rounded here, the
- * logits fp32 and their gradient rounded to bf16 (t->glog) for dx and dW. */
+/* The rows r0 .. r0 + rows - 1 of the head on bf16 operands: W already rounded (wb, padded with zero rows to ld),
+ * the rows rounded here, the logits fp32 and their gradient rounded to bf16 (t->glog) for dx and dW. The padded
+ * vocabulary is the logits' row count and dx's inner dimension: an odd V (GPT-2's 50257) there keeps cuBLAS off
+ * its fast kernels. */
 static void head_rows_bf16(mx_backend *be, const __nv_bfloat16 *wb, const float *xr, const int *target,
                            int rows, int C, int V, int ld, float scale, double *loss, float *dx, float *dW) {
     cu_train *t = tr(be);
     const __nv_bfloat16 *xb = as_bf16(be, &t->opa, &t->opa_cap, xr, (size_t)rows * C);
-    gemm_bf16(be, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, C, wb, C, xb, C, 0.0f, t->logits, ld);
+    gemm_bf16(be, CUBLAS_OP_T, CUBLAS_OP_N, ld, rows, C, wb, C, xb, C, 0.0f, t->logits, ld);
     k_xent_rows<<<rows, 512, 0, stream_of(be)>>>(t->logits, loss, target, V, ld, dx != NULL, scale,
                                                  dx ? t->glog : NULL);
     CU_LAUNCHED();
     if (!dx) return;
-    gemm_bf16(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, V, wb, C, t->glog, ld, 0.0f, dx, C);
+    gemm_bf16(be, CUBLAS_OP_N, CUBLAS_OP_N, C, rows, ld, wb, C, t->glog, ld, 0.0f, dx, C);
     gemm_bf16(be, CUBLAS_OP_N, CUBLAS_OP_T, C, V, rows, xb, C, t->glog, ld, 1.0f, dW, C);
 }
 
@@ -598,7 +602,14 @@ static double t_head_xent(mx_backend *be, const float *x, const float *W, const 
     t->logits = grow(t->logits, &t->logits_cap, (size_t)R * ld);
     if (bf) t->glog = grow(t->glog, &t->glog_cap, (size_t)R * ld);
     t->dsum = grow(t->dsum, &t->dsum_cap, (size_t)N);
-    const __nv_bfloat16 *wb = bf ? as_bf16(be, &t->opb, &t->opb_cap, W, (size_t)V * C) : NULL;
+    const __nv_bfloat16 *wb = NULL;
+    if (bf) { /* W rounded, then ld - V zero rows */
+        t->opb = grow(t->opb, &t->opb_cap, (size_t)ld * C);
+        mx_cuda_to_bf16(stream_of(be), t->opb, W, (size_t)V * C);
+        CU_CHECK(
+            cudaMemsetAsync(t->opb + (size_t)V * C, 0, sizeof(__nv_bfloat16) * (ld - V) * C, stream_of(be)));
+        wb = t->opb;
+    }
     int *dtarget = NULL;
     CU_CHECK(cudaMallocAsync((void **)&dtarget, sizeof(int) * N, stream_of(be)));
     CU_CHECK(cudaMemcpyAsync(dtarget, targets, sizeof(int) * N, cudaMemcpyHostToDevice, stream_of(be)));
