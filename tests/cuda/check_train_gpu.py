@@ -116,6 +116,22 @@ def grads_vs_torch(tmp, case, precision):
     check(lrel <= tl, f"{case} {precision}: loss {loss:.7f} vs torch {float(meta['loss']):.7f} (rel {lrel:.1e}, tol {tl:.1e})")
     check(worst <= tg, f"{case} {precision}: gradients, worst tensor {worst_name} rel L2 {worst:.2e} (tol {tg:.1e})")
     check(gap <= ts, f"{case} {precision}: {len(ls)} AdamW losses vs torch, worst rel gap {gap:.1e} (tol {ts:.1e})")
+    if gap > ts:
+        trajectory_diagnosis(tmp, case, meta, ls)
+
+
+def trajectory_diagnosis(tmp, case, meta, ls):
+    """Which part of the bf16 path moves a trajectory: the per-step gaps from float64 of the default run and of
+    runs with the GEMMs on COMPUTE_32F_FAST_16BF or attention through cuBLAS (printed; no verdict)."""
+    ref = json.loads(meta["losses"])
+    print(f"     {case} bf16 per-step gaps: " + " ".join(f"{abs(a - b) / b:.1e}" for a, b in zip(ls, ref)))
+    for env in ({"MX_CUDA_TRAIN_GEMM": "fast16bf"}, {"MX_CUDA_TRAIN_ATTN": "gemm"}):
+        out = os.path.join(tmp, f"{case}-diag-{'-'.join(env.values())}")
+        r = subprocess.run([MIXATT, "train", *fixture_args(case), "--device", "cuda", "-o", out, "-q"],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        if r.returncode == 0:
+            print(f"     {case} bf16 with {env}: " +
+                  " ".join(f"{abs(a - b) / b:.1e}" for a, b in zip(losses(out), ref)))
 
 
 def resume_is_bit_identical(tmp):

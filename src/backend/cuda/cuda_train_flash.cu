@@ -127,6 +127,43 @@ template <int D> constexpr size_t dkv_smem() {
     return sizeof(bf16) * 6 * FB * D + sizeof(float) * 4 * FB; /* K, V, 2 x Q, 2 x dO; 2 x (lse, Δ) */
 }
 
+/* A block of FB queries of head h of sequence b (grid (H, B, ceil(T / FB)), the heaviest blocks first), the key
+ * blocks j_first .. it sees (n_tiles of them), this thread's warp, lane and two query rows. */
+struct QueryBlock {
+    int h, b, g, i0, w, lane, j_first, n_tiles, row[2];
+};
+
+__device__ __forceinline__ QueryBlock query_block(const mx_tr_attn_shape &s) {
+    QueryBlock qb;
+    qb.h = blockIdx.x, qb.b = blockIdx.y, qb.i0 = (gridDim.z - 1 - blockIdx.z) * FB,
+    qb.g = qb.h / (s.H / s.G);
+    qb.w = threadIdx.x >> 5, qb.lane = threadIdx.x & 31;
+    qb.j_first = s.window > 0 ? max(0, qb.i0 - s.window + 1) / FB * FB : 0;
+    qb.n_tiles = (min(s.T - 1, qb.i0 + FB - 1) - qb.j_first) / FB + 1;
+    for (int hf = 0; hf < 2; hf++) qb.row[hf] = qb.i0 + 16 * qb.w + (qb.lane >> 2) + 8 * hf;
+    return qb;
+}
+
+/* Key block n of a query block, streamed through the two K and V buffers (sK, sV, 2 x FB x D each; block 0 was
+ * loaded with the block's prologue): waits for block n (and for every warp to be done with block n - 1), starts
+ * loading block n + 1 into the other buffers, and returns block n's first key; k_s, v_s are its tiles. */
+template <int D>
+__device__ __forceinline__ int kv_step(const QueryBlock &qb, const mx_tr_attn_shape &s, int n, bf16 *sK,
+                                       bf16 *sV, const bf16 *k, const bf16 *v, const bf16 *&k_s,
+                                       const bf16 *&v_s) {
+    cp_wait_all();
+    __syncthreads();
+    const int j0 = qb.j_first + n * FB;
+    if (n + 1 < qb.n_tiles) {
+        int nb = (n + 1) & 1;
+        load_tile<D>(sK + nb * FB * D, k, qb.b, s.T, s.G, qb.g, j0 + FB);
+        load_tile<D>(sV + nb * FB * D, v, qb.b, s.T, s.G, qb.g, j0 + FB);
+        cp_commit();
+    }
+    k_s = sK + (n & 1) * FB * D, v_s = sV + (n & 1) * FB * D;
+    return j0;
+}
+
 /* grid (H, B, ceil(T / FB)), the heaviest query blocks first: out and lse of queries i0 .. i0 + FB - 1 of head
  * h, FlashAttention-2's online softmax over the key blocks they see (the max in log2 units, P rounded to bf16
  * for P V). */
@@ -135,33 +172,21 @@ __global__ void __launch_bounds__(NTH)
     k_fwd(mx_tr_attn_shape s, float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     bf16 *sQ = (bf16 *)smem_raw, *sK = sQ + FB * D, *sV = sK + 2 * FB * D;
-    const int h = blockIdx.x, b = blockIdx.y, i0 = (gridDim.z - 1 - blockIdx.z) * FB;
-    const int T = s.T, g = h / (s.H / s.G), w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int j_first = s.window > 0 ? max(0, i0 - s.window + 1) / FB * FB : 0;
-    const int n_tiles = (min(T - 1, i0 + FB - 1) - j_first) / FB + 1;
+    const QueryBlock qb = query_block(s);
+    const int h = qb.h, b = qb.b, i0 = qb.i0, T = s.T, w = qb.w, lane = qb.lane;
+    const int *row = qb.row;
     load_tile<D>(sQ, q, b, T, s.H, h, i0);
-    load_tile<D>(sK, k, b, T, s.G, g, j_first);
-    load_tile<D>(sV, v, b, T, s.G, g, j_first);
+    load_tile<D>(sK, k, b, T, s.G, qb.g, qb.j_first);
+    load_tile<D>(sV, v, b, T, s.G, qb.g, qb.j_first);
     cp_commit();
-    int row[2];
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) row[hf] = i0 + 16 * w + (lane >> 2) + 8 * hf;
     float o[D / 8][4];
 #pragma unroll
     for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     const float sl2 = s.scale * LOG2E;
-    for (int n = 0; n < n_tiles; n++) {
-        cp_wait_all();
-        __syncthreads(); /* tile n is in; every warp is done with tile n - 1 */
-        const int j0 = j_first + n * FB;
-        if (n + 1 < n_tiles) {
-            int nb = (n + 1) & 1;
-            load_tile<D>(sK + nb * FB * D, k, b, T, s.G, g, j0 + FB);
-            load_tile<D>(sV + nb * FB * D, v, b, T, s.G, g, j0 + FB);
-            cp_commit();
-        }
-        const bf16 *k_s = sK + (n & 1) * FB * D, *v_s = sV + (n & 1) * FB * D;
+    for (int n = 0; n < qb.n_tiles; n++) {
+        const bf16 *k_s, *v_s;
+        const int j0 = kv_step<D>(qb, s, n, sK, sV, k, v, k_s, v_s);
         float sc[NT][4];
         warp_scores<D>(sc, sQ, 16 * w, k_s);
         if (tile_masked(i0, j0, T, s.window)) {
@@ -218,20 +243,17 @@ __global__ void __launch_bounds__(NTH)
              const float *lse, const float *delta) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     bf16 *sQ = (bf16 *)smem_raw, *sdO = sQ + FB * D, *sK = sdO + FB * D, *sV = sK + 2 * FB * D;
-    const int h = blockIdx.x, b = blockIdx.y, i0 = (gridDim.z - 1 - blockIdx.z) * FB;
-    const int T = s.T, g = h / (s.H / s.G), w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int j_first = s.window > 0 ? max(0, i0 - s.window + 1) / FB * FB : 0;
-    const int n_tiles = (min(T - 1, i0 + FB - 1) - j_first) / FB + 1;
+    const QueryBlock qb = query_block(s);
+    const int h = qb.h, b = qb.b, i0 = qb.i0, T = s.T, w = qb.w, lane = qb.lane;
+    const int *row = qb.row;
     load_tile<D>(sQ, q, b, T, s.H, h, i0);
     load_tile<D>(sdO, dout, b, T, s.H, h, i0);
-    load_tile<D>(sK, k, b, T, s.G, g, j_first);
-    load_tile<D>(sV, v, b, T, s.G, g, j_first);
+    load_tile<D>(sK, k, b, T, s.G, qb.g, qb.j_first);
+    load_tile<D>(sV, v, b, T, s.G, qb.g, qb.j_first);
     cp_commit();
-    int row[2];
     float lse2[2], dl[2];
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
-        row[hf] = i0 + 16 * w + (lane >> 2) + 8 * hf;
         size_t i = ((size_t)b * T + row[hf]) * s.H + h;
         lse2[hf] = row[hf] < T ? lse[i] * LOG2E : 0.0f;
         dl[hf] = row[hf] < T ? delta[i] : 0.0f;
@@ -240,17 +262,9 @@ __global__ void __launch_bounds__(NTH)
 #pragma unroll
     for (int j = 0; j < D / 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     const float sl2 = s.scale * LOG2E;
-    for (int n = 0; n < n_tiles; n++) {
-        cp_wait_all();
-        __syncthreads(); /* tile n is in; every warp is done with tile n - 1 */
-        const int j0 = j_first + n * FB;
-        if (n + 1 < n_tiles) {
-            int nb = (n + 1) & 1;
-            load_tile<D>(sK + nb * FB * D, k, b, T, s.G, g, j0 + FB);
-            load_tile<D>(sV + nb * FB * D, v, b, T, s.G, g, j0 + FB);
-            cp_commit();
-        }
-        const bf16 *k_s = sK + (n & 1) * FB * D, *v_s = sV + (n & 1) * FB * D;
+    for (int n = 0; n < qb.n_tiles; n++) {
+        const bf16 *k_s, *v_s;
+        const int j0 = kv_step<D>(qb, s, n, sK, sV, k, v, k_s, v_s);
         float sc[NT][4], dp[NT][4];
         warp_scores<D>(sc, sQ, 16 * w, k_s);
         warp_scores<D>(dp, sdO, 16 * w, v_s);
