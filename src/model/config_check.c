@@ -38,6 +38,7 @@ int mx_config_check(const mx_config *c, const char *path, mx_err *err) {
                           path, c->n_layer, c->d_model, c->n_head, c->n_kv_head);
     if (c->head_dim < 1) return bad(err, path, "the head dim", c->head_dim, "at least 1");
     if (c->max_ctx < 1) return bad(err, path, "the context length", c->max_ctx, "at least 1");
+    if (c->d_ff < 0) return bad(err, path, "the MLP width", c->d_ff, "0 or more");
     if (c->window < 0) return bad(err, path, "the sliding window", c->window, "0 (none) or more");
     if (c->use_rope && (c->rope_dim < 0 || c->rope_dim > c->head_dim || c->rope_dim > MX_MAX_ROPE_DIM))
         return mx_err_set(err, MX_ERR_FORMAT,

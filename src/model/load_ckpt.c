@@ -32,8 +32,11 @@ typedef struct {
     int base_width;
 } ckpt_loader;
 
+/* *out = the config's key k, a non-negative int; def when the key is absent (def < 0: the key is required). */
 static int cfg_int(ckpt_loader *h, const char *k, int def, int *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(h->cfg, k);
+    if (!j && def < 0)
+        return mx_err_set(h->err, MX_ERR_FORMAT, "%s: the stored config has no key '%s'", h->m->path, k);
     if (!j) return *out = def, MX_OK;
     /* the range first: converting a double outside int's range to int is undefined */
     if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0 && j->valuedouble <= INT_MAX) ||

@@ -261,6 +261,21 @@ def test_duplicate_metadata_block_in_a_checkpoint(mixatt_asan, trained, tmp_path
                          "more than one __metadata__")
 
 
+@pytest.mark.parametrize("key", ["d_ff", "d_model", "max_ctx"])
+def test_checkpoint_config_missing_a_shape_key_is_refused(mixatt_asan, trained, tmp_path, key):
+    """fuzz_ckpt found it: a stored config without d_ff (its checksum fixed) loaded with d_ff = -1 under `run -m`,
+    and the session's activation width wrapped around, so the embedding wrote past its buffer."""
+    d = copy_run(trained, tmp_path)
+    ckpt = d / "checkpoint.safetensors"
+    header, data = read_ckpt(ckpt)
+    cfg = json.loads(header["__metadata__"]["config"])
+    del cfg[key]
+    header["__metadata__"]["config"] = json.dumps(cfg)
+    write_ckpt(ckpt, header, data)
+    assert_clean_failure(run(mixatt_asan, "run", "-m", d, "--ids", "1,2", "-n", "2", "-q"), str(ckpt),
+                         f"no key '{key}'")
+
+
 @pytest.mark.parametrize("damage", ["data_word", "data_1000_words", "last_byte", "metadata_value", "no_checksum",
                                     "bad_checksum_syntax", "appended_byte"])
 def test_checkpoint_damage_is_detected(mixatt_asan, trained, tmp_path, damage):
