@@ -2,7 +2,7 @@
 
 1. One step's loss and every gradient against PyTorch (tests/fixtures/train/, made by scripts/fixtures_train.py
    from Hugging Face transformers in float64), and the 10 AdamW losses: fp32 within the CPU's tolerance (1e-4 of
-   each tensor's norm); bf16 no further from float64 than BF16_FACTOR times PyTorch's own mixed precision (the
+   each tensor's norm); bf16 no further from float64 than PyTorch's own mixed precision (the
    same model and batch with fp32 weights under bf16 autocast on this GPU, measured in the same run; printed).
 2. --resume on the GPU gives the same losses and checkpoint bytes as the run that was never stopped.
 3. A run trained on the GPU resumes on the CPU and the other way round, and `mixatt run -m RUN --device cuda`
@@ -22,16 +22,22 @@ from safetensors.numpy import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tests", "fixtures", "train")
 MIXATT = os.environ.get("MIXATT", os.path.join(ROOT, "build", "mixatt"))
-# The bf16 band: mixatt's error against float64 may be at most BF16_FACTOR times PyTorch's bf16 autocast error on
+# The bf16 band: mixatt's error against float64 may be at most a factor times PyTorch's bf16 autocast error on
 # the same case, measured in the same run, and never needs to be below the fp32 tolerance:
 # - one step's loss and worst gradient tensor: against PyTorch's autocast run from the fixture's weights;
 # - the 10 AdamW losses: against the worst of PERTURBED + 1 autocast runs, the fixture's weights and PERTURBED
 #   copies moved by one fp32 ulp at random. Ten steps of AdamW at lr 1e-2 amplify rounding chaotically (Adam
 #   turns the sign of a near-zero gradient into a full step), so one run's gap is a sample, not a property:
 #   the spread of PyTorch's own equally valid bf16 runs is the scale a bf16 trajectory is judged on.
-# PyTorch rounds activations to bf16 as well as the GEMM operands; mixatt keeps fp32 activations, so it should
-# land at or under 1x; the factor leaves room for the noise of a different rounding.
-BF16_FACTOR, FP32_TOL, PERTURBED = 2.0, 1e-4, 3
+# PyTorch rounds activations to bf16 as well as the GEMM operands; mixatt keeps fp32 activations, so one step's
+# loss and gradients must be at least as close to float64 as PyTorch's (factor 1; measured 2026-12-03, H200: gradients
+# 4.7e-3 / 6.1e-3 / 7.0e-3 against 6.3e-3 / 8.4e-3 / 8.8e-3). The trajectory gets factor 2 of PyTorch's spread, and
+# never more than the fixed 4e-2 this check used before the band was tied to PyTorch. A tensor's error is measured
+# against its norm plus 1e-8 x the total norm / BF16_FLOOR_TOL (the floor the fixed 5e-3 band gave).
+GRAD_FACTOR, STEPS_FACTOR, STEPS_MAX, FP32_TOL, BF16_FLOOR_TOL, PERTURBED = 1.0, 2.0, 4e-2, 1e-4, 5e-3, 3
+# MX_CUDA_TRAIN_GEMM=fast16bf keeps the fixed bands set on it (2026-12-02, H200: about 3x its worst measured error,
+# gradients 1.8e-3, 10-step losses 1.4e-2): at these tiny shapes cuBLAS runs it in fp32
+FAST16BF_TOL, FAST16BF_STEPS_TOL = 5e-3, 4e-2
 failures = 0
 
 
@@ -82,21 +88,26 @@ def torch_bf16_errors(case, meta, ref):
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import fixtures_train
     loss, grads, ls = fixtures_train.autocast_reference(case)
-    e = errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, FP32_TOL)
+    e = errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, BF16_FLOOR_TOL)
     gaps = [e[3]]
     for seed in range(PERTURBED):
         loss, grads, ls = fixtures_train.autocast_reference(case, perturb=seed)
-        gaps.append(errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, FP32_TOL)[3])
+        gaps.append(errors(loss, {k: v.astype(np.float32) for k, v in grads.items()}, ls, meta, ref, BF16_FLOOR_TOL)[3])
     print(f"     torch bf16 autocast, {case}: loss rel {e[0]:.1e}, gradients worst {e[2]} {e[1]:.2e}, "
           f"AdamW losses worst gap {e[3]:.1e} (with {PERTURBED} runs one ulp apart: "
           f"{', '.join(f'{g:.1e}' for g in gaps[1:])})", flush=True)
     return e[0], e[1], e[2], max(gaps)
 
 
-def grads_vs_torch(tmp, case, precision):
-    grads = os.path.join(tmp, f"{case}-{precision}.safetensors")
-    r = run("train", *fixture_args(case), "--device", "cuda", "--precision", precision,
-            "-o", os.path.join(tmp, f"{case}-{precision}"), "--dump-grads", grads, "-q")
+def grads_vs_torch(tmp, case, precision, fast16bf=False):
+    """fast16bf: the bf16 run with MX_CUDA_TRAIN_GEMM=fast16bf, held to the fixed bands this check had before it
+    measured PyTorch (FAST16BF_TOL, FAST16BF_STEPS_TOL), which were set on that path."""
+    tag = precision + ("-fast16bf" if fast16bf else "")
+    grads = os.path.join(tmp, f"{case}-{tag}.safetensors")
+    env = {**os.environ, "MX_CUDA_TRAIN_GEMM": "fast16bf"} if fast16bf else None
+    r = subprocess.run([MIXATT, "train", *fixture_args(case), "--device", "cuda", "--precision", precision,
+                        "-o", os.path.join(tmp, f"{case}-{tag}"), "--dump-grads", grads, "-q"],
+                       capture_output=True, text=True, timeout=600, env=env)
     if r.returncode:
         check(False, f"{case} {precision}: rc {r.returncode}: {r.stderr.strip()[-300:]}")
         return
@@ -106,16 +117,21 @@ def grads_vs_torch(tmp, case, precision):
     with safe_open(grads, "np") as f:
         loss = float(f.metadata()["loss"])
     ref = load_file(ref_path)
-    ls = losses(os.path.join(tmp, f"{case}-{precision}"))
-    lrel, worst, worst_name, gap = errors(loss, load_file(grads), ls, meta, ref, FP32_TOL)
+    ls = losses(os.path.join(tmp, f"{case}-{tag}"))
+    floor = FP32_TOL if precision == "fp32" else BF16_FLOOR_TOL
+    lrel, worst, worst_name, gap = errors(loss, load_file(grads), ls, meta, ref, floor)
     if precision == "fp32":
         tl = tg = ts = FP32_TOL
+    elif fast16bf:
+        tl = tg = FAST16BF_TOL
+        ts = FAST16BF_STEPS_TOL
     else:
         pt = torch_bf16_errors(case, meta, ref)
-        tl, tg, ts = (max(FP32_TOL, BF16_FACTOR * e) for e in (pt[0], pt[1], pt[3]))
-    check(lrel <= tl, f"{case} {precision}: loss {loss:.7f} vs torch {float(meta['loss']):.7f} (rel {lrel:.1e}, tol {tl:.1e})")
-    check(worst <= tg, f"{case} {precision}: gradients, worst tensor {worst_name} rel L2 {worst:.2e} (tol {tg:.1e})")
-    check(gap <= ts, f"{case} {precision}: {len(ls)} AdamW losses vs torch, worst rel gap {gap:.1e} (tol {ts:.1e})")
+        tl, tg = (max(FP32_TOL, GRAD_FACTOR * e) for e in (pt[0], pt[1]))
+        ts = min(STEPS_MAX, max(FP32_TOL, STEPS_FACTOR * pt[3]))
+    check(lrel <= tl, f"{case} {tag}: loss {loss:.7f} vs torch {float(meta['loss']):.7f} (rel {lrel:.1e}, tol {tl:.1e})")
+    check(worst <= tg, f"{case} {tag}: gradients, worst tensor {worst_name} rel L2 {worst:.2e} (tol {tg:.1e})")
+    check(gap <= ts, f"{case} {tag}: {len(ls)} AdamW losses vs torch, worst rel gap {gap:.1e} (tol {ts:.1e})")
     if gap > ts:
         trajectory_diagnosis(tmp, case, meta, ls)
 
@@ -192,6 +208,7 @@ def main():
     for case in ("gpt2", "llama", "mistral"):
         grads_vs_torch(tmp, case, "fp32")
         grads_vs_torch(tmp, case, "bf16")
+        grads_vs_torch(tmp, case, "bf16", fast16bf=True)
     resume_is_bit_identical(tmp)
     across_devices(tmp)
     dp_on_one_gpu(tmp)
