@@ -4,8 +4,8 @@ Setup (issue 11): GPT-2 124M (12 layers, d 768, 12 heads, vocab 50257), T 1024, 
 (speed does not depend on the data). The peer is a GPT-2 written here in the peers' style: bf16 autocast,
 scaled_dot_product_attention (causal), fused AdamW, torch.compile. Printed per run: tok/s (median of the steady
 steps), MFU against the measured bf16 GEMM ceiling of this GPU (8192^3 torch.matmul), and peak GPU memory (the
-process's, polled from nvidia-smi every 50 ms, the same way for both). Variants of mixatt: the attention plans of
-the variant study that run on the GPU today.
+process's, polled from nvidia-smi every 50 ms, the same way for both). Variants of mixatt: the attention kinds and
+plans of the variant study (MA-Offset, MA-Pairs, GQA, MQA, MLA, MKA, FastMKA).
 
     MIXATT=path/to/mixatt python3 bench/train_gpu.py [--steps 12] [--variants] [--recompute] [--out DIR]
 """
@@ -196,7 +196,11 @@ def main():
         # (RMSNorm, RoPE, SwiGLU with d_ff 2048: about the parameters of the GELU MLP), beside Llama MHA
         llama = ["arch=llama", "d_ff=2048"]
         runs += [("ma-offset", ["plan=ma-offset"]), ("ma-pairs", ["plan=ma-pairs"]), ("llama-mha", llama),
-                 ("llama-gqa", llama + ["n_kv_head=4"]), ("llama-mqa", llama + ["n_kv_head=1"])]
+                 ("llama-gqa", llama + ["n_kv_head=4"]), ("llama-mqa", llama + ["n_kv_head=1"]),
+                 # MLA with the config's latent (rank 256, q/k heads of 32 + 32 RoPE dims, values of 64), MKA and
+                 # FastMKA with their router: the same Llama blocks otherwise
+                 ("llama-mla", llama + ["attn=mla"]), ("llama-mka", llama + ["attn=mka"]),
+                 ("llama-fastmka", llama + ["attn=fastmka"])]
     if a.recompute:
         runs.append(("mha-recompute", ["recompute=true"]))
     for name, sets in runs:

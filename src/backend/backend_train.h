@@ -98,6 +98,56 @@ typedef struct mx_train_ops {
     double (*head_xent)(mx_backend *be, const float *x, const float *W, const int *targets, int N, int C,
                         int V, float scale, float *dx, float *dW);
 
+    /* ---- the MLA, MKA and MoE blocks (mla_train.c, mka_train.c, moe_train.c compose these with the ops
+     * above; CPU: src/train/block_ops.c) ---- */
+    /* dst[i*ds + j] = src[i*ss + j] (+= when accumulate) for j < w, i < rows: a column range of a row-major
+     * buffer into another (strides in floats). dst and src do not overlap. */
+    void (*copy_cols)(mx_backend *be, float *dst, size_t ds, const float *src, size_t ss, int w, long rows,
+                      bool accumulate);
+    /* out = tanh(x) (out may alias x) */
+    void (*tanh_fwd)(mx_backend *be, float *out, const float *x, long n);
+    /* dx = dout · (1 - y²) with y = tanh(x) kept from the forward (dx may alias dout) */
+    void (*tanh_bwd)(mx_backend *be, float *dx, const float *dout, const float *y, long n);
+    /* Softmax over each row of x (N, E), in place (max-subtracted; the CPU sums the exponentials in double). */
+    void (*softmax_fwd)(mx_backend *be, float *x, int N, int E);
+    /* Its backward, in place on dp (N, E): dz = p ⊙ (dp - Σ_e p·dp) per row. */
+    void (*softmax_bwd)(mx_backend *be, float *dp, const float *p, int N, int E);
+    /* The causal running mean: out[b, t] = mean(x[b, 0..t]) over rows of C, x and out (B, T, C). */
+    void (*cummean_fwd)(mx_backend *be, float *out, const float *x, int B, int T, int C);
+    /* Its backward, ACCUMULATED: dx[b, u] += Σ_{t >= u} dout[b, t] / (t + 1). */
+    void (*cummean_bwd)(mx_backend *be, float *dx, const float *dout, int B, int T, int C);
+    /* Three sources mixed by per-row weights r (N, 3): out[n, h, e] = r0·a[n, h, e] + r1·b[n, h, e] +
+     * r2·bias[h / (H/G), e]; a, b, out (N, H, D), bias (G, D) or NULL (its term 0). */
+    void (*mix3_fwd)(mx_backend *be, float *out, const float *r, const float *a, const float *b,
+                     const float *bias, int N, int H, int G, int D);
+    /* Its backward from dout (N, H, D): da = r0·dout and db = r1·dout (overwritten), dr (N, 3) = the row dots
+     * (dout·a, dout·b, dout·bias, the last 0 without bias), dbias (G, D) += Σ_n r2 Σ_{h of group g} dout
+     * (NULL when bias is). */
+    void (*mix3_bwd)(mx_backend *be, float *da, float *db, float *dr, float *dbias, const float *dout,
+                     const float *r, const float *a, const float *b, const float *bias, int N, int H, int G,
+                     int D);
+    /* The k <= E largest of each row of p (N, E) (ties: the lower index): ids (N, k) HOST in descending order, w
+     * (N, k) their values, divided by their sum when norm. */
+    void (*topk)(mx_backend *be, const float *p, int N, int E, int k, bool norm, int *ids, float *w);
+    /* dst[i, :] = src[idx[i], :] for i < rows, rows of n floats; idx HOST. */
+    void (*gather_rows)(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n);
+    /* out[t, :] = Σ_j w[t*k + j] · src[idx[t*k + j], :] for t < N, summed in j order (w NULL: weights 1);
+     * idx HOST (N*k), out (N, n) overwritten. */
+    void (*combine_rows)(mx_backend *be, float *out, const float *src, const float *w, const int *idx, int N,
+                         int k, int n);
+    /* The backward of combine_rows by source row: row i of src served choice a = order[i] (= t*k + j), so
+     * dsrc[i, :] = w[a] · dout[t, :] and dw[a] = dout[t, :] · src[i, :], for i < N*k (w NULL: weights 1);
+     * order HOST. */
+    void (*combine_rows_bwd)(mx_backend *be, float *dsrc, float *dw, const float *dout, const float *src,
+                             const float *w, const int *order, int N, int k, int n);
+    /* The MoE router's probability gradient, dp (N, E) overwritten: dp[n, e] = aux[e] + Σ_j [ids[n, j] = e] g_j,
+     * with g_j = dw[n, j] for raw weights, or (dw[n, j] - Σ_i dw[n, i] w[n, i]) / Σ_i p[n, ids[n, i]] when the
+     * weights w = p / Σ p were renormalized (norm). aux (E) and ids (N, k) HOST. */
+    void (*router_grad)(mx_backend *be, float *dp, const float *dw, const float *p, const float *w,
+                        const int *ids, const float *aux, int N, int E, int k, bool norm);
+    /* out[e] = Σ_n x[n, e] for e < E, in double in a fixed order; out HOST. */
+    void (*colsum)(mx_backend *be, double *out, const float *x, int N, int E);
+
     /* ---- buffers and the optimizer ---- */
     /* dst[0..n) (backend memory) = src[0..n) (HOST); be->to_host is the way back */
     void (*upload)(mx_backend *be, float *dst, const float *src, size_t n);

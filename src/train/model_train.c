@@ -492,6 +492,36 @@ int mx_tmodel_dkv_slot(const mx_tmodel *m, int w) {
     return slot;
 }
 
+float *mx_tmodel_alloc(mx_tmodel *m, size_t n) {
+    if (!n) return NULL;
+    if (!m->on_device) return calloc(n, sizeof(float));
+    float *p = m->be->alloc(m->be, sizeof(float) * n);
+    if (p) m->ops->zero(m->be, p, n);
+    return p;
+}
+
+void mx_tmodel_release(mx_tmodel *m, float *p) {
+    if (!p) return;
+    if (m->on_device)
+        m->be->free(m->be, p);
+    else
+        free(p);
+}
+
+/* The activations of the MLA, MKA and MoE blocks (each allocates nothing when the plan has none of its layers),
+ * where m runs. */
+static int alloc_block_acts(mx_tmodel *m, mx_err *err) {
+    if (mx_mla_tacts_alloc(m, err) || mx_mka_tacts_alloc(m, err) || mx_moe_tacts_alloc(m, err))
+        return err->code;
+    return MX_OK;
+}
+
+static void free_block_acts(mx_tmodel *m) {
+    mx_mla_tacts_free(m);
+    mx_mka_tacts_free(m);
+    mx_moe_tacts_free(m);
+}
+
 /* The activations of one batch: host memory (be NULL) or be's. */
 static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     const mx_train_config *c = &m->cfg;
@@ -560,14 +590,6 @@ static void bind(mx_tmodel *m, float *const base[4]) {
     }
 }
 
-/* What the device training path does not cover yet, named; NULL when it covers the model. */
-static const char *device_gap(const mx_tmodel *m) {
-    if (m->cfg.n_expert > 0) return "mixture-of-experts layers";
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        if (m->plan[l].kind != MX_ATTN_MHA) return mx_attn_kind_name(m->plan[l].kind);
-    return NULL;
-}
-
 int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
     if (!be->train) return mx_err_set(err, MX_ERR_UNSUPPORTED, "the %s backend cannot train", be->name);
     if (bf16 && !be->train->set_bf16)
@@ -575,13 +597,6 @@ int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
                           "--precision bf16 needs a GPU; the %s backend trains in fp32", be->name);
     m->be = be, m->ops = be->train, m->bf16 = bf16;
     if (be->caps & MX_CAP_HOST_MEMORY) return MX_OK;
-    const char *gap = device_gap(m);
-    if (gap)
-        return mx_err_set(
-            err, MX_ERR_UNSUPPORTED,
-            "training %s on %s is not implemented yet (MHA, GQA, MQA, windows and shared KV are); "
-            "use --device cpu",
-            gap, be->name);
     for (int i = 0; i < 4; i++) {
         if (!m->host[i]) continue; /* ZeRO-1's moments */
         if (!(m->dev[i] = be->alloc(be, sizeof(float) * m->n_floats)))
@@ -590,9 +605,10 @@ int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err) {
         m->ops->upload(be, m->dev[i], m->host[i], m->n_floats);
     }
     free_acts(&m->acts, NULL);
+    free_block_acts(m);
     m->on_device = true;
     bind(m, m->dev);
-    return alloc_acts(m, be, err);
+    return alloc_acts(m, be, err) || alloc_block_acts(m, err) ? err->code : MX_OK;
 }
 
 void mx_tmodel_to_host(mx_tmodel *m) {
@@ -628,9 +644,7 @@ int mx_tmodel_create(const mx_train_config *cfg, mx_tmodel **out, mx_err *err) {
     bind(m, m->host);
     mx_mup_setup(m);
     if (!(m->segs = calloc((size_t)m->n_params, sizeof *m->segs))) goto nomem;
-    if (alloc_acts(m, NULL, err) || mx_mla_tacts_alloc(m, err) || mx_mka_tacts_alloc(m, err) ||
-        mx_moe_tacts_alloc(m, err))
-        goto fail;
+    if (alloc_acts(m, NULL, err) || alloc_block_acts(m, err)) goto fail;
     mx_tmodel_init_random(m, cfg->seed);
     *out = m;
     return MX_OK;
@@ -644,9 +658,7 @@ fail:
 void mx_tmodel_free(mx_tmodel *m) {
     if (!m) return;
     free_acts(&m->acts, m->on_device ? m->be : NULL);
-    mx_mla_tacts_free(m);
-    mx_mka_tacts_free(m);
-    mx_moe_tacts_free(m);
+    free_block_acts(m);
     for (int i = 0; i < 4; i++) {
         free(m->host[i]);
         if (m->dev[i]) m->be->free(m->be, m->dev[i]);

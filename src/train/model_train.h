@@ -172,8 +172,8 @@ void mx_tmodel_init_random(mx_tmodel *m, uint64_t seed);
 
 /* Runs the model's steps on be (its training ops; bf16 matmuls where the backend has them and bf16 is set).
  * A backend with host memory keeps the buffers as they are; another gets copies of the parameters, gradients
- * and AdamW moments and its own activations. Refuses, naming the feature, what be cannot train (MLA, MKA,
- * FastMKA or experts on a device: not written yet). */
+ * and AdamW moments and its own activations, those of the MLA, MKA and MoE blocks included. Refuses a backend
+ * without training ops, and bf16 where the backend has none. */
 int mx_tmodel_place(mx_tmodel *m, mx_backend *be, bool bf16, mx_err *err);
 /* On a device: copies parameters, gradients and moments back into the host buffers and binds them (the host
  * code of checkpoints reads them); mx_tmodel_to_device binds the device copies again. No-ops on the host. */
@@ -192,6 +192,10 @@ void mx_tmodel_backward(mx_tmodel *m, const int *tokens);
  * other layer reads them, a scratch slot shared by all such writers; else 1 + its rank among those read). */
 int mx_tmodel_shared_writers(const mx_tmodel *m);
 int mx_tmodel_dkv_slot(const mx_tmodel *m, int w);
+/* n floats of zeroed activation memory where m runs (its backend's once placed on a device, else the host's);
+ * NULL when out of memory, or for n = 0. mx_tmodel_release frees it (NULL: nothing). */
+float *mx_tmodel_alloc(mx_tmodel *m, size_t n);
+void mx_tmodel_release(mx_tmodel *m, float *p);
 /* The slot of layer l in the (Ls, ...) activations: l, or 0 with recompute. */
 size_t mx_tmodel_slot(const mx_tmodel *m, int l);
 /* One layer's forward (forward_train.c): the block's activations in its slot and x[l + 1]. The backward calls

@@ -8,7 +8,7 @@
 
 #include <stdio.h>
 
-enum { MX_OP_PROFILE_KINDS = 32 };
+enum { MX_OP_PROFILE_KINDS = 48 };
 
 typedef struct mx_op_profile {
     const char *name[MX_OP_PROFILE_KINDS]; /* op names (string literals), in order of first call */

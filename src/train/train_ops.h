@@ -15,6 +15,7 @@
 #define MX_TRAIN_OPS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "../backend/backend_train.h" /* mx_tr_attn_shape */
 
@@ -82,5 +83,30 @@ void mx_tr_swiglu_bwd(float *dg, float *du, const float *dout, const float *g, c
  * overwritten, dW (V, C) accumulated. Logits are formed chunk by chunk (never N*V floats at once). */
 double mx_tr_head_xent(const float *x, const float *W, const int *targets, int N, int C, int V, float scale,
                        float *dx, float *dW);
+
+/* ---- the block ops (block_ops.c), in the contract's own signatures: backend_train.h says what each does ---- */
+
+void mx_tr_copy_cols(mx_backend *be, float *dst, size_t ds, const float *src, size_t ss, int w, long rows,
+                     bool accumulate);
+void mx_tr_tanh_fwd(mx_backend *be, float *out, const float *x, long n);
+void mx_tr_tanh_bwd(mx_backend *be, float *dx, const float *dout, const float *y, long n);
+void mx_tr_softmax_fwd(mx_backend *be, float *x, int N, int E);
+void mx_tr_softmax_bwd(mx_backend *be, float *dp, const float *p, int N, int E);
+void mx_tr_cummean_fwd(mx_backend *be, float *out, const float *x, int B, int T, int C);
+void mx_tr_cummean_bwd(mx_backend *be, float *dx, const float *dout, int B, int T, int C);
+void mx_tr_mix3_fwd(mx_backend *be, float *out, const float *r, const float *a, const float *b,
+                    const float *bias, int N, int H, int G, int D);
+void mx_tr_mix3_bwd(mx_backend *be, float *da, float *db, float *dr, float *dbias, const float *dout,
+                    const float *r, const float *a, const float *b, const float *bias, int N, int H, int G,
+                    int D);
+void mx_tr_topk(mx_backend *be, const float *p, int N, int E, int k, bool norm, int *ids, float *w);
+void mx_tr_gather_rows(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n);
+void mx_tr_combine_rows(mx_backend *be, float *out, const float *src, const float *w, const int *idx, int N,
+                        int k, int n);
+void mx_tr_combine_rows_bwd(mx_backend *be, float *dsrc, float *dw, const float *dout, const float *src,
+                            const float *w, const int *order, int N, int k, int n);
+void mx_tr_router_grad(mx_backend *be, float *dp, const float *dw, const float *p, const float *w,
+                       const int *ids, const float *aux, int N, int E, int k, bool norm);
+void mx_tr_colsum(mx_backend *be, double *out, const float *x, int N, int E);
 
 #endif

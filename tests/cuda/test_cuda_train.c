@@ -228,6 +228,278 @@ static void test_adamw(ctx *x) {
     free(w), free(g), free(m), free(v);
 }
 
+/* ---- the block ops of MLA, MKA and MoE (backend_train.h; CPU: src/train/block_ops.c) ----
+ * Elementwise ops, copies, gathers, combines, top-k and the router gradient are computed operation by
+ * operation as the CPU's (no FMA contraction on either side) and should match its bits; the tolerances leave
+ * room for a ulp of tanhf and for sums in another order (double: the softmax, cummean, mix3 dots and dbias;
+ * fp32: combine_rows_bwd's dots). Shapes are mostly not multiples of 32. */
+
+static void free_dev(ctx *x, float **bufs, size_t n) {
+    for (size_t i = 0; i < n; i++) x->gpu->free(x->gpu, bufs[i]);
+}
+
+/* Exact equality of n HOST ints (topk's ids); records a check. */
+static void expect_same_ints(const char *what, const int *cpu, const int *gpu, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += cpu[i] != gpu[i];
+    checks++;
+    if (bad) failures++;
+    printf("%s %-44s %zu of %zu differ\n", bad ? "FAIL" : "PASS", what, bad, n);
+}
+
+/* Relative L2 distance of two HOST double vectors; records a check. */
+static void expect_close_d(const char *what, const double *cpu, const double *gpu, size_t n, double tol) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) num += (gpu[i] - cpu[i]) * (gpu[i] - cpu[i]), den += cpu[i] * cpu[i];
+    double rel = sqrt(num / (den > 0 ? den : 1e-30));
+    bool ok = rel <= tol && isfinite(rel);
+    checks++;
+    if (!ok) failures++;
+    printf("%s %-44s rel L2 %.2e (tol %.0e)\n", ok ? "PASS" : "FAIL", what, rel, tol);
+}
+
+/* Two GPU buffers of n floats with the same bits (determinism); records a check. */
+static void expect_same_bits(ctx *x, const char *what, const float *d1, const float *d2, size_t n) {
+    float *a = malloc(sizeof(float) * (n ? n : 1)), *b = malloc(sizeof(float) * (n ? n : 1));
+    x->gpu->to_host(x->gpu, a, d1, n), x->gpu->to_host(x->gpu, b, d2, n);
+    bool same = memcmp(a, b, sizeof(float) * n) == 0;
+    checks++;
+    if (!same) failures++;
+    printf("%s %-44s %s\n", same ? "PASS" : "FAIL", what, same ? "identical bits" : "bits differ");
+    free(a), free(b);
+}
+
+/* copy_cols between column ranges of two strided buffers (overwrite, then accumulate), tanh and its backward
+ * (also in place). */
+static void test_copy_tanh(ctx *x) {
+    int rows = 37, w = 19;
+    size_t ss = 50, ds = 41;
+    float *src = rnd(x, rows * ss, 1.0f), *dst = rnd(x, rows * ds, 1.0f);
+    float *gsrc = dev_of(x, src, rows * ss), *gdst = dev_of(x, dst, rows * ds);
+    x->c->copy_cols(NULL, dst + 3, ds, src + 7, ss, w, rows, false);
+    x->g->copy_cols(x->gpu, gdst + 3, ds, gsrc + 7, ss, w, rows, false);
+    expect_close(x, "copy_cols", dst, gdst, rows * ds, 0);
+    x->c->copy_cols(NULL, dst + 22, ds, src + 31, ss, w, rows, true);
+    x->g->copy_cols(x->gpu, gdst + 22, ds, gsrc + 31, ss, w, rows, true);
+    expect_close(x, "copy_cols += (accumulate)", dst, gdst, rows * ds, 0);
+    long n = 100003;
+    float *a = rnd(x, n, 2.0f), *d = rnd(x, n, 1.0f), *y = calloc(n, 4), *dx = calloc(n, 4);
+    float *ga = dev_of(x, a, n), *gd = dev_of(x, d, n), *gy = dev_of(x, y, n), *gdx = dev_of(x, dx, n);
+    x->c->tanh_fwd(NULL, y, a, n), x->g->tanh_fwd(x->gpu, gy, ga, n);
+    expect_close(x, "tanh_fwd", y, gy, n, 1e-6);
+    x->g->tanh_fwd(x->gpu, ga, ga, n); /* out aliasing x */
+    expect_close(x, "tanh_fwd in place", y, ga, n, 1e-6);
+    x->g->upload(x->gpu, gy, y, n); /* the backward from the CPU's y on both sides */
+    x->c->tanh_bwd(NULL, dx, d, y, n), x->g->tanh_bwd(x->gpu, gdx, gd, gy, n);
+    expect_close(x, "tanh_bwd", dx, gdx, n, 1e-6);
+    x->g->tanh_bwd(x->gpu, gd, gd, gy, n); /* dx aliasing dout */
+    expect_close(x, "tanh_bwd in place", dx, gd, n, 1e-6);
+    float *bufs[] = {gsrc, gdst, ga, gd, gy, gdx};
+    free_dev(x, bufs, sizeof bufs / sizeof *bufs);
+    free(src), free(dst), free(a), free(d), free(y), free(dx);
+}
+
+/* softmax over rows of (N, E) and its backward (from the CPU's p on both sides) */
+static void test_softmax(ctx *x, int N, int E) {
+    size_t n = (size_t)N * E;
+    float *p = rnd(x, n, 3.0f), *dp = rnd(x, n, 1.0f);
+    float *gp = dev_of(x, p, n), *gdp = dev_of(x, dp, n);
+    char what[96];
+    x->c->softmax_fwd(NULL, p, N, E), x->g->softmax_fwd(x->gpu, gp, N, E);
+    snprintf(what, sizeof what, "softmax_fwd N%d E%d", N, E), expect_close(x, what, p, gp, n, 1e-6);
+    x->g->upload(x->gpu, gp, p, n);
+    x->c->softmax_bwd(NULL, dp, p, N, E), x->g->softmax_bwd(x->gpu, gdp, gp, N, E);
+    snprintf(what, sizeof what, "softmax_bwd N%d E%d", N, E), expect_close(x, what, dp, gdp, n, 1e-6);
+    float *bufs[] = {gp, gdp};
+    free_dev(x, bufs, 2);
+    free(p), free(dp);
+}
+
+/* the causal running mean of (B, T, C) and its accumulating backward */
+static void test_cummean(ctx *x, int B, int T, int C) {
+    size_t n = (size_t)B * T * C;
+    float *in = rnd(x, n, 1.0f), *out = calloc(n, 4), *dout = rnd(x, n, 1.0f), *dx = rnd(x, n, 1.0f);
+    float *gin = dev_of(x, in, n), *gout = dev_of(x, out, n), *gdout = dev_of(x, dout, n),
+          *gdx = dev_of(x, dx, n);
+    char what[96];
+    x->c->cummean_fwd(NULL, out, in, B, T, C), x->g->cummean_fwd(x->gpu, gout, gin, B, T, C);
+    snprintf(what, sizeof what, "cummean_fwd B%d T%d C%d", B, T, C),
+        expect_close(x, what, out, gout, n, 1e-6);
+    x->c->cummean_bwd(NULL, dx, dout, B, T, C), x->g->cummean_bwd(x->gpu, gdx, gdout, B, T, C);
+    snprintf(what, sizeof what, "cummean_bwd dx += B%d T%d C%d", B, T, C);
+    expect_close(x, what, dx, gdx, n, 1e-6);
+    float *bufs[] = {gin, gout, gdout, gdx};
+    free_dev(x, bufs, 4);
+    free(in), free(out), free(dout), free(dx);
+}
+
+/* mix3 forward and backward, with a bias (G, D) and dbias, or both NULL (dbias then untouched); the backward
+ * twice on the GPU: the same bits */
+static void test_mix3(ctx *x, int N, int H, int G, int D, bool with_bias) {
+    size_t n = (size_t)N * H * D, nb = (size_t)G * D;
+    float *r = rnd(x, (size_t)N * 3, 1.0f), *a = rnd(x, n, 1.0f), *b = rnd(x, n, 1.0f),
+          *bias = with_bias ? rnd(x, nb, 1.0f) : NULL, *dout = rnd(x, n, 1.0f), *out = calloc(n, 4),
+          *da = rnd(x, n, 1.0f), *db = rnd(x, n, 1.0f), *dr = calloc((size_t)N * 3, 4),
+          *dbias = rnd(x, nb, 1.0f);
+    float *gr = dev_of(x, r, (size_t)N * 3), *ga = dev_of(x, a, n), *gb = dev_of(x, b, n),
+          *gbias = with_bias ? dev_of(x, bias, nb) : NULL, *gdout = dev_of(x, dout, n),
+          *gout = dev_of(x, out, n), *gda = dev_of(x, da, n), *gdb = dev_of(x, db, n),
+          *gdr = dev_of(x, dr, (size_t)N * 3), *gdbias = dev_of(x, dbias, nb),
+          *gdr2 = dev_of(x, dr, (size_t)N * 3), *gdbias2 = dev_of(x, dbias, nb);
+    char what[96], shape[48];
+    snprintf(shape, sizeof shape, "N%d H%d G%d D%d%s", N, H, G, D, with_bias ? "" : " no bias");
+    x->c->mix3_fwd(NULL, out, r, a, b, bias, N, H, G, D);
+    x->g->mix3_fwd(x->gpu, gout, gr, ga, gb, gbias, N, H, G, D);
+    snprintf(what, sizeof what, "mix3_fwd %s", shape), expect_close(x, what, out, gout, n, 1e-6);
+    x->c->mix3_bwd(NULL, da, db, dr, with_bias ? dbias : NULL, dout, r, a, b, bias, N, H, G, D);
+    x->g->mix3_bwd(x->gpu, gda, gdb, gdr, with_bias ? gdbias : NULL, gdout, gr, ga, gb, gbias, N, H, G, D);
+    snprintf(what, sizeof what, "mix3_bwd da %s", shape), expect_close(x, what, da, gda, n, 1e-6);
+    snprintf(what, sizeof what, "mix3_bwd db %s", shape), expect_close(x, what, db, gdb, n, 1e-6);
+    snprintf(what, sizeof what, "mix3_bwd dr %s", shape), expect_close(x, what, dr, gdr, (size_t)N * 3, 1e-6);
+    snprintf(what, sizeof what, "mix3_bwd dbias += %s", shape),
+        expect_close(x, what, dbias, gdbias, nb, 1e-6);
+    x->g->mix3_bwd(x->gpu, gda, gdb, gdr2, with_bias ? gdbias2 : NULL, gdout, gr, ga, gb, gbias, N, H, G, D);
+    snprintf(what, sizeof what, "mix3_bwd dr twice %s", shape),
+        expect_same_bits(x, what, gdr, gdr2, (size_t)N * 3);
+    snprintf(what, sizeof what, "mix3_bwd dbias twice %s", shape),
+        expect_same_bits(x, what, gdbias, gdbias2, nb);
+    float *bufs[] = {gr, ga, gb, gdout, gout, gda, gdb, gdr, gdbias, gdr2, gdbias2};
+    free_dev(x, bufs, sizeof bufs / sizeof *bufs);
+    if (gbias) x->gpu->free(x->gpu, gbias);
+    free(r), free(a), free(b), free(bias), free(dout), free(out), free(da), free(db), free(dr), free(dbias);
+}
+
+/* Rows of (N, E) for topk: distinct values in each row (a random permutation of E levels plus a little
+ * noise), or with ties (three levels only) */
+static float *topk_input(ctx *x, int N, int E, bool ties) {
+    float *p = malloc(sizeof(float) * N * E);
+    int *perm = malloc(sizeof(int) * E);
+    for (int n = 0; n < N; n++) {
+        for (int e = 0; e < E; e++) perm[e] = e;
+        for (int e = E - 1; e > 0; e--) {
+            int j = (int)(mx_rng_u64(&x->rng) % (uint64_t)(e + 1)), t = perm[e];
+            perm[e] = perm[j], perm[j] = t;
+        }
+        for (int e = 0; e < E; e++)
+            p[(size_t)n * E + e] = ties ? (float)(1 + mx_rng_u64(&x->rng) % 3) * 0.25f
+                                        : (perm[e] + 0.5f * mx_rng_float(&x->rng)) / (float)E;
+    }
+    free(perm);
+    return p;
+}
+
+static void test_topk(ctx *x, int N, int E, int k, bool norm, bool ties) {
+    float *p = topk_input(x, N, E, ties), *w = calloc((size_t)N * k, 4), *gp = dev_of(x, p, (size_t)N * E),
+          *gw = dev_of(x, w, (size_t)N * k);
+    int *ids = malloc(sizeof(int) * N * k), *gids = malloc(sizeof(int) * N * k);
+    char what[96];
+    x->c->topk(NULL, p, N, E, k, norm, ids, w), x->g->topk(x->gpu, gp, N, E, k, norm, gids, gw);
+    snprintf(what, sizeof what, "topk ids N%d E%d k%d%s%s", N, E, k, norm ? " norm" : "",
+             ties ? " ties" : "");
+    expect_same_ints(what, ids, gids, (size_t)N * k);
+    snprintf(what, sizeof what, "topk w N%d E%d k%d%s%s", N, E, k, norm ? " norm" : "", ties ? " ties" : "");
+    expect_close(x, what, w, gw, (size_t)N * k, 1e-6);
+    float *bufs[] = {gp, gw};
+    free_dev(x, bufs, 2);
+    free(p), free(w), free(ids), free(gids);
+}
+
+static int *rnd_ints(ctx *x, size_t n, int below) {
+    int *v = malloc(sizeof(int) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) v[i] = (int)(mx_rng_u64(&x->rng) % (uint64_t)below);
+    return v;
+}
+
+/* gather_rows, combine_rows (weights and NULL) and combine_rows_bwd over rows of n floats */
+static void test_gather_combine(ctx *x) {
+    int N = 37, k = 2, n = 50, Ns = 80, NK = N * k;
+    float *src = rnd(x, (size_t)Ns * n, 1.0f), *w = rnd(x, NK, 1.0f), *out = calloc((size_t)NK * n, 4);
+    float *gsrc = dev_of(x, src, (size_t)Ns * n), *gw = dev_of(x, w, NK),
+          *gout = dev_of(x, out, (size_t)NK * n);
+    int *idx = rnd_ints(x, (size_t)N * 3, Ns); /* k = 2 below, and 3 for the unweighted combine */
+    x->c->gather_rows(NULL, out, src, idx, 41, n), x->g->gather_rows(x->gpu, gout, gsrc, idx, 41, n);
+    expect_close(x, "gather_rows", out, gout, (size_t)41 * n, 0);
+    x->c->combine_rows(NULL, out, src, w, idx, N, k, n),
+        x->g->combine_rows(x->gpu, gout, gsrc, gw, idx, N, k, n);
+    expect_close(x, "combine_rows", out, gout, (size_t)N * n, 1e-6);
+    x->c->combine_rows(NULL, out, src, NULL, idx, N, 3, n);
+    x->g->combine_rows(x->gpu, gout, gsrc, NULL, idx, N, 3, n);
+    expect_close(x, "combine_rows w NULL k3", out, gout, (size_t)N * n, 1e-6);
+    /* the backward: src rows are the NK choices in a random order (order[i] = the choice row i served) */
+    int *order = malloc(sizeof(int) * NK);
+    for (int i = 0; i < NK; i++) order[i] = i;
+    for (int i = NK - 1; i > 0; i--) {
+        int j = (int)(mx_rng_u64(&x->rng) % (uint64_t)(i + 1)), t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+    float *dout = rnd(x, (size_t)N * n, 1.0f), *dsrc = calloc((size_t)NK * n, 4), *dw = calloc(NK, 4);
+    float *gdout = dev_of(x, dout, (size_t)N * n), *gdsrc = dev_of(x, dsrc, (size_t)NK * n),
+          *gdw = dev_of(x, dw, NK);
+    x->c->combine_rows_bwd(NULL, dsrc, dw, dout, src, w, order, N, k, n);
+    x->g->combine_rows_bwd(x->gpu, gdsrc, gdw, gdout, gsrc, gw, order, N, k, n);
+    expect_close(x, "combine_rows_bwd dsrc", dsrc, gdsrc, (size_t)NK * n, 1e-6);
+    expect_close(x, "combine_rows_bwd dw", dw, gdw, NK, 1e-5);
+    float *bufs[] = {gsrc, gw, gout, gdout, gdsrc, gdw};
+    free_dev(x, bufs, sizeof bufs / sizeof *bufs);
+    free(src), free(w), free(out), free(idx), free(order), free(dout), free(dsrc), free(dw);
+}
+
+/* router_grad from the CPU's softmax and top-k of random logits (N, E), with or without renormalization */
+static void test_router_grad(ctx *x, int N, int E, int k, bool norm) {
+    size_t n = (size_t)N * E;
+    float *p = rnd(x, n, 2.0f), *w = calloc((size_t)N * k, 4), *dw = rnd(x, (size_t)N * k, 1.0f),
+          *aux = rnd(x, E, 0.1f), *dp = calloc(n, 4);
+    int *ids = malloc(sizeof(int) * N * k);
+    x->c->softmax_fwd(NULL, p, N, E), x->c->topk(NULL, p, N, E, k, norm, ids, w);
+    float *gp = dev_of(x, p, n), *gw = dev_of(x, w, (size_t)N * k), *gdw = dev_of(x, dw, (size_t)N * k),
+          *gdp = dev_of(x, dp, n);
+    char what[96];
+    x->c->router_grad(NULL, dp, dw, p, w, ids, aux, N, E, k, norm);
+    x->g->router_grad(x->gpu, gdp, gdw, gp, gw, ids, aux, N, E, k, norm);
+    snprintf(what, sizeof what, "router_grad N%d E%d k%d%s", N, E, k, norm ? " norm" : "");
+    expect_close(x, what, dp, gdp, n, 1e-6);
+    float *bufs[] = {gp, gw, gdw, gdp};
+    free_dev(x, bufs, 4);
+    free(p), free(w), free(dw), free(aux), free(dp), free(ids);
+}
+
+/* colsum (HOST doubles) against the CPU, and twice on the GPU: the same bits */
+static void test_colsum(ctx *x, int N, int E) {
+    float *in = rnd(x, (size_t)N * E, 1.0f), *gin = dev_of(x, in, (size_t)N * E);
+    double *c = malloc(sizeof(double) * E), *g = malloc(sizeof(double) * E), *g2 = malloc(sizeof(double) * E);
+    char what[96];
+    x->c->colsum(NULL, c, in, N, E), x->g->colsum(x->gpu, g, gin, N, E), x->g->colsum(x->gpu, g2, gin, N, E);
+    snprintf(what, sizeof what, "colsum N%d E%d", N, E), expect_close_d(what, c, g, E, 1e-12);
+    bool same = memcmp(g, g2, sizeof(double) * E) == 0;
+    checks++, failures += !same;
+    printf("%s %-44s %s\n", same ? "PASS" : "FAIL", "colsum twice", same ? "identical bits" : "bits differ");
+    x->gpu->free(x->gpu, gin);
+    free(in), free(c), free(g), free(g2);
+}
+
+/* Every block op with no rows (or width) launches nothing and fails nothing; colsum of no rows is zeros. */
+static void test_blocks_empty(ctx *x) {
+    float *d = x->gpu->alloc(x->gpu, 64); /* a valid address no op may touch */
+    int ids[1] = {0};
+    float aux[4] = {0};
+    double cs[4] = {1, 1, 1, 1};
+    mx_backend *be = x->gpu;
+    const mx_train_ops *g = x->g;
+    g->copy_cols(be, d, 4, d, 4, 0, 3, true), g->copy_cols(be, d, 4, d, 4, 3, 0, false);
+    g->tanh_fwd(be, d, d, 0), g->tanh_bwd(be, d, d, d, 0);
+    g->softmax_fwd(be, d, 0, 8), g->softmax_bwd(be, d, d, 0, 8);
+    g->cummean_fwd(be, d, d, 2, 0, 4), g->cummean_bwd(be, d, d, 0, 3, 4);
+    g->mix3_fwd(be, d, d, d, d, d, 0, 6, 2, 12), g->mix3_bwd(be, d, d, d, d, d, d, d, d, d, 0, 6, 2, 12);
+    g->topk(be, d, 0, 8, 2, true, ids, d), g->gather_rows(be, d, d, ids, 0, 16);
+    g->combine_rows(be, d, d, d, ids, 0, 2, 16), g->combine_rows_bwd(be, d, d, d, d, d, ids, 0, 2, 16);
+    g->router_grad(be, d, d, d, d, ids, aux, 0, 4, 2, true), g->colsum(be, cs, d, 0, 4);
+    be->sync(be);
+    bool ok = cs[0] == 0 && cs[1] == 0 && cs[2] == 0 && cs[3] == 0;
+    checks++, failures += !ok;
+    printf("%s %-44s\n", ok ? "PASS" : "FAIL", "block ops on empty shapes (colsum: zeros)");
+    be->free(be, d);
+}
+
 /* ---- whole steps ---- */
 
 static mx_tmodel *model(const char *json, mx_backend *be, bool bf16) {
@@ -360,6 +632,27 @@ int main(void) {
     test_attention(&x, 3, 333, 6, 2, 128, 70, "GQA D128 window 70", true);
     test_attention(&x, 1, 1024, 4, 4, 64, 0, "MHA T1024", true);
     test_adamw(&x);
+    test_copy_tanh(&x);
+    test_softmax(&x, 37, 5);
+    test_softmax(&x, 1001, 8);
+    test_softmax(&x, 19, 67);
+    test_cummean(&x, 2, 37, 12);
+    test_cummean(&x, 3, 300, 37);
+    test_cummean(&x, 1, 129, 5);
+    test_mix3(&x, 37, 6, 2, 12, true);
+    test_mix3(&x, 37, 6, 2, 12, false);
+    test_mix3(&x, 301, 4, 4, 40, true);
+    test_topk(&x, 1001, 8, 2, true, false);
+    test_topk(&x, 37, 5, 3, false, false);
+    test_topk(&x, 37, 5, 5, true, false);
+    test_topk(&x, 200, 64, 6, true, false);
+    test_topk(&x, 300, 8, 2, true, true);
+    test_gather_combine(&x);
+    test_router_grad(&x, 37, 5, 2, true);
+    test_router_grad(&x, 1001, 8, 2, false);
+    test_colsum(&x, 1001, 5);
+    test_colsum(&x, 16384, 8);
+    test_blocks_empty(&x);
     const char *gpt2 =
         "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
         "\"n_kv_head\": 4, \"d_ff\": 256, \"max_ctx\": 64, \"batch\": 3, \"seq\": 48, \"steps\": 100}";
@@ -367,10 +660,36 @@ int main(void) {
         "{\"arch\": \"llama\", \"vocab\": 101, \"d_model\": 64, \"n_layer\": 4, \"n_head\": 4, "
         "\"n_kv_head\": 2, \"d_ff\": 160, \"max_ctx\": 64, \"batch\": 2, \"seq\": 64, "
         "\"plan\": \"G,S,G@0,S@1\", \"window\": 16, \"steps\": 100}";
+    /* the blocks beyond MHA, composed of the block ops: MLA (query latent, RoPE dims, values wider than keys),
+     * MKA on GPT-2 blocks (biases: bv's third mixing term), FastMKA with a window, experts top-2 */
+    const char *mla =
+        "{\"arch\": \"llama\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
+        "\"n_kv_head\": 4, \"d_ff\": 160, \"max_ctx\": 64, \"batch\": 2, \"seq\": 40, \"attn\": \"mla\", "
+        "\"mla_kv_rank\": 24, \"mla_q_rank\": 16, \"mla_rope_dim\": 8, \"mla_nope_dim\": 8, \"mla_v_dim\": "
+        "20, "
+        "\"steps\": 100}";
+    const char *mka_gpt2 =
+        "{\"arch\": \"gpt2\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
+        "\"n_kv_head\": 4, \"d_ff\": 128, \"max_ctx\": 64, \"batch\": 2, \"seq\": 40, \"attn\": \"mka\", "
+        "\"steps\": 100}";
+    const char *fastmka =
+        "{\"arch\": \"llama\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
+        "\"n_kv_head\": 2, \"d_ff\": 160, \"max_ctx\": 64, \"batch\": 2, \"seq\": 40, "
+        "\"attn\": \"fastmka\", \"plan\": \"S,G\", \"window\": 9, \"steps\": 100}";
+    const char *moe =
+        "{\"arch\": \"llama\", \"vocab\": 97, \"d_model\": 64, \"n_layer\": 2, \"n_head\": 4, "
+        "\"n_kv_head\": 2, \"d_ff\": 48, \"max_ctx\": 64, \"batch\": 2, \"seq\": 40, \"n_expert\": 5, "
+        "\"n_expert_used\": 2, \"moe_aux_weight\": 0.05, \"steps\": 100}";
     test_step(&x, gpt2, "gpt2 MHA");
     test_step(&x, llama, "llama GQA, window, shared KV");
+    test_step(&x, mla, "llama MLA");
+    test_step(&x, mka_gpt2, "gpt2 MKA");
+    test_step(&x, fastmka, "llama FastMKA, window");
+    test_step(&x, moe, "llama experts top-2 of 5");
     test_training_runs(&x, gpt2);
     test_training_runs(&x, llama);
+    test_training_runs(&x, mla);
+    test_training_runs(&x, moe);
     mx_backend_destroy(x.gpu);
     printf("%d/%d passed\n", checks - failures, checks);
     return failures ? 1 : 0;

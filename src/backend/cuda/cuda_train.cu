@@ -1,7 +1,8 @@
 /* cuda_train.cu: the CUDA implementation of the training op contract (backend_train.h), except attention
- * (cuda_train_attn.cu). fp32 buffers throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F)
- * or, with set_bf16, on bf16 tensor cores with fp32 accumulation, on bf16 copies of the operands made first
- * (MX_CUDA_TRAIN_GEMM=fast16bf: CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands). The output head then
+ * (cuda_train_attn.cu) and the ops of the MLA, MKA and MoE blocks (cuda_train_blocks.cu). fp32 buffers
+ * throughout; the matmuls go through cuBLAS, in fp32 (CUBLAS_COMPUTE_32F) or, with set_bf16, on bf16 tensor
+ * cores with fp32 accumulation, on bf16 copies of the operands made first (MX_CUDA_TRAIN_GEMM=fast16bf:
+ * CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands). The output head then
  * also keeps its logits' gradient in bf16. Norms, softmax, the loss and AdamW are fp32 with fixed reduction orders:
  * two runs with one seed give the same bits (no atomics; column sums are per-chunk partials summed in order).
  * Shapes as in backend_train.h: N rows, C width, V vocabulary; weights [out, in] row-major. */
@@ -38,24 +39,8 @@ typedef struct {
     size_t opa_cap, opb_cap, opc_cap;
     mx_tr_seg *segs; /* adamw segments */
     int segs_cap;
+    void *blocks; /* cuda_train_blocks.cu's scratch (NULL until used) */
 } cu_train;
-
-template <typename T> static T *grow(T *p, size_t *cap, size_t n) {
-    if (n <= *cap) return p;
-    if (p) CU_CHECK(cudaFree(p));
-    CU_CHECK(cudaMalloc((void **)&p, sizeof(T) * n));
-    *cap = n;
-    return p;
-}
-
-template <typename T> static T *grow_host(T *p, size_t *cap, size_t n) {
-    if (n <= *cap) return p;
-    free(p);
-    p = (T *)malloc(sizeof(T) * n);
-    if (!p) mx_cuda_fatal("malloc", "out of host memory", __FILE__, __LINE__);
-    *cap = n;
-    return p;
-}
 
 static cu_train *tr(mx_backend *be) {
     mx_cuda_ctx *c = cu_ctx(be);
@@ -76,6 +61,10 @@ cublasHandle_t mx_cuda_train_blas(mx_backend *be, cublasComputeType_t *compute) 
     return t->blas;
 }
 
+void **mx_cuda_train_blocks(mx_backend *be) {
+    return &tr(be)->blocks;
+}
+
 bool mx_cuda_train_bf16(mx_backend *be) {
     return tr(be)->bf16;
 }
@@ -89,24 +78,9 @@ void mx_cuda_train_free(mx_cuda_ctx *c) {
     cudaFree(t->opa), cudaFree(t->opb), cudaFree(t->opc);
     cudaFree(t->segs); /* device memory too (grow) */
     free(t->csr_host), free(t->dsum_host);
+    mx_cuda_train_blocks_free(t->blocks);
     free(t);
     c->train = NULL;
-}
-
-static cudaStream_t stream_of(mx_backend *be) {
-    return cu_ctx(be)->stream;
-}
-
-static unsigned blocks_for(size_t n, unsigned threads) {
-    size_t b = (n + threads - 1) / threads;
-    return (unsigned)(b < 65535u * 16u ? b : 65535u * 16u);
-}
-
-/* ---- reductions inside a warp and a block ---- */
-
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 /* ---- GEMMs (row-major through column-major cuBLAS: a row-major (r, c) matrix is a column-major (c, r)) ---- */
@@ -728,6 +702,21 @@ const mx_train_ops mx_cuda_train_ops = {
     /* .gelu_bwd = */ t_gelu_bwd,
     /* .swiglu_bwd = */ t_swiglu_bwd,
     /* .head_xent = */ t_head_xent,
+    /* .copy_cols = */ mx_cuda_train_copy_cols,
+    /* .tanh_fwd = */ mx_cuda_train_tanh_fwd,
+    /* .tanh_bwd = */ mx_cuda_train_tanh_bwd,
+    /* .softmax_fwd = */ mx_cuda_train_softmax_fwd,
+    /* .softmax_bwd = */ mx_cuda_train_softmax_bwd,
+    /* .cummean_fwd = */ mx_cuda_train_cummean_fwd,
+    /* .cummean_bwd = */ mx_cuda_train_cummean_bwd,
+    /* .mix3_fwd = */ mx_cuda_train_mix3_fwd,
+    /* .mix3_bwd = */ mx_cuda_train_mix3_bwd,
+    /* .topk = */ mx_cuda_train_topk,
+    /* .gather_rows = */ mx_cuda_train_gather_rows,
+    /* .combine_rows = */ mx_cuda_train_combine_rows,
+    /* .combine_rows_bwd = */ mx_cuda_train_combine_rows_bwd,
+    /* .router_grad = */ mx_cuda_train_router_grad,
+    /* .colsum = */ mx_cuda_train_colsum,
     /* .upload = */ t_upload,
     /* .zero = */ t_zero,
     /* .sumsq = */ t_sumsq,
