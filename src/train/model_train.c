@@ -533,6 +533,11 @@ static int alloc_acts(mx_tmodel *m, mx_backend *be, mx_err *err) {
     size_t Ls = c->recompute ? 1 : L; /* layers of the (Ls, ...) activations */
     size_t up = c->arch == MX_TARCH_LLAMA && c->n_expert == 0 ? Ls * N * F : 0;
     size_t slots = 1 + (size_t)mx_tmodel_shared_writers(m);
+    /* the MHA family's buffers, unused where every layer is MLA, MKA or FastMKA (their own: mla_train.c,
+     * mka_train.c), and the dense MLP's, unused with experts (moe_train.c) */
+    size_t mha = 0, dense = c->n_expert == 0;
+    for (int l = 0; l < c->n_layer; l++) mha |= m->plan[l].kind == MX_ATTN_MHA;
+    HD *= mha, GD *= mha, H *= mha, F *= dense;
     struct {
         float **p;
         size_t n;

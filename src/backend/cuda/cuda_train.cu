@@ -40,6 +40,10 @@ typedef struct {
     mx_tr_seg *segs; /* adamw segments */
     int segs_cap;
     void *blocks; /* cuda_train_blocks.cu's scratch (NULL until used) */
+    float2 *rope; /* (T, D/2) (cos, sin) of each position and frequency, for rope_T, rope_D, rope_theta */
+    size_t rope_cap;
+    int rope_T, rope_D;
+    float rope_theta;
 } cu_train;
 
 static cu_train *tr(mx_backend *be) {
@@ -77,6 +81,7 @@ void mx_cuda_train_free(mx_cuda_ctx *c) {
         cudaFree(t->glog);
     cudaFree(t->opa), cudaFree(t->opb), cudaFree(t->opc);
     cudaFree(t->segs); /* device memory too (grow) */
+    cudaFree(t->rope);
     free(t->csr_host), free(t->dsum_host);
     mx_cuda_train_blocks_free(t->blocks);
     free(t);
@@ -289,15 +294,28 @@ static void t_matmul_fwd(mx_backend *be, float *y, const float *x, const float *
 }
 
 /* Rotate-half RoPE; the frequency as Hugging Face forms it (fp32 of a double power), the angle in fp32. */
-static __global__ void k_rope(float *x, int T, int nh, int D, float theta, bool inverse, size_t total) {
+/* cs[t, i] = (cos, sin) of t · theta^(-2i/D), as Hugging Face: inv_freq and the angle in fp32 (the CPU's
+ * mx_tr_rope forms the same values the same way). */
+static __global__ void k_rope_table(float2 *cs, int T, int D, float theta) {
+    int half = D / 2;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < T * half; idx += gridDim.x * blockDim.x) {
+        int t = idx / half, i = idx % half;
+        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
+        float ang = (float)t * inv_freq;
+        cs[idx] = make_float2(cosf(ang), sinf(ang));
+    }
+}
+
+/* Rotates the pairs (i, i + D/2) of every head of x (B, T, nh, D) by cs[t, i] (inverse: the negative angle). */
+static __global__ void k_rope(float *x, const float2 *cs, int T, int nh, int D, bool inverse, size_t total) {
     int half = D / 2;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         int i = (int)(idx % half);
         size_t rh = idx / half; /* (row, head) */
         int t = (int)((rh / nh) % T);
-        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
-        float ang = (float)t * inv_freq, c = cosf(ang), s = inverse ? -sinf(ang) : sinf(ang);
+        float2 a = cs[(size_t)t * half + i];
+        float c = a.x, s = inverse ? -a.y : a.y;
         float *v = x + rh * D;
         float x0 = v[i], x1 = v[i + half];
         v[i] = x0 * c - x1 * s;
@@ -305,9 +323,24 @@ static __global__ void k_rope(float *x, int T, int nh, int D, float theta, bool 
     }
 }
 
+/* The (cos, sin) table of (T, D, theta), made once and kept until another shape asks. */
+static const float2 *rope_table(mx_backend *be, int T, int D, float theta) {
+    cu_train *t = tr(be);
+    if (!t->rope || t->rope_T != T || t->rope_D != D || t->rope_theta != theta) {
+        size_t n = (size_t)T * (D / 2);
+        t->rope = grow(t->rope, &t->rope_cap, n);
+        k_rope_table<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(t->rope, T, D, theta);
+        CU_LAUNCHED();
+        t->rope_T = T, t->rope_D = D, t->rope_theta = theta;
+    }
+    return t->rope;
+}
+
 static void t_rope(mx_backend *be, float *x, int B, int T, int nh, int D, float theta, bool inverse) {
     size_t total = (size_t)B * T * nh * (D / 2);
-    k_rope<<<blocks_for(total, 256), 256, 0, stream_of(be)>>>(x, T, nh, D, theta, inverse, total);
+    if (!total) return;
+    const float2 *cs = rope_table(be, T, D, theta);
+    k_rope<<<blocks_for(total, 256), 256, 0, stream_of(be)>>>(x, cs, T, nh, D, inverse, total);
     CU_LAUNCHED();
 }
 
