@@ -162,10 +162,6 @@ static int parse(train_opts *o, int argc, char **argv) {
         return fprintf(stderr, "mixatt train: --device is cpu or cuda, not '%s'\n", o->device), 2;
     if (o->precision && strcmp(o->precision, "bf16") && strcmp(o->precision, "fp32"))
         return fprintf(stderr, "mixatt train: --precision is bf16 or fp32, not '%s'\n", o->precision), 2;
-    if (o->device && !strcmp(o->device, "cuda") && o->zero1)
-        return fprintf(stderr, "mixatt train: --zero1 with --device cuda is not implemented yet (the AdamW "
-                               "moments are sharded in host memory); use --dp alone on GPUs\n"),
-               2;
     if (o->zero1 && !o->dp)
         return fprintf(stderr, "mixatt train: --zero1 shards the optimizer of --dp training: add --dp\n"), 2;
     return 0;
@@ -559,8 +555,8 @@ int mx_cmd_train(int argc, char **argv, mx_comm *comm) {
     mx_loader_close(&t.train);
     mx_loader_close(&t.val);
     free(t.inputs), free(t.targets);
+    mx_dp_free(t.dp); /* ZeRO-1's moments may live in the model's backend: before both go */
     mx_tmodel_free(t.m);
     mx_backend_destroy(t.be);
-    mx_dp_free(t.dp);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backend/backend.h"
 #include "../dist/agree.h"
 #include "op_profile.h"
 #include "optim.h"
@@ -25,7 +26,10 @@ int mx_dp_init(mx_dp *dp, mx_comm *comm, const mx_train_config *cfg, bool zero1,
 
 void mx_dp_free(mx_dp *dp) {
     if (!dp) return;
-    free(dp->m), free(dp->v);
+    if (dp->model) /* moments in the model's backend memory */
+        mx_tmodel_release(dp->model, dp->m), mx_tmodel_release(dp->model, dp->v);
+    else
+        free(dp->m), free(dp->v);
     dp->m = dp->v = NULL;
 }
 
@@ -48,7 +52,7 @@ int mx_dp_agree(const mx_dp *dp, int rc, mx_err *err) {
 /* Points every parameter's moments into whole-vector buffers (NULL: none). */
 static void bind_moments(mx_tmodel *m, float *mom, float *var) {
     m->m = mom, m->v = var;
-    m->host[2] = mom, m->host[3] = var; /* (host buffers: --zero1 trains on the CPU) */
+    m->host[2] = mom, m->host[3] = var; /* host buffers (a placed model's device moments are freed first) */
     for (int i = 0; i < m->n_params; i++) {
         mx_param *p = &m->params[i];
         p->m = mom ? mom + p->off : NULL;
@@ -57,17 +61,40 @@ static void bind_moments(mx_tmodel *m, float *mom, float *var) {
 }
 
 /* zero1: keeps the moments of this rank's slice and of the tail, frees the whole-vector buffers. */
+/* dst[0..n) = src[0..n) where m runs (host memcpy, or the backend's copy for device buffers). */
+static void copy_floats(mx_tmodel *m, float *dst, const float *src, size_t n) {
+    if (!m->on_device) {
+        memcpy(dst, src, sizeof(float) * n);
+        return;
+    }
+    for (size_t done = 0; done < n;) { /* copy_cols takes an int width */
+        int w = n - done > (1u << 30) ? 1 << 30 : (int)(n - done);
+        MX_OP(m, copy_cols, dst + done, 0, src + done, 0, w, 1, false);
+        done += (size_t)w;
+    }
+}
+
 static int shard_moments(mx_dp *dp, mx_tmodel *m, mx_err *err) {
     size_t n = m->n_floats, keep = dp->shard + (n - dp->tail);
-    dp->m = malloc(sizeof(float) * (keep ? keep : 1));
-    dp->v = malloc(sizeof(float) * (keep ? keep : 1));
+    dp->m = mx_tmodel_alloc(m, keep ? keep : 1);
+    dp->v = mx_tmodel_alloc(m, keep ? keep : 1);
+    if (m->on_device) dp->model = m;
     if (!dp->m || !dp->v)
-        return mx_err_set(err, MX_ERR_NOMEM, "out of memory for the optimizer state (%zu floats)", 2 * keep);
-    memcpy(dp->m, m->m + dp->lo, sizeof(float) * dp->shard);
-    memcpy(dp->v, m->v + dp->lo, sizeof(float) * dp->shard);
-    memcpy(dp->m + dp->shard, m->m + dp->tail, sizeof(float) * (n - dp->tail));
-    memcpy(dp->v + dp->shard, m->v + dp->tail, sizeof(float) * (n - dp->tail));
-    free(m->m), free(m->v);
+        return mx_err_set(err, MX_ERR_NOMEM, "out of %s memory for the optimizer state (%zu floats)",
+                          m->on_device ? m->be->name : "host", 2 * keep);
+    copy_floats(m, dp->m, m->m + dp->lo, dp->shard);
+    copy_floats(m, dp->v, m->v + dp->lo, dp->shard);
+    copy_floats(m, dp->m + dp->shard, m->m + dp->tail, n - dp->tail);
+    copy_floats(m, dp->v + dp->shard, m->v + dp->tail, n - dp->tail);
+    if (m->on_device) { /* the whole device moments, and their host copies */
+        for (int i = 2; i < 4; i++) {
+            m->be->free(m->be, m->dev[i]);
+            m->dev[i] = NULL;
+        }
+        free(m->host[2]), free(m->host[3]);
+    } else {
+        free(m->m), free(m->v);
+    }
     bind_moments(m, NULL, NULL);
     return MX_OK;
 }
@@ -123,39 +150,60 @@ int mx_dp_adamw_step(mx_dp *dp, mx_tmodel *m, float lr, int t, mx_err *err) {
     mx_adamw_step_range(m, lr, t, dp->tail, dp->n, dp->m + dp->shard, dp->v + dp->shard);
     if (dp->size == 1 || dp->shard == 0) return MX_OK;
     /* the gradient is spent: it holds this rank's updated slice while the slices are gathered into w */
-    memcpy(m->g, m->w + dp->lo, sizeof(float) * dp->shard);
+    copy_floats(m, m->g, m->w + dp->lo, dp->shard);
     if (dp->comm->allgather(dp->comm, m->g, m->w, dp->shard, err))
         return mx_err_wrap(err, "gathering the parameters");
     return MX_OK;
 }
 
-/* zero1: the whole moments on rank 0 (bound to m for the write), every rank sending its slice there. */
+/* n floats of this rank's moment slice (src, where m runs) into host dst. */
+static void slice_to_host(const mx_tmodel *m, float *dst, const float *src, size_t n) {
+    if (m->on_device)
+        m->be->to_host(m->be, dst, src, n);
+    else
+        memcpy(dst, src, sizeof(float) * n);
+}
+
+/* rank 0: the slice of rank r into host dst, through stage (where m runs; NULL on the host: dst itself). */
+static int recv_slice(mx_dp *dp, const mx_tmodel *m, float *dst, float *stage, int r, mx_err *err) {
+    if (dp->comm->recv(dp->comm, stage ? stage : dst, dp->shard, r, err)) return err->code;
+    if (stage) m->be->to_host(m->be, dst, stage, dp->shard);
+    return MX_OK;
+}
+
+/* zero1: the whole moments on rank 0 in host memory (bound to m for the write), every rank sending its slice
+ * there (from the device where the model runs on one). */
 static int gather_moments(mx_dp *dp, mx_tmodel *m, mx_err *err) {
     int rc = MX_OK;
-    float *mom = NULL, *var = NULL;
+    float *mom = NULL, *var = NULL, *stage = NULL;
     if (dp->rank == 0) {
         mom = malloc(sizeof(float) * (dp->n ? dp->n : 1));
         var = malloc(sizeof(float) * (dp->n ? dp->n : 1));
-        if (!mom || !var)
+        if (m->on_device && dp->size > 1) stage = mx_tmodel_alloc(m, dp->shard ? dp->shard : 1);
+        if (!mom || !var || (m->on_device && dp->size > 1 && !stage))
             rc = mx_err_set(err, MX_ERR_NOMEM, "out of memory for the checkpoint's optimizer state");
     }
-    if (mx_dp_agree(dp, rc, err)) return free(mom), free(var), err->code;
+    if (mx_dp_agree(dp, rc, err)) {
+        mx_tmodel_release(m, stage);
+        return free(mom), free(var), err->code;
+    }
     if (dp->rank != 0) {
         if (dp->comm->send(dp->comm, dp->m, dp->shard, 0, err) ||
             dp->comm->send(dp->comm, dp->v, dp->shard, 0, err))
             return mx_err_wrap(err, "sending the optimizer state to rank 0");
         return MX_OK;
     }
-    memcpy(mom, dp->m, sizeof(float) * dp->shard);
-    memcpy(var, dp->v, sizeof(float) * dp->shard);
-    memcpy(mom + dp->tail, dp->m + dp->shard, sizeof(float) * (dp->n - dp->tail));
-    memcpy(var + dp->tail, dp->v + dp->shard, sizeof(float) * (dp->n - dp->tail));
+    slice_to_host(m, mom, dp->m, dp->shard);
+    slice_to_host(m, var, dp->v, dp->shard);
+    slice_to_host(m, mom + dp->tail, dp->m + dp->shard, dp->n - dp->tail);
+    slice_to_host(m, var + dp->tail, dp->v + dp->shard, dp->n - dp->tail);
     for (int r = 1; r < dp->size; r++)
-        if (dp->comm->recv(dp->comm, mom + (size_t)r * dp->shard, dp->shard, r, err) ||
-            dp->comm->recv(dp->comm, var + (size_t)r * dp->shard, dp->shard, r, err)) {
-            free(mom), free(var);
+        if (recv_slice(dp, m, mom + (size_t)r * dp->shard, stage, r, err) ||
+            recv_slice(dp, m, var + (size_t)r * dp->shard, stage, r, err)) {
+            free(mom), free(var), mx_tmodel_release(m, stage);
             return mx_err_wrap(err, "receiving the optimizer state of rank %d", r);
         }
+    mx_tmodel_release(m, stage);
     bind_moments(m, mom, var);
     return MX_OK;
 }

@@ -9,7 +9,8 @@
  * of s = n / N; rank r keeps the moments of [r s, (r+1) s) and of the tail [N s, n) (fewer than N elements,
  * which every rank updates alike), updates those elements only and the parameters are allgathered after each
  * step. For a checkpoint rank 0 gathers the slices (send/recv) into whole moment buffers held for the write
- * only.
+ * only. On a GPU the slices live in device memory and the collectives are NCCL's (comm->attach); rank 0 brings
+ * each received slice to the host for the write.
  *
  * Every function takes dp == NULL as "one process without --dp" and then does what single-rank training does.
  * Collectives are agreed: a rank that fails (data, memory, a write) makes every rank return the lowest
@@ -31,7 +32,9 @@ typedef struct {
     int batch_local;  /* sequences of each micro-batch this rank trains on (batch / size) */
     size_t lo, shard; /* zero1: this rank's slice [lo, lo + shard) */
     size_t tail;      /* zero1: N * shard; [tail, n) is updated by every rank */
-    float *m, *v;     /* zero1: the moments of the slice, then of the tail (shard + n - tail floats) */
+    float *m, *v;     /* zero1: the moments of the slice, then of the tail (shard + n - tail floats), where
+                         the model runs */
+    struct mx_tmodel *model; /* zero1 on a device: the model whose backend holds m, v (NULL: host memory) */
 } mx_dp;
 
 /* Checks that the global batch (cfg->batch sequences) splits over comm's ranks. */

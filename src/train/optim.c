@@ -55,6 +55,7 @@ static int segments(mx_tmodel *m, size_t lo, size_t hi) {
 void mx_adamw_step_range(mx_tmodel *m, float lr, int t, size_t lo, size_t hi, float *mom, float *var) {
     mx_tr_adamw h = adamw_hyper(&m->cfg, lr, t);
     int n = segments(m, lo, hi);
+    if (n == 0) return; /* an empty range: ZeRO-1's tail when the ranks divide the vector */
     /* w and g are offset by lo like the slice's moments, so one segment table serves all four */
     MX_OP(m, adamw, m->segs, n, m->w + lo, m->g + lo, mom, var, &h);
 }

@@ -195,13 +195,27 @@ def across_devices(tmp):
 
 
 def dp_on_one_gpu(tmp):
-    """--dp with one rank on the GPU trains exactly as without it (the gradient mean over one rank is itself)."""
+    """--dp (and --dp --zero1) with one rank on the GPU trains exactly as without it (the gradient mean over one
+    rank is itself; one rank's slice of the moments is all of them)."""
     base = fixture_args("llama") + ["--set", "steps=4", "-q", "--device", "cuda"]
     a, b = os.path.join(tmp, "nodp"), os.path.join(tmp, "dp1")
     r1, r2 = run("train", *base, "-o", a), run("train", *base, "-o", b, "--dp")
     ok = r1.returncode == 0 and r2.returncode == 0
     check(ok and losses(a) == losses(b), "--dp on one GPU equals the run without it (bit-identical losses) "
           + (r1.stderr + r2.stderr).strip()[-200:])
+    # ZeRO-1 with the moments in device memory: the same steps, and a resume through its gathered checkpoint
+    z, zp = os.path.join(tmp, "zero1"), os.path.join(tmp, "zero1-part")
+    r3 = run("train", *base, "-o", z, "--dp", "--zero1")
+    r4 = run("train", *base, "-o", zp, "--dp", "--zero1", "--max-steps", "2")
+    r5 = run("train", "--resume", zp, "-o", zp, "-q", "--device", "cuda", "--dp", "--zero1")
+    ok = not (r3.returncode or r4.returncode or r5.returncode)
+    check(ok and losses(z) == losses(a) and losses(zp) == losses(a),
+          "--dp --zero1 on one GPU: the run and its resume equal the run without it (bit-identical losses) "
+          + (r3.stderr + r4.stderr + r5.stderr).strip()[-300:])
+    if ok:
+        same = open(os.path.join(a, "checkpoint.safetensors"), "rb").read() == \
+            open(os.path.join(zp, "checkpoint.safetensors"), "rb").read()
+        check(same, "--dp --zero1 on one GPU: the resumed run's checkpoint is byte-identical to the plain run's")
 
 
 def train_kind(tmp, kind, device, precision):

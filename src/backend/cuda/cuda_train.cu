@@ -700,6 +700,7 @@ static __global__ void k_adamw(const mx_tr_seg *segs, float *w, const float *g, 
 
 static void t_adamw(mx_backend *be, const mx_tr_seg *segs, int n_seg, float *w, const float *g, float *m,
                     float *v, const mx_tr_adamw *h) {
+    if (n_seg == 0) return; /* an empty range (ZeRO-1's tail on one rank): no grid of zero blocks */
     cu_train *t = tr(be);
     size_t cap = (size_t)t->segs_cap;
     t->segs = grow(t->segs, &cap, (size_t)n_seg);
