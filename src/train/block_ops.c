@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../backend/topk_row.h"
 #include "train_ops.h"
 
 void mx_tr_copy_cols(mx_backend *be, float *dst, size_t ds, const float *src, size_t ss, int w, long rows,
@@ -129,24 +130,8 @@ void mx_tr_mix3_bwd(mx_backend *be, float *da, float *db, float *dr, float *dbia
 
 void mx_tr_topk(mx_backend *be, const float *p, int N, int E, int k, bool norm, int *ids, float *w) {
 #pragma omp parallel for if ((long)N * E > 65536)
-    for (int n = 0; n < N; n++) {
-        const float *r = p + (size_t)n * E;
-        int *id = ids + (size_t)n * k;
-        float *wr = w + (size_t)n * k, sum = 0.0f;
-        for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++) taken |= id[i] == e;
-                if (!taken && (best < 0 || r[e] > r[best])) best = e;
-            }
-            id[j] = best;
-            wr[j] = r[best];
-            sum += r[best];
-        }
-        if (norm)
-            for (int j = 0; j < k; j++) wr[j] /= sum;
-    }
+    for (int n = 0; n < N; n++)
+        mx_topk_row(p + (size_t)n * E, E, k, norm, ids + (size_t)n * k, w + (size_t)n * k);
 }
 
 void mx_tr_gather_rows(mx_backend *be, float *dst, const float *src, const int *idx, int rows, int n) {

@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include "cuda_train.h"
+#include "../topk_row.h"
 
 enum {
     ROW_WARPS = 8,  /* rows (warps) per block of the row kernels */
@@ -349,28 +350,10 @@ void mx_cuda_train_mix3_bwd(mx_backend *be, float *da, float *db, float *dr, flo
 
 /* ---- MoE: top-k, gather, combine, router gradient, column sums ---- */
 
-/* A thread per row of p (N, E), the CPU's selection literally (so also its answer for NaN or equal values):
- * the j-th choice is the first untaken e with the largest value (strict >: ties keep the lower index). ids, w
- * (N, k); the sum for norm in fp32 in j order. k <= E. */
+/* A thread per row of p (N, E): the CPU's selection (topk_row.h), so also its answer for NaN or equal values. */
 static __global__ void k_topk(const float *p, int N, int E, int k, bool norm, int *ids, float *w) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= N) return;
-    const float *r = p + (size_t)n * E;
-    int *id = ids + (size_t)n * k;
-    float *wr = w + (size_t)n * k, sum = 0.0f;
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            bool taken = false;
-            for (int i = 0; i < j; i++) taken |= id[i] == e;
-            if (!taken && (best < 0 || r[e] > r[best])) best = e;
-        }
-        id[j] = best;
-        wr[j] = r[best];
-        sum = __fadd_rn(sum, r[best]);
-    }
-    if (norm)
-        for (int j = 0; j < k; j++) wr[j] /= sum;
+    if (n < N) mx_topk_row(p + (size_t)n * E, E, k, norm, ids + (size_t)n * k, w + (size_t)n * k);
 }
 
 void mx_cuda_train_topk(mx_backend *be, const float *p, int N, int E, int k, bool norm, int *ids, float *w) {
