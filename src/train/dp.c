@@ -61,19 +61,6 @@ static void bind_moments(mx_tmodel *m, float *mom, float *var) {
 }
 
 /* zero1: keeps the moments of this rank's slice and of the tail, frees the whole-vector buffers. */
-/* dst[0..n) = src[0..n) where m runs (host memcpy, or the backend's copy for device buffers). */
-static void copy_floats(mx_tmodel *m, float *dst, const float *src, size_t n) {
-    if (!m->on_device) {
-        memcpy(dst, src, sizeof(float) * n);
-        return;
-    }
-    for (size_t done = 0; done < n;) { /* copy_cols takes an int width */
-        int w = n - done > (1u << 30) ? 1 << 30 : (int)(n - done);
-        MX_OP(m, copy_cols, dst + done, 0, src + done, 0, w, 1, false);
-        done += (size_t)w;
-    }
-}
-
 static int shard_moments(mx_dp *dp, mx_tmodel *m, mx_err *err) {
     size_t n = m->n_floats, keep = dp->shard + (n - dp->tail);
     dp->m = mx_tmodel_alloc(m, keep ? keep : 1);
@@ -81,11 +68,11 @@ static int shard_moments(mx_dp *dp, mx_tmodel *m, mx_err *err) {
     if (m->on_device) dp->model = m;
     if (!dp->m || !dp->v)
         return mx_err_set(err, MX_ERR_NOMEM, "out of %s memory for the optimizer state (%zu floats)",
-                          m->on_device ? m->be->name : "host", 2 * keep);
-    copy_floats(m, dp->m, m->m + dp->lo, dp->shard);
-    copy_floats(m, dp->v, m->v + dp->lo, dp->shard);
-    copy_floats(m, dp->m + dp->shard, m->m + dp->tail, n - dp->tail);
-    copy_floats(m, dp->v + dp->shard, m->v + dp->tail, n - dp->tail);
+                          mx_tmodel_where(m), 2 * keep);
+    mx_tmodel_copy(m, dp->m, m->m + dp->lo, dp->shard);
+    mx_tmodel_copy(m, dp->v, m->v + dp->lo, dp->shard);
+    mx_tmodel_copy(m, dp->m + dp->shard, m->m + dp->tail, n - dp->tail);
+    mx_tmodel_copy(m, dp->v + dp->shard, m->v + dp->tail, n - dp->tail);
     if (m->on_device) { /* the whole device moments, and their host copies */
         for (int i = 2; i < 4; i++) {
             m->be->free(m->be, m->dev[i]);
@@ -150,7 +137,7 @@ int mx_dp_adamw_step(mx_dp *dp, mx_tmodel *m, float lr, int t, mx_err *err) {
     mx_adamw_step_range(m, lr, t, dp->tail, dp->n, dp->m + dp->shard, dp->v + dp->shard);
     if (dp->size == 1 || dp->shard == 0) return MX_OK;
     /* the gradient is spent: it holds this rank's updated slice while the slices are gathered into w */
-    copy_floats(m, m->g, m->w + dp->lo, dp->shard);
+    mx_tmodel_copy(m, m->g, m->w + dp->lo, dp->shard);
     if (dp->comm->allgather(dp->comm, m->g, m->w, dp->shard, err))
         return mx_err_wrap(err, "gathering the parameters");
     return MX_OK;

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include "mup.h"
-#include "../backend/backend.h"
 #include "op_profile.h"
 
 typedef struct {
@@ -86,7 +85,7 @@ int mx_mka_tacts_alloc(mx_tmodel *m, mx_err *err) {
     return MX_OK;
 nomem:
     return mx_err_set(err, MX_ERR_NOMEM, "out of %s memory for the MKA activations of batch %d x %d",
-                      m->on_device ? m->be->name : "host", m->acts.B, m->acts.T);
+                      mx_tmodel_where(m), m->acts.B, m->acts.T);
 }
 
 void mx_mka_tacts_free(mx_tmodel *m) {
@@ -191,7 +190,7 @@ static void full_bwd(mx_tmodel *m, const mx_tlayer *L, const mka_dims *d, const 
     float *zeroed[] = {a->dk1, a->dv1, a->dk2, a->dv2};
     for (int i = 0; i < 4; i++) MX_OP(m, zero, zeroed[i], nkv);
     MX_OP(m, attn_bwd, sh, a->dq, a->dk1, a->dv1, a->do1, y->q, y->k1, y->v1, y->o1, y->lse1);
-    MX_OP(m, copy_cols, a->do1, 0, a->dq2, 0, (int)nq, 1, false); /* do2 */
+    mx_tmodel_copy(m, a->do1, a->dq2, nq); /* do2 */
     MX_OP(m, attn_bwd, sh, a->dq2, a->dk2, a->dv2, a->do1, y->q, y->k2, y->v2, y->o2, y->lse2);
     MX_OP(m, add, a->dq, a->dq, a->dq2, (long)nq);
     kv_bwd(m, L, d, x, a->dk1, a->dv1, dx, false);

@@ -1,13 +1,13 @@
 /* mla_train.c: MLA's explicit form for training, forward and backward (mla_train.h), composed of the training
- * ops (backend_train.h), so it runs wherever the model is placed. Per layer kept: qa, qn (N, Q) and their rstd, q (N, H, n + r) after RoPE, c (N, R), cn (N, R) and its rstd,
- * K (N, H, n + r), V (N, H, v), att (N, H, v), lse (N, H). */
+ * ops (backend_train.h), so it runs wherever the model is placed. Per layer kept: qa, qn (N, Q) and their rstd,
+ * q (N, H, n + r) after RoPE, c (N, R), cn (N, R) and its rstd, K (N, H, n + r), V (N, H, v), att (N, H, v),
+ * lse (N, H). */
 #include "mla_train.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "mup.h"
-#include "../backend/backend.h"
 #include "op_profile.h"
 
 typedef struct {
@@ -80,7 +80,7 @@ int mx_mla_tacts_alloc(mx_tmodel *m, mx_err *err) {
     return MX_OK;
 nomem:
     return mx_err_set(err, MX_ERR_NOMEM, "out of %s memory for the MLA activations of batch %d x %d",
-                      m->on_device ? m->be->name : "host", m->acts.B, m->acts.T);
+                      mx_tmodel_where(m), m->acts.B, m->acts.T);
 }
 
 void mx_mla_tacts_free(mx_tmodel *m) {

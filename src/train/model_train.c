@@ -13,6 +13,7 @@
 #include "../backend/backend.h"
 #include "../base/rng.h"
 #include "mla_train.h"
+#include "op_profile.h"
 #include "mka_train.h"
 #include "moe_train.h"
 #include "mup.h"
@@ -498,6 +499,22 @@ float *mx_tmodel_alloc(mx_tmodel *m, size_t n) {
     float *p = m->be->alloc(m->be, sizeof(float) * n);
     if (p) m->ops->zero(m->be, p, n);
     return p;
+}
+
+const char *mx_tmodel_where(const mx_tmodel *m) {
+    return m->on_device ? m->be->name : "host";
+}
+
+void mx_tmodel_copy(mx_tmodel *m, float *dst, const float *src, size_t n) {
+    if (!m->on_device) {
+        memcpy(dst, src, sizeof(float) * n);
+        return;
+    }
+    for (size_t done = 0; done < n;) { /* copy_cols takes an int width */
+        int w = n - done > (1u << 30) ? 1 << 30 : (int)(n - done);
+        MX_OP(m, copy_cols, dst + done, 0, src + done, 0, w, 1, false);
+        done += (size_t)w;
+    }
 }
 
 void mx_tmodel_release(mx_tmodel *m, float *p) {

@@ -196,6 +196,10 @@ int mx_tmodel_dkv_slot(const mx_tmodel *m, int w);
  * NULL when out of memory, or for n = 0. mx_tmodel_release frees it (NULL: nothing). */
 float *mx_tmodel_alloc(mx_tmodel *m, size_t n);
 void mx_tmodel_release(mx_tmodel *m, float *p);
+/* The memory m runs in, for messages: its backend's name once placed on a device, else "host". */
+const char *mx_tmodel_where(const mx_tmodel *m);
+/* dst[0..n) = src[0..n), buffers where m runs (the host's memcpy, or the backend's copy_cols). */
+void mx_tmodel_copy(mx_tmodel *m, float *dst, const float *src, size_t n);
 /* The slot of layer l in the (Ls, ...) activations: l, or 0 with recompute. */
 size_t mx_tmodel_slot(const mx_tmodel *m, int l);
 /* One layer's forward (forward_train.c): the block's activations in its slot and x[l + 1]. The backward calls

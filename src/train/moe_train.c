@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/backend.h"
 #include "op_profile.h"
 
 typedef struct mx_moe_tacts {
@@ -64,7 +63,7 @@ int mx_moe_tacts_alloc(mx_tmodel *m, mx_err *err) {
     return ok ? MX_OK
               : mx_err_set(err, MX_ERR_NOMEM,
                            "out of %s memory for the experts' activations of batch %d x %d",
-                           m->on_device ? m->be->name : "host", m->acts.B, m->acts.T);
+                           mx_tmodel_where(m), m->acts.B, m->acts.T);
 }
 
 void mx_moe_tacts_free(mx_tmodel *m) {
