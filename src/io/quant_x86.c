@@ -11,9 +11,10 @@
  * starting the int32 accumulator at -offset * sum(x), computed once per activation block and reused across
  * rows.
  *
- * With AVX512 (F/BW/VL, + VNNI): single-token Q4_1/Q8_0 GEMVs with two blocks per 512-bit register, and the
- * exact fp32 paths: dequantization of Q4_0/Q4_1/Q8_0 (bit-identical to quant.c), fp32-activation GEMVs with
- * weights dequantized in registers, and the packed fp32 GEMM kernel of prefill. */
+ * The exact fp32 paths: dequantization of Q4_0/Q4_1/Q8_0 (bit-identical to quant.c) and fp32-activation
+ * GEMVs with weights dequantized in registers, in 8 lanes with AVX2 and 16 with AVX512. With AVX512 (F/BW/VL,
+ * + VNNI) also single-token Q4_1/Q8_0 GEMVs with two blocks per 512-bit register and the packed fp32 GEMM
+ * kernel of prefill (AVX2 builds run prefill's tiles through OpenBLAS). */
 #include "quant_impl.h"
 
 #include "quant.h"
@@ -702,8 +703,7 @@ bool mx_x86_quant_act(uint32_t act_type, const float *x, void *dst, int64_t n) {
     return false;
 }
 
-/* ---- AVX512: the exact fp32 paths (dequantization, fp32-activation GEMV, the prefill GEMM kernel) ---- */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* ---- The exact fp32 paths' shared pieces: Q4_0, Q4_1 and Q8_0 ---- */
 
 static bool f32_type(uint32_t type) {
     return type == MX_Q4_0 || type == MX_Q4_1 || type == MX_Q8_0;
@@ -719,6 +719,9 @@ INLINE float half_at(const uint8_t *p) {
     memcpy(&h, p, 2);
     return _cvtsh_ss(h);
 }
+
+/* ---- AVX512: the exact fp32 paths (dequantization, fp32-activation GEMV, the prefill GEMM kernel) ---- */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 /* One block of Q4_0/Q4_1/Q8_0 -> its unscaled values as floats: elements 0..15 in *lo, 16..31 in *hi
  * (q for Q4_1 and Q8_0, q - 8 for Q4_0). */
@@ -887,11 +890,97 @@ bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
     return true;
 }
 
-#else /* AVX2 without AVX512: quant.c's scalar code */
+#else /* AVX2 without AVX512: the exact GEMV and dequantization in 8 lanes; prefill uses OpenBLAS */
+
+/* One block of Q4_0/Q4_1/Q8_0 -> its 32 unscaled values as floats, elements 8j..8j+7 in v[j] (q for Q4_1
+ * and Q8_0, q - 8 for Q4_0). */
+INLINE void blk_vals8(uint32_t type, const uint8_t *blk, __m256 v[4]) {
+    if (type == MX_Q8_0) {
+        const int8_t *qs = ((const blk_q8_0 *)blk)->qs;
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * j))));
+        return;
+    }
+    const uint8_t *qs = type == MX_Q4_1 ? ((const blk_q4_1 *)blk)->qs : ((const blk_q4_0 *)blk)->qs;
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+    if (type == MX_Q4_0) {
+        lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+        hi = _mm_sub_epi8(hi, _mm_set1_epi8(8)); /* signed now: sign-extend below */
+    }
+    __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int j = 0; j < 4; j++)
+        v[j] = _mm256_cvtepi32_ps(type == MX_Q4_0 ? _mm256_cvtepi8_epi32(part[j])
+                                                  : _mm256_cvtepu8_epi32(part[j]));
+}
+
+/* Bit-identical to quant.c's scalar dequantization: d * q (+ m), a multiply then an add, no FMA. */
+INLINE void dequant_f32(uint32_t type, const uint8_t *src, float *dst, int64_t nb) {
+    const size_t bb = blk_bytes(type);
+    for (int64_t i = 0; i < nb; i++, src += bb, dst += QK) {
+        __m256 v[4], d = _mm256_set1_ps(half_at(src));
+        blk_vals8(type, src, v);
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_mul_ps(d, v[j]);
+            if (type == MX_Q4_1) v[j] = _mm256_add_ps(v[j], _mm256_set1_ps(half_at(src + 2)));
+            _mm256_storeu_ps(dst + 8 * j, v[j]);
+        }
+    }
+}
+
+/* R rows (a compile-time constant at each call) x fp32 x: out[r] = Σ_blocks d (Σ q x) + m Σ x. The block's
+ * x is loaded once for the R rows; 16 ymm registers hold x (4), Σx, R accumulators (and R for Q4_1's m). */
+#define GEMV8_R 4
+INLINE void gemv8_f32(uint32_t type, const uint8_t *w, size_t ws, const float *x, int64_t nb, float *out,
+                      const int R) {
+    const size_t bb = blk_bytes(type);
+    __m256 acc[GEMV8_R], accm[GEMV8_R];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), accm[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float *xb = x + QK * i;
+        __m256 xv[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8), _mm256_loadu_ps(xb + 16),
+                        _mm256_loadu_ps(xb + 24)};
+        __m256 xs = _mm256_add_ps(_mm256_add_ps(xv[0], xv[1]), _mm256_add_ps(xv[2], xv[3]));
+        for (int r = 0; r < R; r++) {
+            const uint8_t *b = w + r * ws + (size_t)i * bb;
+            __m256 v[4];
+            blk_vals8(type, b, v);
+            __m256 t = _mm256_fmadd_ps(v[1], xv[1], _mm256_mul_ps(v[0], xv[0]));
+            t = _mm256_fmadd_ps(v[2], xv[2], t);
+            t = _mm256_fmadd_ps(v[3], xv[3], t);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_at(b)), t, acc[r]);
+            if (type == MX_Q4_1) accm[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_at(b + 2)), xs, accm[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(acc[r], accm[r]));
+}
+
+#define DEF_GEMV8(NAME, TYPE, R)                                                                             \
+    static void NAME(const uint8_t *w, size_t ws, int n_rows, const float *x, int64_t nb, float *out) {      \
+        int r = 0;                                                                                           \
+        for (; r + (R) <= n_rows; r += (R)) gemv8_f32(TYPE, w + r * ws, ws, x, nb, out + r, (R));            \
+        for (; r < n_rows; r++) gemv8_f32(TYPE, w + r * ws, ws, x, nb, out + r, 1);                          \
+    }
+DEF_GEMV8(gemv_q4_0, MX_Q4_0, GEMV8_R)
+DEF_GEMV8(gemv_q4_1, MX_Q4_1, 2) /* its m accumulators: 2 rows fit the 16 registers */
+DEF_GEMV8(gemv_q8_0, MX_Q8_0, GEMV8_R)
 
 bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
                          float *out) {
-    return false;
+    switch (type) {
+    case MX_Q4_0:
+        gemv_q4_0(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    case MX_Q4_1:
+        gemv_q4_1(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    case MX_Q8_0:
+        gemv_q8_0(w, w_stride, n_rows, x, n / QK, out);
+        return true;
+    default:
+        return false;
+    }
 }
 bool mx_x86_has_gemm_packed(void) {
     return false;
@@ -901,7 +990,9 @@ bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, 
     return false;
 }
 bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
-    return false;
+    if (!f32_type(type)) return false;
+    dequant_f32(type, src, dst, n / QK);
+    return true;
 }
 
 #endif

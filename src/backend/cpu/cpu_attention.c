@@ -16,6 +16,11 @@ static inline float dot_f32(const float *a, const float *b, int n) {
     return s;
 }
 
+/* The slot after `slot` in a ring of n slots (no division per key: a decode step visits every cached key). */
+static inline int next_slot(int slot, int n) {
+    return slot + 1 == n ? 0 : slot + 1;
+}
+
 static void key_range(const mx_attn_spec *sp, int t, int *lo, int *hi) {
     int qpos = sp->q_pos0 + t;
     *hi = sp->causal && qpos < sp->kv_hi ? qpos : sp->kv_hi;
@@ -49,9 +54,10 @@ void mx_cpu_attention(mx_backend *be, const mx_attn_spec *sp, const float *q, co
                     if (lse) lse[(size_t)t * H + h] = -INFINITY;
                     continue;
                 }
+                int slot0 = lo % sp->n_slots;
                 float mx = -INFINITY;
-                for (int p = lo; p <= hi; p++) {
-                    const float *kr = k + (size_t)(p % sp->n_slots) * sp->k_stride + (size_t)kvh * D;
+                for (int p = lo, slot = slot0; p <= hi; p++, slot = next_slot(slot, sp->n_slots)) {
+                    const float *kr = k + (size_t)slot * sp->k_stride + (size_t)kvh * D;
                     float s = dot_f32(qr, kr, D) * sp->scale;
                     scores[p - lo] = s;
                     if (s > mx) mx = s;
@@ -63,8 +69,8 @@ void mx_cpu_attention(mx_backend *be, const mx_attn_spec *sp, const float *q, co
                     sum += e;
                 }
                 float inv = (float)(1.0 / sum);
-                for (int p = lo; p <= hi; p++) {
-                    const float *vr = v + (size_t)(p % sp->n_slots) * sp->v_stride + (size_t)kvh * Dv;
+                for (int p = lo, slot = slot0; p <= hi; p++, slot = next_slot(slot, sp->n_slots)) {
+                    const float *vr = v + (size_t)slot * sp->v_stride + (size_t)kvh * Dv;
                     float w = scores[p - lo] * inv;
 #pragma omp simd
                     for (int i = 0; i < Dv; i++) o[i] += w * vr[i];
