@@ -793,23 +793,6 @@ DEF_GEMV(gemv_q4_0, MX_Q4_0)
 DEF_GEMV(gemv_q4_1, MX_Q4_1)
 DEF_GEMV(gemv_q8_0, MX_Q8_0)
 
-bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
-                         float *out) {
-    switch (type) {
-    case MX_Q4_0:
-        gemv_q4_0(w, w_stride, n_rows, x, n / QK, out);
-        return true;
-    case MX_Q4_1:
-        gemv_q4_1(w, w_stride, n_rows, x, n / QK, out);
-        return true;
-    case MX_Q8_0:
-        gemv_q8_0(w, w_stride, n_rows, x, n / QK, out);
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* The prefill kernel: R rows (<= GEMM_R) x MX_GEMM_TOK tokens of one packed group, accumulators in registers
  * (GEMM_R x 4 zmm); per k, 4 loads of packed tokens and R broadcasts of weights feed 4R FMAs. The sum over k
  * runs in chunks of GEMM_KC added into a partial-sum tile (short fp32 chains: the same accuracy as the decode
@@ -966,6 +949,22 @@ DEF_GEMV8(gemv_q4_0, MX_Q4_0, GEMV8_R)
 DEF_GEMV8(gemv_q4_1, MX_Q4_1, 2) /* its m accumulators: 2 rows fit the 16 registers */
 DEF_GEMV8(gemv_q8_0, MX_Q8_0, GEMV8_R)
 
+bool mx_x86_has_gemm_packed(void) {
+    return false;
+}
+bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
+                        size_t y_stride) {
+    return false;
+}
+bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
+    if (!f32_type(type)) return false;
+    dequant_f32(type, src, dst, n / QK);
+    return true;
+}
+
+#endif
+
+/* Both sections above define gemv_q4_0, gemv_q4_1 and gemv_q8_0 (rows x fp32 x). */
 bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_rows, const float *x, int64_t n,
                          float *out) {
     switch (type) {
@@ -982,20 +981,6 @@ bool mx_x86_dot_rows_f32(uint32_t type, const void *w, size_t w_stride, int n_ro
         return false;
     }
 }
-bool mx_x86_has_gemm_packed(void) {
-    return false;
-}
-bool mx_x86_gemm_packed(const float *w, int n_rows, int64_t n, const float *xp, int n_tok, float *y,
-                        size_t y_stride) {
-    return false;
-}
-bool mx_x86_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
-    if (!f32_type(type)) return false;
-    dequant_f32(type, src, dst, n / QK);
-    return true;
-}
-
-#endif
 
 #else /* no AVX2: the scalar code in quant.c does everything */
 
