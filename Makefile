@@ -9,6 +9,8 @@
 #   make fuzz         fuzz every reader (tests/fuzz: GGUF, safetensors, HF, tokenizer, shards, checkpoints, serve's
 #                     request bodies, RULER haystacks) for FUZZ_SECONDS each
 #   make study        the attention-variant training study (scripts/study.py; about an hour on 2 cores)
+#   make study-gpu    the same study on a CUDA GPU at 21M-46M parameters and 50M tokens a run (bf16; about
+#                     half an hour on an H200)
 #   make fixtures     regenerate tests/fixtures from Hugging Face references (needs torch + transformers)
 
 CC       ?= gcc
@@ -54,7 +56,7 @@ VENV     := .venv
 PYTHON   := $(VENV)/bin/python
 PYTEST   := $(PYTHON) -m pytest
 
-.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format format-check study FORCE
+.PHONY: all deps asan test unit e2e model demo bench fuzz fixtures clean format format-check study study-gpu FORCE
 all: build/mixatt
 
 build/mixatt: $(CLI_OBJ) build/libmixatt.a $(EXTRA_OBJ)
@@ -154,6 +156,9 @@ fuzz: fuzz-build
 
 study: build/mixatt $(MODEL) $(VENV)/requirements-test.txt
 	$(PYTHON) scripts/study.py --out study
+
+study-gpu: build/mixatt $(MODEL) $(VENV)/requirements-test.txt
+	$(PYTHON) scripts/study.py --device cuda --out study-gpu
 
 fixtures:
 	python3 scripts/make_fixtures.py

@@ -211,25 +211,40 @@ def train_reference(model, case, x, y, autocast=None):
     return first, grads, losses
 
 
-def autocast_reference(case, perturb=None):
+def autocast_reference(case, model=None):
     """PyTorch's own mixed precision on this case: fp32 weights on the GPU, the forward under bf16 autocast.
-    Returns (loss, gradients, the AdamW losses) as train_reference. perturb: a seed; every weight is then moved
-    by one fp32 ulp up or down at random first, which changes the bf16 rounding of the weights near a rounding
-    boundary: another, equally valid bf16 run (its gap from float64 measures how far rounding alone moves the
-    10-step trajectory)."""
+    Returns (loss, gradients, the AdamW losses) as train_reference. model: another start than the fixture's
+    weights (jittered_model)."""
     import torch
-    model = hf_model(case)
-    if perturb is not None:
-        g = torch.Generator().manual_seed(perturb)
-        with torch.no_grad():
-            for p in model.parameters():
-                up = torch.rand(p.shape, generator=g) < 0.5
-                p.copy_(torch.where(up, torch.nextafter(p, torch.full_like(p, float("inf"))),
-                                    torch.nextafter(p, torch.full_like(p, float("-inf")))))
-    model = model.cuda().train()
+    model = (model or hf_model(case)).cuda().train()
     _, x, y = case_tokens(case)
     return train_reference(model, case, x.cuda(), y.cuda(),
                            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+
+
+def jittered_model(case, seed, rel=2.0 ** -8):
+    """The case's model with every weight scaled by 1 + rel * u, u uniform in [-1, 1) from seed: a start near
+    the fixture's (rel 2^-8 is one bf16 ulp) whose bf16 roundings differ from it, for sampling how far bf16
+    rounding moves a 10-step trajectory from its own float64 trajectory."""
+    import torch
+    model = hf_model(case)
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.0 + rel * (2.0 * torch.rand(p.shape, generator=g) - 1.0))
+    return model
+
+
+def trajectory_sample(case, seed):
+    """One start for the trajectory band: (mixatt init tensors fp32, float64 AdamW losses, PyTorch bf16 autocast
+    AdamW losses) from jittered_model(case, seed)."""
+    import copy
+    model = jittered_model(case, seed)
+    init = {k: v.astype(np.float32) for k, v in mixatt_tensors(model, case).items()}
+    _, x, y = case_tokens(case)
+    f64 = train_reference(copy.deepcopy(model).double().train(), case, x, y)[2]
+    amp = autocast_reference(case, model)[2]
+    return init, f64, amp
 
 
 def make_case(case):

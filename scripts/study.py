@@ -12,12 +12,25 @@ same seed, on two data sets, and reports held-out loss, task accuracy, training 
 Variants: MHA, GQA, MQA, MLA, MKA, FastMKA, MA, MA-Offset, MA-Pairs (MixAttention plans on GQA).
 Everything is causal, validation data is held out, the seed and token budget are the same for every run.
 
-  python3 scripts/study.py [--out study] [--steps N] [--only recall|pydoc] [--variants a,b] [--quick]
-Writes OUT/<dataset>-<variant>/ (mixatt run directories), OUT/results.md (the table) and OUT/loss-*.png."""
+--device cuda (`make study-gpu`) trains on the GPU at the scale of issue 11: an 8-layer Llama of width 512 (8 heads
+of 64, SwiGLU 1024; 21M parameters on the synthetic tasks, 46M with SmolLM2's vocabulary), 64 x 256 tokens a
+step, 50M tokens per run (--tokens), windows of 32 keys, in bf16, and its text is larger:
+  docs     python3.11-doc and linux-doc-6.1's reStructuredText sources (about 10M tokens; 5% held out by document)
+           in place of pydoc, windows of 64 keys.
+
+  python3 scripts/study.py [--out study] [--device cpu|cuda] [--steps N | --tokens N]
+                           [--only recall|farcopy|pydoc|docs]
+                           [--variants a,b] [--quick] [--time-budget S] [--report-only]
+Writes OUT/<dataset>-<variant>/ (mixatt run directories, each with summary.json: its `mixatt compare` row, task
+accuracy and training time), OUT/results.md (the table) and OUT/loss-*.png (when gnuplot is there).
+--time-budget S starts no run that the runs so far say would end after S seconds (the rest are left for a later
+call with the same OUT); --report-only writes results.md and the plots from the summaries already in OUT."""
 import argparse
 import glob
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +39,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIXATT = os.environ.get("MIXATT", os.path.join(ROOT, "build", "mixatt"))
-PYDOC = "/usr/share/doc/python3.11/html/_sources"
+PYDOC = ("/usr/share/doc/python3.11/html/_sources", "python3.11-doc")
+KDOC = ("/usr/share/doc/linux-doc-6.1/html/_sources", "linux-doc-6.1")
 
 # The model: 8 layers so the MixAttention presets place full-attention layers at quarter boundaries.
 BASE = {
@@ -50,6 +64,20 @@ VARIANTS = {
     "MA-Pairs": {"n_kv_head": 2, "plan": "ma-pairs"},
 }
 
+# The GPU profile (--device cuda): the same study at the scale issue 11 asks for (20M-124M parameters, 50M tokens a
+# run). Head dim 64 as in the models people train; MLA keeps the CPU study's proportions (latent 1/4 of the width).
+BASE_GPU = dict(BASE, d_model=512, n_head=8, n_kv_head=8, d_ff=1024, batch=64, warmup=200, lr=1.5e-3, min_lr=1.5e-4,
+                val_batches=8, log_every=50)
+VARIANTS_GPU = dict(VARIANTS, MLA={"attn": "mla", "mla_kv_rank": 128, "mla_q_rank": 0, "mla_rope_dim": 32,
+                                   "mla_nope_dim": 32, "mla_v_dim": 64})
+DATASETS_GPU = {
+    "recall": {"vocab": 64, "seq": 256, "max_ctx": 256, "window": 32, "train_data": "synthetic:recall"},
+    "docs": {"vocab": 49152, "seq": 256, "max_ctx": 256, "window": 64},
+    "farcopy": {"vocab": 64, "seq": 256, "max_ctx": 256, "window": 32, "train_data": "synthetic:farcopy"},
+}
+TEXT_ROOTS = {"pydoc": [PYDOC], "docs": [PYDOC, KDOC]}
+GPU_TOKENS = 50_000_000
+
 DATASETS = {
     # vocab 64 synthetic tokens; 128-token documents with a 16-key window, so window layers cannot see the pairs
     "recall": {"vocab": 64, "seq": 128, "max_ctx": 128, "window": 16, "train_data": "synthetic:recall"},
@@ -69,34 +97,42 @@ def sh(*args, **kw):
     return r
 
 
-def pydoc_shards(out):
-    """Tokenizes the python3.11-doc sources once into OUT/pydoc-data/ (train and held-out val shards)."""
-    prefix = os.path.join(out, "pydoc-data", "pydoc")
+def doc_shards(out, name, roots):
+    """Tokenizes the reStructuredText sources under roots (every file at any depth is one document) once into
+    OUT/<name>-data/, train and held-out val shards. `mixatt tokenize` takes a directory for the files directly in
+    it, so the files are linked into one flat directory first, named in order."""
+    prefix = os.path.join(out, f"{name}-data", name)
     if glob.glob(prefix + "_train_*.bin"):
         return prefix
-    if not os.path.isdir(PYDOC):
-        sys.exit(f"study: {PYDOC} is missing (apt-get install python3.11-doc)")
-    os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    # each file one document: the top-level files and each sub-directory (its files, sorted)
-    files = sorted(glob.glob(os.path.join(PYDOC, "*.txt")) + [d for d in glob.glob(os.path.join(PYDOC, "*"))
-                                                              if os.path.isdir(d)])
-    sh(MIXATT, "tokenize", *[x for p in files for x in ("-f", p)], "-o", prefix, "--val-fraction", "0.05", "-q")
+    for root, package in roots:
+        if not os.path.isdir(root):
+            sys.exit(f"study: {root} is missing (apt-get install {package})")
+    flat = os.path.join(out, f"{name}-data", "sources")
+    os.makedirs(flat, exist_ok=True)
+    files = [os.path.join(d, f) for root, _ in roots for d, _, names in sorted(os.walk(root)) for f in sorted(names)]
+    for i, f in enumerate(files):
+        link = os.path.join(flat, f"{i:06d}.txt")
+        if not os.path.lexists(link):
+            os.symlink(f, link)
+    sh(MIXATT, "tokenize", "-f", flat, "-o", prefix, "--val-fraction", "0.05", "-q")
     return prefix
 
 
-def train(out, name, cfg, steps):
+def train(out, name, cfg, steps, device):
     run = os.path.join(out, name)
-    cfg = dict(cfg, steps=steps, val_every=max(steps // 5, 1))
+    cfg = dict(cfg, steps=steps, val_every=max(steps // (10 if device == "cuda" else 5), 1))
     os.makedirs(run, exist_ok=True)
     path = os.path.join(run, "config.json")
     json.dump(cfg, open(path, "w"), indent=1)
     if os.path.exists(os.path.join(run, "checkpoint.safetensors")):
-        return run
+        return run, None
     t = time.time()
-    print(f"study: training {name} ({steps} steps)", flush=True)
-    sh(MIXATT, "train", "-c", path, "-o", run, "-q")
-    print(f"study: {name} done in {time.time() - t:.0f} s", flush=True)
-    return run
+    tokens = steps * cfg["batch"] * cfg["seq"]
+    print(f"study: training {name} ({steps} steps, {tokens / 1e6:.1f}M tokens, {device})", flush=True)
+    sh(MIXATT, "train", "-c", path, "-o", run, "-q", "--device", device)
+    took = time.time() - t
+    print(f"study: {name} done in {took:.0f} s", flush=True)
+    return run, took
 
 
 def recall_accuracy(run, cfg):
@@ -133,40 +169,90 @@ def farcopy_accuracy(run, cfg):
     return hits / max(n, 1)
 
 
+def summarize(run, ds, variant, acc, took):
+    """OUT/<run>/summary.json: the run's `mixatt compare` row, its task accuracy and training seconds, so that a
+    report can be written later without the checkpoints (--report-only)."""
+    row = [x for x in sh(MIXATT, "compare", run).stdout.splitlines() if x.startswith("| ") and "---" not in x][-1]
+    json.dump({"dataset": ds, "variant": variant, "row": row, "accuracy": acc, "seconds": took},
+              open(os.path.join(run, "summary.json"), "w"), indent=1)
+
+
+def report(out, order):
+    """results.md from the summaries under out, in the order of (dataset, variant) pairs, and the loss plots."""
+    sums = []
+    for ds, v in order:
+        p = os.path.join(out, f"{ds}-{v}", "summary.json")
+        if os.path.exists(p):
+            sums.append(json.load(open(p)))
+    if not sums:
+        sys.exit(f"study: no summary.json under {out}")
+    table = "| run | plan | params | val final | val best | train final | tokens | tok/s | KV B/tok |\n" \
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(s["row"] for s in sums)
+    acc = "\n".join(f"| {s['dataset']} | {s['variant']} | {s['accuracy']:.3f} |" for s in sums
+                    if s["accuracy"] is not None)
+    md = (f"{table}\n\nTask accuracy (recall: the answer token; farcopy: the copied span's tokens; argmax, 32 "
+          f"held-out documents):\n\n| data | variant | accuracy |\n| --- | --- | ---: |\n{acc}\n")
+    open(os.path.join(out, "results.md"), "w").write(md)
+    print(md)
+    if not (os.environ.get("GNUPLOT") or shutil.which("gnuplot")):
+        print("study: no gnuplot here: the loss plots are left for `python3 scripts/study.py --report-only` "
+              "on a machine with gnuplot-nox", flush=True)
+        return
+    for ds in dict.fromkeys(s["dataset"] for s in sums):
+        runs = [os.path.join(out, f"{s['dataset']}-{s['variant']}") for s in sums if s["dataset"] == ds]
+        sh(MIXATT, "plot", *runs, "-o", os.path.join(out, f"loss-{ds}.png"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "study"))
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--only", choices=list(DATASETS))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--steps", type=int, help="steps per run (CPU default 200)")
+    ap.add_argument("--tokens", type=int, help=f"tokens per run instead of --steps (GPU default {GPU_TOKENS})")
+    ap.add_argument("--only", choices=sorted(set(DATASETS) | set(DATASETS_GPU)))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, 2 variants")
+    ap.add_argument("--time-budget", type=float, help="start no run expected to end after this many seconds")
+    ap.add_argument("--report-only", action="store_true", help="write results.md and plots from OUT's summaries")
     a = ap.parse_args()
-    steps = 10 if a.quick else a.steps
+    gpu = a.device == "cuda"
+    base, variants, datasets = (BASE_GPU, VARIANTS_GPU, DATASETS_GPU) if gpu else (BASE, VARIANTS, DATASETS)
     names = ["MHA", "MA"] if a.quick else a.variants.split(",")
+    for v in names:
+        if v not in variants:
+            sys.exit(f"study: unknown variant '{v}' (one of {', '.join(variants)})")
+    if a.only and a.only not in datasets:
+        sys.exit(f"study: --only {a.only} is not a data set of the {a.device} study ({', '.join(datasets)})")
+    order = [(ds, v) for ds in ([a.only] if a.only else list(datasets)) for v in names]
     os.makedirs(a.out, exist_ok=True)
-    rows = []
-    for ds in [a.only] if a.only else list(DATASETS):
-        data = dict(DATASETS[ds])
-        if ds == "pydoc":
-            prefix = pydoc_shards(a.out)
+    if a.report_only:
+        return report(a.out, order)
+    start, longest = time.time(), 0.0
+    for ds, v in order:
+        data = dict(datasets[ds])
+        if ds in TEXT_ROOTS:
+            prefix = doc_shards(a.out, ds, TEXT_ROOTS[ds])
             data["train_data"] = prefix + "_train_*.bin"
             data["val_data"] = prefix + "_val_*.bin"
-        runs = []
-        for v in names:
-            cfg = dict(BASE, **data, **VARIANTS[v])
-            run = train(a.out, f"{ds}-{v}", cfg, steps)
-            runs.append(run)
-            acc = recall_accuracy(run, cfg) if ds == "recall" else farcopy_accuracy(run, cfg) if ds == "farcopy" \
-                else None
-            rows.append((ds, v, run, acc))
-        sh(MIXATT, "plot", *runs, "-o", os.path.join(a.out, f"loss-{ds}.png"))
-    table = sh(MIXATT, "compare", *[r[2] for r in rows]).stdout
-    acc = "\n".join(f"| {d} | {v} | {x:.3f} |" for d, v, _, x in rows if x is not None)
-    md = (f"{table}\nTask accuracy (recall: the answer token; farcopy: the copied span's tokens; argmax, 32 held-out "
-          f"documents):\n\n"
-          f"| data | variant | accuracy |\n| --- | --- | ---: |\n{acc}\n")
-    open(os.path.join(a.out, "results.md"), "w").write(md)
-    print(md)
+        cfg = dict(base, **data, **variants[v])
+        if a.quick:
+            steps = 10
+        elif a.tokens or (gpu and not a.steps):
+            steps = math.ceil((a.tokens or GPU_TOKENS) / (cfg["batch"] * cfg["seq"]))
+        else:
+            steps = a.steps or 200
+        done = os.path.exists(os.path.join(a.out, f"{ds}-{v}", "summary.json"))
+        if a.time_budget and not done and time.time() - start + longest * 1.15 > a.time_budget:
+            print(f"study: {ds}-{v} left for a later call (time budget)", flush=True)
+            continue
+        t = time.time()
+        run, took = train(a.out, f"{ds}-{v}", cfg, steps, a.device)
+        acc = recall_accuracy(run, cfg) if ds == "recall" else farcopy_accuracy(run, cfg) if ds == "farcopy" \
+            else None
+        if took is not None or not os.path.exists(os.path.join(run, "summary.json")):
+            summarize(run, ds, v, acc, took)
+        longest = max(longest, time.time() - t)
+    report(a.out, order)
 
 
 if __name__ == "__main__":

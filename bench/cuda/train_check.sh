@@ -2,8 +2,9 @@
 # train_check.sh: GPU training on the lent machine, in one call: every CUDA training op against the CPU
 # (test_cuda_train), the end-to-end checks against PyTorch (tests/cuda/check_train_gpu.py), then the speed of
 # GPT-2 124M beside torch.compile (bench/train_gpu.py); `profile`: where a GPT-2 124M bf16 step's time goes
-# (mixatt train --profile, PROFILE_STEPS steps, default 6). Needs only the binaries that bench/cuda/stage.sh puts in
-# $DEVCARRY (no model): carry [".devcarry-train"] with DEVCARRY=.devcarry-train. WHAT: test, bench, all or profile.
+# (mixatt train --profile, PROFILE_STEPS steps, default 6); `setup`: only the wrappers in /tmp/mx/bin. Needs only
+# the binaries that bench/cuda/stage.sh puts in $DEVCARRY (no model): carry [".devcarry-train"] with
+# DEVCARRY=.devcarry-train. WHAT: test, bench, all, profile or setup.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"

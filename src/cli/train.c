@@ -38,7 +38,7 @@
 #include "commands.h"
 #include "common.h"
 
-enum { MAX_SETS = 64, SYNTH_MAX_STEPS = 2000 };
+enum { MAX_SETS = 64, SYNTH_MAX_STEPS = 4000 };
 
 typedef struct {
     const char *config, *resume, *out, *dump_grads;
